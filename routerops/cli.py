@@ -1,0 +1,136 @@
+"""The one entry point: `routerops SUBCOMMAND ...`.
+
+Subcommands live next to the code they drive and are imported only when invoked, so
+`routerops db upgrade` does not pay for torch, and a broken optional part cannot break the rest.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+# name -> "module:attribute" of a click command or group
+LAZY_COMMANDS: dict[str, str] = {
+    "ingest": "training.cli:ingest",
+    "train": "routerops.cli:train",
+    "router": "training.cli:router",
+    "approve": "routerops.cli:approve",
+    "golden": "monitoring.cli:golden",
+    "monitor": "monitoring.cli:monitor",
+    "alpha": "monitoring.cli:alpha",
+    "scheduler": "routerops.scheduler:scheduler_command",
+    "serve": "serving.cli:serve",
+    "cascade": "serving.cli:cascade",
+    "speculative": "serving.cli:speculative",
+    "keys": "serving.cli:keys",
+    "up": "routerops.up:up",
+    "db": "routerops.cli:db",
+}
+
+LAZY_TRAIN_COMMANDS: dict[str, str] = {
+    "router": "training.cli:train_router",
+    "probe": "training.probes.cli:train_probe",
+    "exit-head": "serving.speculative.cli:train_exit_head",
+}
+
+
+class LazyGroup(click.Group):
+    def __init__(self, *args, lazy: dict[str, str], **kwargs):  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        target = self.lazy.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+
+@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """routerops: train, serve and monitor LLM routers."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+@click.group(cls=LazyGroup, lazy=LAZY_TRAIN_COMMANDS)
+def train() -> None:
+    """Train routers, deferral probes and draft heads (logged to MLflow)."""
+
+
+@click.group()
+def db() -> None:
+    """Database schema (Alembic)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    from routerops.db import migrate
+    from routerops.settings import get_settings
+
+    settings = get_settings()
+    migrate.upgrade(revision, settings=settings)
+    click.echo(f"database at {settings.resolved_database_url.split('@')[-1]} is at {revision}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION ('base' removes everything)."""
+    from routerops.db import migrate
+
+    migrate.downgrade(revision)
+
+
+@db.command("current")
+def db_current() -> None:
+    """Show the database's revision."""
+    from routerops.db import migrate
+
+    migrate.current()
+
+
+@click.command()
+@click.argument("version")
+@click.option("--model", "model_name", default=None, help="Registered model (default: the router).")
+@click.option("--by", "approved_by", default=None, help="Who approves (default: $ROUTEROPS_USER or login).")
+def approve(version: str, model_name: str | None, approved_by: str | None) -> None:
+    """Move alias `champion` to VERSION (what a person does in the MLflow UI)."""
+    from mlflow.exceptions import MlflowException
+
+    from routerops import registry
+    from routerops.settings import get_settings
+
+    settings = get_settings()
+    name = model_name or settings.router_model_name
+    try:
+        live = registry.approve(name, version, approved_by=approved_by, settings=settings)
+    except MlflowException as exc:
+        raise click.ClickException(f"cannot approve {name} version {version}: {exc.message}") from None
+    click.echo(f"{name}@champion -> version {live.version}")
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Engines and sessions, created on first use per URL (never at import time)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from routerops.settings import Settings, get_settings
+
+_engines: dict[str, Engine] = {}
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (API) do not block the writer (jobs)
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def normalize_url(url: str) -> str:
+    # SQLAlchemy's bare postgresql:// means psycopg2; we ship psycopg 3.
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    if url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url[len("postgres://") :]
+    return url
+
+
+def get_engine(url: str | None = None, settings: Settings | None = None) -> Engine:
+    url = normalize_url(url or (settings or get_settings()).resolved_database_url)
+    engine = _engines.get(url)
+    if engine is None:
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url, connect_args={"timeout": 30})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        _engines[url] = engine
+    return engine
+
+
+def dispose_engines() -> None:
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()
+
+
+@contextmanager
+def session_scope(settings: Settings | None = None, url: str | None = None) -> Iterator[Session]:
+    """A transaction: commits on success, rolls back on any error."""
+    factory = sessionmaker(bind=get_engine(url, settings), expire_on_commit=False)
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

