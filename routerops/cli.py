@@ -14,20 +14,26 @@ import click
 
 # name -> "module:attribute" of a click command or group
 LAZY_COMMANDS: dict[str, str] = {
-    "ingest": "training.cli:ingest",
+    "ingest": "training.importers.cli:ingest",
     "train": "routerops.cli:train",
-    "router": "training.cli:router",
+    "router": "routerops.cli:router",
     "approve": "routerops.cli:approve",
     "golden": "monitoring.cli:golden",
     "monitor": "monitoring.cli:monitor",
     "alpha": "monitoring.cli:alpha",
     "scheduler": "routerops.scheduler:scheduler_command",
     "serve": "serving.cli:serve",
-    "cascade": "serving.cli:cascade",
-    "speculative": "serving.cli:speculative",
+    "cascade": "serving.cascade_cli:cascade",
+    "speculative": "serving.speculative.cli:speculative",
     "keys": "serving.cli:keys",
     "up": "routerops.up:up",
     "db": "routerops.cli:db",
+}
+
+LAZY_ROUTER_COMMANDS: dict[str, str] = {
+    "score": "training.cli:score",
+    "eval": "training.router_eval:eval_command",
+    "calibrate": "training.router_eval:calibrate_command",
 }
 
 LAZY_TRAIN_COMMANDS: dict[str, str] = {
@@ -44,6 +50,14 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help must not import every part (torch, MLflow...): describe lazy commands by name only.
+        rows = [(name, self.commands[name].get_short_help_str(60)) for name in sorted(self.commands)]
+        rows += [(name, f"(see: routerops {name} --help)") for name in sorted(set(self.lazy) - set(self.commands))]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(sorted(rows))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.commands:
@@ -69,6 +83,11 @@ def cli(verbose: bool) -> None:
 @click.group(cls=LazyGroup, lazy=LAZY_TRAIN_COMMANDS)
 def train() -> None:
     """Train routers, deferral probes and draft heads (logged to MLflow)."""
+
+
+@click.group(cls=LazyGroup, lazy=LAZY_ROUTER_COMMANDS)
+def router() -> None:
+    """Use a trained router: batch scoring, evaluation, threshold calibration."""
 
 
 @click.group()
