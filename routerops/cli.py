@@ -54,7 +54,7 @@ class LazyGroup(click.Group):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Help must not import every part (torch, MLflow...): describe lazy commands by name only.
         rows = [(name, self.commands[name].get_short_help_str(60)) for name in sorted(self.commands)]
-        rows += [(name, f"(see: routerops {name} --help)") for name in sorted(set(self.lazy) - set(self.commands))]
+        rows += [(name, f"(see: {ctx.command_path} {name} --help)") for name in sorted(set(self.lazy) - set(self.commands))]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(sorted(rows))
