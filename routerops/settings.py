@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -77,8 +78,9 @@ class Settings(BaseSettings):
     # --- API ---------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000
-    api_keys: list[SecretStr] = Field(default_factory=list, description="Comma-separated user keys.")
-    admin_api_keys: list[SecretStr] = Field(default_factory=list, description="Comma-separated admin keys.")
+    # Comma-separated in the environment (NoDecode: not JSON).
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, description="User API keys.")
+    admin_api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, description="Admin API keys.")
     max_body_bytes: int = 1_000_000
     max_prompt_chars: int = 32_000
     store_prompts: bool = True
