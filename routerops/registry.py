@@ -88,9 +88,10 @@ def approve(name: str, version: str | int, approved_by: str | None = None,
     mv = c.get_model_version(name, str(version))  # raises a clear MlflowException if missing
     who = approved_by or os.environ.get("ROUTEROPS_USER") or getpass.getuser()
     previous = version_by_alias(name, CHAMPION, settings)
-    c.set_registered_model_alias(name, CHAMPION, str(mv.version))
+    # Tags first: if tagging fails, champion has not moved without an approval record.
     c.set_model_version_tag(name, str(mv.version), "approved_by", who)
     c.set_model_version_tag(name, str(mv.version), "approved_at", datetime.now(UTC).isoformat())
     if previous is not None and previous.version != str(mv.version):
         c.set_model_version_tag(name, str(mv.version), "replaced_champion", previous.version)
+    c.set_registered_model_alias(name, CHAMPION, str(mv.version))
     return LiveVersion(name=name, version=str(mv.version), run_id=mv.run_id, source=mv.source)

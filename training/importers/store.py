@@ -1,0 +1,30 @@
+"""Read the preference store back for training: `load_preferences(session)` -> one DataFrame."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from routerops.db.models import PreferenceLog
+
+COLUMNS = ["prompt", "prompt_hash", "model_a", "model_b", "winner", "soft_label", "source", "judge", "created_at"]
+
+
+def load_preferences(session: Session, sources: Iterable[str] | None = None,
+                     exclude_sources: Iterable[str] | None = None) -> pd.DataFrame:
+    """Every stored judgement (optionally only / all but some sources), oldest first.
+
+    Columns: prompt, prompt_hash, model_a, model_b (canonical names), winner ("a" | "b" | "tie"),
+    soft_label (P(model_a wins) or NaN), source, judge, created_at.
+    """
+    query = select(*(getattr(PreferenceLog, c) for c in COLUMNS)).order_by(PreferenceLog.id)
+    if sources is not None:
+        query = query.where(PreferenceLog.source.in_(list(sources)))
+    if exclude_sources is not None:
+        query = query.where(PreferenceLog.source.not_in(list(exclude_sources)))
+    frame = pd.DataFrame(session.execute(query).all(), columns=COLUMNS)
+    frame["soft_label"] = frame["soft_label"].astype(float)
+    return frame
