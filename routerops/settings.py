@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     embedding_base_url: str | None = None
     embedding_api_key: SecretStr | None = None
     embedding_batch_size: int = 64
+    # Which end of a prompt longer than the embedder's window to keep (sentence-transformers only):
+    # "left" truncation keeps the end, where few-shot prompts put the actual question.
+    embedding_truncation_side: Literal["left", "right"] = "left"
+    # Router training: RouterBench-style CSVs scored for APGR/CPT after each training run, and the
+    # strong/weak score columns to read from them (any spelling the model catalog knows).
+    router_eval_sets: list[Path] = Field(default_factory=list)
+    router_eval_strong: str = "gpt-4-1106-preview"
+    router_eval_weak: str = "mixtral-8x7b-instruct-v0.1"
 
     # --- the weak/strong pair ----------------------------------------------------------------
     weak_backend: BackendKind = "local"
@@ -70,10 +78,31 @@ class Settings(BaseSettings):
     router_weak_name: str | None = None
     router_strong_name: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Serving backends (H3): per-role replay files (else replay_file, filtered by model name) and the
+    # OpenAI-compatible HTTP client's timeout / retries with exponential backoff on 429/5xx.
+    weak_replay_file: Path | None = None
+    strong_replay_file: Path | None = None
+    http_timeout_s: float = 60.0
+    http_max_retries: int = 3
+    http_backoff_s: float = 0.5
+    http_request_logprobs: bool = False
     max_new_tokens: int = 128
 
     # --- routing -----------------------------------------------------------------------------
     alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="Initial threshold before any recalibration.")
+
+    # --- speculative decoding (serving/speculative) -------------------------------------------
+    # Target: this local model, default the strong model. Draft: "prompt-lookup" (n-gram copy, free),
+    # "self" (the target's first speculative_draft_layers layers + exit head if trained), "model".
+    speculative_target: str | None = None
+    speculative_draft: Literal["self", "prompt-lookup", "model"] = "prompt-lookup"
+    speculative_draft_layers: int = 10
+    speculative_draft_model: str | None = None  # path or hub id sharing the target's tokenizer
+    speculative_exit_head: Path | None = None  # default: data_dir/exit_heads/<target>-L<layers>.pt if present
+    speculative_gamma: int = 4
+    speculative_max_gamma: int = 8
+    speculative_adaptive: bool = True
+    speculative_lookup_ngram: int = 3
 
     # --- API ---------------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -85,6 +114,9 @@ class Settings(BaseSettings):
     max_prompt_chars: int = 32_000
     store_prompts: bool = True
     reload_interval_s: float = 15.0
+    # With no API key configured anywhere (env or `routerops keys create`), requests are refused
+    # unless this is set: anonymous access is for local experiments only (H3).
+    allow_anonymous: bool = False
 
     # --- monitoring and alerts ---------------------------------------------------------------
     golden_set: Path = Path("golden_traces/default.jsonl")
@@ -98,6 +130,16 @@ class Settings(BaseSettings):
     retrain_cron: str = "0 3 * * *"
     retrain_min_new_rows: int = 500
     monitor_interval_minutes: int = 60
+    # Monitoring/scheduler (issue 6): live-traffic scores used for share-based recalibration when at
+    # least this many request_logs rows with a score arrived within the window; drift p-value test
+    # threshold is Evidently's default (K-S/chi2 p < 0.05 at <= 1000 rows).
+    recalibration_min_requests: int = 200
+    recalibration_window_hours: float = 24.0
+    alert_webhook_retries: int = 3
+    alert_webhook_backoff_s: float = 0.5
+    scheduler_lease_seconds: float = 30.0  # leader lease TTL; renewed every third of it
+    scheduler_misfire_grace_seconds: int = 900  # a job late by less than this still runs (once)
+    promotion_holdout_rows: int = 500  # newest preference rows of the pair used for the comparison
 
     @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod

@@ -1,0 +1,131 @@
+"""MF router speed: training wall time on all shared preferences (embedding vs fitting, cold vs warm
+embedding cache), routing-decision latency (one prompt at a time) and batch throughput of
+MFRouter.score, each against plain sentence-transformers encoding the same prompts in this process.
+
+    python benchmarks/bench_router.py [--shared-data ../shared/data] [--data-dir DIR] [--n-single 200]
+
+The baseline is SentenceTransformer(minilm_path()).encode: the router embeds with the same model, so
+the ratios show what routing adds on top of embedding (ideally ~1.0x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def percentile_ms(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples) * 1000.0, q))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shared-data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data-dir", type=Path, default=None, help="default: a fresh temporary folder (cold cache)")
+    parser.add_argument("--n-single", type=int, default=200, help="prompts timed one at a time")
+    parser.add_argument("--n-batch", type=int, default=1000, help="prompts in the throughput test")
+    args = parser.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="routerops-bench-"))
+    os.environ["ROUTEROPS_DATA_DIR"] = str(data_dir)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+    from sentence_transformers import SentenceTransformer
+
+    from routerops.db import migrate
+    from routerops.local_models import minilm_path
+    from routerops.settings import get_settings
+    from training.eval_sets import load_routerbench
+    from training.importers.core import import_file
+    from training.router_model import load_router
+    from training.train_router import train_router
+
+    settings = get_settings()
+    settings.ensure_data_dir()
+    migrate.upgrade("head", settings=settings)
+    shared = args.shared_data
+    for path in sorted((shared / "alpaca_eval" / "annotations").glob("*.jsonl.gz")):
+        import_file(settings, "alpaca-eval", path, progress=False)
+    import_file(settings, "arena-battles", shared / "arena_hard" / "arena_hard_battles.jsonl",
+                shared / "arena_hard" / "arena-hard-v0.1_question.jsonl", progress=False)
+
+    print("training on all shared preferences (alpaca_eval + arena_hard)")
+    results = []
+    for label in ("first run (cache as found)", "second run (warm cache)"):
+        t0 = time.perf_counter()
+        res = train_router(settings, progress=False)
+        wall = time.perf_counter() - t0
+        results.append((label, res, wall))
+        print(f"  {label}: wall {wall:.1f}s = embed {res.metrics['embed_seconds']:.1f}s + fit "
+              f"{res.metrics['train_seconds']:.1f}s (best epoch {res.metrics['best_epoch']:.0f}) + MLflow/IO; "
+              f"{len(res.vocabulary)} models, val AUC {res.metrics['val_auc']:.3f}")
+
+    # prompts nobody embedded yet in this process: RouterBench test prompts (realistic lengths)
+    prompts: list[str] = []
+    for split in ("arc_challenge", "mbpp", "winograde"):
+        prompts += load_routerbench(shared / "routerbench" / f"{split}_test.csv.gz", "gpt-4-1106-preview",
+                                    "mixtral-8x7b-chat").prompts
+    rng = np.random.default_rng(0)
+    single = [prompts[i] for i in rng.choice(len(prompts), size=min(args.n_single, len(prompts)), replace=False)]
+    batch = (prompts * (args.n_batch // len(prompts) + 1))[: args.n_batch]
+
+    t0 = time.perf_counter()
+    router = load_router(f"models:/{settings.router_model_name}@challenger", settings)
+    router.score(["warm up"], "gpt-4-1106-preview", "mixtral-8x7b-chat")
+    first_load = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    load_router(f"models:/{settings.router_model_name}@challenger", settings)
+    again_load = time.perf_counter() - t0
+
+    st = SentenceTransformer(str(minilm_path()), device="cpu")
+    st.encode(["warm up"])
+
+    def time_each(fn) -> list[float]:  # noqa: ANN001
+        out = []
+        for p in single:
+            t = time.perf_counter()
+            fn(p)
+            out.append(time.perf_counter() - t)
+        return out
+
+    # interleave baseline and router in two rounds so machine load hits both alike
+    base_lat, router_lat = [], []
+    for _ in range(2):
+        base_lat += time_each(lambda p: st.encode([p]))
+        router_lat += time_each(lambda p: router.score([p], "gpt-4-1106-preview", "mixtral-8x7b-chat"))
+
+    t = time.perf_counter()
+    st.encode(batch, batch_size=64)
+    base_tp = len(batch) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    router.score(batch, "gpt-4-1106-preview", "mixtral-8x7b-chat")
+    router_tp = len(batch) / (time.perf_counter() - t)
+
+    emb = router.embedder.encode(single[:50])
+    t = time.perf_counter()
+    for _ in range(200):
+        router.score_embeddings(emb[:1], "gpt-4-1106-preview", "mixtral-8x7b-chat")
+    decision_us = (time.perf_counter() - t) / 200 * 1e6
+
+    print(f"\nrouter load: first {first_load:.2f}s (download + embedder), again {again_load * 1000:.1f} ms (cached)")
+    print(f"routing on top of an embedding: {decision_us:.1f} us per decision (one dot product)\n")
+    print(f"{'metric':<34}{'sentence-transformers':>22}{'MFRouter.score':>16}{'ratio':>8}")
+    for name, q in (("single-prompt latency p50 (ms)", 50), ("single-prompt latency p99 (ms)", 99)):
+        b, r = percentile_ms(base_lat, q), percentile_ms(router_lat, q)
+        print(f"{name:<34}{b:>22.2f}{r:>16.2f}{r / b:>7.2f}x")
+    print(f"{'batch throughput (prompts/s)':<34}{base_tp:>22.1f}{router_tp:>16.1f}{router_tp / base_tp:>7.2f}x")
+    print(f"(n={len(single)} x2 single prompts, {len(batch)} batch prompts; data dir {data_dir})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Alerts: one open row per dedupe key until the condition recovers; a Slack-compatible webhook.
+
+A monitor run reports, per dedupe key, whether its condition holds now. A condition that starts
+holding opens an alert row and posts it ({"text", "blocks"}) with retries and exponential backoff;
+while it keeps holding nothing more is sent (one regression = one alert); when it stops holding the
+row is resolved, and a later regression opens (and sends) a new one. An open alert whose delivery
+failed is re-sent on the next run. Serving's /metrics reads `active_alert_gauges(session)`; the
+monitor also writes the same gauges to a Prometheus textfile (node-exporter textfile collector).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from routerops.db.models import Alert
+from routerops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+KINDS = ("pgr_regression", "drift")
+
+
+@dataclass
+class Condition:
+    kind: str
+    dedupe_key: str
+    active: bool | None  # None: not measurable this run (e.g. no labels): leave any open alert as is
+    message: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Delivery:
+    delivered: bool
+    attempts: int
+    error: str | None = None
+
+
+def slack_payload(alert_kind: str, message: str, fields: dict[str, Any]) -> dict[str, Any]:
+    lines = "\n".join(f"*{k}*: {v}" for k, v in fields.items())
+    return {
+        "text": f"[routerops] {alert_kind}: {message}",
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": f"routerops {alert_kind}"}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": message}},
+            *([{"type": "section", "text": {"type": "mrkdwn", "text": lines}}] if lines else []),
+        ],
+    }
+
+
+def send_webhook(url: str, payload: dict[str, Any], *, retries: int = 3, backoff_s: float = 0.5,
+                 timeout_s: float = 10.0) -> Delivery:
+    """POST JSON; retry on connection errors, 429 and 5xx with backoff_s * 2**attempt between tries.
+    A 4xx other than 429 is not retried (the payload or URL is wrong; retrying will not help)."""
+    import httpx
+
+    error = None
+    attempts = 0
+    for attempt in range(retries + 1):
+        attempts += 1
+        try:
+            resp = httpx.post(url, json=payload, timeout=timeout_s)
+            if resp.status_code < 300:
+                return Delivery(True, attempts)
+            error = f"HTTP {resp.status_code}: {resp.text[:200]}"
+            if 400 <= resp.status_code < 500 and resp.status_code != 429:
+                break
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        if attempt < retries:
+            time.sleep(backoff_s * 2**attempt)
+    log.warning("webhook delivery failed after %d attempt(s): %s", attempts, error)
+    return Delivery(False, attempts, error)
+
+
+def _deliver(alert: Alert, settings: Settings) -> None:
+    if not settings.alert_webhook_url:
+        alert.last_error = "no webhook configured (ROUTEROPS_ALERT_WEBHOOK_URL)"
+        return
+    result = send_webhook(settings.alert_webhook_url, alert.payload.get("webhook") or {},
+                          retries=settings.alert_webhook_retries, backoff_s=settings.alert_webhook_backoff_s)
+    alert.attempts = (alert.attempts or 0) + result.attempts
+    alert.delivered = result.delivered
+    alert.last_error = result.error
+
+
+def process_conditions(session: Session, settings: Settings, conditions: list[Condition],
+                       monitor_run_id: str | None = None) -> list[Alert]:
+    """Open, keep or resolve one alert per condition; returns the alerts opened by this call."""
+    opened: list[Alert] = []
+    now = datetime.now(UTC)
+    for cond in conditions:
+        if cond.active is None:
+            continue
+        open_alert = session.scalars(
+            select(Alert).where(Alert.dedupe_key == cond.dedupe_key, Alert.status == "open")
+            .order_by(Alert.id.desc()).limit(1)
+        ).first()
+        if cond.active and open_alert is None:
+            alert = Alert(kind=cond.kind, dedupe_key=cond.dedupe_key, status="open", message=cond.message,
+                          payload={**cond.payload, "webhook": slack_payload(cond.kind, cond.message, cond.payload)},
+                          monitor_run_id=monitor_run_id, attempts=0, delivered=False)
+            session.add(alert)
+            session.flush()
+            _deliver(alert, settings)
+            opened.append(alert)
+            log.warning("alert opened: %s (%s) delivered=%s", cond.kind, cond.message, alert.delivered)
+        elif cond.active and open_alert is not None:
+            if not open_alert.delivered and settings.alert_webhook_url:
+                _deliver(open_alert, settings)  # an earlier delivery failed: try again now
+        elif not cond.active and open_alert is not None:
+            open_alert.status = "resolved"
+            open_alert.resolved_at = now
+            log.info("alert resolved: %s", cond.dedupe_key)
+    session.flush()
+    return opened
+
+
+def active_alert_gauges(session: Session) -> dict[str, float]:
+    """Prometheus gauges for serving's /metrics: routerops_<kind>_active = 1.0 while an alert of that
+    kind is open, else 0.0 (one entry per known kind, so the series always exist)."""
+    kinds = set(session.scalars(select(Alert.kind).where(Alert.status == "open")))
+    return {f"routerops_{kind}_active": 1.0 if kind in kinds else 0.0 for kind in KINDS}
+
+
+def write_textfile(session: Session, settings: Settings, extra: dict[str, float] | None = None) -> Path:
+    """The gauges (and the last run's figures) as a Prometheus textfile in data_dir/metrics/."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    registry = CollectorRegistry()
+    for name, value in {**active_alert_gauges(session), **(extra or {})}.items():
+        Gauge(name, f"routerops monitoring: {name}", registry=registry).set(value)
+    path = settings.data_dir / "metrics" / "routerops_monitoring.prom"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), registry)
+    return path

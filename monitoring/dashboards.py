@@ -1,0 +1,87 @@
+"""Evidently workspace: one project whose dashboard plots every monitor run over time.
+
+Each run adds two snapshots to the project "routerops monitoring" in settings.resolved_evidently_workspace:
+the drift report (per-column drift of router scores and output statistics; tag "drift") and a
+one-row summary (tag "summary") whose MeanValue metrics carry the run's figures: PGR, baseline PGR,
+strong-call share, alpha, drift share and, per model, exact-match rate, similarity and length change.
+The dashboard panels (created once) read those metrics. Look with `evidently ui --workspace DIR`.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from routerops.settings import Settings
+
+PROJECT_NAME = "routerops monitoring"
+TAB = "Monitoring"
+
+# summary column -> (panel title, legend)
+PANELS: list[tuple[str, list[tuple[str, str]]]] = [
+    ("PGR at the live alpha", [("pgr", "PGR"), ("baseline_pgr", "baseline PGR")]),
+    ("Strong-call share", [("strong_share", "strong share")]),
+    ("Alpha", [("alpha", "alpha")]),
+    ("Drift share (Evidently)", [("drift_share", "share of drifted columns")]),
+    ("Output drift: exact match vs recorded", [("weak_exact_match", "weak"), ("strong_exact_match", "strong")]),
+    ("Output drift: similarity vs recorded", [("weak_similarity", "weak"), ("strong_similarity", "strong")]),
+    ("Output drift: length change", [("weak_length_change", "weak"), ("strong_length_change", "strong")]),
+]
+
+
+def summary_row(result) -> dict[str, float]:  # noqa: ANN001 - monitoring.replay.MonitorResult
+    od = result.metrics["output_drift"]
+    nan = float("nan")
+    return {
+        "pgr": nan if result.pgr is None else result.pgr,
+        "baseline_pgr": nan if result.baseline_pgr is None else result.baseline_pgr,
+        "strong_share": nan if result.strong_share is None else result.strong_share,
+        "alpha": result.alpha,
+        "drift_share": result.drift_share or 0.0,
+        **{f"{w}_exact_match": od[w]["exact_match_rate"] for w in ("weak", "strong")},
+        **{f"{w}_similarity": od[w]["similarity"] for w in ("weak", "strong")},
+        **{f"{w}_length_change": od[w]["length_change"] for w in ("weak", "strong")},
+    }
+
+
+def get_project(settings: Settings):  # noqa: ANN201 - (Workspace, Project)
+    """The workspace and our project, created with its dashboard on first use."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import line_plot_panel
+    from evidently.ui.workspace import Workspace
+
+    path = settings.resolved_evidently_workspace
+    path.mkdir(parents=True, exist_ok=True)
+    ws = Workspace(str(path))
+    found = ws.search_project(PROJECT_NAME)
+    if found:
+        return ws, found[0]
+    project = ws.create_project(PROJECT_NAME, description="Golden-trace replays of the live router pair")
+    for title, series in PANELS:
+        values = [PanelMetric(legend=legend, metric="MeanValue", metric_labels={"column": col}, tags=["summary"])
+                  for col, legend in series]
+        project.dashboard.add_panel(line_plot_panel(title, values, size="half"), tab=TAB)
+    return ws, project
+
+
+def add_run_snapshots(settings: Settings, result, drift) -> dict[str, Any]:  # noqa: ANN001
+    from evidently import Report
+    from evidently.metrics import MeanValue
+
+    ws, project = get_project(settings)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    row = summary_row(result)
+    meta = {"monitor_run_id": result.run_id, "router_version": str(result.metrics.get("router_version"))}
+    summary = Report([MeanValue(column=c) for c in row], tags=["summary"], metadata=meta)
+    snap = summary.run(current_data=pd.DataFrame([row]), timestamp=now)
+    ids = {"summary": str(ws.add_run(project.id, snap))}
+    if drift.snapshot is not None:
+        drift.snapshot.tags = ["drift"]
+        drift.snapshot.metadata = meta
+        ids["drift"] = str(ws.add_run(project.id, drift.snapshot))
+    return {"workspace": str(settings.resolved_evidently_workspace), "project_id": str(project.id),
+            "snapshots": ids}

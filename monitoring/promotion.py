@@ -1,0 +1,192 @@
+"""Challenger vs champion after a retrain: figures as version tags and a markdown summary in the run.
+
+Both routers are scored on (1) the golden set (its recorded outputs and labels) and (2) a held-out
+slice of the preference logs: the newest `promotion_holdout_rows` judgements of the configured pair.
+For each: APGR (area under the PGR curve) and PGR at the live alpha. The comparison goes on the
+challenger version as `cmp.*` tags and as `promotion/comparison.md` in its training run. Nothing is
+promoted: a person moves `champion` (MLflow UI alias, or `routerops approve VERSION`).
+
+Honest caveat, written into the summary: the newest logs may have been part of the challenger's
+training data (it trains on everything stored); the golden set never is unless imported as logs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from routerops import metrics, registry
+from routerops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MARGIN = 0.01  # APGR differences below this are "similar"
+
+
+@dataclass
+class EvalSlice:
+    name: str
+    prompts: list[str]
+    weak_q: np.ndarray
+    strong_q: np.ndarray
+
+
+@dataclass
+class Comparison:
+    challenger_version: str
+    champion_version: str | None
+    alpha: float
+    results: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)  # slice->role->metric
+    verdict: str = "no-champion"
+    notes: list[str] = field(default_factory=list)
+
+    def tags(self) -> dict[str, str]:
+        t = {"cmp.champion_version": self.champion_version or "none", "cmp.verdict": self.verdict,
+             "cmp.alpha": f"{self.alpha:.4f}"}
+        for sl, roles in self.results.items():
+            for role, vals in roles.items():
+                for metric, value in vals.items():
+                    if value is not None:
+                        suffix = "" if role == "challenger" else "_champion"
+                        t[f"cmp.{metric}_{sl}{suffix}"] = f"{value:.4f}"
+        return t
+
+    def markdown(self) -> str:
+        lines = [f"# Challenger v{self.challenger_version} vs champion "
+                 f"{'v' + self.champion_version if self.champion_version else '(none)'}", "",
+                 f"Live alpha: {self.alpha:.4f}. Verdict: **{self.verdict}** (nothing is promoted automatically; "
+                 "approve with `routerops approve VERSION` or the MLflow UI alias).", "",
+                 "| slice | n | metric | challenger | champion |", "|---|---|---|---|---|"]
+        for sl, roles in self.results.items():
+            n = roles.get("challenger", {}).get("n")
+            for metric in ("apgr", "pgr_live_alpha", "strong_share"):
+                ch = roles.get("challenger", {}).get(metric)
+                cp = roles.get("champion", {}).get(metric)
+                lines.append(f"| {sl} | {int(n) if n else '-'} | {metric} | {_fmt(ch)} | {_fmt(cp)} |")
+        if self.notes:
+            lines += ["", *[f"- {n}" for n in self.notes]]
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"challenger_version": self.challenger_version, "champion_version": self.champion_version,
+                "alpha": self.alpha, "results": self.results, "verdict": self.verdict, "notes": self.notes}
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def golden_slice(settings: Settings) -> EvalSlice | None:
+    from monitoring.golden import load_golden
+    from monitoring.quality import gold_match
+
+    if not settings.golden_set.is_file():
+        return None
+    traces = load_golden(settings.golden_set)
+    wq, sq = [], []
+    for t in traces:
+        if t.label.gold_answer is not None:
+            wq.append(gold_match(t.weak.output, t.label.gold_answer))
+            sq.append(gold_match(t.strong.output, t.label.gold_answer))
+        else:
+            wq.append(t.label.p_weak_wins)
+            sq.append(1.0 - t.label.p_weak_wins)
+    return EvalSlice("golden", [t.prompt for t in traces], np.asarray(wq), np.asarray(sq))
+
+
+def holdout_slice(settings: Settings, router) -> EvalSlice | None:  # noqa: ANN001
+    """The newest judgements between the configured strong and weak models (any spelling)."""
+    from routerops.db import session_scope
+    from routerops.db.models import PreferenceLog
+
+    strong, weak = router.pair(settings.strong_router_name, settings.weak_router_name)
+    prompts, wq = [], []
+    with session_scope(settings) as s:
+        rows = s.execute(select(PreferenceLog.prompt, PreferenceLog.model_a, PreferenceLog.model_b,
+                                PreferenceLog.winner, PreferenceLog.soft_label)
+                         .order_by(PreferenceLog.id.desc()).limit(20 * settings.promotion_holdout_rows))
+        for prompt, a, b, winner, soft in rows:
+            try:
+                ra, rb = router.resolve(a), router.resolve(b)
+            except KeyError:
+                continue
+            if {ra, rb} != {strong, weak}:
+                continue
+            p_a = soft if soft is not None else {"a": 1.0, "b": 0.0, "tie": 0.5}.get(winner, 0.5)
+            wq.append(p_a if ra == weak else 1.0 - p_a)
+            prompts.append(prompt)
+            if len(prompts) >= settings.promotion_holdout_rows:
+                break
+    if not prompts:
+        return None
+    w = np.asarray(wq, dtype=np.float64)
+    return EvalSlice("holdout", prompts, w, 1.0 - w)
+
+
+def _evaluate(router, sl: EvalSlice, settings: Settings, alpha: float) -> dict[str, float | None]:  # noqa: ANN001
+    from monitoring.golden import score_prompts
+
+    scores = score_prompts(router, sl.prompts, settings)
+    q_router, share = metrics.routed_quality(scores, sl.weak_q, sl.strong_q, alpha)
+    try:
+        apgr = metrics.apgr(scores, sl.weak_q, sl.strong_q)
+        pgr = metrics.pgr(q_router, float(sl.weak_q.mean()), float(sl.strong_q.mean()))
+    except ValueError:  # no quality gap on this slice
+        apgr = pgr = None
+    return {"n": float(len(sl.prompts)), "apgr": apgr, "pgr_live_alpha": pgr, "strong_share": share}
+
+
+def compare_challenger(settings: Settings, challenger_version: str | int) -> dict[str, Any]:
+    """Score challenger and champion, tag the challenger version, log the summary; returns the dict."""
+    from routerops.alpha import live_alpha
+    from routerops.db import session_scope
+    from training.router_model import load_router
+
+    name = settings.router_model_name
+    client = registry.client(settings)
+    mv = client.get_model_version(name, str(challenger_version))
+    challenger = load_router(f"models:/{name}/{mv.version}", settings)
+    champ_live = registry.version_by_alias(name, registry.CHAMPION, settings)
+    champion = load_router(champ_live.uri, settings) if champ_live is not None else None
+    with session_scope(settings) as s:
+        alpha = live_alpha(s, settings).alpha
+    cmp = Comparison(str(mv.version), champ_live.version if champ_live else None, alpha)
+    slices = [golden_slice(settings), holdout_slice(settings, challenger)]
+    if slices[0] is None:
+        cmp.notes.append(f"golden set {settings.golden_set} not found: compared on the logs only")
+    if slices[1] is None:
+        cmp.notes.append("no logged judgements of the configured pair: no holdout comparison")
+    else:
+        cmp.notes.append("holdout = newest logged judgements of the pair; they may overlap the challenger's "
+                         "training data")
+    for sl in (x for x in slices if x is not None):
+        cmp.results[sl.name] = {}
+        for role, router in (("challenger", challenger), ("champion", champion)):
+            if router is None:
+                continue
+            try:
+                cmp.results[sl.name][role] = _evaluate(router, sl, settings, alpha)
+            except KeyError as exc:  # this router does not know the configured pair
+                cmp.notes.append(f"{role} cannot score {sl.name}: {exc}")
+    if champion is not None:
+        deltas = [r["challenger"]["apgr"] - r["champion"]["apgr"] for r in cmp.results.values()
+                  if r.get("challenger", {}).get("apgr") is not None and r.get("champion", {}).get("apgr") is not None]
+        if not deltas:
+            cmp.verdict = "not-comparable"
+        elif min(deltas) > -MARGIN and float(np.mean(deltas)) > MARGIN:
+            cmp.verdict = "challenger-better"
+        elif max(deltas) < MARGIN and float(np.mean(deltas)) < -MARGIN:
+            cmp.verdict = "champion-better"
+        else:
+            cmp.verdict = "similar"
+    for key, value in cmp.tags().items():
+        client.set_model_version_tag(name, str(mv.version), key, value)
+    if mv.run_id:
+        client.log_text(mv.run_id, cmp.markdown(), "promotion/comparison.md")
+        client.log_dict(mv.run_id, cmp.to_dict(), "promotion/comparison.json")
+    log.info("challenger v%s vs champion %s: %s", mv.version, cmp.champion_version, cmp.verdict)
+    return cmp.to_dict()

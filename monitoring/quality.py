@@ -1,0 +1,68 @@
+"""Quality of an answer on a golden trace's label, and judges for answers that changed.
+
+Gold answers: an answer scores 1.0 when the normalized gold answer (or any alternative in a list)
+occurs in the normalized answer as a whole-token sequence, else 0.0. Normalization: Unicode NFKC,
+lower case, punctuation to spaces, whitespace collapsed; "1,000" and "1000" both normalize to
+"1000" (digit-group commas dropped). Whole tokens, so gold "4" does not match "14".
+
+Judged labels: q_weak = P(weak wins), q_strong = 1 - P(weak wins) (a tie is 0.5 each). A judged
+label belongs to the recorded outputs; when a replayed output differs, a Judge must label the new
+pair, or the trace counts as unlabelled for quality and PGR (the monitor reports label coverage).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from routerops.text import prompt_hash
+
+_DIGIT_COMMA = re.compile(r"(?<=\d),(?=\d{3}\b)")
+_NON_WORD = re.compile(r"[^\w]+")
+
+
+def normalize_answer(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = _DIGIT_COMMA.sub("", text)
+    return " ".join(_NON_WORD.sub(" ", text).split())
+
+
+def gold_match(answer: str, gold: str | Sequence[str]) -> float:
+    """1.0 when any normalized gold alternative occurs in the normalized answer as whole tokens."""
+    golds = [gold] if isinstance(gold, str) else list(gold)
+    padded = f" {normalize_answer(answer)} "
+    for g in golds:
+        ng = normalize_answer(g)
+        if ng and f" {ng} " in padded:
+            return 1.0
+    return 0.0
+
+
+class Judge(Protocol):
+    """Labels a new (weak, strong) answer pair: P(weak wins), or None when it cannot."""
+
+    def p_weak_wins(self, prompt: str, weak_model: str, weak_output: str, strong_model: str,
+                    strong_output: str) -> float | None: ...
+
+
+class RecordedJudge:
+    """Judge labels recorded by a real judge (AlpacaEval annotation files), looked up by prompt and
+    the two generators' names. It answers for outputs the judge actually saw: those of the named
+    generators, which is what a replay of recorded outputs produces."""
+
+    def __init__(self, annotation_files: Sequence[Path | str]):
+        self.files = [Path(p) for p in annotation_files]
+        self._pairs: dict[tuple[str, str], dict[str, tuple[float, str]]] = {}
+
+    def p_weak_wins(self, prompt: str, weak_model: str, weak_output: str, strong_model: str,
+                    strong_output: str) -> float | None:
+        from monitoring.golden import read_judge_labels
+
+        key = (weak_model, strong_model)
+        if key not in self._pairs:
+            self._pairs[key] = read_judge_labels(self.files, weak_model, strong_model)
+        hit = self._pairs[key].get(prompt_hash(prompt))
+        return None if hit is None else hit[0]

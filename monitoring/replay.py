@@ -1,0 +1,334 @@
+"""`routerops monitor run`: replay a golden set against the live pair and router, and act on it.
+
+Per run (one monitor_runs row, id = run id):
+- output drift per model: exact-match rate vs the recorded output, mean difflib similarity ratio,
+  relative change of the mean length in words;
+- quality on the labels for weak, strong and routed answers (monitoring.quality), label coverage;
+- PGR at the live alpha with the live router (`champion`); without a champion every prompt goes to
+  strong (PGR 1 by definition) and the run says so (`router: null`, `routing: "all-strong"`);
+- baseline PGR: the same router at the same alpha on the RECORDED outputs and labels, i.e. what PGR
+  would be had nothing drifted. A drop below it by more than `pgr_tolerance` is a regression;
+- distribution drift (Evidently, monitoring.drift) of router scores and output statistics;
+then alerts (monitoring.alerts), alpha recalibration (monitoring.recalibrate), an Evidently snapshot
+(monitoring.dashboards) and an MLflow run with figures (monitoring.reporting).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from monitoring.drift import drift_report, output_stats
+from monitoring.golden import GoldenTrace, load_golden, score_prompts
+from monitoring.quality import Judge, gold_match
+from routerops import metrics
+from routerops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TraceResult:
+    trace: GoldenTrace
+    weak_text: str | None = None
+    strong_text: str | None = None
+    weak_model: str | None = None
+    strong_model: str | None = None
+    error: str | None = None
+    q_weak_ref: float | None = None
+    q_strong_ref: float | None = None
+    q_weak: float | None = None
+    q_strong: float | None = None
+
+
+@dataclass
+class MonitorResult:
+    run_id: str
+    status: str
+    n_traces: int
+    pgr: float | None
+    baseline_pgr: float | None
+    strong_share: float | None
+    alpha: float
+    drift_detected: bool
+    drift_share: float | None
+    regression: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+    alerts_opened: list[int] = field(default_factory=list)
+    recalibration: dict[str, Any] | None = None
+    wall_s: float = 0.0
+
+
+def golden_key(path: Path) -> str:
+    resolved = str(path.resolve())
+    return f"{path.name}:{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
+
+
+def load_live_router(settings: Settings):  # noqa: ANN201 - training.router_model.MFRouter | None
+    """The `champion` router, or None when no version holds the alias."""
+    from routerops import registry
+
+    live = registry.version_by_alias(settings.router_model_name, registry.CHAMPION, settings)
+    if live is None:
+        return None
+    from training.router_model import load_router
+
+    return load_router(live.uri, settings)
+
+
+def _similarity(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a, b, autojunk=True).ratio()
+
+
+def _label_quality(trace: GoldenTrace, weak_text: str, strong_text: str, weak_model: str, strong_model: str,
+                   judge: Judge | None) -> tuple[float | None, float | None]:
+    label = trace.label
+    if label.gold_answer is not None:
+        return gold_match(weak_text, label.gold_answer), gold_match(strong_text, label.gold_answer)
+    if weak_text == trace.weak.output and strong_text == trace.strong.output:
+        p = label.p_weak_wins
+    elif judge is not None:
+        p = judge.p_weak_wins(trace.prompt, weak_model, weak_text, strong_model, strong_text)
+    else:
+        p = None
+    return (None, None) if p is None else (float(p), 1.0 - float(p))
+
+
+def replay_traces(traces: list[GoldenTrace], weak, strong, judge: Judge | None = None,  # noqa: ANN001
+                  progress: bool = True) -> list[TraceResult]:
+    from tqdm import tqdm
+
+    from routerops.backends.base import BackendError, GenerationParams
+
+    results = []
+    for t in tqdm(traces, desc="replaying golden", disable=not progress):
+        r = TraceResult(t)
+        r.q_weak_ref, r.q_strong_ref = _label_quality(t, t.weak.output, t.strong.output, t.weak.model,
+                                                      t.strong.model, None)
+        params = GenerationParams(max_new_tokens=t.decoding.max_new_tokens, temperature=t.decoding.temperature,
+                                  top_p=t.decoding.top_p, seed=t.seed)
+        messages = [{"role": "user", "content": t.prompt}]
+        try:
+            w = weak.generate(messages, params)
+            s = strong.generate(messages, params)
+        except BackendError as exc:  # one trace the pair cannot answer is reported, not fatal
+            r.error = str(exc)
+            results.append(r)
+            continue
+        r.weak_text, r.strong_text, r.weak_model, r.strong_model = w.text, s.text, w.model, s.model
+        r.q_weak, r.q_strong = _label_quality(t, w.text, s.text, w.model, s.model, judge)
+        results.append(r)
+    return results
+
+
+def _output_drift(ok: list[TraceResult], which: str) -> dict[str, float]:
+    rec = [getattr(r.trace, which).output for r in ok]
+    now = [getattr(r, f"{which}_text") for r in ok]
+    rec_words = np.mean([output_stats(x)[0] for x in rec])
+    now_words = np.mean([output_stats(x)[0] for x in now])
+    return {
+        "exact_match_rate": float(np.mean([a == b for a, b in zip(rec, now, strict=True)])),
+        "similarity": float(np.mean([_similarity(a, b) for a, b in zip(rec, now, strict=True)])),
+        "length_change": float(now_words / rec_words - 1.0) if rec_words > 0 else 0.0,
+        "mean_words_recorded": float(rec_words),
+        "mean_words_now": float(now_words),
+    }
+
+
+def _pgr_or_none(scores: np.ndarray, wq: np.ndarray, sq: np.ndarray, alpha: float) -> tuple[float | None, float, float]:
+    q_router, share = metrics.routed_quality(scores, wq, sq, alpha)
+    try:
+        return metrics.pgr(q_router, float(wq.mean()), float(sq.mean())), share, q_router
+    except ValueError:
+        return None, share, q_router
+
+
+def _frames(ok: list[TraceResult], scores: np.ndarray, compare_scores: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    ref_rows, cur_rows = [], []
+    for r, score in zip(ok, scores, strict=True):
+        ww, wl = output_stats(r.trace.weak.output)
+        sw, sl = output_stats(r.trace.strong.output)
+        ref_rows.append({"weak_words": ww, "weak_lines": wl, "strong_words": sw, "strong_lines": sl,
+                         **({"router_score": r.trace.router_score} if compare_scores else {})})
+        ww, wl = output_stats(r.weak_text or "")
+        sw, sl = output_stats(r.strong_text or "")
+        cur_rows.append({"weak_words": ww, "weak_lines": wl, "strong_words": sw, "strong_lines": sl,
+                         **({"router_score": float(score)} if compare_scores else {})})
+    ref, cur = pd.DataFrame(ref_rows).astype(float), pd.DataFrame(cur_rows).astype(float)
+    # A column constant and equal on both sides carries no drift information (and K-S is undefined).
+    keep = [c for c in ref.columns if not (ref[c].nunique() == 1 and cur[c].nunique() == 1
+                                           and ref[c].iloc[0] == cur[c].iloc[0])]
+    return ref[keep], cur[keep]
+
+
+def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=None, strong=None,  # noqa: ANN001, C901
+                router: Any = "live", judge: Judge | None = None, recalibrate_alpha: bool = True,
+                write_dashboards: bool = True, log_mlflow: bool = True, progress: bool = True) -> MonitorResult:
+    """Replay, measure, alert, recalibrate, record. `weak`/`strong` default to the configured pair;
+    `router="live"` loads the champion (None: no router, all-strong routing)."""
+    from monitoring import alerts as alerts_mod
+    from monitoring.recalibrate import recalibrate
+    from routerops.alpha import live_alpha
+    from routerops.db import session_scope
+    from routerops.db.models import MonitorRun
+
+    t0 = time.perf_counter()
+    path = Path(golden or settings.golden_set)
+    traces = load_golden(path)
+    if weak is None or strong is None:
+        from routerops.backends.factory import make_pair
+
+        pair = make_pair(settings)
+        weak, strong = (weak or pair.weak), (strong or pair.strong)
+    if isinstance(router, str) and router == "live":
+        router = load_live_router(settings)
+    with session_scope(settings) as s:
+        alpha = live_alpha(s, settings).alpha
+        row = MonitorRun(golden_set=str(path), n_traces=len(traces), weak_model=getattr(weak, "name", None),
+                         strong_model=getattr(strong, "name", None), alpha=alpha,
+                         router_version=getattr(router, "version", None))
+        s.add(row)
+        s.flush()
+        run_id = row.id
+    try:
+        results = replay_traces(traces, weak, strong, judge, progress)
+        ok = [r for r in results if r.error is None]
+        failed = [r for r in results if r.error is not None]
+        if not ok:
+            raise RuntimeError(f"no trace could be replayed; first error: {failed[0].error if failed else '-'}")
+        prompts = [r.trace.prompt for r in ok]
+        if router is not None:
+            scores = score_prompts(router, prompts, settings)
+            routing = "router"
+        else:
+            scores = np.ones(len(ok))  # no champion: everything goes to strong
+            routing = "all-strong"
+        live_version = getattr(router, "version", None)
+        compare_scores = router is not None and all(
+            r.trace.router_score is not None and r.trace.router_version == live_version for r in ok)
+
+        labelled = [i for i, r in enumerate(ok) if r.q_weak is not None]
+        ref_labelled = [i for i, r in enumerate(ok) if r.q_weak_ref is not None]
+        m: dict[str, Any] = {
+            "routing": routing, "router_version": live_version, "alpha": alpha,
+            "n_replayed": len(ok), "n_failed": len(failed), "failures": [r.error for r in failed[:5]],
+            "label_coverage": len(labelled) / len(ok), "pgr_tolerance": settings.pgr_tolerance,
+            "output_drift": {"weak": _output_drift(ok, "weak"), "strong": _output_drift(ok, "strong")},
+            "models_now": {"weak": sorted({r.weak_model for r in ok}), "strong": sorted({r.strong_model for r in ok})},
+            "baseline_definition": "PGR of the live router at the live alpha on the recorded outputs and labels",
+        }
+        pgr_now = baseline = share = None
+        if labelled:
+            idx = np.asarray(labelled)
+            wq = np.asarray([ok[i].q_weak for i in idx])
+            sq = np.asarray([ok[i].q_strong for i in idx])
+            pgr_now, share, q_router = _pgr_or_none(scores[idx], wq, sq, alpha)
+            m["quality"] = {"weak": float(wq.mean()), "strong": float(sq.mean()), "routed": q_router}
+        else:
+            share = float((scores >= alpha).mean())
+        if ref_labelled:
+            ridx = np.asarray(ref_labelled)
+            rwq = np.asarray([ok[i].q_weak_ref for i in ridx])
+            rsq = np.asarray([ok[i].q_strong_ref for i in ridx])
+            baseline, _, rq = _pgr_or_none(scores[ridx], rwq, rsq, alpha)
+            m["quality_recorded"] = {"weak": float(rwq.mean()), "strong": float(rsq.mean()), "routed": rq}
+        m["strong_share"] = share
+        m["pgr"], m["baseline_pgr"] = pgr_now, baseline
+        regression = pgr_now is not None and baseline is not None and pgr_now < baseline - settings.pgr_tolerance
+
+        ref_df, cur_df = _frames(ok, scores, compare_scores)
+        if ref_df.shape[1] > 0:
+            drift = drift_report(ref_df, cur_df, timestamp=datetime.now(UTC).replace(tzinfo=None))
+        else:  # every statistic constant and unchanged on both sides: nothing drifted
+            from monitoring.drift import DriftResult
+
+            drift = DriftResult(False, 0.0, [], {}, True)
+        m["drift"] = drift.to_dict()
+        m["router_score_compared"] = compare_scores
+
+        key = golden_key(path)
+        conditions = [
+            alerts_mod.Condition(
+                "pgr_regression", f"pgr_regression:{key}",
+                regression if pgr_now is not None and baseline is not None else None,
+                message=(f"PGR at alpha {alpha:.3f} is {pgr_now:.3f}, baseline {baseline:.3f} "
+                         f"(tolerance {settings.pgr_tolerance}) on {path.name}") if regression else "",
+                payload={"run_id": run_id, "pgr": pgr_now, "baseline_pgr": baseline, "alpha": alpha,
+                         "golden_set": str(path)}),
+            alerts_mod.Condition(
+                "drift", f"drift:{key}", drift.drift_detected,
+                message=(f"drift in {', '.join(drift.drifted_columns)} on {path.name}"
+                         if drift.drift_detected else ""),
+                payload={"run_id": run_id, "drifted_columns": drift.drifted_columns,
+                         "drift_share": drift.drift_share, "golden_set": str(path)}),
+        ]
+        with session_scope(settings) as s:
+            opened = alerts_mod.process_conditions(s, settings, conditions, monitor_run_id=run_id)
+            opened_ids = [a.id for a in opened]
+            recal = None
+            if recalibrate_alpha and labelled:
+                idx = np.asarray(labelled)
+                recal = recalibrate(s, settings, scores=scores[idx], weak_q=np.asarray([ok[i].q_weak for i in idx]),
+                                    strong_q=np.asarray([ok[i].q_strong for i in idx]), router_version=live_version,
+                                    monitor_run_id=run_id).to_dict()
+            m["recalibration"] = recal
+            m["alerts_opened"] = opened_ids
+            gauges = {"routerops_monitor_pgr": pgr_now if pgr_now is not None else float("nan"),
+                      "routerops_monitor_baseline_pgr": baseline if baseline is not None else float("nan"),
+                      "routerops_monitor_strong_share": share, "routerops_monitor_alpha": alpha,
+                      "routerops_monitor_drift_share": drift.drift_share}
+            alerts_mod.write_textfile(s, settings, gauges)
+        result = MonitorResult(run_id, "ok", len(ok), pgr_now, baseline, share, alpha, drift.drift_detected,
+                               drift.drift_share, regression, m, opened_ids, recal)
+        if write_dashboards:
+            try:
+                from monitoring.dashboards import add_run_snapshots
+
+                m["evidently"] = add_run_snapshots(settings, result, drift)
+            except Exception as exc:  # noqa: BLE001 - the measurement stands even if the UI store fails
+                log.exception("writing Evidently snapshots failed")
+                m["evidently_error"] = f"{type(exc).__name__}: {exc}"
+        if log_mlflow:
+            try:
+                from monitoring.reporting import log_monitor_run
+
+                m["mlflow_run_id"] = log_monitor_run(settings, result, ok, scores)
+            except Exception as exc:  # noqa: BLE001
+                log.exception("logging the monitor run to MLflow failed")
+                m["mlflow_error"] = f"{type(exc).__name__}: {exc}"
+        result.wall_s = time.perf_counter() - t0
+        m["wall_s"] = result.wall_s
+        with session_scope(settings) as s:
+            row = s.get(MonitorRun, run_id)
+            row.status, row.finished_at = "ok", datetime.now(UTC)
+            row.n_traces, row.pgr, row.baseline_pgr, row.strong_share = len(ok), pgr_now, baseline, share
+            row.drift_detected, row.drift_share = drift.drift_detected, drift.drift_share
+            row.metrics = _jsonable(m)
+        return result
+    except Exception as exc:
+        with session_scope(settings) as s:
+            row = s.get(MonitorRun, run_id)
+            row.status, row.finished_at, row.error = "failed", datetime.now(UTC), f"{type(exc).__name__}: {exc}"
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON-safe copy (NaN/inf -> None, numpy scalars -> Python)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,168 @@
+"""The runtime cascade: generate with the cheapest model, score the answer with a deferral probe,
+escalate to the next model only when the probe doubts the answer.
+
+Interface for the API (the `cascade` strategy)::
+
+    from serving.cascade import CascadeStep, run_cascade, load_cascade_config
+
+    config = load_cascade_config(session)            # CascadeConfig | None (None: not calibrated yet)
+    ladder = [CascadeStep(backends[name], price_in, price_out) for name in config.models]
+    probe = training.probes.model.load_probe(config.probe_uri or "models:/deferral-probe@champion", settings)
+    result = run_cascade(messages, params, ladder, probe, config.thresholds)
+    result.text, result.answered_by, result.escalated, result.probe_score, result.threshold, result.cost
+
+Rule: at step i (all but the last), the probe gives P(answer good) for that step's answer; the answer
+is returned iff P >= thresholds[i], otherwise the next step generates. The last step's answer is
+always returned. `probe_scorer` is any callable (messages, Generation) -> float; pass a list (one per
+non-final step) when the steps need different probes. Backends are anything implementing
+routerops.backends.base.Backend; nothing here touches the network or the database by itself except
+load/save_cascade_config, which use the session they are given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from routerops.backends.base import Backend, Generation, GenerationParams, Message
+
+ProbeScorer = Callable[[Sequence[Message], Generation], float]
+CONFIG_KEY = "cascade"
+
+
+@dataclass(frozen=True)
+class CascadeStep:
+    backend: Backend
+    price_in: float = 0.0  # USD per 1M prompt tokens
+    price_out: float = 0.0  # USD per 1M completion tokens
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    def cost(self, generation: Generation) -> float:
+        return (generation.prompt_tokens * self.price_in + generation.completion_tokens * self.price_out) / 1e6
+
+
+@dataclass
+class CascadeResult:
+    text: str
+    answered_by: str
+    escalated: bool  # True iff a model other than the first answered
+    probe_score: float | None  # the last probe score computed (the one that let the answer through or escalated)
+    threshold: float | None  # the threshold that score was compared with
+    generations: list[Generation]
+    scores: list[float | None]  # per generated step; None for the last step (never scored)
+    cost: float  # USD over every generation made
+
+    @property
+    def generation(self) -> Generation:
+        return self.generations[-1]
+
+
+class CascadeConfigError(ValueError):
+    pass
+
+
+def _scorer_for(probe_scorer: ProbeScorer | Sequence[ProbeScorer], step: int) -> ProbeScorer:
+    if callable(probe_scorer):
+        return probe_scorer
+    scorers = list(probe_scorer)
+    if step >= len(scorers):
+        raise CascadeConfigError(f"no probe scorer for step {step} ({len(scorers)} given)")
+    return scorers[step]
+
+
+def run_cascade(messages: Sequence[Message], params: GenerationParams, ladder: Sequence[CascadeStep],
+                probe_scorer: ProbeScorer | Sequence[ProbeScorer], thresholds: Sequence[float]) -> CascadeResult:
+    """Run the ladder on one request (see the module docstring). Backend errors propagate."""
+    if not ladder:
+        raise CascadeConfigError("the cascade ladder is empty")
+    if len(thresholds) != len(ladder) - 1:
+        raise CascadeConfigError(f"a ladder of {len(ladder)} models needs {len(ladder) - 1} thresholds, "
+                                 f"got {len(thresholds)}")
+    generations: list[Generation] = []
+    scores: list[float | None] = []
+    cost = 0.0
+    last_score: float | None = None
+    last_threshold: float | None = None
+    for i, step in enumerate(ladder):
+        gen = step.backend.generate(list(messages), params)
+        generations.append(gen)
+        cost += step.cost(gen)
+        if i == len(ladder) - 1:
+            scores.append(None)
+            break
+        score = float(_scorer_for(probe_scorer, i)(messages, gen))
+        if math.isnan(score):
+            raise ValueError(f"probe returned NaN for {step.name}'s answer")
+        scores.append(score)
+        last_score, last_threshold = score, float(thresholds[i])
+        if score >= thresholds[i]:
+            break
+    return CascadeResult(text=generations[-1].text, answered_by=ladder[len(generations) - 1].name,
+                         escalated=len(generations) > 1, probe_score=last_score, threshold=last_threshold,
+                         generations=generations, scores=scores, cost=cost)
+
+
+@dataclass
+class CascadeConfig:
+    """What `routerops cascade calibrate` decides and serving reads: the ordered models and the
+    acceptance thresholds (len(models) - 1), plus how they were chosen and what they promise."""
+
+    models: list[str]
+    thresholds: list[float]
+    probe_uri: str | None = None
+    objective: str = "manual"  # "max_quality_under_budget" | "min_cost_at_quality" | "manual"
+    budget: float | None = None  # USD per query
+    quality_target: float | None = None
+    expected: dict[str, float] = field(default_factory=dict)  # e.g. train/test accuracy and cost
+    source: str | None = None  # the data it was calibrated on
+    calibrated_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise CascadeConfigError("a cascade needs at least one model")
+        if len(self.thresholds) != len(self.models) - 1:
+            raise CascadeConfigError(f"{len(self.models)} models need {len(self.models) - 1} thresholds, "
+                                     f"got {len(self.thresholds)}")
+        for t in self.thresholds:
+            if not (0.0 <= float(t) <= 1.0 + 1e-5) and not math.isinf(t):
+                raise CascadeConfigError(f"threshold {t} is not a probability in [0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        # JSON has no infinity: "always escalate" is stored as a threshold just above 1
+        d["thresholds"] = [min(float(t), 1.0 + 1e-6) for t in self.thresholds]
+        return d
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> CascadeConfig:
+        known = {k: value[k] for k in cls.__dataclass_fields__ if k in value}
+        missing = {"models", "thresholds"} - set(known)
+        if missing:
+            raise CascadeConfigError(f"stored cascade config lacks {sorted(missing)}")
+        return cls(**known)
+
+
+def save_cascade_config(session, config: CascadeConfig) -> None:  # noqa: ANN001
+    """Upsert the config under serving_state key "cascade" (committed by the caller's transaction)."""
+    from routerops.db.models import ServingState
+
+    row = session.get(ServingState, CONFIG_KEY)
+    if row is None:
+        session.add(ServingState(key=CONFIG_KEY, value=config.to_dict()))
+    else:
+        row.value = config.to_dict()
+        row.updated_at = datetime.now(UTC)
+    session.flush()
+
+
+def load_cascade_config(session) -> CascadeConfig | None:  # noqa: ANN001
+    from routerops.db.models import ServingState
+
+    row = session.get(ServingState, CONFIG_KEY)
+    return None if row is None else CascadeConfig.from_dict(dict(row.value))

@@ -1,0 +1,69 @@
+"""Prometheus metrics on a per-app CollectorRegistry (two apps in one process never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+ROUTING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+
+
+class ServingMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("routerops_requests_total", "Chat completions served",
+                                ["strategy", "model"], registry=r)
+        self.errors = Counter("routerops_request_errors_total", "Requests answered with an error",
+                              ["status"], registry=r)
+        self.latency = Histogram("routerops_request_latency_seconds", "End-to-end chat completion latency",
+                                 ["strategy"], buckets=LATENCY_BUCKETS, registry=r)
+        self.routing_latency = Histogram("routerops_routing_latency_seconds",
+                                         "Time to decide weak or strong (embedding + router)",
+                                         buckets=ROUTING_BUCKETS, registry=r)
+        self.routed = Counter("routerops_routed_total", "Routing decisions", ["role"], registry=r)
+        self.strong_share = Gauge("routerops_strong_call_share",
+                                  "Share of routed requests sent to the strong model", registry=r)
+        self.alpha = Gauge("routerops_alpha", "Live routing threshold", registry=r)
+        self.router_version = Gauge("routerops_router_version_info",
+                                    "Live router version (value 1 on the live version's label)",
+                                    ["version"], registry=r)
+        self.reload_errors = Counter("routerops_router_reload_errors_total", "Failed reload checks", registry=r)
+        self.cascade = Counter("routerops_cascade_requests_total", "Cascade requests", ["escalated"], registry=r)
+        self.escalation_rate = Gauge("routerops_cascade_escalation_rate", "Share of cascade requests escalated",
+                                     registry=r)
+        self.spec_acceptance = Histogram("routerops_speculative_acceptance_rate",
+                                         "Per-request draft acceptance rate", buckets=[i / 10 for i in range(11)],
+                                         registry=r)
+        self.spec_acceptance_last = Gauge("routerops_speculative_acceptance_rate_last",
+                                          "Acceptance rate of the latest speculative request", registry=r)
+        self._counts = {"weak": 0, "strong": 0, "cascade": 0, "escalated": 0}
+        self._live_version: str | None = None
+
+    def observe_route(self, role: str, seconds: float) -> None:
+        self.routed.labels(role).inc()
+        self.routing_latency.observe(seconds)
+        self._counts[role] = self._counts.get(role, 0) + 1
+        total = self._counts["weak"] + self._counts["strong"]
+        self.strong_share.set(self._counts["strong"] / total if total else 0.0)
+
+    def observe_cascade(self, escalated: bool) -> None:
+        self.cascade.labels(str(bool(escalated)).lower()).inc()
+        self._counts["cascade"] += 1
+        self._counts["escalated"] += int(bool(escalated))
+        self.escalation_rate.set(self._counts["escalated"] / self._counts["cascade"])
+
+    def observe_speculative(self, acceptance_rate: float | None) -> None:
+        if acceptance_rate is not None:
+            self.spec_acceptance.observe(acceptance_rate)
+            self.spec_acceptance_last.set(acceptance_rate)
+
+    def set_router(self, version: str | None, alpha: float) -> None:
+        label = version or "none"
+        if self._live_version is not None and self._live_version != label:
+            self.router_version.labels(self._live_version).set(0)
+        self.router_version.labels(label).set(1)
+        self._live_version = label
+        self.alpha.set(alpha)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,209 @@
+"""The live router: the registry's `champion` MF router and the live alpha, reloaded in the background.
+
+Every `reload_interval_s` (and on POST /admin/reload) the state asks MLflow which version
+`models:/<router_model_name>@champion` points at and reads the live alpha from the database. A new
+version is loaded and checked (it must know the configured pair and score a warm-up prompt) before it
+replaces the old one in a single reference swap, so a request sees either the old or the new router,
+never a mix. If MLflow is unreachable or the new version fails, the last good router keeps serving
+and the error is reported at /healthz.
+
+No champion yet (documented behaviour): every `router` request goes to the strong model with reason
+"no champion router: routing to strong".
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from routerops import registry
+from routerops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NO_CHAMPION = "no champion router: routing to strong"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    router: object | None  # training.router_model.MFRouter
+    version: str | None
+    alpha: float
+    alpha_source: str
+    loaded_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    role: str  # weak | strong
+    p_strong_wins: float | None
+    alpha: float
+    router_version: str | None
+    reason: str
+    routing_ms: float
+
+
+class ScoreBatcher:
+    """Scores concurrent routing requests together: one embedder call for every prompt that arrived
+    while the previous batch was being scored (no added wait when traffic is light). Embedding one
+    prompt at a time under load queues requests behind each other; a batch costs little more than one.
+    """
+
+    def __init__(self, strong: str, weak: str, max_batch: int = 64):
+        self.strong, self.weak, self.max_batch = strong, weak, max_batch
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.batches = 0
+        self.scored = 0
+
+    def score(self, router, prompt: str) -> float:  # noqa: ANN001
+        future: Future = Future()
+        self._queue.put((router, prompt, future))
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="router-batcher", daemon=True)
+                self._thread.start()
+        return future.result()
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            groups: dict[int, tuple[object, list]] = {}
+            for router, prompt, future in batch:  # a router swap mid-batch: score each with its own
+                groups.setdefault(id(router), (router, []))[1].append((prompt, future))
+            for router, items in groups.values():
+                try:
+                    scores = router.score([p for p, _ in items], self.strong, self.weak)
+                    for (_, future), value in zip(items, scores, strict=True):
+                        future.set_result(float(value))
+                except Exception as exc:  # noqa: BLE001 - every waiter hears about it
+                    for _, future in items:
+                        future.set_exception(exc)
+            self.batches += 1
+            self.scored += len(batch)
+
+
+class RouterState:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.snapshot = Snapshot(router=None, version=None, alpha=settings.alpha, alpha_source="settings")
+        self.last_error: str | None = None
+        self.last_check: str | None = None
+        self.reloads = 0
+        self._reload_lock = threading.Lock()
+        self.batcher = ScoreBatcher(settings.strong_router_name, settings.weak_router_name)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.on_change: list = []  # callbacks(snapshot) e.g. metrics
+
+    # --- reload ---------------------------------------------------------------------------------
+    def _load(self, version: str):  # noqa: ANN202
+        from training.router_model import load_router
+
+        uri = f"models:/{self.settings.router_model_name}/{version}"
+        router = load_router(uri, self.settings)
+        # must know our pair and score, or it does not go live
+        router.score(["warm-up prompt"], self.settings.strong_router_name, self.settings.weak_router_name)
+        return router
+
+    def reload(self) -> dict:
+        """Check the champion alias and alpha; swap if either changed. Never raises."""
+        with self._reload_lock:
+            current = self.snapshot
+            errors: list[str] = []
+            router, version, loaded_at = current.router, current.version, current.loaded_at
+            try:
+                live = registry.version_by_alias(self.settings.router_model_name, registry.CHAMPION, self.settings)
+            except Exception as exc:  # noqa: BLE001 - MLflow down: keep serving, report it
+                errors.append(f"cannot read {self.settings.router_model_name}@champion from "
+                              f"{self.settings.resolved_registry_uri}: {type(exc).__name__}: {str(exc)[:300]}")
+            else:
+                if live is None:
+                    router, version, loaded_at = None, None, None
+                elif live.version != current.version:
+                    try:
+                        router, version = self._load(live.version), live.version
+                        loaded_at = datetime.now(UTC).isoformat()
+                        log.info("router version %s is live (was %s)", version, current.version)
+                    except Exception as exc:  # noqa: BLE001 - a bad version must not take serving down
+                        errors.append(f"router version {live.version} failed to load; still serving "
+                                      f"{current.version}: {type(exc).__name__}: {str(exc)[:300]}")
+            alpha, alpha_source = current.alpha, current.alpha_source
+            try:
+                from routerops.alpha import live_alpha
+                from routerops.db import session_scope
+
+                with session_scope(self.settings) as session:
+                    live_a = live_alpha(session, self.settings)
+                alpha, alpha_source = live_a.alpha, live_a.source
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"cannot read the live alpha: {type(exc).__name__}: {str(exc)[:200]}")
+            new = Snapshot(router, version, alpha, alpha_source, loaded_at)
+            changed = (new.version, new.alpha) != (current.version, current.alpha) or new.router is not current.router
+            if changed:
+                self.snapshot = new  # one reference assignment: atomic for readers
+                self.reloads += 1
+                for callback in self.on_change:
+                    callback(new)
+            self.last_error = "; ".join(errors) or None
+            self.last_check = datetime.now(UTC).isoformat()
+            return {"changed": changed, "router_version": new.version, "alpha": new.alpha,
+                    "error": self.last_error}
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.reload_interval_s):
+            self.reload()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="router-reloader", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self.batcher.close()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    # --- decide ---------------------------------------------------------------------------------
+    def decide(self, prompt: str) -> Decision:
+        """Route one prompt (blocking: embeds the prompt; call from a threadpool)."""
+        t0 = time.perf_counter()
+        snap = self.snapshot
+        if snap.router is None:
+            return Decision("strong", None, snap.alpha, None, NO_CHAMPION, (time.perf_counter() - t0) * 1000)
+        try:
+            p = self.batcher.score(snap.router, prompt)
+        except Exception as exc:  # noqa: BLE001 - a scoring failure degrades to the safe choice
+            log.warning("routing failed, sending to strong: %s", exc)
+            return Decision("strong", None, snap.alpha, snap.version,
+                            f"routing failed ({type(exc).__name__}): routing to strong",
+                            (time.perf_counter() - t0) * 1000)
+        role = "strong" if p >= snap.alpha else "weak"
+        op = ">=" if role == "strong" else "<"
+        return Decision(role, p, snap.alpha, snap.version,
+                        f"P(strong wins)={p:.3f} {op} alpha={snap.alpha:.3f}: routing to {role}",
+                        (time.perf_counter() - t0) * 1000)

@@ -1,0 +1,107 @@
+"""The OpenAI chat-completions wire format (the part we serve) plus our documented extra field.
+
+Every response carries `routerops` (RouterOpsInfo): which model answered and why. Unknown request
+fields are accepted and ignored, as OpenAI-compatible servers usually do.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # content parts: keep the text ones
+            return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+        return self.content or ""
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = Field(default=1, ge=1, le=1)
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return v
+
+    def plain_messages(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+
+class RouterOpsInfo(BaseModel):
+    """The extra field on every response (and in the first and last stream chunks)."""
+
+    model: str  # the model that answered
+    strategy: str  # router | cascade | speculative | direct
+    p_strong_wins: float | None = None
+    alpha: float | None = None
+    router_version: str | None = None
+    estimated_cost_usd: float = 0.0
+    request_id: str
+    reason: str
+    routing_latency_ms: float | None = None  # time to decide (router strategy)
+    escalated: bool | None = None
+    probe_score: float | None = None
+    speculative: dict[str, float] | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: ResponseMessage
+    finish_reason: str = "stop"
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    routerops: RouterOpsInfo
+
+
+class Preference(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    winner: Literal["a", "b", "tie"]  # a = the logged (served) answer, b = the other answer
+    other_model: str | None = None
+    other_answer: str | None = None
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(min_length=1, max_length=64)
+    preference: Preference | None = None
+    thumbs: Literal["up", "down"] | None = None
+    comment: str | None = Field(default=None, max_length=2000)

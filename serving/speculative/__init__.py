@@ -1,0 +1,113 @@
+"""Exact speculative decoding (issue 5): same output distribution as the target alone, fewer target passes.
+
+    from serving.speculative import SpeculativeGenerator, PromptLookupDraft
+    gen = SpeculativeGenerator(load_llm(LLMSpec.resolve("smollm2-135m-instruct")), PromptLookupDraft())
+    res = gen.generate(messages, max_new_tokens=64, temperature=0.0)      # SpecResult
+    stream = gen.stream(messages, max_new_tokens=64); "".join(stream); stream.result
+
+`build_from_settings(settings)` makes the configured generator (cached per process);
+`serve_generate` / `serve_stream` are what the API's `speculative` strategy calls.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from serving.speculative.adaptive import AdaptiveGamma, best_gamma, expected_speedup, expected_tokens_per_pass
+from serving.speculative.decoder import SpecResult, SpecStream, SpeculativeGenerator, encode_prompt
+from serving.speculative.drafts import (
+    Draft,
+    DraftState,
+    EarlyExitDraft,
+    ModelDraft,
+    PromptLookupDraft,
+    Proposal,
+)
+from serving.speculative.sampling import Verdict, Warp, exact_accept, greedy_accept
+
+__all__ = [
+    "AdaptiveGamma", "Draft", "DraftState", "EarlyExitDraft", "ModelDraft", "PromptLookupDraft", "Proposal",
+    "SpecResult", "SpecStream", "SpeculativeGenerator", "Verdict", "Warp", "best_gamma", "build_draft",
+    "build_from_settings", "encode_prompt", "exact_accept", "expected_speedup", "expected_tokens_per_pass",
+    "greedy_accept", "serve_generate", "serve_stream",
+]
+
+_built: dict[tuple, SpeculativeGenerator] = {}
+_lock = threading.Lock()
+
+
+def _target_spec(settings: Any):  # noqa: ANN202
+    from routerops.local_models import LLMSpec
+
+    if settings.strong_backend != "local" and settings.speculative_target is None:
+        raise ValueError(f"speculative decoding needs a local target model; the strong backend is "
+                         f"{settings.strong_backend!r}: set ROUTEROPS_SPECULATIVE_TARGET to a local model")
+    model = settings.speculative_target or settings.strong_model
+    gguf = settings.strong_gguf_file if settings.speculative_target is None else None
+    return LLMSpec.resolve(model, gguf, settings.device)
+
+
+def _target_name(settings: Any) -> str:
+    return settings.speculative_target or settings.strong_model
+
+
+def build_draft(settings: Any, target: Any) -> Draft:
+    """The draft named by settings.speculative_draft for a loaded target."""
+    kind = settings.speculative_draft
+    if kind == "prompt-lookup":
+        return PromptLookupDraft(settings.speculative_lookup_ngram)
+    if kind == "model":
+        if not settings.speculative_draft_model:
+            raise ValueError("speculative_draft='model' needs ROUTEROPS_SPECULATIVE_DRAFT_MODEL (a path or hub id "
+                             "of a causal LM with the target's tokenizer)")
+        vocab = target.model.get_output_embeddings().weight.shape[0]
+        return ModelDraft.load(settings.speculative_draft_model, vocab, device=settings.device)
+    if kind == "self":
+        from serving.speculative.exit_head import default_head_path, load_head
+
+        layers, head = settings.speculative_draft_layers, None
+        path = settings.speculative_exit_head or default_head_path(settings.data_dir, _target_name(settings), layers)
+        if settings.speculative_exit_head is not None or path.is_file():
+            head, layers = load_head(path, target.model.config.hidden_size)
+        return EarlyExitDraft(target.model, layers, target.device, head)
+    raise ValueError(f"unknown speculative_draft {kind!r}: use self, prompt-lookup or model")
+
+
+def build_from_settings(settings: Any) -> SpeculativeGenerator:
+    """The configured generator; built once per process per configuration (the target loads once)."""
+    from routerops.local_models import load_llm
+
+    key = (str(_target_spec(settings)), settings.speculative_draft, settings.speculative_draft_layers,
+           settings.speculative_draft_model, str(settings.speculative_exit_head), str(settings.data_dir),
+           settings.speculative_gamma, settings.speculative_max_gamma, settings.speculative_adaptive,
+           settings.speculative_lookup_ngram)
+    with _lock:
+        if key not in _built:
+            target = load_llm(_target_spec(settings))
+            _built[key] = SpeculativeGenerator(target, build_draft(settings, target), settings.speculative_gamma,
+                                               settings.speculative_adaptive, settings.speculative_max_gamma)
+        return _built[key]
+
+
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    cuts = [text.find(s) for s in stop if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def serve_generate(messages: list[dict[str, str]], params: Any, ctx: Any) -> SpecResult:
+    """One request for the API: `params` is a routerops GenerationParams; the result has .text,
+    .prompt_tokens, .completion_tokens, .stats (the per-request metrics), .model and .role."""
+    gen = build_from_settings(ctx.settings)
+    res = gen.generate(messages, params.max_new_tokens, params.temperature, params.top_p, params.seed)
+    res.text, stopped = _cut_at_stop(res.text, tuple(params.stop or ()))
+    if stopped:
+        res.finish_reason = "stop"
+    res.model, res.role = _target_name(ctx.settings), "strong"
+    return res
+
+
+def serve_stream(messages: list[dict[str, str]], params: Any, ctx: Any) -> SpecStream:
+    """Text deltas per accepted chunk; `.result` (SpecResult) is set when the iteration ends."""
+    gen = build_from_settings(ctx.settings)
+    return gen.stream(messages, params.max_new_tokens, params.temperature, params.top_p, params.seed)

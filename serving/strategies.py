@@ -1,0 +1,354 @@
+"""What `model` in a request can name: a strategy (router, cascade, speculative) or one of the pair.
+
+The seam for new strategies is STRATEGY_FACTORIES: name -> factory(ctx) -> Strategy. A strategy
+whose parts are missing reports why through `unavailable()`, and the API answers 503
+"strategy not available: <reason>" instead of failing mid-request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from routerops.backends.base import Backend, GenerationParams, Message
+from routerops.backends.factory import BackendPair
+from routerops.settings import Settings
+from serving.request_log import Prices
+from serving.routing import RouterState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServingContext:
+    settings: Settings
+    pair: BackendPair
+    router: RouterState
+    prices: Prices
+
+
+@dataclass
+class Outcome:
+    strategy: str
+    model: str  # the model that answered
+    role: str | None  # weak | strong | None
+    reason: str
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    cost_usd: float = 0.0
+    p_strong_wins: float | None = None
+    alpha: float | None = None
+    router_version: str | None = None
+    routing_ms: float | None = None
+    escalated: bool | None = None
+    probe_score: float | None = None
+    spec: dict[str, float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    # streaming: called with the full text once the stream ends, to fill tokens and cost
+    finalize: Callable[[str], None] | None = None
+
+
+def count_prompt_tokens(backend: Backend, messages: list[Message]) -> int:
+    prompt_ids = getattr(backend, "prompt_ids", None) or getattr(getattr(backend, "base", None), "prompt_ids", None)
+    if prompt_ids is not None:
+        return len(prompt_ids(messages))
+    return max(1, round(sum(len(m.get("content") or "") for m in messages) / 4))
+
+
+def count_tokens(backend: Backend, text: str) -> int:
+    counter = getattr(backend, "count_tokens", None)
+    return int(counter(text)) if counter is not None else max(1, round(len(text) / 4)) if text else 0
+
+
+def _pieces(text: str, size: int = 16) -> Iterator[str]:
+    for i in range(0, len(text), size):
+        yield text[i : i + size]
+
+
+class Strategy:
+    name = "base"
+
+    def __init__(self, ctx: ServingContext):
+        self.ctx = ctx
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
+        raise NotImplementedError
+
+    def stream(self, messages: list[Message], params: GenerationParams) -> tuple[Outcome, Iterator[str]]:
+        """Default: answer fully, then hand out the text in pieces."""
+        out = self.run(messages, params)
+        return out, _pieces(out.text)
+
+
+class _BackendStrategy(Strategy):
+    """Shared by direct model calls and routing: one backend answers."""
+
+    def _call(self, out: Outcome, backend: Backend, messages: list[Message], params: GenerationParams) -> Outcome:
+        gen = backend.generate(messages, params)
+        out.text, out.finish_reason = gen.text, gen.finish_reason
+        out.prompt_tokens = gen.prompt_tokens or count_prompt_tokens(backend, messages)
+        out.completion_tokens = gen.completion_tokens or count_tokens(backend, gen.text)
+        out.cost_usd = self.ctx.prices.cost(out.role or "strong", out.prompt_tokens, out.completion_tokens)
+        if gen.extra:
+            out.extra["generation"] = {k: v for k, v in gen.extra.items() if isinstance(v, str | int | float)}
+        return out
+
+    def _stream(self, out: Outcome, backend: Backend, messages: list[Message],
+                params: GenerationParams) -> tuple[Outcome, Iterator[str]]:
+        out.prompt_tokens = count_prompt_tokens(backend, messages)
+        out.cost_usd = self.ctx.prices.cost(out.role or "strong", out.prompt_tokens, 0)
+
+        def finalize(text: str) -> None:
+            out.text = text
+            out.completion_tokens = count_tokens(backend, text)
+            out.cost_usd = self.ctx.prices.cost(out.role or "strong", out.prompt_tokens, out.completion_tokens)
+
+        out.finalize = finalize
+        return out, backend.stream(messages, params)
+
+
+class DirectStrategy(_BackendStrategy):
+    name = "direct"
+
+    def __init__(self, ctx: ServingContext, role: str):
+        super().__init__(ctx)
+        self.role = role
+        self.backend = ctx.pair.by_role(role)
+
+    def _outcome(self) -> Outcome:
+        snap = self.ctx.router.snapshot
+        return Outcome("direct", self.backend.name, self.role, f"model {self.backend.name} requested by name",
+                       alpha=snap.alpha, router_version=snap.version)
+
+    def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
+        return self._call(self._outcome(), self.backend, messages, params)
+
+    def stream(self, messages: list[Message], params: GenerationParams) -> tuple[Outcome, Iterator[str]]:
+        return self._stream(self._outcome(), self.backend, messages, params)
+
+
+class RouterStrategy(_BackendStrategy):
+    name = "router"
+
+    def _decide(self, messages: list[Message]) -> tuple[Outcome, Backend]:
+        from routerops.backends.base import last_user_prompt
+
+        d = self.ctx.router.decide(last_user_prompt(messages))
+        backend = self.ctx.pair.by_role(d.role)
+        return Outcome("router", backend.name, d.role, d.reason, p_strong_wins=d.p_strong_wins, alpha=d.alpha,
+                       router_version=d.router_version, routing_ms=d.routing_ms), backend
+
+    def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
+        out, backend = self._decide(messages)
+        return self._call(out, backend, messages, params)
+
+    def stream(self, messages: list[Message], params: GenerationParams) -> tuple[Outcome, Iterator[str]]:
+        out, backend = self._decide(messages)
+        return self._stream(out, backend, messages, params)
+
+
+class StrategyUnavailable(RuntimeError):
+    """Raised by a strategy at request time when its parts cannot be loaded (API: 503)."""
+
+
+def _stop_filtered(deltas: Iterator[str], stops: tuple[str, ...]) -> Iterator[str]:
+    """Cut a delta stream at the first stop string (holding back text that may start one)."""
+    from routerops.backends.local import _held_back
+
+    stops = tuple(x for x in stops if x)
+    if not stops:
+        yield from deltas
+        return
+    text, emitted = "", 0
+    for delta in deltas:
+        text += delta
+        hits = [i for i in (text.find(x) for x in stops) if i >= 0]
+        if hits:
+            if min(hits) > emitted:
+                yield text[emitted : min(hits)]
+            return
+        end = len(text) - _held_back(text, stops)
+        if end > emitted:
+            yield text[emitted:end]
+            emitted = end
+    if len(text) > emitted:
+        yield text[emitted:]
+
+
+class CascadeStrategy(Strategy):
+    """Generate with the weak model, score the answer with the deferral probe, escalate if unsure.
+
+    The mechanism and its calibrated config live in serving.cascade (issue 4): the ladder and the
+    thresholds come from the stored config (`routerops cascade calibrate`), the probe from its
+    probe_uri or models:/<probe_model_name>@champion. Config and probe are re-read every
+    reload_interval_s, so a new calibration or an approved probe goes live without a restart.
+    """
+
+    name = "cascade"
+
+    def __init__(self, ctx: ServingContext):
+        super().__init__(ctx)
+        self._loaded: tuple[float, Any] | None = None
+        self._lock = threading.Lock()
+
+    def unavailable(self) -> str | None:
+        try:
+            import serving.cascade  # noqa: F401
+        except ImportError as exc:
+            return f"serving.cascade is not installed ({exc})"
+        return None
+
+    def _role_of(self, name: str) -> str | None:
+        from routerops.model_names import ModelCatalog
+
+        catalog = ModelCatalog.builtin()
+        for role, backend in (("weak", self.ctx.pair.weak), ("strong", self.ctx.pair.strong)):
+            if name == backend.name or catalog.canonicalize(name) == catalog.canonicalize(backend.name):
+                return role
+        return None
+
+    def _load(self) -> tuple[Any, list, Any, list[str]]:
+        from routerops.db import session_scope
+        from serving.cascade import CascadeStep, load_cascade_config
+
+        with self._lock:
+            if self._loaded and time.monotonic() - self._loaded[0] < self.ctx.settings.reload_interval_s:
+                return self._loaded[1]
+            settings = self.ctx.settings
+            with session_scope(settings) as session:
+                config = load_cascade_config(session)
+            if config is None:
+                raise StrategyUnavailable("no cascade config yet: run `routerops cascade calibrate`")
+            ladder, roles = [], []
+            for name in config.models:
+                role = self._role_of(name)
+                if role is None:
+                    raise StrategyUnavailable(
+                        f"the cascade config names {name!r}, which this server does not serve "
+                        f"(weak={self.ctx.pair.weak.name}, strong={self.ctx.pair.strong.name})")
+                p_in, p_out = self.ctx.prices.by_role[role]
+                ladder.append(CascadeStep(self.ctx.pair.by_role(role), p_in, p_out))
+                roles.append(role)
+            uri = config.probe_uri or f"models:/{settings.probe_model_name}@champion"
+            try:
+                from training.probes.model import load_probe
+
+                probe = load_probe(uri, settings)
+            except Exception as exc:  # noqa: BLE001 - no probe: the cascade cannot decide
+                raise StrategyUnavailable(f"deferral probe {uri} not loadable: {str(exc)[:300]}") from None
+            value = (config, ladder, probe, roles)
+            self._loaded = (time.monotonic(), value)
+            return value
+
+    def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
+        from serving.cascade import run_cascade
+
+        config, ladder, probe, roles = self._load()
+        res = run_cascade(messages, params, ladder, probe, config.thresholds)
+        role, gen = roles[len(res.generations) - 1], res.generations[-1]
+        score, threshold = res.probe_score, res.threshold
+        if score is None:
+            reason = f"single-step cascade: {res.answered_by}"
+        elif res.escalated:
+            reason = f"probe P(good)={score:.3f} < {threshold:.3f}: escalated to {res.answered_by}"
+        else:
+            reason = f"probe P(good)={score:.3f} >= {threshold:.3f}: kept {res.answered_by}'s answer"
+        out = Outcome("cascade", res.answered_by, role, reason, text=res.text, finish_reason=gen.finish_reason,
+                      prompt_tokens=sum(g.prompt_tokens for g in res.generations),
+                      completion_tokens=sum(g.completion_tokens for g in res.generations),
+                      cost_usd=res.cost, escalated=res.escalated, probe_score=score)
+        out.extra.update(threshold=threshold, cascade_models=[s.name for s in ladder], cascade_scores=res.scores,
+                         probe_version=getattr(probe, "version", None))
+        snap = self.ctx.router.snapshot
+        out.alpha, out.router_version = snap.alpha, snap.version
+        return out
+
+
+class SpeculativeStrategy(Strategy):
+    """Exact speculative decoding of the local target model (issue 5), via serving.speculative."""
+
+    name = "speculative"
+
+    def unavailable(self) -> str | None:
+        try:
+            import serving.speculative as spec
+        except ImportError as exc:
+            return f"serving.speculative is not installed ({exc})"
+        if not hasattr(spec, "serve_generate"):
+            return "serving.speculative does not expose serve_generate yet"
+        settings = self.ctx.settings
+        if settings.strong_backend != "local" and getattr(settings, "speculative_target", None) is None:
+            return (f"speculative decoding needs a local target model; the strong backend is "
+                    f"{settings.strong_backend!r} (set ROUTEROPS_SPECULATIVE_TARGET)")
+        return None
+
+    def _target(self) -> str:
+        return getattr(self.ctx.settings, "speculative_target", None) or self.ctx.settings.strong_model
+
+    def _fill(self, out: Outcome, res: Any) -> None:
+        stats = {k: float(v) for k, v in (getattr(res, "stats", None) or {}).items()
+                 if isinstance(v, int | float) and not isinstance(v, bool)}
+        if "speedup_estimate" in stats:
+            stats.setdefault("speedup", stats["speedup_estimate"])
+        out.spec = stats
+        out.prompt_tokens = int(getattr(res, "prompt_tokens", 0))
+        out.completion_tokens = int(getattr(res, "completion_tokens", 0))
+        out.finish_reason = getattr(res, "finish_reason", "stop") or "stop"
+        out.extra["draft"] = getattr(res, "draft", None)
+        out.cost_usd = self.ctx.prices.cost("strong", out.prompt_tokens, out.completion_tokens)
+
+    def _outcome(self) -> Outcome:
+        draft = getattr(self.ctx.settings, "speculative_draft", "?")
+        return Outcome("speculative", self._target(), "strong",
+                       f"exact speculative decoding of {self._target()} (draft: {draft})")
+
+    def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
+        from serving.speculative import serve_generate
+
+        res = serve_generate(messages, params, self.ctx)
+        out = self._outcome()
+        out.model = getattr(res, "model", None) or out.model
+        out.text = res.text
+        self._fill(out, res)
+        return out
+
+    def stream(self, messages: list[Message], params: GenerationParams) -> tuple[Outcome, Iterator[str]]:
+        from serving.speculative import serve_stream
+
+        spec_stream = serve_stream(messages, params, self.ctx)
+        out = self._outcome()
+
+        def finalize(text: str) -> None:
+            result = getattr(spec_stream, "result", None)
+            if result is not None:
+                self._fill(out, result)
+            if text != getattr(result, "text", text):  # cut at a stop string
+                out.finish_reason = "stop"
+            out.text = text
+
+        out.finalize = finalize
+        return out, _stop_filtered(iter(spec_stream), tuple(params.stop))
+
+
+STRATEGY_FACTORIES: dict[str, Callable[[ServingContext], Strategy]] = {
+    "router": RouterStrategy,
+    "cascade": CascadeStrategy,
+    "speculative": SpeculativeStrategy,
+}
+
+
+def build_strategies(ctx: ServingContext) -> dict[str, Strategy]:
+    """Every name `model` may take: the strategies, then the weak and strong model names."""
+    table: dict[str, Strategy] = {name: factory(ctx) for name, factory in STRATEGY_FACTORIES.items()}
+    table.setdefault(ctx.pair.weak.name, DirectStrategy(ctx, "weak"))
+    table.setdefault(ctx.pair.strong.name, DirectStrategy(ctx, "strong"))
+    return table

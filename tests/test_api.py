@@ -1,0 +1,500 @@
+"""The API end to end: a real uvicorn server driven by the official openai client.
+
+The fast tests serve a recorded (replay) pair; the routers are real MF routers trained on the router
+fixture and registered in a real MLflow store; one slow test serves the local SmolLM2 pair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from click.testing import CliRunner
+from serving_helpers import RECORDED_PAIR, STRONG, WEAK, free_port, healthz, running_server, wait_for
+
+USER_KEY = "test-user-key-0123456789"
+ADMIN_KEY = "test-admin-key-0123456789"
+ROUTER_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "router" / "prefs.jsonl"
+PROMPT = "What's a fun fact about cats?"
+
+
+def make_settings(data_dir: Path, **overrides):  # noqa: ANN201
+    from routerops.settings import Settings
+
+    values = dict(data_dir=data_dir, weak_backend="replay", strong_backend="replay", weak_model=WEAK,
+                  strong_model=STRONG, replay_file=RECORDED_PAIR, api_keys=[USER_KEY], admin_api_keys=[ADMIN_KEY],
+                  reload_interval_s=0.5, max_body_bytes=20_000, max_prompt_chars=2_000)
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir: migrated database, the router fixture's preferences, two registered MF routers
+    (versions 1 and 2, alias challenger only: no champion)."""
+    from routerops.db import migrate, session_scope
+    from routerops.db.models import PreferenceLog
+    from routerops.text import prompt_hash
+    from training.train_router import train_router
+
+    root = tmp_path_factory.mktemp("api")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    data_dir = root / "data"
+    settings = make_settings(data_dir)
+    settings.ensure_data_dir()
+    migrate.upgrade("head", settings=settings)
+    with session_scope(settings) as session:
+        for line in ROUTER_FIXTURE.read_text().splitlines():
+            r = json.loads(line)
+            session.add(PreferenceLog(prompt=r["prompt"], prompt_hash=prompt_hash(r["prompt"]), model_a=r["model_a"],
+                                      model_b=r["model_b"], winner=r["winner"], soft_label=r.get("soft_label"),
+                                      source="fixture", judge=r.get("judge")))
+    for seed in (0, 1):
+        result = train_router(settings, dim=16, epochs=5, seed=seed, progress=False)
+        assert result.model_version == str(seed + 1)
+    yield data_dir
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def api(store: Path):  # noqa: ANN201
+    from serving.app import create_app
+
+    settings = make_settings(store)
+    with running_server(create_app(settings)) as base_url:
+        yield base_url, settings
+
+
+def client(base_url: str, key: str = USER_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def ask(base_url: str, model: str = "router", prompt: str = PROMPT, **kw):  # noqa: ANN201
+    return client(base_url).chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": prompt}], **kw)
+
+
+def approve(store: Path, version: str) -> None:
+    from routerops.cli import cli
+
+    env = {"ROUTEROPS_DATA_DIR": str(store), "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}"}
+    result = CliRunner().invoke(cli, ["approve", version, "--by", "test"], env=env)
+    assert result.exit_code == 0, result.output
+    assert f"version {version}" in result.output
+
+
+# --- the wire format ---------------------------------------------------------------------------
+def test_non_streaming_direct_and_extra_field(api) -> None:
+    from routerops.db import session_scope
+    from routerops.db.models import RequestLog
+
+    base_url, settings = api
+    raw = ask(base_url, model=WEAK)
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "Cats sleep a lot."  # the recorded weak answer
+    assert completion.model == WEAK
+    info = completion.model_extra["routerops"]
+    assert info["model"] == WEAK and info["strategy"] == "direct"
+    assert raw.headers["x-routerops-model"] == WEAK
+    assert raw.headers["x-routerops-strategy"] == "direct"
+    assert raw.headers["x-routerops-request-id"] == info["request_id"]
+    # mixtral's catalog prices (0.6/0.6 USD per 1M tokens) priced the answer
+    usage = completion.usage
+    assert info["estimated_cost_usd"] == pytest.approx((usage.prompt_tokens + usage.completion_tokens) * 0.6 / 1e6)
+    assert float(raw.headers["x-routerops-cost-usd"]) == pytest.approx(info["estimated_cost_usd"], abs=1e-8)
+    with session_scope(settings) as session:
+        row = session.get(RequestLog, info["request_id"])
+        assert row is not None
+        assert (row.model_chosen, row.strategy, row.model_requested) == (WEAK, "direct", WEAK)
+        assert row.prompt == PROMPT and row.completion == "Cats sleep a lot."
+        assert row.completion_tokens == usage.completion_tokens and row.latency_ms > 0
+        assert row.api_key_name == "env-user-1"
+
+
+def test_streaming_matches_non_streaming(api) -> None:
+    base_url, _ = api
+    full = client(base_url).chat.completions.create(model=STRONG, messages=[{"role": "user", "content": PROMPT}])
+    chunks = list(client(base_url).chat.completions.create(
+        model=STRONG, messages=[{"role": "user", "content": PROMPT}], stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    assert len(chunks) > 3  # really streamed in pieces
+    first, last = chunks[0].model_extra["routerops"], chunks[-1].model_extra["routerops"]
+    assert first["model"] == STRONG and first["request_id"] == last["request_id"]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert last["estimated_cost_usd"] > 0  # gpt-4 prices, full answer counted at the end
+
+
+def test_models_lists_strategies_and_pair(api) -> None:
+    base_url, _ = api
+    models = {m.id: m for m in client(base_url).models.list().data}
+    assert {"router", "cascade", "speculative", WEAK, STRONG} <= set(models)
+
+
+def test_unknown_model_names_the_valid_ones(api) -> None:
+    base_url, _ = api
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(base_url, model="gpt-17")
+    body = err.value.body
+    assert "gpt-17" in body["message"] and "router" in body["message"] and WEAK in body["message"]
+    assert body["param"] == "model" and body["type"] == "invalid_request_error"
+
+
+# --- routing and hot reload --------------------------------------------------------------------
+def test_no_champion_routes_everything_to_strong(store: Path) -> None:
+    from serving.app import create_app
+    from serving.routing import NO_CHAMPION
+
+    settings = make_settings(store, router_model_name="router-never-approved")
+    with running_server(create_app(settings)) as base_url:
+        info = ask(base_url).parse().model_extra["routerops"]
+        assert info["model"] == STRONG and info["reason"] == NO_CHAMPION and info["router_version"] is None
+        health = healthz(base_url)
+        assert health["router_version"] is None and health["status"] == "ok"
+
+
+def test_hot_reload_after_approve_and_alpha_change(api, store: Path) -> None:
+    from routerops.alpha import propose_alpha
+    from routerops.db import session_scope
+
+    base_url, settings = api
+    approve(store, "1")
+    wait_for(lambda: healthz(base_url)["router_version"] == "1")
+    info = ask(base_url).parse().model_extra["routerops"]
+    assert info["router_version"] == "1" and info["p_strong_wins"] is not None
+    assert info["model"] == (STRONG if info["p_strong_wins"] >= info["alpha"] else WEAK)
+
+    approve(store, "2")
+    wait_for(lambda: healthz(base_url)["router_version"] == "2")
+    raw = ask(base_url)
+    assert raw.parse().model_extra["routerops"]["router_version"] == "2"
+    assert raw.headers["x-routerops-p-strong"] != ""
+
+    # the live alpha moves with the alpha history: 1.0 sends everything weak, 0.0 everything strong
+    for alpha, expected in ((1.0, WEAK), (0.0, STRONG)):
+        with session_scope(settings) as session:
+            propose_alpha(session, settings, alpha, reason="test", source="manual", max_step=1.0)
+        wait_for(lambda a=alpha: healthz(base_url)["alpha"] == a)
+        info = ask(base_url).parse().model_extra["routerops"]
+        assert info["alpha"] == alpha and info["model"] == expected, info
+    metrics = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {USER_KEY}"}).text
+    assert 'routerops_router_version_info{version="2"} 1.0' in metrics
+    assert "routerops_alpha 0.0" in metrics
+    assert 'routerops_requests_total{model="gpt-4-1106-preview",strategy="router"}' in metrics
+    assert "routerops_routing_latency_seconds_count" in metrics
+    assert "routerops_strong_call_share" in metrics
+
+
+def test_mlflow_going_away_keeps_last_good_router(store: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from routerops import registry
+    from serving.app import create_app
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    registry.approve("mf-router", "1", approved_by="test", settings=make_settings(store))
+    port = free_port()
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    proc = subprocess.Popen(
+        [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=(tmp_path / "mlflow.log").open("w"),
+        start_new_session=True)
+    try:
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                assert proc.poll() is None, (tmp_path / "mlflow.log").read_text()[-2000:]
+                return False
+
+        wait_for(up, timeout_s=120, interval_s=0.5)
+        settings = make_settings(store, mlflow_tracking_uri=f"http://127.0.0.1:{port}", reload_interval_s=0.5)
+        with running_server(create_app(settings)) as base_url:
+            health = healthz(base_url)
+            assert health["router_version"] == "1" and health["status"] == "ok", health
+            assert ask(base_url).parse().model_extra["routerops"]["router_version"] == "1"
+
+            os.killpg(proc.pid, signal.SIGTERM)  # MLflow goes away
+            proc.wait(timeout=30)
+            reload = httpx.post(f"{base_url}/admin/reload", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                                timeout=60).json()
+            assert reload["error"] and "cannot read mf-router@champion" in reload["error"]
+            health = healthz(base_url)
+            assert health["status"] == "degraded" and health["router_version"] == "1"
+            assert "cannot read mf-router@champion" in health["last_reload_error"]
+            for _ in range(3):  # still served, by the last good router
+                info = ask(base_url).parse().model_extra["routerops"]
+                assert info["router_version"] == "1" and info["p_strong_wins"] is not None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+# --- cascade and speculative ---------------------------------------------------------------------
+WEAK_GOOD = {  # hand labels of the recorded weak answers: is the weak answer good enough?
+    "Do you like coffee? I think they are lovely.": 1,
+    "Find all integer solutions of x^2 - 21x + 19 = 0.": 0,
+    "What's a fun fact about cats?": 1,
+    "Write a Python function that returns the 26th Fibonacci number using memoization": 0,
+    "Tell me a short joke about autumn leaves.": 1,
+    "What is the derivative of x^23 + 6x?": 1,
+    "Fix the off-by-one bug in this loop: for i in range(1, 24): total += xs[i]": 1,
+    "Summarize the plot of Hamlet in one sentence.": 0,
+}
+
+
+def test_cascade_escalates_exactly_when_the_probe_doubts(api, tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from routerops.backends.replay import read_records
+    from routerops.db import session_scope
+    from routerops.embeddings import get_embedder
+    from serving.cascade import CascadeConfig, save_cascade_config
+    from training.probes.features import text_features
+    from training.probes.model import DeferralProbe
+
+    base_url, settings = api
+    with pytest.raises(openai.APIStatusError) as err:  # not calibrated yet: a clear 503
+        ask(base_url, model="cascade")
+    assert err.value.status_code == 503 and "routerops cascade calibrate" in err.value.body["message"]
+
+    # a real text probe (FrugalGPT-style scorer over MiniLM embeddings of prompt and answer)
+    weak_answers = {r["prompt"]: r["output"] for r in read_records(RECORDED_PAIR) if r["model"] == WEAK}
+    strong_answers = {r["prompt"]: r["output"] for r in read_records(RECORDED_PAIR) if r["model"] == STRONG}
+    prompts = list(WEAK_GOOD)
+    embedder = get_embedder(settings)
+    X = text_features(embedder, prompts, [weak_answers[p] for p in prompts])
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=1.0)).fit(X, [WEAK_GOOD[p] for p in prompts])
+    probe = DeferralProbe(pipeline, {"kind": "text", "feature_key": "text", "embedding_backend": "sentence-transformers",
+                                     "embedding_model": "all-MiniLM-L6-v2"})
+    probe_dir = probe.save(tmp_path / "probe")
+    scores = probe.score([[{"role": "user", "content": p}] for p in prompts], [weak_answers[p] for p in prompts])
+    threshold = float(sorted(scores)[len(scores) // 2])  # half escalate, half do not
+    with session_scope(settings) as session:
+        save_cascade_config(session, CascadeConfig(models=[WEAK, STRONG], thresholds=[threshold],
+                                                   probe_uri=str(probe_dir)))
+    time.sleep(settings.reload_interval_s + 0.1)  # the strategy re-reads its config at this pace
+    escalations = 0
+    for prompt, score in zip(prompts, scores, strict=True):
+        raw = ask(base_url, model="cascade", prompt=prompt)
+        completion, info = raw.parse(), raw.parse().model_extra["routerops"]
+        escalate = bool(score < threshold)
+        escalations += escalate
+        assert info["escalated"] is escalate and info["probe_score"] == pytest.approx(float(score), abs=1e-5)
+        assert info["model"] == (STRONG if escalate else WEAK) and info["strategy"] == "cascade"
+        expected = strong_answers[prompt] if escalate else weak_answers[prompt]
+        assert completion.choices[0].message.content == expected
+        assert raw.headers["x-routerops-strategy"] == "cascade"
+    assert 0 < escalations < len(prompts)
+    streamed = list(client(base_url).chat.completions.create(
+        model="cascade", messages=[{"role": "user", "content": prompts[0]}], stream=True))
+    assert streamed[-1].model_extra["routerops"]["escalated"] is bool(scores[0] < threshold)
+    metrics = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {USER_KEY}"}).text
+    rate = next(float(line.split()[1]) for line in metrics.splitlines()
+                if line.startswith("routerops_cascade_escalation_rate "))
+    assert rate == pytest.approx((escalations + bool(scores[0] < threshold)) / (len(prompts) + 1))
+
+
+def test_speculative_needs_a_local_target(api) -> None:
+    base_url, _ = api
+    with pytest.raises(openai.APIStatusError) as err:
+        ask(base_url, model="speculative")
+    assert err.value.status_code == 503
+    assert err.value.body["message"].startswith("strategy not available: speculative decoding needs a local")
+
+
+# --- security and bad input ----------------------------------------------------------------------
+def test_auth_failures_and_scopes(api) -> None:
+    base_url, _ = api
+    with pytest.raises(openai.AuthenticationError) as err:
+        ask_with = client(base_url, key="wrong-key")
+        ask_with.chat.completions.create(model=WEAK, messages=[{"role": "user", "content": PROMPT}])
+    assert err.value.body["message"] == "invalid or revoked API key"
+    r = httpx.post(f"{base_url}/v1/chat/completions", json={"model": WEAK, "messages": []})
+    assert r.status_code == 401 and "missing API key" in r.json()["error"]["message"]
+    r = httpx.get(f"{base_url}/metrics")
+    assert r.status_code == 401
+    r = httpx.post(f"{base_url}/admin/reload", headers={"Authorization": f"Bearer {USER_KEY}"})
+    assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+    r = httpx.post(f"{base_url}/admin/reload", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60)
+    assert r.status_code == 200 and "router_version" in r.json()
+    assert httpx.get(f"{base_url}/healthz").status_code == 200  # the one open endpoint
+
+
+def test_stored_keys_create_use_revoke(api, store: Path) -> None:
+    from serving.cli import keys
+
+    base_url, _ = api
+    env = {"ROUTEROPS_DATA_DIR": str(store)}
+    out = CliRunner().invoke(keys, ["create", "ci-bot"], env=env)
+    assert out.exit_code == 0, out.output
+    key = out.output.strip().splitlines()[-1]
+    assert key.startswith("rops-")
+    assert "ci-bot" in CliRunner().invoke(keys, ["list"], env=env).output
+    assert key not in CliRunner().invoke(keys, ["list"], env=env).output  # only the hash is stored
+    ok = client(base_url, key).chat.completions.create(model=WEAK, messages=[{"role": "user", "content": PROMPT}])
+    assert ok.choices[0].message.content
+    assert CliRunner().invoke(keys, ["revoke", "ci-bot"], env=env).exit_code == 0
+
+    def refused() -> bool:
+        r = httpx.get(f"{base_url}/v1/models", headers={"Authorization": f"Bearer {key}"})
+        return r.status_code == 401
+
+    wait_for(refused, timeout_s=15)
+
+
+def test_no_keys_configured_refuses_unless_anonymous_allowed(tmp_path: Path) -> None:
+    from routerops.db import migrate
+    from serving.app import create_app
+
+    settings = make_settings(tmp_path / "data", api_keys=[], admin_api_keys=[],
+                             router_model_name="router-never-approved")
+    settings.ensure_data_dir()
+    migrate.upgrade("head", settings=settings)
+    with running_server(create_app(settings)) as base_url:
+        r = httpx.get(f"{base_url}/v1/models")
+        assert r.status_code == 401 and "routerops keys create" in r.json()["error"]["message"]
+    anon = make_settings(tmp_path / "data", api_keys=[], admin_api_keys=[], allow_anonymous=True,
+                         router_model_name="router-never-approved")
+    with running_server(create_app(anon)) as base_url:
+        assert httpx.get(f"{base_url}/v1/models").status_code == 200
+
+
+def test_oversized_malformed_and_invalid_requests(api) -> None:
+    base_url, settings = api
+    headers = {"Authorization": f"Bearer {USER_KEY}"}
+    url = f"{base_url}/v1/chat/completions"
+    # body over ROUTEROPS_MAX_BODY_BYTES -> 413
+    with pytest.raises(openai.APIStatusError) as err:
+        ask(base_url, prompt="x" * (settings.max_body_bytes + 10))
+    assert err.value.status_code == 413 and "over the limit" in err.value.body["message"]
+    # prompt over ROUTEROPS_MAX_PROMPT_CHARS (body within limits) -> 400
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(base_url, prompt="y" * (settings.max_prompt_chars + 1))
+    assert err.value.body["code"] == "prompt_too_long"
+    # malformed JSON -> 400 in OpenAI's error format
+    r = httpx.post(url, content=b'{"model": "router", "messages": [', headers=headers)
+    assert r.status_code == 400
+    err_body = r.json()["error"]
+    assert set(err_body) == {"message", "type", "param", "code"} and "malformed JSON" in err_body["message"]
+    assert "Traceback" not in r.text
+    # schema errors name the field
+    r = httpx.post(url, json={"model": "router", "messages": [{"role": "user", "content": "hi"}],
+                              "temperature": 9}, headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
+    r = httpx.post(url, json={"model": "router"}, headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = httpx.post(url, json={"model": "router", "messages": [{"role": "system", "content": "hi"}]},
+                   headers=headers)
+    assert r.status_code == 400 and "user message" in r.json()["error"]["message"]
+    # a prompt the replay backend never recorded -> 502 naming the prompt, not a crash
+    with pytest.raises(openai.APIStatusError) as err:
+        ask(base_url, model=WEAK, prompt="never recorded prompt")
+    assert err.value.status_code == 502 and "no recorded output for prompt" in err.value.body["message"]
+
+
+# --- feedback ------------------------------------------------------------------------------------
+def test_feedback_lands_as_preference_rows(api) -> None:
+    from sqlalchemy import select
+
+    from routerops.db import session_scope
+    from routerops.db.models import PreferenceLog, RequestLog
+
+    base_url, settings = api
+    headers = {"Authorization": f"Bearer {USER_KEY}"}
+    url = f"{base_url}/v1/feedback"
+    weak_id = ask(base_url, model=WEAK).parse().model_extra["routerops"]["request_id"]
+    strong_id = ask(base_url, model=STRONG).parse().model_extra["routerops"]["request_id"]
+
+    r = httpx.post(url, json={"request_id": weak_id, "thumbs": "down"}, headers=headers)
+    assert r.status_code == 201 and r.json()["recorded"] == "preference"
+    down_id = r.json()["preference_id"]
+    r = httpx.post(url, json={"request_id": weak_id, "thumbs": "up"}, headers=headers)
+    up_id = r.json()["preference_id"]
+    r = httpx.post(url, json={"request_id": strong_id, "thumbs": "up"}, headers=headers)
+    assert r.status_code == 201 and r.json() | {"detail": ""} == {
+        "request_id": strong_id, "preference_id": None, "recorded": "request_log", "detail": ""}
+    r = httpx.post(url, json={"request_id": strong_id, "preference": {
+        "winner": "b", "other_model": "claude-2.1", "other_answer": "Cats have five toes on their front paws."}},
+        headers=headers)
+    pair_id = r.json()["preference_id"]
+
+    with session_scope(settings) as session:
+        rows = {p.id: p for p in session.scalars(select(PreferenceLog).where(PreferenceLog.source == "feedback"))}
+        down, up, pair = rows[down_id], rows[up_id], rows[pair_id]
+        assert (down.model_a, down.model_b, down.winner, down.request_id) == (WEAK, STRONG, "b", weak_id)
+        assert (up.model_a, up.model_b, up.winner) == (WEAK, STRONG, "a")
+        assert down.prompt == PROMPT and down.answer_a == "Cats sleep a lot."
+        assert (pair.model_a, pair.model_b, pair.winner) == (STRONG, "claude-2.1", "b")
+        assert pair.answer_b.startswith("Cats have five toes")
+        assert not any(p.request_id == strong_id and p.judge and p.id not in (pair_id,) for p in rows.values())
+        votes = session.get(RequestLog, strong_id).extra["feedback"]
+        assert [v["thumbs"] for v in votes] == ["up", None]
+
+    r = httpx.post(url, json={"request_id": "nope", "thumbs": "up"}, headers=headers)
+    assert r.status_code == 404 and r.json()["error"]["param"] == "request_id"
+    r = httpx.post(url, json={"request_id": weak_id}, headers=headers)
+    assert r.status_code == 400 and "exactly one" in r.json()["error"]["message"]
+    r = httpx.get(f"{base_url}/admin/feedback", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert {row["id"] for row in r.json()["data"]} >= {down_id, up_id, pair_id}
+
+
+def test_admin_ingest_runs_the_importer(api) -> None:
+    base_url, _ = api
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    rows = [{"prompt": f"ingest test prompt {i}", "model_a": STRONG, "model_b": WEAK, "winner": "a"} for i in range(3)]
+    rows.append({"prompt": "bad winner row", "model_a": STRONG, "model_b": WEAK, "winner": "nobody"})
+    data = "\n".join(json.dumps(r) for r in rows).encode()
+    url = f"{base_url}/admin/ingest?format=native&filename=prefs.jsonl"
+    assert httpx.post(url, content=data, headers={"Authorization": f"Bearer {USER_KEY}"}).status_code == 403
+    r = httpx.post(url, content=data, headers=admin, timeout=60)
+    assert r.status_code == 201, r.text
+    report = r.json()["report"]
+    assert report["accepted"] == 3 and report["rejected"] == 1
+    r = httpx.post(f"{base_url}/admin/ingest?format=nonsense", content=data, headers=admin)
+    assert r.status_code == 400 and "native" in r.json()["error"]["message"]
+
+
+# --- the embedded local pair ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_local_smollm2_pair_serves_router_and_models(tmp_path: Path) -> None:
+    from routerops.db import migrate
+    from serving.app import create_app
+
+    settings = make_settings(tmp_path / "data", weak_backend="local", strong_backend="local",
+                             weak_model="smollm2-135m-instruct", strong_model="smollm2-135m-instruct",
+                             strong_samples=2, max_new_tokens=6, router_model_name="router-never-approved")
+    settings.ensure_data_dir()
+    migrate.upgrade("head", settings=settings)
+    with running_server(create_app(settings)) as base_url:
+        c = client(base_url)
+        msgs = [{"role": "user", "content": "What is the capital of France?"}]
+        weak = c.chat.completions.create(model="smollm2-135m-instruct", messages=msgs, max_tokens=6)
+        assert weak.choices[0].message.content and weak.usage.completion_tokens <= 6
+        streamed = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+            model="smollm2-135m-instruct", messages=msgs, max_tokens=6, stream=True) if ch.choices)
+        assert streamed == weak.choices[0].message.content  # greedy: same text either way
+        routed = c.chat.completions.create(model="router", messages=msgs, max_tokens=6)
+        info = routed.model_extra["routerops"]
+        assert info["model"] == "smollm2-135m-instruct-bestof2"  # no champion: the strong (best-of-2) model
+        assert routed.choices[0].message.content
+        # exact speculative decoding of the same weights: greedy output identical to plain decoding
+        spec = c.chat.completions.create(model="speculative", messages=msgs, max_tokens=6)
+        assert spec.choices[0].message.content == weak.choices[0].message.content
+        stats = spec.model_extra["routerops"]["speculative"]
+        assert 0.0 <= stats["acceptance_rate"] <= 1.0 and stats["tokens_per_target_pass"] >= 1.0
+        metrics = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {USER_KEY}"}).text
+        assert "routerops_speculative_acceptance_rate_count 1.0" in metrics

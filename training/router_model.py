@@ -1,0 +1,230 @@
+"""The trained MF router as used everywhere after training: a plain loader and an MLflow pyfunc.
+
+A registered router version carries two artifacts: `weights.npz` (model embeddings P, the query
+projection and the classifier) and `metadata.json` (vocabulary, every spelling of each model, the
+embedding model reference, default pair). `load_router(uri)` reads those directly, with no
+cloudpickle and no hub access (the embedder resolves locally), and caches per process: per model
+version the router, per embedding setting the embedder.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+from routerops.model_names import ModelCatalog
+from routerops.settings import Settings, get_settings
+from training.mf_model import pair_direction
+
+WEIGHTS_FILE = "weights.npz"
+METADATA_FILE = "metadata.json"
+ARTIFACT_NAME = "router"  # name= of the logged model (runs:/<run_id>/router)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # float64: in float32 confident scores round to exactly 1.0 and tie, which flattens PGR curves
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+class MFRouter:
+    """P(strong wins | prompt) for any pair of models in the vocabulary."""
+
+    def __init__(self, weights: dict[str, np.ndarray], metadata: dict[str, Any], *,
+                 version: str | None = None, uri: str | None = None, run_id: str | None = None,
+                 settings: Settings | None = None):
+        self.weights = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+        self.metadata = metadata
+        self.vocabulary: list[str] = list(metadata["vocabulary"])
+        self.embedding_model: dict[str, Any] = dict(metadata["embedding"])
+        self.default_strong: str | None = metadata.get("default_strong")
+        self.default_weak: str | None = metadata.get("default_weak")
+        self.version = version
+        self.uri = uri
+        self.run_id = run_id
+        self._settings = settings
+        self._index = {m: i for i, m in enumerate(self.vocabulary)}
+        self.catalog = ModelCatalog()
+        aliases = metadata.get("aliases", {})
+        for name in self.vocabulary:
+            self.catalog.add(name, aliases.get(name, []))
+        self._directions: dict[tuple[str, str], np.ndarray] = {}
+        self._embedder = None
+        if self.weights["P"].shape[0] != len(self.vocabulary):
+            raise ValueError("router weights and vocabulary disagree on the number of models")
+
+    @classmethod
+    def from_dir(cls, path: Path | str, **kwargs: Any) -> MFRouter:
+        path = Path(path)
+        with np.load(path / WEIGHTS_FILE) as data:
+            weights = {k: data[k] for k in data.files}
+        metadata = json.loads((path / METADATA_FILE).read_text())
+        return cls(weights, metadata, **kwargs)
+
+    def save(self, path: Path | str) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        np.savez(path / WEIGHTS_FILE, **self.weights)
+        (path / METADATA_FILE).write_text(json.dumps(self.metadata, indent=2, sort_keys=True))
+        return path
+
+    # --- names ----------------------------------------------------------------------------------
+    def resolve(self, name: str) -> str:
+        """Canonical vocabulary name for any known spelling; UnknownModelError lists the known ones."""
+        return self.catalog.resolve(name)
+
+    def pair(self, strong: str | None, weak: str | None) -> tuple[str, str]:
+        strong = strong or self.default_strong
+        weak = weak or self.default_weak
+        if not strong or not weak:
+            raise ValueError(
+                "this router has no default pair: name the strong and weak models "
+                f"(known: {', '.join(self.vocabulary)})"
+            )
+        return self.resolve(strong), self.resolve(weak)
+
+    # --- scoring --------------------------------------------------------------------------------
+    @property
+    def embedder(self):  # noqa: ANN201 - routerops.embeddings.Embedder
+        if self._embedder is None:
+            from routerops.embeddings import get_embedder
+
+            ref = self.embedding_model
+            embedder = get_embedder(self._settings or get_settings(), backend=ref["backend"], model=ref["model"],
+                                    truncation_side=ref.get("truncation_side"))
+            if int(embedder.dim) != int(ref["dim"]):
+                raise ValueError(f"embedder {embedder.name} gives {embedder.dim}-d vectors; "
+                                 f"this router was trained on {ref['dim']}-d ({ref['name']})")
+            self._embedder = embedder
+        return self._embedder
+
+    def direction(self, strong: str, weak: str) -> np.ndarray:
+        key = self.pair(strong, weak)
+        vec = self._directions.get(key)
+        if vec is None:
+            vec = pair_direction(self.weights, self._index[key[0]], self._index[key[1]])
+            self._directions[key] = vec
+        return vec
+
+    def score_embeddings(self, embeddings: np.ndarray, strong: str | None = None,
+                         weak: str | None = None) -> np.ndarray:
+        """P(strong wins) from precomputed (n, dim) query embeddings."""
+        s, w = self.pair(strong, weak)
+        return _sigmoid(np.asarray(embeddings, dtype=np.float64) @ self.direction(s, w).astype(np.float64))
+
+    def score(self, prompts: list[str], strong: str | None = None, weak: str | None = None) -> np.ndarray:
+        s, w = self.pair(strong, weak)  # names first: an unknown model fails before any embedding work
+        if not prompts:
+            return np.zeros(0, dtype=np.float64)
+        return self.score_embeddings(self.embedder.encode(list(prompts)), s, w)
+
+
+# --- loading from MLflow ------------------------------------------------------------------------
+_routers: dict[tuple[str, ...], MFRouter] = {}
+_lock = threading.Lock()
+
+
+def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """models:/name@alias or models:/name/version -> (name, alias, version)."""
+    rest = uri[len("models:/") :]
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, alias, None
+    name, _, version = rest.rpartition("/")
+    if not name or not version:
+        raise ValueError(f"cannot parse model URI {uri!r} (models:/NAME@ALIAS or models:/NAME/VERSION)")
+    return name, None, version
+
+
+def _model_dir(local: Path) -> Path:
+    """The folder holding our two artifacts inside a downloaded pyfunc model."""
+    from mlflow.models import Model
+
+    spec = Model.load(str(local / "MLmodel")).flavors.get("python_function", {}).get("artifacts", {})
+    weights = spec.get("weights", {}).get("path")
+    if weights is None:
+        raise ValueError(f"{local} is not an MF router (no 'weights' artifact)")
+    return (local / weights).parent
+
+
+def load_router(model_uri: str, settings: Settings | None = None) -> MFRouter:
+    """Load a registered or logged router. URIs: models:/NAME@ALIAS, models:/NAME/VERSION,
+    runs:/RUN_ID/ARTIFACT_PATH, or a local model folder. Cached per process and model version."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from routerops import registry
+
+    settings = settings or get_settings()
+    tracking, reg = settings.resolved_tracking_uri, settings.resolved_registry_uri
+    version: str | None = None
+    run_id: str | None = None
+    if model_uri.startswith("models:/"):
+        name, alias, version = _parse_models_uri(model_uri)
+        c = registry.client(settings)
+        try:
+            mv = c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version)
+        except MlflowException as exc:
+            raise LookupError(f"no router at {model_uri} in {reg}: {exc.message}") from None
+        version, run_id = str(mv.version), mv.run_id
+        pinned = f"models:/{name}/{version}"
+        key: tuple[str, ...] = (reg, pinned)
+    elif model_uri.startswith("runs:/"):
+        pinned = model_uri
+        run_id = model_uri[len("runs:/") :].split("/", 1)[0]
+        key = (tracking, pinned)
+    elif Path(model_uri).is_dir():
+        pinned = model_uri
+        key = ("file", str(Path(model_uri).resolve()))
+    else:
+        raise ValueError(f"unsupported router URI {model_uri!r} (models:/NAME@ALIAS, models:/NAME/N, runs:/ID/PATH)")
+    with _lock:
+        cached = _routers.get(key)
+        if cached is not None:
+            return cached
+        if key[0] == "file":
+            local = Path(model_uri)
+        else:
+            mlflow.set_tracking_uri(tracking)
+            mlflow.set_registry_uri(reg)
+            try:
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned))
+            except MlflowException as exc:
+                raise LookupError(f"cannot download router {pinned}: {exc.message}") from None
+        router = MFRouter.from_dir(_model_dir(local), version=version, uri=model_uri, run_id=run_id,
+                                   settings=settings)
+        _routers[key] = router
+        return router
+
+
+# --- MLflow pyfunc ------------------------------------------------------------------------------
+class RouterPyfunc(PythonModel):
+    """Input: DataFrame with `prompt` (+ optional `strong`, `weak` per row); params strong/weak set the
+    pair for every row; defaults: the pair recorded at training. Output: DataFrame `p_strong_wins`."""
+
+    def load_context(self, context) -> None:  # noqa: ANN001
+        self.router = MFRouter.from_dir(Path(context.artifacts["weights"]).parent)
+
+    def predict(self, context, model_input: pd.DataFrame,  # noqa: ANN001
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if "prompt" not in df.columns:
+            raise ValueError("input needs a 'prompt' column")
+        params = params or {}
+        strong = df["strong"] if "strong" in df.columns else pd.Series([None] * len(df), index=df.index)
+        weak = df["weak"] if "weak" in df.columns else pd.Series([None] * len(df), index=df.index)
+        strong = strong.where(strong.notna() & (strong != ""), params.get("strong") or None)
+        weak = weak.where(weak.notna() & (weak != ""), params.get("weak") or None)
+        prompts = df["prompt"].astype(str).tolist()
+        emb = self.router.embedder.encode(prompts)
+        out = np.zeros(len(df), dtype=np.float64)
+        pairs = pd.DataFrame({"s": strong.to_numpy(), "w": weak.to_numpy()}).fillna("")
+        for (s, w), rows in pairs.groupby(["s", "w"]).groups.items():
+            idx = np.asarray(rows)
+            out[idx] = self.router.score_embeddings(emb[idx], s or None, w or None)
+        return pd.DataFrame({"p_strong_wins": out})
