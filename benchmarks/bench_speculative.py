@@ -63,6 +63,7 @@ class Row:
     tokens: int = 0
     identical: bool = True
     spec: list = field(default_factory=list)  # SpecResults
+    outputs: list = field(default_factory=list)
     note: str = ""
 
 
@@ -86,19 +87,22 @@ def hf_generate(model: torch.nn.Module, ids: list[int], new_tokens: int, **kwarg
     return out[0, len(ids):].tolist()
 
 
-def run(name: str, fn: Callable[[list[int]], object], prompts: list[list[int]], refs: list[list[int]] | None) -> Row:
+def run(name: str, fn: Callable[[list[int], int], object], prompts: list[list[int]], n: int,
+        refs: list[list[int]] | None) -> Row:
     row = Row(name)
-    fn(prompts[0])  # warm-up (allocations, kernel selection)
+    fn(prompts[0], 8)  # warm-up (allocations, kernel selection, lazy init)
     for i, ids in enumerate(prompts):
         t0 = time.perf_counter()
-        res = fn(ids)
+        res = fn(ids, n)
         row.seconds += time.perf_counter() - t0
         tokens = res.token_ids if hasattr(res, "token_ids") else res
         if hasattr(res, "token_ids"):
             row.spec.append(res)
+        row.outputs.append(tokens)
         row.tokens += len(tokens)
         if refs is not None and tokens != refs[i]:
             row.identical = False
+    print(f"  {name}: {row.tokens / row.seconds:.2f} tok/s", flush=True)
     return row
 
 
@@ -129,14 +133,14 @@ def main() -> None:
           f"tokens, greedy, gamma={args.gamma} (adaptive, max 8), self-draft {args.layers}/30 layers")
 
     rows: list[Row] = []
-    base = run("target only: plain cached loop", lambda ids: plain_loop(model, ids, n, stop), prompts, None)
-    refs = [plain_loop(model, ids, n, stop) for ids in prompts]
+    base = run("target only: plain cached loop", lambda ids, k: plain_loop(model, ids, k, stop), prompts, n, None)
+    refs = base.outputs  # the reference every other method must reproduce token for token
     rows.append(base)
-    rows.append(run("target only: model.generate", lambda ids: hf_generate(model, ids, n), prompts, refs))
+    rows.append(run("target only: model.generate", lambda ids, k: hf_generate(model, ids, k), prompts, n, refs))
 
     def spec(draft, gamma=args.gamma):  # noqa: ANN001, ANN202
         gen = SpeculativeGenerator(loaded, draft, gamma=gamma, adaptive=True)
-        return lambda ids: gen.generate(ids, n)
+        return lambda ids, k: gen.generate(ids, k)
 
     drafts = [PromptLookupDraft(3), EarlyExitDraft(model, args.layers)]
     head_path = args.exit_head or default_head_path(get_settings().data_dir, "smollm2-135m-instruct", args.layers)
@@ -149,17 +153,17 @@ def main() -> None:
     if args.draft_model:
         drafts.append(ModelDraft.load(args.draft_model, model.get_output_embeddings().weight.shape[0]))
     for draft in drafts:
-        rows.append(run(f"speculative: {draft.name}", spec(draft), prompts, refs))
+        rows.append(run(f"speculative: {draft.name}", spec(draft), prompts, n, refs))
 
     rows.append(run("transformers: prompt_lookup_num_tokens=8",
-                    lambda ids: hf_generate(model, ids, n, prompt_lookup_num_tokens=8, max_matching_ngram_size=3),
-                    prompts, refs))
+                    lambda ids, k: hf_generate(model, ids, k, prompt_lookup_num_tokens=8, max_matching_ngram_size=3),
+                    prompts, n, refs))
     if not args.skip_hf_assisted:
         for draft in drafts[1:]:
             try:
                 rows.append(run(f"transformers: assistant_model={draft.name}",
-                                lambda ids, d=draft: hf_generate(model, ids, n, assistant_model=d.model),
-                                prompts, refs))
+                                lambda ids, k, d=draft: hf_generate(model, ids, k, assistant_model=d.model),
+                                prompts, n, refs))
             except Exception as exc:  # noqa: BLE001 - report which path transformers refuses, keep going
                 rows.append(Row(f"transformers: assistant_model={draft.name}", note=f"failed: {exc}"[:80]))
 

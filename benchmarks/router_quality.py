@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", type=Path, default=None, help="write the PGR curves here (PNG)")
+    parser.add_argument("--with-routerbench-train", action="store_true",
+                        help="add a router also trained on the RouterBench TRAIN splits (in-domain labels)")
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,10 +57,16 @@ def main() -> None:
         import_file(settings, "alpaca-eval", path, progress=False)
     import_file(settings, "arena-battles", shared / "arena_hard" / "arena_hard_battles.jsonl",
                 shared / "arena_hard" / "arena-hard-v0.1_question.jsonl", progress=False)
+    configs: list[tuple[str, list[str] | None]] = [("MF (alpaca+arena)", ["routerbench"]),
+                                                   ("MF (alpaca only)", ["arena_hard", "routerbench"])]
+    if args.with_routerbench_train:
+        for split in SPLITS:  # TRAIN splits only: the table scores the TEST splits
+            import_file(settings, "routerbench", shared / "routerbench" / f"{split}_train.csv.gz", progress=False)
+        configs.append(("MF (+routerbench train)", None))
     print(f"imported in {time.perf_counter() - t0:.1f}s (data dir {data_dir})")
 
     runs = {}
-    for label, exclude in [("MF (alpaca+arena)", None), ("MF (alpaca only)", ["arena_hard"])]:
+    for label, exclude in configs:
         result = train_router(settings, exclude_sources=exclude, seed=args.seed, register=False, progress=False)
         runs[label] = result
         print(f"{label}: run {result.run_id}, val AUC {result.metrics['val_auc']:.3f}, "

@@ -89,6 +89,19 @@ MEANINGS: dict[str, str] = {
                                "this expires (renewed every third of it).",
     "scheduler_misfire_grace_seconds": "A job late by less than this still runs (once).",
     "promotion_holdout_rows": "Newest preference rows of the pair held out to compare challenger and champion.",
+    "speculative_target": "Target model of the `speculative` strategy (a local model); default: the strong model.",
+    "speculative_draft": "Draft of speculative decoding: `prompt-lookup` (n-gram copy from the prompt, free), "
+                         "`self` (the target's first layers plus an exit head, if trained) or `model` "
+                         "(`speculative_draft_model`).",
+    "speculative_draft_layers": "Layers of the target the `self` draft runs.",
+    "speculative_draft_model": "Draft model for `speculative_draft=model`: a path or HF id sharing the target's "
+                               "tokenizer.",
+    "speculative_exit_head": "Trained exit head for the `self` draft; default: "
+                             "data_dir/exit_heads/<target>-L<layers>.pt if present.",
+    "speculative_gamma": "Draft tokens proposed per verification step (the start value when adaptive).",
+    "speculative_max_gamma": "Upper bound of the adaptive draft length.",
+    "speculative_adaptive": "Adapt the draft length to the observed acceptance rate.",
+    "speculative_lookup_ngram": "N-gram length the `prompt-lookup` draft matches in the prompt.",
     "retrain_cron": "When the scheduler retrains the router and probes (cron expression).",
     "retrain_min_new_rows": "Retrain only if at least this many new preference rows arrived since the last run.",
     "monitor_interval_minutes": "Minutes between scheduled monitor runs (golden replay, drift, alerts).",

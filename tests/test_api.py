@@ -496,5 +496,8 @@ def test_local_smollm2_pair_serves_router_and_models(tmp_path: Path) -> None:
         assert spec.choices[0].message.content == weak.choices[0].message.content
         stats = spec.model_extra["routerops"]["speculative"]
         assert 0.0 <= stats["acceptance_rate"] <= 1.0 and stats["tokens_per_target_pass"] >= 1.0
+        chunks = list(c.chat.completions.create(model="speculative", messages=msgs, max_tokens=6, stream=True))
+        assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == spec.choices[0].message.content
+        assert chunks[-1].model_extra["routerops"]["speculative"]["tokens_per_target_pass"] >= 1.0
         metrics = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {USER_KEY}"}).text
-        assert "routerops_speculative_acceptance_rate_count 1.0" in metrics
+        assert "routerops_speculative_acceptance_rate_count 2.0" in metrics  # streamed one too

@@ -63,6 +63,23 @@ def _fit(emb: np.ndarray, ds, train_idx: np.ndarray, val_idx: np.ndarray, *, dim
          lr: float, weight_decay: float, batch_size: int, patience: int, seed: int, progress: bool,
          on_epoch) -> tuple[object, int]:  # noqa: ANN001
     """Mini-batch AdamW on soft-target BCE; returns the model with its best validation weights."""
+    import torch
+
+    # The model is tiny: thread start-up costs more than it saves, and on a shared CPU several
+    # threads make each step ~10x slower (measured). One thread, restored afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit_loop(emb, ds, train_idx, val_idx, dim=dim, epochs=epochs, lr=lr,
+                         weight_decay=weight_decay, batch_size=batch_size, patience=patience, seed=seed,
+                         progress=progress, on_epoch=on_epoch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_loop(emb: np.ndarray, ds, train_idx: np.ndarray, val_idx: np.ndarray, *, dim: int, epochs: int,  # noqa: ANN001
+              lr: float, weight_decay: float, batch_size: int, patience: int, seed: int, progress: bool,
+              on_epoch) -> tuple[object, int]:  # noqa: ANN001
     import copy
 
     import torch

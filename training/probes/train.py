@@ -39,6 +39,7 @@ class ProbeData:
     meta: dict[str, Any] = field(default_factory=dict)
     prompts: list[str] = field(default_factory=list)  # the last user turn per row (text probes embed it)
     answers: list[str] = field(default_factory=list)  # the weak answer per row
+    ended: list[bool] = field(default_factory=list)  # the answer ended with EOS (generated rows)
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -238,6 +239,7 @@ def hidden_probe_data(llm, train_examples, test_examples, *, cache_root: Path, l
     feats: dict[str, np.ndarray] = {}
     lps: list[list[float] | None] = [None] * len(examples)
     verbal: list[float | None] = [None] * len(examples)
+    ended = [True] * len(examples)
     if to_generate:
         out = answered_cached(llm, [examples[i] for i in to_generate], cache_root=cache_root, layers=layers,
                               max_new_tokens=max_new_tokens, verbalize=verbalize, batch_size=batch_size,
@@ -248,6 +250,7 @@ def hidden_probe_data(llm, train_examples, test_examples, *, cache_root: Path, l
             examples[i].answer = out.texts[row]
             lps[i] = out.token_logprobs[row]
             verbal[i] = out.verbal_conf[row] if out.verbal_conf else None
+            ended[i] = out.ended[row]
             if grade is None:
                 raise ValueError("generated answers need a grader (gold answers) to be labelled")
             examples[i].label = grade(out.texts[row], examples[i].gold)
@@ -269,7 +272,7 @@ def hidden_probe_data(llm, train_examples, test_examples, *, cache_root: Path, l
     log.info("probe data: %d rows, %d features sets in %.1fs", len(examples), len(feats), time.perf_counter() - t0)
     return ProbeData(kind="hidden", features=feats, labels=labels, split=split, baselines=baselines,
                      verbal_parse_rate=parse_rate, prompts=[e.prompt for e in examples],
-                     answers=[e.answer or "" for e in examples],
+                     answers=[e.answer or "" for e in examples], ended=ended,
                      meta={"llm_model": llm.spec.model, "llm_gguf_file": llm.spec.gguf_file, "layers": list(layers),
                            "max_new_tokens": max_new_tokens})
 
