@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="default: a fresh temporary folder (cold cache)")
     parser.add_argument("--n-single", type=int, default=200, help="prompts timed one at a time")
     parser.add_argument("--n-batch", type=int, default=1000, help="prompts in the throughput test")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for both sides (default: torch's)")
+    parser.add_argument("--skip-train", action="store_true", help="time only scoring (needs a trained --data-dir)")
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,9 +61,13 @@ def main() -> None:
     import_file(settings, "arena-battles", shared / "arena_hard" / "arena_hard_battles.jsonl",
                 shared / "arena_hard" / "arena-hard-v0.1_question.jsonl", progress=False)
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     print("training on all shared preferences (alpaca_eval + arena_hard)")
     results = []
-    for label in ("first run (cache as found)", "second run (warm cache)"):
+    for label in () if args.skip_train else ("first run (cache as found)", "second run (warm cache)"):
         t0 = time.perf_counter()
         res = train_router(settings, progress=False)
         wall = time.perf_counter() - t0
@@ -124,7 +130,8 @@ def main() -> None:
         b, r = percentile_ms(base_lat, q), percentile_ms(router_lat, q)
         print(f"{name:<34}{b:>22.2f}{r:>16.2f}{r / b:>7.2f}x")
     print(f"{'batch throughput (prompts/s)':<34}{base_tp:>22.1f}{router_tp:>16.1f}{router_tp / base_tp:>7.2f}x")
-    print(f"(n={len(single)} x2 single prompts, {len(batch)} batch prompts; data dir {data_dir})")
+    print(f"(n={len(single)} x2 single prompts, {len(batch)} batch prompts; torch threads "
+          f"{__import__('torch').get_num_threads()}; data dir {data_dir})")
 
 
 if __name__ == "__main__":

@@ -169,7 +169,7 @@ def main() -> None:
 
     base_tps = base.tokens / base.seconds
     print(f"\n{'method':44s} {'tok/s':>6s} {'ratio':>6s} {'same':>5s} {'a':>5s} {'acc/rd':>6s} {'tok/pass':>8s} "
-          f"{'g':>4s} {'c':>5s} {'formula':>7s}")
+          f"{'g':>4s} {'c':>5s} {'formula':>7s} {'v':>5s} {'f(c+v)':>6s}")
     for row in rows:
         if not row.tokens:
             print(f"{row.name:44s} {row.note}")
@@ -185,12 +185,15 @@ def main() -> None:
             passes = sum(r.target_passes for r in row.spec)
             g = sum(r.draft_tokens for r in row.spec) / rounds_d if rounds_d else 0.0
             c = statistics.median(r.draft_cost_ratio for r in row.spec)
+            v = row.spec[-1].verify_cost_per_token
             line += (f" {a:5.2f} {acc_rd:6.2f} {row.tokens / passes:8.2f} {g:4.1f} {c:5.2f} "
-                     f"{expected_speedup(a, g, c) if g else 1.0:7.2f}")
+                     f"{expected_speedup(a, g, c) if g else 1.0:7.2f} {v:5.2f} "
+                     f"{expected_speedup(a, g, c + v) if g else 1.0:6.2f}")
         print(line)
     print("\na: acceptance rate (accepted / checked draft tokens); acc/rd: accepted draft tokens per round with a "
           "proposal;\ntok/pass: generated tokens per target pass; g: mean gamma; c: draft step / target pass time; "
-          "formula: (1-a^(g+1))/((1-a)(gc+1)).")
+          "formula: (1-a^(g+1))/((1-a)(gc+1));\nv: extra target-pass cost per extra verified token (fitted); "
+          "f(c+v): the formula with c+v, i.e. counting that verifying g+1 tokens is not free on a CPU.")
 
 
 if __name__ == "__main__":

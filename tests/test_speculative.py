@@ -30,6 +30,7 @@ from serving.speculative import (
     exact_accept,
     expected_speedup,
 )
+from serving.speculative.adaptive import PassCost
 from serving.speculative.drafts import lookup_continuation
 from serving.speculative.kv import crop_to, forward_logits
 from serving.speculative.sampling import sample
@@ -265,6 +266,16 @@ def test_adaptive_gamma_follows_acceptance_and_cost() -> None:
     assert ctl.gamma == 1
     with pytest.raises(ValueError, match="gamma"):
         AdaptiveGamma(gamma=0)
+
+
+def test_pass_cost_fits_the_marginal_verification_cost() -> None:
+    cost = PassCost(decay=1.0)
+    assert cost.marginal() == 0.0  # nothing to fit yet
+    for n in (1, 5, 3, 9, 2):
+        cost.update(n, 0.1 + 0.02 * (n - 1))
+    assert cost.marginal() == pytest.approx(0.2)
+    # a high verification cost pushes gamma down even for a free draft with good acceptance
+    assert best_gamma(0.6, 0.0 + cost.marginal(), 8) < best_gamma(0.6, 0.0, 8) == 8
 
 
 # --- SmolLM2: greedy output identical to the target alone, for every draft ------------------------

@@ -8,7 +8,8 @@ walltime speedup over the target alone is
     S(a, gamma, c) = (1 - a^(gamma+1)) / ((1 - a)(gamma c + 1)).
 
 `AdaptiveGamma` keeps running (exponentially decayed) estimates of a and c within a request and
-picks the gamma in [1, max_gamma] that maximises S.
+picks the gamma in [1, max_gamma] that maximises S, with c taken as the draft cost plus the
+marginal cost of verifying one more token (PassCost).
 """
 
 from __future__ import annotations
@@ -29,6 +30,33 @@ def expected_speedup(a: float, gamma: float, c: float) -> float:
 
 def best_gamma(a: float, c: float, max_gamma: int) -> int:
     return max(range(1, max_gamma + 1), key=lambda g: (expected_speedup(a, g, c), -g))
+
+
+@dataclass
+class PassCost:
+    """Running least-squares fit of a target pass's time on the number of tokens it verifies,
+    t(n) = t1 + slope (n - 1). On a GPU slope ~ 0; on a CPU each extra verified token costs real
+    compute, which the formula's gamma c must include or gamma runs too high (prompt lookup has c ~ 0).
+    Shared by the requests of one generator (decayed sums follow the machine's load)."""
+
+    decay: float = 0.98
+    _s: list[float] = field(default_factory=lambda: [0.0] * 5)  # w, sum x, sum t, sum x^2, sum x t
+
+    def update(self, tokens: int, seconds: float) -> None:
+        x = float(tokens - 1)
+        s = self._s
+        for i, v in enumerate((1.0, x, seconds, x * x, x * seconds)):
+            s[i] = self.decay * s[i] + v
+
+    def marginal(self) -> float:
+        """Cost of one more verified token, in units of a one-token pass (0 until it can be fitted)."""
+        w, sx, st, sxx, sxt = self._s
+        var = w * sxx - sx * sx
+        if w < 3 or var <= 1e-9 * max(w * sxx, 1e-12):
+            return 0.0
+        slope = (w * sxt - sx * st) / var
+        t1 = (st - slope * sx) / w
+        return max(slope, 0.0) / t1 if t1 > 0 else 0.0
 
 
 @dataclass

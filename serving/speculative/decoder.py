@@ -13,11 +13,11 @@ Metrics per request (SpecResult):
 - tokens_per_target_pass: generated tokens / target verification passes (the prefill, which plain
   decoding pays too, is not counted).
 - draft_cost_ratio c: mean time of one draft step (one proposed token) / mean target pass time.
-- speedup_estimate: estimated target-only cost over actual cost, in target passes:
-  new_tokens / (target_passes + c * draft_tokens). It assumes a verification pass over g+1 tokens
-  costs what a one-token pass does (true on a GPU, roughly on CPU for small g); the benchmark
-  measures the real walltime ratio. expected_speedup is the formula (adaptive.py) at the measured
-  a, mean gamma and c.
+- verify_cost_per_token v: what one more verified token adds to a target pass, in one-token passes
+  (fitted across requests; ~0 on a GPU, not on a CPU).
+- speedup_estimate: estimated target-only cost over actual cost, in one-token target passes:
+  new_tokens / (target_passes + (c + v) * draft_tokens). The benchmark measures the real walltime
+  ratio. expected_speedup is the formula (adaptive.py) at the measured a, mean gamma and c.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from serving.speculative.adaptive import AdaptiveGamma, expected_speedup
+from serving.speculative.adaptive import AdaptiveGamma, PassCost, expected_speedup
 from serving.speculative.drafts import Draft
 from serving.speculative.kv import crop_to, forward_logits
 from serving.speculative.sampling import AcceptRule, Warp, exact_accept, greedy_accept, one_hot_draft
@@ -55,6 +55,7 @@ class SpecResult:
     draft_rounds: int  # verification rounds that had a proposal (prompt lookup may find none)
     gamma_mean: float
     draft_cost_ratio: float
+    verify_cost_per_token: float  # extra target-pass cost of one more verified token (PassCost)
     speedup_estimate: float
     expected_speedup: float
     prefill_s: float
@@ -133,6 +134,7 @@ class SpeculativeGenerator:
         self.accept_rule = accept_rule
         self.vocab = self.model.get_output_embeddings().weight.shape[0]
         self.stop_ids = eos_ids(self.model, self.tokenizer)
+        self.pass_cost = PassCost()  # learnt across requests: how target pass time grows with tokens
 
     # --- public API ------------------------------------------------------------------------------
     def generate(self, prompt: Prompt, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
@@ -187,6 +189,7 @@ class SpeculativeGenerator:
             chunk = [*draft[: verdict.accepted], verdict.next_token]
             stats.rounds += 1
             stats.target_s += t3 - t2
+            self.pass_cost.update(len(draft) + 1, t3 - t2)
             if draft:
                 stats.rounds_with_draft += 1
                 stats.proposed += len(draft)
@@ -194,7 +197,7 @@ class SpeculativeGenerator:
                 stats.checked += verdict.accepted + (1 if verdict.accepted < len(draft) else 0)
                 stats.draft_s += t2 - t1
             if self.adaptive and draft:
-                gamma_ctl.update(len(draft), verdict.accepted, self._cost_ratio(stats))
+                gamma_ctl.update(len(draft), verdict.accepted, self._cost_ratio(stats) + self.pass_cost.marginal())
 
             chunk = chunk[:remaining]
             for i, token in enumerate(chunk):
@@ -235,7 +238,9 @@ class SpeculativeGenerator:
             draft_rounds=stats.rounds_with_draft,
             gamma_mean=gamma_mean,
             draft_cost_ratio=c,
-            speedup_estimate=n / (stats.rounds + c * stats.proposed) if stats.rounds else 0.0,
+            verify_cost_per_token=self.pass_cost.marginal(),
+            speedup_estimate=n / (stats.rounds + (c + self.pass_cost.marginal()) * stats.proposed)
+            if stats.rounds else 0.0,
             expected_speedup=expected_speedup(a, gamma_mean, c) if gamma_mean else 1.0,
             prefill_s=stats.prefill_s,
             wall_s=wall_s,
