@@ -118,5 +118,6 @@ def _build(settings, kind, train_ex, test_ex, layers, max_new_tokens, verbalize,
     data.features = {"text": text_features(embedder, data.prompts, data.answers)}
     data.kind = "text"
     ref = embedding_ref(embedder)
-    data.meta = {"embedding_backend": ref.backend, "embedding_model": ref.model, "embedder": ref.name}
+    data.meta = {"embedding_backend": ref.backend, "embedding_model": ref.model, "embedder": ref.name,
+                 "embedding_truncation_side": ref.truncation_side}
     return data

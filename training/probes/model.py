@@ -82,8 +82,10 @@ class DeferralProbe:
         from routerops.embeddings import get_embedder
 
         settings = get_settings()
+        # Rebuild exactly the embedder the probe was trained with (truncation side included).
         embedder = get_embedder(settings, backend=self.meta.get("embedding_backend"),
-                                model=self.meta.get("embedding_model"))
+                                model=self.meta.get("embedding_model"),
+                                truncation_side=self.meta.get("embedding_truncation_side"))
         user_text = [last_user_prompt(list(p)) for p in prompts]
         return text_features(embedder, user_text, answers)
 

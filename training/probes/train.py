@@ -292,4 +292,4 @@ def text_probe_data(embedder, train_examples, test_examples) -> ProbeData:  # no
     return ProbeData(kind="text", features={"text": x}, labels=np.array([e.label for e in examples], dtype=int),
                      split=split, prompts=[e.prompt for e in examples], answers=[e.answer or "" for e in examples],
                      meta={"embedding_backend": ref.backend, "embedding_model": ref.model,
-                                        "embedder": ref.name})
+                           "embedder": ref.name, "embedding_truncation_side": ref.truncation_side})
