@@ -295,6 +295,17 @@ def create_app(settings: Settings, pair: BackendPair | None = None) -> FastAPI:
     async def prometheus(_principal: Principal = user) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
 
+        from monitoring.alerts import active_alert_gauges
+        from routerops.db import session_scope
+
+        def read_alerts() -> dict[str, float]:
+            with session_scope(settings) as session:
+                return active_alert_gauges(session)
+
+        try:  # the monitor writes alerts to the shared database; /metrics shows them as gauges
+            metrics.set_alert_gauges(await run_in_threadpool(read_alerts))
+        except Exception as exc:  # noqa: BLE001 - metrics must still render if the DB hiccups
+            log.warning("could not read alert gauges: %s", exc)
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     # --- feedback ----------------------------------------------------------------------------------

@@ -36,6 +36,9 @@ class ServingMetrics:
                                          registry=r)
         self.spec_acceptance_last = Gauge("routerops_speculative_acceptance_rate_last",
                                           "Acceptance rate of the latest speculative request", registry=r)
+        self.alert_active = Gauge("routerops_alert_active",
+                                  "1 while a monitoring alert of this kind is open (PGR regression, drift)",
+                                  ["kind"], registry=r)
         self._counts = {"weak": 0, "strong": 0, "cascade": 0, "escalated": 0}
         self._live_version: str | None = None
 
@@ -64,6 +67,10 @@ class ServingMetrics:
         self.router_version.labels(label).set(1)
         self._live_version = label
         self.alpha.set(alpha)
+
+    def set_alert_gauges(self, gauges: dict[str, float]) -> None:
+        for name, value in gauges.items():  # "routerops_<kind>_active" -> label kind=<kind>
+            self.alert_active.labels(name.removeprefix("routerops_").removesuffix("_active")).set(value)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

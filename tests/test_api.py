@@ -194,6 +194,26 @@ def test_hot_reload_after_approve_and_alpha_change(api, store: Path) -> None:
     assert "routerops_strong_call_share" in metrics
 
 
+def test_metrics_show_open_monitoring_alerts(api) -> None:
+    from monitoring.alerts import KINDS
+    from routerops.db import session_scope
+    from routerops.db.models import Alert
+
+    base_url, settings = api
+    headers = {"Authorization": f"Bearer {USER_KEY}"}
+    assert "pgr_regression" in KINDS
+    before = httpx.get(f"{base_url}/metrics", headers=headers).text
+    assert 'routerops_alert_active{kind="pgr_regression"} 0.0' in before
+    with session_scope(settings) as session:
+        session.add(Alert(kind="pgr_regression", dedupe_key="test:pgr", message="PGR fell"))
+    try:
+        after = httpx.get(f"{base_url}/metrics", headers=headers).text
+        assert 'routerops_alert_active{kind="pgr_regression"} 1.0' in after
+    finally:
+        with session_scope(settings) as session:
+            session.query(Alert).filter(Alert.dedupe_key == "test:pgr").delete()
+
+
 def test_mlflow_going_away_keeps_last_good_router(store: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from routerops import registry
