@@ -2,7 +2,6 @@
 
 from alembic import context
 
-
 from routerops.db.models import Base
 from routerops.db.session import get_engine, normalize_url
 from routerops.settings import get_settings
