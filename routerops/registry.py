@@ -11,6 +11,7 @@ import getpass
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from routerops.settings import Settings, get_settings
 
@@ -75,6 +76,18 @@ def version_by_alias(name: str, alias: str, settings: Settings | None = None) ->
             return None
         raise
     return LiveVersion(name=name, version=str(mv.version), run_id=mv.run_id, source=mv.source)
+
+
+def pyfunc_artifact_dir(local: Path, artifact: str, what: str) -> Path:
+    """The folder holding a named artifact inside a downloaded pyfunc model (our models keep all their
+    files beside that artifact)."""
+    from mlflow.models import Model
+
+    spec = Model.load(str(local / "MLmodel")).flavors.get("python_function", {}).get("artifacts", {})
+    path = spec.get(artifact, {}).get("path")
+    if path is None:
+        raise ValueError(f"{local} is not {what} (no {artifact!r} artifact)")
+    return (local / path).parent
 
 
 def set_challenger(name: str, version: str | int, settings: Settings | None = None) -> None:

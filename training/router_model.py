@@ -19,6 +19,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from routerops.model_names import ModelCatalog
+from routerops.registry import pyfunc_artifact_dir
 from routerops.settings import Settings, get_settings
 from training.mf_model import pair_direction
 
@@ -143,13 +144,7 @@ def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
 
 def _model_dir(local: Path) -> Path:
     """The folder holding our two artifacts inside a downloaded pyfunc model."""
-    from mlflow.models import Model
-
-    spec = Model.load(str(local / "MLmodel")).flavors.get("python_function", {}).get("artifacts", {})
-    weights = spec.get("weights", {}).get("path")
-    if weights is None:
-        raise ValueError(f"{local} is not an MF router (no 'weights' artifact)")
-    return (local / weights).parent
+    return pyfunc_artifact_dir(local, "weights", "an MF router")
 
 
 def load_router(model_uri: str, settings: Settings | None = None) -> MFRouter:

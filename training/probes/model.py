@@ -21,6 +21,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from routerops.backends.base import Generation, Message, last_user_prompt
+from routerops.registry import pyfunc_artifact_dir
 from routerops.settings import Settings, get_settings
 from training.probes.features import answer_features, parse_feature_key, text_features
 
@@ -107,13 +108,7 @@ _cache_lock = threading.Lock()
 
 
 def _model_dir(local: Path) -> Path:
-    from mlflow.models import Model
-
-    spec = Model.load(str(local / "MLmodel")).flavors.get("python_function", {}).get("artifacts", {})
-    meta = spec.get("probe_meta", {}).get("path")
-    if meta is None:
-        raise ValueError(f"{local} is not a deferral probe (no 'probe_meta' artifact)")
-    return (local / meta).parent
+    return pyfunc_artifact_dir(local, "probe_meta", "a deferral probe")
 
 
 def load_probe(model_uri: str, settings: Settings | None = None) -> DeferralProbe:
