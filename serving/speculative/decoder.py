@@ -33,7 +33,14 @@ from transformers import DynamicCache
 from serving.speculative.adaptive import AdaptiveGamma, PassCost, expected_speedup
 from serving.speculative.drafts import Draft
 from serving.speculative.kv import crop_to, forward_logits
-from serving.speculative.sampling import AcceptRule, Warp, exact_accept, greedy_accept, one_hot_draft
+from serving.speculative.sampling import (
+    AcceptRule,
+    Warp,
+    exact_accept,
+    greedy_accept,
+    greedy_verdict,
+    one_hot_draft,
+)
 
 Prompt = str | list[int] | list[dict[str, str]]
 
@@ -139,11 +146,13 @@ class SpeculativeGenerator:
     # --- public API ------------------------------------------------------------------------------
     def generate(self, prompt: Prompt, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
                  seed: int | None = None) -> SpecResult:
-        stream = self.stream(prompt, max_new_tokens, temperature, top_p, seed)
-        for _ in stream:
+        # No streaming consumer: run the loop directly, without decoding the text after every round.
+        prompt_ids = encode_prompt(self.tokenizer, prompt)
+        stats = _Stats()
+        t0 = time.perf_counter()
+        for _ in self.chunks(prompt_ids, max_new_tokens, Warp(temperature, top_p), seed, stats):
             pass
-        assert stream.result is not None
-        return stream.result
+        return self._result(prompt_ids, stats, time.perf_counter() - t0)
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
                seed: int | None = None) -> SpecStream:
@@ -158,6 +167,7 @@ class SpeculativeGenerator:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
         rule = self.accept_rule or (greedy_accept if warp.greedy else exact_accept)
+        fast_greedy = warp.greedy and self.accept_rule is None
         gamma_ctl = AdaptiveGamma(self.gamma, self.max_gamma, enabled=self.adaptive)
 
         t0 = time.perf_counter()
@@ -176,11 +186,16 @@ class SpeculativeGenerator:
             t2 = time.perf_counter()
             draft = proposal.tokens[:gamma] if proposal else []
             logits = forward_logits(self.model, [context[-1], *draft], cache, self.device)
-            p = warp.probs(logits).cpu()
-            q = None
-            if draft and not warp.greedy:
-                q = proposal.q[: len(draft)].cpu() if proposal.q is not None else one_hot_draft(draft, self.vocab)
-            verdict = rule(p, q if q is not None else p[: len(draft)], draft, generator)
+            if fast_greedy:
+                # Temperature 0 with the built-in rule: the argmax of the raw logits is the argmax of the
+                # warped (one-hot) distribution, so skip building (g+1, V) probabilities; one sync only.
+                verdict = greedy_verdict(logits.argmax(-1).tolist(), draft)
+            else:
+                p = warp.probs(logits).cpu()
+                q = None
+                if draft and not warp.greedy:
+                    q = proposal.q[: len(draft)].cpu() if proposal.q is not None else one_hot_draft(draft, self.vocab)
+                verdict = rule(p, q if q is not None else p[: len(draft)], draft, generator)
             t3 = time.perf_counter()
 
             n = len(context)

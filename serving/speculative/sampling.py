@@ -83,7 +83,11 @@ def exact_accept(p: torch.Tensor, q: torch.Tensor, draft: list[int], generator: 
 def greedy_accept(p: torch.Tensor, q: torch.Tensor, draft: list[int], generator: torch.Generator | None) -> Verdict:
     """Temperature 0: the longest draft prefix equal to the target's argmax, then the target's argmax."""
     del q, generator
-    best = p.argmax(-1).tolist()
+    return greedy_verdict(p.argmax(-1).tolist(), draft)
+
+
+def greedy_verdict(best: list[int], draft: list[int]) -> Verdict:
+    """The greedy rule on the target's argmax at each of the g+1 positions."""
     for i, token in enumerate(draft):
         if token != best[i]:
             return Verdict(i, best[i])
