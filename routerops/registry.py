@@ -78,6 +78,64 @@ def version_by_alias(name: str, alias: str, settings: Settings | None = None) ->
     return LiveVersion(name=name, version=str(mv.version), run_id=mv.run_id, source=mv.source)
 
 
+@dataclass(frozen=True)
+class PinnedModel:
+    """A model URI resolved to something that cannot move: an alias becomes its version now."""
+
+    uri: str  # models:/NAME/VERSION, runs:/RUN_ID/PATH, or a local folder
+    version: str | None
+    run_id: str | None
+    cache_key: tuple[str, ...]  # (store, pinned uri): one cache entry per real model
+    local_dir: Path | None  # set for a local folder (nothing to download)
+
+
+def pin_model_uri(model_uri: str, what: str, settings: Settings | None = None) -> PinnedModel:
+    """Resolve models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local folder.
+    A missing alias or version raises LookupError naming `what` and the registry."""
+    from mlflow.exceptions import MlflowException
+
+    settings = settings or get_settings()
+    reg = settings.resolved_registry_uri
+    if model_uri.startswith("models:/"):
+        rest = model_uri[len("models:/") :]
+        if "@" in rest:
+            name, alias, number = *rest.split("@", 1), None
+        else:
+            name, alias, number = rest.rpartition("/")[0], None, rest.rpartition("/")[2]
+        if not name or not (alias or number):
+            raise ValueError(f"cannot parse model URI {model_uri!r} (models:/NAME@ALIAS or models:/NAME/VERSION)")
+        c = client(settings)
+        try:
+            mv = c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, number)
+        except MlflowException as exc:
+            raise LookupError(f"no {what} at {model_uri} in {reg}: {exc.message}") from None
+        pinned = f"models:/{name}/{mv.version}"
+        return PinnedModel(pinned, str(mv.version), mv.run_id, (reg, pinned), None)
+    if model_uri.startswith("runs:/"):
+        run_id = model_uri[len("runs:/") :].split("/", 1)[0]
+        return PinnedModel(model_uri, None, run_id, (settings.resolved_tracking_uri, model_uri), None)
+    if Path(model_uri).is_dir():
+        local = Path(model_uri)
+        return PinnedModel(model_uri, None, None, ("file", str(local.resolve())), local)
+    raise ValueError(f"unsupported {what} URI {model_uri!r} (models:/NAME@ALIAS, models:/NAME/N, runs:/ID/PATH)")
+
+
+def download_model(pinned: PinnedModel, what: str, settings: Settings | None = None) -> Path:
+    """The model's local folder (downloaded from our stores unless it is local already)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if pinned.local_dir is not None:
+        return pinned.local_dir
+    settings = settings or get_settings()
+    mlflow.set_tracking_uri(settings.resolved_tracking_uri)
+    mlflow.set_registry_uri(settings.resolved_registry_uri)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned.uri))
+    except MlflowException as exc:
+        raise LookupError(f"cannot download {what} {pinned.uri}: {exc.message}") from None
+
+
 def pyfunc_artifact_dir(local: Path, artifact: str, what: str) -> Path:
     """The folder holding a named artifact inside a downloaded pyfunc model (our models keep all their
     files beside that artifact)."""

@@ -130,18 +130,6 @@ _routers: dict[tuple[str, ...], MFRouter] = {}
 _lock = threading.Lock()
 
 
-def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """models:/name@alias or models:/name/version -> (name, alias, version)."""
-    rest = uri[len("models:/") :]
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return name, alias, None
-    name, _, version = rest.rpartition("/")
-    if not name or not version:
-        raise ValueError(f"cannot parse model URI {uri!r} (models:/NAME@ALIAS or models:/NAME/VERSION)")
-    return name, None, version
-
-
 def _model_dir(local: Path) -> Path:
     """The folder holding our two artifacts inside a downloaded pyfunc model."""
     return pyfunc_artifact_dir(local, "weights", "an MF router")
@@ -150,50 +138,18 @@ def _model_dir(local: Path) -> Path:
 def load_router(model_uri: str, settings: Settings | None = None) -> MFRouter:
     """Load a registered or logged router. URIs: models:/NAME@ALIAS, models:/NAME/VERSION,
     runs:/RUN_ID/ARTIFACT_PATH, or a local model folder. Cached per process and model version."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     from routerops import registry
 
     settings = settings or get_settings()
-    tracking, reg = settings.resolved_tracking_uri, settings.resolved_registry_uri
-    version: str | None = None
-    run_id: str | None = None
-    if model_uri.startswith("models:/"):
-        name, alias, version = _parse_models_uri(model_uri)
-        c = registry.client(settings)
-        try:
-            mv = c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version)
-        except MlflowException as exc:
-            raise LookupError(f"no router at {model_uri} in {reg}: {exc.message}") from None
-        version, run_id = str(mv.version), mv.run_id
-        pinned = f"models:/{name}/{version}"
-        key: tuple[str, ...] = (reg, pinned)
-    elif model_uri.startswith("runs:/"):
-        pinned = model_uri
-        run_id = model_uri[len("runs:/") :].split("/", 1)[0]
-        key = (tracking, pinned)
-    elif Path(model_uri).is_dir():
-        pinned = model_uri
-        key = ("file", str(Path(model_uri).resolve()))
-    else:
-        raise ValueError(f"unsupported router URI {model_uri!r} (models:/NAME@ALIAS, models:/NAME/N, runs:/ID/PATH)")
+    pinned = registry.pin_model_uri(model_uri, "router", settings)
     with _lock:
-        cached = _routers.get(key)
+        cached = _routers.get(pinned.cache_key)
         if cached is not None:
             return cached
-        if key[0] == "file":
-            local = Path(model_uri)
-        else:
-            mlflow.set_tracking_uri(tracking)
-            mlflow.set_registry_uri(reg)
-            try:
-                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned))
-            except MlflowException as exc:
-                raise LookupError(f"cannot download router {pinned}: {exc.message}") from None
-        router = MFRouter.from_dir(_model_dir(local), version=version, uri=model_uri, run_id=run_id,
-                                   settings=settings)
-        _routers[key] = router
+        local = registry.download_model(pinned, "router", settings)
+        router = MFRouter.from_dir(_model_dir(local), version=pinned.version, uri=model_uri,
+                                   run_id=pinned.run_id, settings=settings)
+        _routers[pinned.cache_key] = router
         return router
 
 

@@ -114,49 +114,18 @@ def _model_dir(local: Path) -> Path:
 def load_probe(model_uri: str, settings: Settings | None = None) -> DeferralProbe:
     """Load a probe: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local folder
     (as DeferralProbe.save writes it). Cached per process and resolved version."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     from routerops import registry
 
     settings = settings or get_settings()
-    tracking, reg = settings.resolved_tracking_uri, settings.resolved_registry_uri
-    version = run_id = None
-    if model_uri.startswith("models:/"):
-        rest = model_uri[len("models:/") :]
-        name, alias, number = (*rest.split("@", 1), None) if "@" in rest else (rest.rpartition("/")[0], None,
-                                                                              rest.rpartition("/")[2])
-        if not name:
-            raise ValueError(f"cannot parse model URI {model_uri!r} (models:/NAME@ALIAS or models:/NAME/VERSION)")
-        c = registry.client(settings)
-        try:
-            mv = c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, number)
-        except MlflowException as exc:
-            raise LookupError(f"no probe at {model_uri} in {reg}: {exc.message}") from None
-        version, run_id = str(mv.version), mv.run_id
-        pinned = f"models:/{name}/{version}"
-        key: tuple[str, ...] = (reg, pinned)
-    elif model_uri.startswith("runs:/"):
-        pinned, run_id = model_uri, model_uri[len("runs:/") :].split("/", 1)[0]
-        key = (tracking, pinned)
-    elif Path(model_uri).is_dir():
-        pinned, key = model_uri, ("file", str(Path(model_uri).resolve()))
-    else:
-        raise ValueError(f"unsupported probe URI {model_uri!r} (models:/NAME@ALIAS, models:/NAME/N, runs:/ID/PATH)")
+    pinned = registry.pin_model_uri(model_uri, "probe", settings)
     with _cache_lock:
-        if key in _probes:
-            return _probes[key]
-        if key[0] == "file":
-            folder = Path(model_uri)
-        else:
-            mlflow.set_tracking_uri(tracking)
-            mlflow.set_registry_uri(reg)
-            try:
-                folder = _model_dir(Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned)))
-            except MlflowException as exc:
-                raise LookupError(f"cannot download probe {pinned}: {exc.message}") from None
-        probe = DeferralProbe.from_dir(folder, version=version, uri=model_uri, run_id=run_id)
-        _probes[key] = probe
+        if pinned.cache_key in _probes:
+            return _probes[pinned.cache_key]
+        local = registry.download_model(pinned, "probe", settings)
+        # a local folder is the probe itself (DeferralProbe.save); a download is a pyfunc model
+        folder = local if pinned.local_dir is not None else _model_dir(local)
+        probe = DeferralProbe.from_dir(folder, version=pinned.version, uri=model_uri, run_id=pinned.run_id)
+        _probes[pinned.cache_key] = probe
         return probe
 
 
