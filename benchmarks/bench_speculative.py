@@ -10,6 +10,11 @@ and draft cost ratio c (one draft step / one target verification pass, timed ins
 
 Prompt set: document-editing requests whose answers reuse the input text (rewrite, fix, extract,
 summarise, convert), the case where prompt lookup pays; see PROMPTS.
+
+Ceiling: on a CPU, verifying n tokens costs r(n) one-token passes (measured here, per n). With the
+reference outputs known, a dynamic programme finds the cheapest way any gamma policy could have used
+the prompt-lookup draft (propose exactly what will be accepted, or fewer where r makes that cheaper):
+the best speedup prompt lookup can give on these prompts on this machine, whatever the policy.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class Row:
     identical: bool = True
     spec: list = field(default_factory=list)  # SpecResults
     outputs: list = field(default_factory=list)
+    per_prompt_s: list = field(default_factory=list)
     note: str = ""
 
 
@@ -87,6 +93,59 @@ def hf_generate(model: torch.nn.Module, ids: list[int], new_tokens: int, **kwarg
     return out[0, len(ids):].tolist()
 
 
+def pass_cost_curve(model: torch.nn.Module, ids: list[int], max_n: int, reps: int = 5) -> dict[int, float]:
+    """Seconds of one target pass over n new tokens after `ids`, n = 1..max_n (best of 2 sweeps of
+    per-n medians, so a busy moment does not bend the curve)."""
+    from serving.speculative.kv import crop_to, forward_logits
+
+    cache = DynamicCache()
+    forward_logits(model, ids, cache, "cpu", last_only=True)
+    fresh = list(range(1000, 1000 + max_n))
+    best: dict[int, float] = {}
+    for _ in range(2):
+        for k in range(1, max_n + 1):
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                forward_logits(model, fresh[:k], cache, "cpu", last_only=k == 1)
+                times.append(time.perf_counter() - t0)
+                crop_to(cache, len(ids))
+            best[k] = min(best.get(k, float("inf")), statistics.median(times))
+    return best
+
+
+def lookup_ceiling(prompts: list[list[int]], refs: list[list[int]], curve: dict[int, float], max_gamma: int,
+                   max_ngram: int) -> tuple[float, float]:
+    """(speedup, tokens per pass) of the best possible gamma choices for prompt lookup, knowing the output.
+
+    best[p] = min over g of r(g + 1) + best[p + min(g, acc(p)) + 1], acc(p) = how many of the lookup's
+    proposal at position p the greedy output confirms. Loop overhead and lookup time are left out."""
+    from serving.speculative.drafts import lookup_continuation
+
+    base = cost = passes = 0.0
+    for ids, ref in zip(prompts, refs, strict=True):
+        n = len(ref)
+        acc = []
+        for p in range(n):
+            proposal = lookup_continuation(ids + ref[:p], max_gamma, max_ngram)
+            k = 0
+            while k < len(proposal) and p + k < n and proposal[k] == ref[p + k]:
+                k += 1
+            acc.append((len(proposal), k))
+        best = [0.0] * (n + 1)
+        npass = [0] * (n + 1)
+        for p in range(n - 1, -1, -1):
+            options = []
+            for g in range(0, min(acc[p][0], n - p - 1) + 1):
+                nxt = p + min(g, acc[p][1]) + 1
+                options.append((curve[g + 1] + best[nxt], npass[nxt] + 1))
+            best[p], npass[p] = min(options)
+        base += n * curve[1]
+        cost += best[0]
+        passes += npass[0]
+    return base / cost, sum(map(len, refs)) / passes
+
+
 def run(name: str, fn: Callable[[list[int], int], object], prompts: list[list[int]], n: int,
         refs: list[list[int]] | None) -> Row:
     row = Row(name)
@@ -94,7 +153,8 @@ def run(name: str, fn: Callable[[list[int], int], object], prompts: list[list[in
     for i, ids in enumerate(prompts):
         t0 = time.perf_counter()
         res = fn(ids, n)
-        row.seconds += time.perf_counter() - t0
+        row.per_prompt_s.append(time.perf_counter() - t0)
+        row.seconds += row.per_prompt_s[-1]
         tokens = res.token_ids if hasattr(res, "token_ids") else res
         if hasattr(res, "token_ids"):
             row.spec.append(res)
@@ -111,7 +171,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--layers", type=int, default=10, help="self-draft depth")
-    parser.add_argument("--gamma", type=int, default=4)
+    parser.add_argument("--gamma", type=int, default=4, help="starting gamma")
+    parser.add_argument("--max-gamma", type=int, default=8)
     parser.add_argument("--exit-head", default=None, help="trained head (routerops train exit-head)")
     parser.add_argument("--draft-model", default=None, help="a smaller LM with SmolLM2's tokenizer")
     parser.add_argument("--threads", type=int, default=None)
@@ -130,7 +191,7 @@ def main() -> None:
     prompts = [encode_prompt(tok, p) for p in PROMPTS[: args.prompts]]
     n = args.new_tokens
     print(f"SmolLM2-135M-Instruct, CPU, {torch.get_num_threads()} threads, {len(prompts)} prompts x {n} new "
-          f"tokens, greedy, gamma={args.gamma} (adaptive, max 8), self-draft {args.layers}/30 layers")
+          f"tokens, greedy, gamma={args.gamma} (adaptive, max {args.max_gamma}), self-draft {args.layers}/30 layers")
 
     rows: list[Row] = []
     base = run("target only: plain cached loop", lambda ids, k: plain_loop(model, ids, k, stop), prompts, n, None)
@@ -139,7 +200,7 @@ def main() -> None:
     rows.append(run("target only: model.generate", lambda ids, k: hf_generate(model, ids, k), prompts, n, refs))
 
     def spec(draft, gamma=args.gamma):  # noqa: ANN001, ANN202
-        gen = SpeculativeGenerator(loaded, draft, gamma=gamma, adaptive=True)
+        gen = SpeculativeGenerator(loaded, draft, gamma=gamma, adaptive=True, max_gamma=args.max_gamma)
         return lambda ids, k: gen.generate(ids, k)
 
     drafts = [PromptLookupDraft(3), EarlyExitDraft(model, args.layers)]
@@ -167,7 +228,22 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001 - report which path transformers refuses, keep going
                 rows.append(Row(f"transformers: assistant_model={draft.name}", note=f"failed: {exc}"[:80]))
 
+    max_gamma = args.max_gamma
+    curve = pass_cost_curve(model, prompts[0], max_gamma + 1)
+    one = curve[1]
+    print(f"\ntarget pass cost r(n) = time(n tokens) / time(1 token), n = 1..{max_gamma + 1}: "
+          + " ".join(f"{curve[k] / one:.2f}" for k in sorted(curve)))
+    ceiling, ceiling_tpp = lookup_ceiling(prompts, refs, curve, max_gamma, 3)
+    print(f"prompt-lookup ceiling (best gamma per round, knowing the output; gamma <= {max_gamma}): "
+          f"{ceiling:.2f}x at {ceiling_tpp:.2f} tokens/pass")
+
     base_tps = base.tokens / base.seconds
+    lookup_row = next(r for r in rows if r.name.startswith("speculative: prompt-lookup"))
+    print("\nper prompt, prompt lookup vs target only:")
+    for i, res in enumerate(lookup_row.spec):
+        ratio = base.per_prompt_s[i] / lookup_row.per_prompt_s[i]
+        print(f"  prompt {i + 1}: {res.completion_tokens:3d} tokens  ratio {ratio:5.2f}  a {res.acceptance_rate:4.2f}  "
+              f"tok/pass {res.tokens_per_target_pass:4.2f}  ({PROMPTS[i][:50]}...)")
     print(f"\n{'method':44s} {'tok/s':>6s} {'ratio':>6s} {'same':>5s} {'a':>5s} {'acc/rd':>6s} {'tok/pass':>8s} "
           f"{'g':>4s} {'c':>5s} {'formula':>7s} {'v':>5s} {'f(c+v)':>6s}")
     for row in rows:

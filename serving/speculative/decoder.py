@@ -14,9 +14,10 @@ Metrics per request (SpecResult):
   decoding pays too, is not counted).
 - draft_cost_ratio c: mean time of one draft step (one proposed token) / mean target pass time.
 - verify_cost_per_token v: what one more verified token adds to a target pass, in one-token passes
-  (fitted across requests; ~0 on a GPU, not on a CPU).
+  (a line fitted across requests; ~0 on a GPU, not on a CPU). Gamma is chosen with the measured
+  cost of each pass length, which is not linear on a CPU (adaptive.py).
 - speedup_estimate: estimated target-only cost over actual cost, in one-token target passes:
-  new_tokens / (target_passes + (c + v) * draft_tokens). The benchmark measures the real walltime
+  new_tokens / (sum over rounds of r(tokens verified) + c * draft_tokens), r from PassCost. The benchmark measures the real walltime
   ratio. expected_speedup is the formula (adaptive.py) at the measured a, mean gamma and c.
 """
 
@@ -95,6 +96,7 @@ class _Stats:
     checked: int = 0
     draft_s: float = 0.0
     target_s: float = 0.0
+    pass_units: float = 0.0  # the rounds' target passes in one-token passes (PassCost.relative)
     prefill_s: float = 0.0
     finish_reason: str = "length"
     generated: list[int] = field(default_factory=list)
@@ -169,6 +171,7 @@ class SpeculativeGenerator:
         rule = self.accept_rule or (greedy_accept if warp.greedy else exact_accept)
         fast_greedy = warp.greedy and self.accept_rule is None
         gamma_ctl = AdaptiveGamma(self.gamma, self.max_gamma, enabled=self.adaptive)
+        free = getattr(self.draft, "free_proposals", False)
 
         t0 = time.perf_counter()
         cache = DynamicCache()
@@ -180,9 +183,18 @@ class SpeculativeGenerator:
 
         while len(stats.generated) < max_new_tokens:
             remaining = max_new_tokens - len(stats.generated)
-            gamma = min(gamma_ctl.gamma, remaining - 1)  # the round adds one token of its own
             t1 = time.perf_counter()
-            proposal = state.propose(context, gamma, warp, generator) if gamma > 0 else None
+            if free:
+                # Proposing costs nothing: ask for all the round could use, keep what the evidence warrants.
+                proposal = state.propose(context, min(self.max_gamma, remaining - 1), warp, generator) \
+                    if remaining > 1 else None
+                evidence = proposal.evidence if proposal else None
+                available = len(proposal.tokens) if proposal else 0
+                gamma = gamma_ctl.gamma_for(evidence, available, self.pass_cost.relative)
+            else:
+                evidence = None
+                gamma = min(gamma_ctl.next_gamma(), remaining - 1)  # the round adds one token of its own
+                proposal = state.propose(context, gamma, warp, generator) if gamma > 0 else None
             t2 = time.perf_counter()
             draft = proposal.tokens[:gamma] if proposal else []
             logits = forward_logits(self.model, [context[-1], *draft], cache, self.device)
@@ -205,6 +217,7 @@ class SpeculativeGenerator:
             stats.rounds += 1
             stats.target_s += t3 - t2
             self.pass_cost.update(len(draft) + 1, t3 - t2)
+            stats.pass_units += self.pass_cost.relative(len(draft) + 1)
             if draft:
                 stats.rounds_with_draft += 1
                 stats.proposed += len(draft)
@@ -212,7 +225,8 @@ class SpeculativeGenerator:
                 stats.checked += verdict.accepted + (1 if verdict.accepted < len(draft) else 0)
                 stats.draft_s += t2 - t1
             if self.adaptive and draft:
-                gamma_ctl.update(len(draft), verdict.accepted, self._cost_ratio(stats) + self.pass_cost.marginal())
+                gamma_ctl.update(len(draft), verdict.accepted, self._cost_ratio(stats), self.pass_cost.relative,
+                                 evidence)
 
             chunk = chunk[:remaining]
             for i, token in enumerate(chunk):
@@ -254,8 +268,7 @@ class SpeculativeGenerator:
             gamma_mean=gamma_mean,
             draft_cost_ratio=c,
             verify_cost_per_token=self.pass_cost.marginal(),
-            speedup_estimate=n / (stats.rounds + (c + self.pass_cost.marginal()) * stats.proposed)
-            if stats.rounds else 0.0,
+            speedup_estimate=n / (stats.pass_units + c * stats.proposed) if stats.rounds else 0.0,
             expected_speedup=expected_speedup(a, gamma_mean, c) if gamma_mean else 1.0,
             prefill_s=stats.prefill_s,
             wall_s=wall_s,

@@ -6,9 +6,13 @@
   target's modules (weights shared), and its KV cache starts as the target's first k layers after the
   target's prefill (the same computation, so the same values), so the prompt is never run twice.
 - `PromptLookupDraft`: copies the continuation of the latest earlier occurrence of the context's
-  last n-gram (prompt + generated text). Free to compute; deterministic, so q is one-hot.
+  last n-gram (prompt + generated text). Free to compute; deterministic, so q is one-hot. Its
+  proposals carry their evidence (how long the match is): on our benchmark a first copied token is
+  right 31% of the time after a 1-token match and 85% after a match of 4 or more tokens.
 
-A Draft is shared by requests; `start()` returns the per-request state (`DraftState`).
+A Draft is shared by requests; `start()` returns the per-request state (`DraftState`). A draft with
+`free_proposals = True` costs nothing per proposed token: the decoder asks it for the most tokens it
+could use and then keeps as many as its evidence warrants (adaptive.py).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from serving.speculative.sampling import Warp, sample
 class Proposal:
     tokens: list[int]
     q: torch.Tensor | None  # (len(tokens), V) warped draft probabilities; None = deterministic/greedy
+    evidence: int | None = None  # a draft's own confidence bucket; acceptance is tracked per bucket
 
 
 class DraftState(Protocol):
@@ -43,6 +48,7 @@ class DraftState(Protocol):
 
 class Draft(Protocol):
     name: str
+    free_proposals: bool  # proposing more tokens costs nothing (prompt lookup), so trim after proposing
 
     def start(self, prompt: list[int], target_cache: DynamicCache) -> DraftState:
         """Per-request state; `target_cache` holds the target's KV for prompt[:-1] (read, never written)."""
@@ -77,6 +83,8 @@ class _ModelState:
 
 class ModelDraft:
     """A smaller causal LM with the target's tokenizer (same vocabulary ids)."""
+
+    free_proposals = False
 
     def __init__(self, model: torch.nn.Module, device: str = "cpu", name: str = "model"):
         self.model, self.device, self.name = model.eval(), device, name
@@ -139,6 +147,8 @@ def shallow_view(target: torch.nn.Module, n_layers: int, exit_head: torch.nn.Mod
 class EarlyExitDraft:
     """Self-speculative draft: exit after `n_layers` of the target's layers (+ optional exit head)."""
 
+    free_proposals = False
+
     def __init__(self, target: torch.nn.Module, n_layers: int, device: str = "cpu",
                  exit_head: torch.nn.Module | None = None):
         self.n_layers, self.device = n_layers, device
@@ -151,9 +161,12 @@ class EarlyExitDraft:
 
 
 # --- prompt lookup (n-gram) ---------------------------------------------------------------------
-def lookup_continuation(context: list[int], gamma: int, max_ngram: int = 3, min_ngram: int = 1) -> list[int]:
-    """The tokens that followed the latest earlier occurrence of the context's final n-gram (longest n
-    first), up to gamma of them; [] when no n-gram recurs."""
+def lookup_with_match(context: list[int], gamma: int, max_ngram: int = 3, min_ngram: int = 1,
+                      max_match: int | None = None) -> tuple[list[int], int]:
+    """(tokens that followed the latest earlier occurrence of the context's final n-gram, longest n first,
+    up to gamma of them; how many context tokens that occurrence matches, counting back past the n-gram,
+    up to max_match (default max_ngram + 1)). ([], 0) when no n-gram recurs."""
+    max_match = max_match or max_ngram + 1
     arr = np.asarray(context, dtype=np.int64)
     n_ctx = len(arr)
     for n in range(min(max_ngram, n_ctx - 1), min_ngram - 1, -1):
@@ -163,8 +176,18 @@ def lookup_continuation(context: list[int], gamma: int, max_ngram: int = 3, min_
         for start in hits[::-1]:
             follow = arr[start + n: start + n + gamma]
             if len(follow):
-                return follow.tolist()
-    return []
+                match = n
+                while match < max_match and start - (match - n) > 0 and \
+                        arr[start - (match - n) - 1] == arr[n_ctx - match - 1]:
+                    match += 1
+                return follow.tolist(), match
+    return [], 0
+
+
+def lookup_continuation(context: list[int], gamma: int, max_ngram: int = 3, min_ngram: int = 1) -> list[int]:
+    """The tokens that followed the latest earlier occurrence of the context's final n-gram (longest n
+    first), up to gamma of them; [] when no n-gram recurs."""
+    return lookup_with_match(context, gamma, max_ngram, min_ngram)[0]
 
 
 class _LookupState:
@@ -172,13 +195,16 @@ class _LookupState:
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
 
     def propose(self, context: list[int], gamma: int, warp: Warp, generator: torch.Generator | None) -> Proposal:
-        return Proposal(lookup_continuation(context, gamma, self.max_ngram, self.min_ngram), None)
+        tokens, match = lookup_with_match(context, gamma, self.max_ngram, self.min_ngram)
+        return Proposal(tokens, None, evidence=match)
 
     def commit(self, valid: int) -> None:
         pass
 
 
 class PromptLookupDraft:
+    free_proposals = True
+
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
         if not 1 <= min_ngram <= max_ngram:
             raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
