@@ -8,6 +8,11 @@ The server runs as a real `routerops serve` subprocess (its own process, as in p
 temporary data dir: migrated SQLite, a tiny MF router trained on tests/fixtures/router and approved
 as champion. Prompts and recorded answers: AlpacaEval's Mixtral (weak) and GPT-4 Turbo (strong)
 outputs from ../shared/data when present, else the test fixture pair.
+
+The router phases draw prompts without replacement, so the routing cache never answers them: they
+measure the embedder path (the replay pair only knows recorded prompts, so prompts cannot be made
+unique by editing them). A last phase replays prompts already routed, the case the routing cache
+(`ROUTEROPS_ROUTING_CACHE_SIZE`) serves.
 """
 
 from __future__ import annotations
@@ -82,11 +87,32 @@ def load_prompts(path: Path) -> list[str]:
     return list(dict.fromkeys(str(r["prompt"]) for r in read_records(path)))
 
 
-async def phase(base_url: str, model: str, prompts: list[str], clients: int, requests: int) -> dict:
-    queue: asyncio.Queue[str] = asyncio.Queue()
+class FreshPrompts:
+    """Hands out each prompt once (shuffled), so no routed request repeats an earlier one."""
+
+    def __init__(self, prompts: list[str]):
+        self._left = list(prompts)
+        random.Random(0).shuffle(self._left)
+
+    def take(self, n: int) -> list[str]:
+        if n > len(self._left):
+            raise SystemExit(f"only {len(self._left)} unseen prompts left for a phase of {n} routed requests: "
+                             "lower --requests or pass fewer --clients values")
+        taken, self._left = self._left[:n], self._left[n:]
+        return taken
+
+
+def sample(prompts: list[str], n: int) -> list[str]:
     rng = random.Random(0)
-    for _ in range(requests):
-        queue.put_nowait(rng.choice(prompts))
+    return [rng.choice(prompts) for _ in range(n)]
+
+
+async def phase(base_url: str, model: str, prompts: list[str], clients: int) -> dict:
+    """One request per item of `prompts`, `clients` at a time."""
+    requests = len(prompts)
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for prompt in prompts:
+        queue.put_nowait(prompt)
     latencies: list[float] = []
     routing: list[float] = []
     errors: list[str] = []
@@ -131,7 +157,7 @@ async def phase(base_url: str, model: str, prompts: list[str], clients: int, req
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, nargs="+", default=[8, 16])
-    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--requests", type=int, default=300)
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="routerops-bench-") as tmp:
@@ -168,12 +194,13 @@ def main() -> int:
             print(f"server up: router v{health['router_version']}, alpha {health['alpha']}, "
                   f"{len(prompts)} prompts", flush=True)
             weak = env["ROUTEROPS_WEAK_MODEL"]
-            asyncio.run(phase(base_url, "router", prompts, 4, 40))  # warm-up: embedder, connections
-            asyncio.run(phase(base_url, weak, prompts, 4, 40))
+            fresh = FreshPrompts(prompts)
+            asyncio.run(phase(base_url, "router", fresh.take(40), 4))  # warm-up: embedder, connections
+            asyncio.run(phase(base_url, weak, sample(prompts, 40), 4))
             total_errors = 0
             for clients in args.clients:
-                direct = asyncio.run(phase(base_url, weak, prompts, clients, args.requests))
-                routed = asyncio.run(phase(base_url, "router", prompts, clients, args.requests))
+                direct = asyncio.run(phase(base_url, weak, sample(prompts, args.requests), clients))
+                routed = asyncio.run(phase(base_url, "router", fresh.take(args.requests), clients))
                 total_errors += len(direct["errors"]) + len(routed["errors"])
                 print(f"\n== {clients} concurrent clients, {args.requests} requests each phase ==")
                 for r in (direct, routed):
@@ -189,6 +216,19 @@ def main() -> int:
                       f"p99 +{routed['p99_ms'] - direct['p99_ms']:.1f} ms")
                 for e in (direct["errors"] + routed["errors"])[:3]:
                     print("  error:", e)
+            # exact repeats: 40 prompts routed once (cache misses), then asked again and again
+            seen = fresh.take(40)
+            asyncio.run(phase(base_url, "router", seen, 4))
+            clients = args.clients[0]
+            repeat = asyncio.run(phase(base_url, "router", sample(seen, args.requests), clients))
+            total_errors += len(repeat["errors"])
+            print(f"\n== repeated prompts, {clients} clients (routing cache hits) ==")
+            print(f"{'router, repeats':>28}: {repeat['throughput']:7.1f} req/s  p50 {repeat['p50_ms']:7.1f} ms  "
+                  f"p99 {repeat['p99_ms']:7.1f} ms  errors {len(repeat['errors'])}")
+            print(f"  routing decision (server-side): p50 {repeat['routing_p50_ms']:.2f} ms  "
+                  f"p99 {repeat['routing_p99_ms']:.2f} ms")
+            metrics = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+            print("  " + "  ".join(ln for ln in metrics.splitlines() if ln.startswith("routerops_routing_cache_total")))
             print(f"\ntotal errors: {total_errors}")
             return 0 if total_errors == 0 else 2
         finally:

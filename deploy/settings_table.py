@@ -100,7 +100,10 @@ MEANINGS: dict[str, str] = {
                              "data_dir/exit_heads/<target>-L<layers>.pt if present.",
     "speculative_gamma": "Draft tokens proposed per verification step (the start value when adaptive).",
     "speculative_max_gamma": "Upper bound of the adaptive draft length.",
-    "speculative_adaptive": "Adapt the draft length to the measured acceptance, draft cost and pass cost; switch off a draft that cannot pay.",
+    "speculative_adaptive": "Adapt the draft length to the measured acceptance, draft cost and pass cost; "
+                            "switch off a draft that cannot pay.",
+    "routing_cache_size": "Routing scores of recent prompts kept per live router (exact repeats skip the "
+                          "embedder); 0 turns the cache off.",
     "speculative_lookup_ngram": "N-gram length the `prompt-lookup` draft matches in the prompt.",
     "retrain_cron": "When the scheduler retrains the router and probes (cron expression).",
     "retrain_min_new_rows": "Retrain only if at least this many new preference rows arrived since the last run.",

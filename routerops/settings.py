@@ -90,6 +90,7 @@ class Settings(BaseSettings):
 
     # --- routing -----------------------------------------------------------------------------
     alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="Initial threshold before any recalibration.")
+    routing_cache_size: int = Field(default=10_000, ge=0)  # routing scores kept per live router; 0 = off
 
     # --- speculative decoding (serving/speculative) -------------------------------------------
     # Target: this local model, default the strong model. Draft: "prompt-lookup" (n-gram copy, free),

@@ -186,7 +186,7 @@ def create_app(settings: Settings, pair: BackendPair | None = None) -> FastAPI:
         metrics.requests.labels(out.strategy, out.model).inc()
         metrics.latency.labels(out.strategy).observe(seconds)
         if out.strategy == "router" and out.role:
-            metrics.observe_route(out.role, (out.routing_ms or 0.0) / 1000)
+            metrics.observe_route(out.role, (out.routing_ms or 0.0) / 1000, out.routing_cached)
         if out.escalated is not None:
             metrics.observe_cascade(out.escalated)
         if out.spec:

@@ -21,6 +21,9 @@ class ServingMetrics:
                                          "Time to decide weak or strong (embedding + router)",
                                          buckets=ROUTING_BUCKETS, registry=r)
         self.routed = Counter("routerops_routed_total", "Routing decisions", ["role"], registry=r)
+        self.routing_cache = Counter("routerops_routing_cache_total",
+                                     "Routing scores answered from the cache (hit) or by the embedder (miss)",
+                                     ["result"], registry=r)
         self.strong_share = Gauge("routerops_strong_call_share",
                                   "Share of routed requests sent to the strong model", registry=r)
         self.alpha = Gauge("routerops_alpha", "Live routing threshold", registry=r)
@@ -42,8 +45,10 @@ class ServingMetrics:
         self._counts = {"weak": 0, "strong": 0, "cascade": 0, "escalated": 0}
         self._live_version: str | None = None
 
-    def observe_route(self, role: str, seconds: float) -> None:
+    def observe_route(self, role: str, seconds: float, cached: bool | None = None) -> None:
         self.routed.labels(role).inc()
+        if cached is not None:
+            self.routing_cache.labels("hit" if cached else "miss").inc()
         self.routing_latency.observe(seconds)
         self._counts[role] = self._counts.get(role, 0) + 1
         total = self._counts["weak"] + self._counts["strong"]

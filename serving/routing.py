@@ -9,6 +9,9 @@ and the error is reported at /healthz.
 
 No champion yet (documented behaviour): every `router` request goes to the strong model with reason
 "no champion router: routing to strong".
+
+Exact repeats of a prompt (retries, templated traffic, the monitor's golden replays) are answered from
+an LRU of scores (`routing_cache_size`), which belongs to one router: a swap starts it afresh.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from routerops import registry
 from routerops.settings import Settings
+from routerops.text import prompt_hash
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,49 @@ class Decision:
     router_version: str | None
     reason: str
     routing_ms: float
+    cached: bool | None = None  # scored: whether from the routing cache (an exact repeat of a recent prompt)
+
+
+class ScoreCache:
+    """LRU of routing scores, valid for one router object; a different router empties it. Keyed by the
+    prompt's hash, so long prompts cost 64 bytes each."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._router: object | None = None
+        self._scores: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, router: object, prompt: str) -> float | None:
+        if self.size <= 0:
+            return None
+        key = prompt_hash(prompt)
+        with self._lock:
+            score = self._scores.get(key) if router is self._router else None
+            if score is None:
+                self.misses += 1
+                return None
+            self._scores.move_to_end(key)
+            self.hits += 1
+            return score
+
+    def put(self, router: object, prompt: str, score: float) -> None:
+        if self.size <= 0:
+            return
+        key = prompt_hash(prompt)
+        with self._lock:
+            if router is not self._router:  # a new champion: the old scores mean nothing
+                self._router = router
+                self._scores.clear()
+            self._scores[key] = score
+            self._scores.move_to_end(key)
+            while len(self._scores) > self.size:
+                self._scores.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._scores)
 
 
 class ScoreBatcher:
@@ -54,22 +102,29 @@ class ScoreBatcher:
     prompt at a time under load queues requests behind each other; a batch costs little more than one.
     """
 
-    def __init__(self, strong: str, weak: str, max_batch: int = 64):
+    def __init__(self, strong: str, weak: str, max_batch: int = 64, cache_size: int = 0):
         self.strong, self.weak, self.max_batch = strong, weak, max_batch
+        self.cache = ScoreCache(cache_size)
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.batches = 0
         self.scored = 0
 
-    def score(self, router, prompt: str) -> float:  # noqa: ANN001
+    def score(self, router, prompt: str) -> tuple[float, bool]:  # noqa: ANN001
+        """(P(strong wins), whether it came from the cache)."""
+        cached = self.cache.get(router, prompt)
+        if cached is not None:
+            return cached, True
         future: Future = Future()
         self._queue.put((router, prompt, future))
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="router-batcher", daemon=True)
                 self._thread.start()
-        return future.result()
+        score = future.result()
+        self.cache.put(router, prompt, score)
+        return score, False
 
     def close(self) -> None:
         self._queue.put(None)
@@ -112,7 +167,8 @@ class RouterState:
         self.last_check: str | None = None
         self.reloads = 0
         self._reload_lock = threading.Lock()
-        self.batcher = ScoreBatcher(settings.strong_router_name, settings.weak_router_name)
+        self.batcher = ScoreBatcher(settings.strong_router_name, settings.weak_router_name,
+                                    cache_size=settings.routing_cache_size)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.on_change: list = []  # callbacks(snapshot) e.g. metrics
@@ -196,7 +252,7 @@ class RouterState:
         if snap.router is None:
             return Decision("strong", None, snap.alpha, None, NO_CHAMPION, (time.perf_counter() - t0) * 1000)
         try:
-            p = self.batcher.score(snap.router, prompt)
+            p, cached = self.batcher.score(snap.router, prompt)
         except Exception as exc:  # noqa: BLE001 - a scoring failure degrades to the safe choice
             log.warning("routing failed, sending to strong: %s", exc)
             return Decision("strong", None, snap.alpha, snap.version,
@@ -206,4 +262,4 @@ class RouterState:
         op = ">=" if role == "strong" else "<"
         return Decision(role, p, snap.alpha, snap.version,
                         f"P(strong wins)={p:.3f} {op} alpha={snap.alpha:.3f}: routing to {role}",
-                        (time.perf_counter() - t0) * 1000)
+                        (time.perf_counter() - t0) * 1000, cached=cached)

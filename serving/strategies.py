@@ -46,6 +46,7 @@ class Outcome:
     alpha: float | None = None
     router_version: str | None = None
     routing_ms: float | None = None
+    routing_cached: bool | None = None
     escalated: bool | None = None
     probe_score: float | None = None
     spec: dict[str, float] | None = None
@@ -145,7 +146,7 @@ class RouterStrategy(_BackendStrategy):
         d = self.ctx.router.decide(last_user_prompt(messages))
         backend = self.ctx.pair.by_role(d.role)
         return Outcome("router", backend.name, d.role, d.reason, p_strong_wins=d.p_strong_wins, alpha=d.alpha,
-                       router_version=d.router_version, routing_ms=d.routing_ms), backend
+                       router_version=d.router_version, routing_ms=d.routing_ms, routing_cached=d.cached), backend
 
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
         out, backend = self._decide(messages)

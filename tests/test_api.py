@@ -178,6 +178,7 @@ def test_hot_reload_after_approve_and_alpha_change(api, store: Path) -> None:
     raw = ask(base_url)
     assert raw.parse().model_extra["routerops"]["router_version"] == "2"
     assert raw.headers["x-routerops-p-strong"] != ""
+    p_v2 = raw.parse().model_extra["routerops"]["p_strong_wins"]
 
     # the live alpha moves with the alpha history: 1.0 sends everything weak, 0.0 everything strong
     for alpha, expected in ((1.0, WEAK), (0.0, STRONG)):
@@ -186,12 +187,53 @@ def test_hot_reload_after_approve_and_alpha_change(api, store: Path) -> None:
         wait_for(lambda a=alpha: healthz(base_url)["alpha"] == a)
         info = ask(base_url).parse().model_extra["routerops"]
         assert info["alpha"] == alpha and info["model"] == expected, info
+        assert info["p_strong_wins"] == p_v2  # the same prompt again: from the routing cache
     metrics = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {USER_KEY}"}).text
+    # the first ask under each router version embeds the prompt; the two repeats under v2 do not
+    assert metric_value(metrics, 'routerops_routing_cache_total{result="miss"}') >= 2
+    assert metric_value(metrics, 'routerops_routing_cache_total{result="hit"}') >= 2
     assert 'routerops_router_version_info{version="2"} 1.0' in metrics
     assert "routerops_alpha 0.0" in metrics
     assert 'routerops_requests_total{model="gpt-4-1106-preview",strategy="router"}' in metrics
     assert "routerops_routing_latency_seconds_count" in metrics
     assert "routerops_strong_call_share" in metrics
+
+
+def metric_value(text: str, series: str) -> float:
+    line = next((ln for ln in text.splitlines() if ln.startswith(series + " ")), None)
+    assert line is not None, f"{series} missing from /metrics"
+    return float(line.split()[-1])
+
+
+def test_routing_cache_is_per_router_and_bounded(store: Path) -> None:
+    """Exact repeats skip the embedder; a new router starts with an empty cache; the LRU keeps `size`."""
+    from serving.routing import ScoreBatcher
+    from training.router_model import load_router
+
+    settings = make_settings(store)
+    pair = (settings.strong_router_name, settings.weak_router_name)
+    v1 = load_router(f"models:/{settings.router_model_name}/1", settings)
+    v2 = load_router(f"models:/{settings.router_model_name}/2", settings)
+    batcher = ScoreBatcher(*pair, cache_size=2)
+    try:
+        first, hit = batcher.score(v1, PROMPT)
+        assert not hit and first == pytest.approx(float(v1.score([PROMPT], *pair)[0]))
+        again, hit = batcher.score(v1, PROMPT)
+        assert hit and again == first and batcher.scored == 1  # the router saw the prompt once
+        other, hit = batcher.score(v2, PROMPT)
+        assert not hit and other == pytest.approx(float(v2.score([PROMPT], *pair)[0]))
+        assert batcher.scored == 2
+        for prompt in ("second prompt", "third prompt"):  # size 2: PROMPT is the least recent, evicted
+            batcher.score(v2, prompt)
+        assert len(batcher.cache) == 2
+        assert batcher.score(v2, "third prompt")[1] and not batcher.score(v2, PROMPT)[1]
+        off = ScoreBatcher(*pair, cache_size=0)
+        try:
+            assert [off.score(v1, PROMPT)[1] for _ in range(2)] == [False, False] and off.scored == 2
+        finally:
+            off.close()
+    finally:
+        batcher.close()
 
 
 def test_metrics_show_open_monitoring_alerts(api) -> None:

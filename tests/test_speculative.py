@@ -163,12 +163,15 @@ def test_broken_acceptance_rule_is_detected(rule) -> None:  # noqa: ANN001
     assert chi2_pvalue(spec_samples(gen, PROMPT, warp, N_SAMPLES), dist) < 1e-6
 
 
-def test_prompt_lookup_sampling_is_exact_with_one_hot_q() -> None:
-    """A deterministic draft: accept x with p(x), else sample p without x."""
+@pytest.mark.parametrize("adaptive", [False, True], ids=["fixed-gamma", "adaptive"])
+def test_prompt_lookup_sampling_is_exact_with_one_hot_q(adaptive: bool) -> None:
+    """A deterministic draft: accept x with p(x), else sample p without x. Adaptive: how many of the
+    proposal's tokens are verified depends on past rounds and the match length, never on this round's
+    target output, so the distribution stays exact."""
     warp = Warp(1.0, 1.0)
     target = toy_target(seed=3)
     prompt = [2, 4, 2, 4, 2, 4, 2]  # n-grams recur, so lookup proposes every round
-    gen = SpeculativeGenerator(target, PromptLookupDraft(max_ngram=2), gamma=2, adaptive=False)
+    gen = SpeculativeGenerator(target, PromptLookupDraft(max_ngram=2), gamma=2, adaptive=adaptive)
     dist = exact_distribution(target.model, prompt, 3, warp)
     samples = spec_samples(gen, prompt, warp, N_SAMPLES)
     assert chi2_pvalue(samples, dist) > 1e-3
