@@ -17,8 +17,9 @@ Metrics per request (SpecResult):
   (a line fitted across requests; ~0 on a GPU, not on a CPU). Gamma is chosen with the measured
   cost of each pass length, which is not linear on a CPU (adaptive.py).
 - speedup_estimate: estimated target-only cost over actual cost, in one-token target passes:
-  new_tokens / (sum over rounds of r(tokens verified) + c * draft_tokens), r from PassCost. The benchmark measures the real walltime
-  ratio. expected_speedup is the formula (adaptive.py) at the measured a, mean gamma and c.
+  new_tokens / (sum over rounds of r(tokens verified) + c * draft_tokens), r from PassCost. The
+  benchmark measures the real walltime ratio. expected_speedup is the formula (adaptive.py) at the
+  measured a, mean gamma and c.
 """
 
 from __future__ import annotations
