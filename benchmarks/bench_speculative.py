@@ -236,6 +236,8 @@ def main() -> None:
     ceiling, ceiling_tpp = lookup_ceiling(prompts, refs, curve, max_gamma, 3)
     print(f"prompt-lookup ceiling (best gamma per round, knowing the output; gamma <= {max_gamma}): "
           f"{ceiling:.2f}x at {ceiling_tpp:.2f} tokens/pass")
+    free_verify, _ = lookup_ceiling(prompts, refs, {k: 1.0 for k in curve}, max_gamma, 3)
+    print(f"  the same if verifying n tokens cost one pass (a GPU's regime): {free_verify:.2f}x")
 
     base_tps = base.tokens / base.seconds
     lookup_row = next(r for r in rows if r.name.startswith("speculative: prompt-lookup"))
