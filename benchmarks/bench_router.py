@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _store import fresh_store, import_shared_preferences
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,31 +35,18 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true", help="time only scoring (needs a trained --data-dir)")
     args = parser.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="routerops-bench-"))
-    os.environ["ROUTEROPS_DATA_DIR"] = str(data_dir)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    settings, data_dir = fresh_store(args.data_dir, "routerops-bench-")
 
     from sentence_transformers import SentenceTransformer
 
-    from routerops.db import migrate
     from routerops.local_models import minilm_path
-    from routerops.settings import get_settings
     from training.eval_sets import load_routerbench
-    from training.importers.core import import_file
     from training.router_model import load_router
     from training.train_router import train_router
 
-    settings = get_settings()
-    settings.ensure_data_dir()
-    migrate.upgrade("head", settings=settings)
     shared = args.shared_data
-    for path in sorted((shared / "alpaca_eval" / "annotations").glob("*.jsonl.gz")):
-        import_file(settings, "alpaca-eval", path, progress=False)
-    import_file(settings, "arena-battles", shared / "arena_hard" / "arena_hard_battles.jsonl",
-                shared / "arena_hard" / "arena-hard-v0.1_question.jsonl", progress=False)
+    import_shared_preferences(settings, shared)
 
     if args.threads:
         import torch

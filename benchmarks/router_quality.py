@@ -11,12 +11,11 @@ imports and the embedding cache). Prints one table; with --plot writes the PGR c
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _store import fresh_store, import_shared_preferences
 
 ROOT = Path(__file__).resolve().parent.parent
 SPLITS = ["arc_challenge", "mbpp", "winograde"]
@@ -33,30 +32,19 @@ def main() -> None:
                         help="add a router also trained on the RouterBench TRAIN splits (in-domain labels)")
     args = parser.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="routerops-quality-"))
-    os.environ["ROUTEROPS_DATA_DIR"] = str(data_dir)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    settings, data_dir = fresh_store(args.data_dir, "routerops-quality-")
 
     from routerops import metrics
-    from routerops.db import migrate, session_scope
+    from routerops.db import session_scope
     from routerops.embeddings import embed_cached, get_embedder
-    from routerops.settings import get_settings
     from training.eval_sets import load_routerbench
     from training.importers.core import import_file
     from training.router_model import load_router
     from training.train_router import train_router
 
-    settings = get_settings()
-    settings.ensure_data_dir()
-    migrate.upgrade("head", settings=settings)
     shared = args.shared_data
     t0 = time.perf_counter()
-    for path in sorted((shared / "alpaca_eval" / "annotations").glob("*.jsonl.gz")):
-        import_file(settings, "alpaca-eval", path, progress=False)
-    import_file(settings, "arena-battles", shared / "arena_hard" / "arena_hard_battles.jsonl",
-                shared / "arena_hard" / "arena-hard-v0.1_question.jsonl", progress=False)
+    import_shared_preferences(settings, shared)
     configs: list[tuple[str, list[str] | None]] = [("MF (alpaca+arena)", ["routerbench"]),
                                                    ("MF (alpaca only)", ["arena_hard", "routerbench"])]
     if args.with_routerbench_train:
