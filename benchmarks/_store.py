@@ -34,3 +34,30 @@ def import_shared_preferences(settings: Any, shared: Path) -> None:
         import_file(settings, "alpaca-eval", path, progress=False)
     import_file(settings, "arena-battles", shared / "arena_hard" / "arena_hard_battles.jsonl",
                 shared / "arena_hard" / "arena-hard-v0.1_question.jsonl", progress=False)
+
+
+def import_all_shared(settings: Any, shared: Path) -> dict[str, float]:
+    """Everything with outcomes or preferences in ../shared/data, RouterBench's TRAIN splits only
+    (its test splits are the held-out evaluation). Returns seconds per file group."""
+    import time
+
+    from training.importers.core import import_file
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    import_shared_preferences(settings, shared)
+    import_file(settings, "judgment-scores", shared / "arena_hard" / "arena-bench-v1_judgment_scores.jsonl.gz",
+                shared / "arena_hard" / "arena-bench-v1_question.jsonl", progress=False)
+    timings["alpaca_eval+arena"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    import_file(settings, "native", shared / "pairwise" / "rmb.jsonl.gz", progress=False)
+    timings["rmb"] = time.perf_counter() - t0
+    for path in sorted((shared / "scores").glob("*.jsonl.gz")):
+        t0 = time.perf_counter()
+        import_file(settings, "scores", path, progress=False)
+        timings[path.name] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for path in sorted((shared / "routerbench").glob("*_train.csv.gz")):
+        import_file(settings, "routerbench", path, progress=False)
+    timings["routerbench train"] = time.perf_counter() - t0
+    return timings

@@ -229,7 +229,7 @@ def score_prompts(router, prompts: Sequence[str], settings):  # noqa: ANN001, AN
     strong, weak = router.pair(settings.strong_router_name, settings.weak_router_name)  # unknown name: fail first
     with session_scope(settings) as session:
         emb = embed_cached(session, router.embedder, list(prompts), progress=False)
-    return np.asarray(router.score_embeddings(emb, strong, weak), dtype=np.float64)
+    return np.asarray(router.score_embeddings(emb, strong, weak, prompts=list(prompts)), dtype=np.float64)
 
 
 def _score_prompts(router, prompts: Sequence[str], settings) -> list[float | None]:  # noqa: ANN001

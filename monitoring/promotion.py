@@ -43,6 +43,9 @@ class Comparison:
     results: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)  # slice->role->metric
     verdict: str = "no-champion"
     notes: list[str] = field(default_factory=list)
+    # role -> {held-out source | "mean" | "min": APGR}, from each version's training run (`--loso`)
+    loso: dict[str, dict[str, float]] = field(default_factory=dict)
+    alphas: dict[str, float] = field(default_factory=dict)  # role -> the alpha it was scored at
 
     def tags(self) -> dict[str, str]:
         t = {"cmp.champion_version": self.champion_version or "none", "cmp.verdict": self.verdict,
@@ -53,6 +56,10 @@ class Comparison:
                     if value is not None:
                         suffix = "" if role == "challenger" else "_champion"
                         t[f"cmp.{metric}_{sl}{suffix}"] = f"{value:.4f}"
+        for role, vals in self.loso.items():
+            suffix = "" if role == "challenger" else "_champion"
+            for key, value in vals.items():
+                t[f"cmp.loso_apgr_{key}{suffix}"] = f"{value:.4f}"
         return t
 
     def markdown(self) -> str:
@@ -67,13 +74,30 @@ class Comparison:
                 ch = roles.get("challenger", {}).get(metric)
                 cp = roles.get("champion", {}).get(metric)
                 lines.append(f"| {sl} | {int(n) if n else '-'} | {metric} | {_fmt(ch)} | {_fmt(cp)} |")
+        if self.loso:
+            lines += ["", "Leave-one-source-out APGR (from each version's training run; random 0.5):", "",
+                      "| held-out source | challenger | champion |", "|---|---|---|"]
+            keys = sorted(set().union(*(v.keys() for v in self.loso.values())) - {"mean", "min"}) + ["mean", "min"]
+            for key in keys:
+                lines.append(f"| {key} | {_fmt(self.loso.get('challenger', {}).get(key))} | "
+                             f"{_fmt(self.loso.get('champion', {}).get(key))} |")
+        if self.alphas:
+            lines += ["", "Each router is scored at its own live alpha: "
+                      + ", ".join(f"{role} {a:.4f}" for role, a in self.alphas.items())]
         if self.notes:
             lines += ["", *[f"- {n}" for n in self.notes]]
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
         return {"challenger_version": self.challenger_version, "champion_version": self.champion_version,
-                "alpha": self.alpha, "results": self.results, "verdict": self.verdict, "notes": self.notes}
+                "alpha": self.alpha, "alphas": self.alphas, "results": self.results, "loso": self.loso,
+                "verdict": self.verdict, "notes": self.notes}
+
+
+def loso_metrics(client, run_id: str) -> dict[str, float]:  # noqa: ANN001
+    """{held-out source, "mean", "min": APGR} logged by `train router --loso`."""
+    metrics = client.get_run(run_id).data.metrics
+    return {k.removeprefix("loso_apgr_"): float(v) for k, v in metrics.items() if k.startswith("loso_apgr_")}
 
 
 def _fmt(v: float | None) -> str:
@@ -152,9 +176,19 @@ def compare_challenger(settings: Settings, challenger_version: str | int) -> dic
     challenger = load_router(f"models:/{name}/{mv.version}", settings)
     champ_live = registry.version_by_alias(name, registry.CHAMPION, settings)
     champion = load_router(champ_live.uri, settings) if champ_live is not None else None
+    routers = {"challenger": challenger, "champion": champion}
     with session_scope(settings) as s:
-        alpha = live_alpha(s, settings).alpha
-    cmp = Comparison(str(mv.version), champ_live.version if champ_live else None, alpha)
+        # each router at the alpha it would serve with: scores of two routers sit on their own scales
+        alphas = {role: live_alpha(s, settings, r).alpha for role, r in routers.items() if r is not None}
+    cmp = Comparison(str(mv.version), champ_live.version if champ_live else None,
+                     alphas.get("champion", alphas["challenger"]), alphas=alphas)
+    for role, version in (("challenger", mv), ("champion", champ_live)):
+        if version is not None and version.run_id:
+            loso = loso_metrics(client, version.run_id)
+            if loso:
+                cmp.loso[role] = loso
+    if "challenger" not in cmp.loso:
+        cmp.notes.append("the challenger's training run has no leave-one-source-out table (train with --loso)")
     slices = [golden_slice(settings), holdout_slice(settings, challenger)]
     if slices[0] is None:
         cmp.notes.append(f"golden set {settings.golden_set} not found: compared on the logs only")
@@ -165,11 +199,11 @@ def compare_challenger(settings: Settings, challenger_version: str | int) -> dic
                          "training data")
     for sl in (x for x in slices if x is not None):
         cmp.results[sl.name] = {}
-        for role, router in (("challenger", challenger), ("champion", champion)):
+        for role, router in routers.items():
             if router is None:
                 continue
             try:
-                cmp.results[sl.name][role] = _evaluate(router, sl, settings, alpha)
+                cmp.results[sl.name][role] = _evaluate(router, sl, settings, alphas[role])
             except KeyError as exc:  # this router does not know the configured pair
                 cmp.notes.append(f"{role} cannot score {sl.name}: {exc}")
     if champion is not None:

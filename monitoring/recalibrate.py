@@ -53,9 +53,10 @@ def recent_live_scores(session: Session, settings: Settings) -> np.ndarray:
 
 def recalibrate(session: Session, settings: Settings, *, scores: np.ndarray, weak_q: np.ndarray,
                 strong_q: np.ndarray, router_version: str | None, monitor_run_id: str | None,
-                apply: bool = True) -> Recalibration:
-    """Recommend (and, with apply, propose) an alpha from the replay's labelled traces."""
-    live = live_alpha(session, settings).alpha
+                apply: bool = True, router: object | None = None) -> Recalibration:
+    """Recommend (and, with apply, propose) an alpha from the replay's labelled traces. `router` (the
+    live one) decides which alpha is live now (routerops/alpha.py)."""
+    live = live_alpha(session, settings, router).alpha  # type: ignore[arg-type]
     if settings.target_pgr is not None:
         mode = "target_pgr"
         if len(scores) == 0:

@@ -192,7 +192,7 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
     if isinstance(router, str) and router == "live":
         router = load_live_router(settings)
     with session_scope(settings) as s:
-        alpha = live_alpha(s, settings).alpha
+        alpha = live_alpha(s, settings, router if hasattr(router, "alpha_for_share") else None).alpha
         row = MonitorRun(golden_set=str(path), n_traces=len(traces), weak_model=getattr(weak, "name", None),
                          strong_model=getattr(strong, "name", None), alpha=alpha,
                          router_version=getattr(router, "version", None))
@@ -279,7 +279,8 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
                 idx = np.asarray(labelled)
                 recal = recalibrate(s, settings, scores=scores[idx], weak_q=np.asarray([ok[i].q_weak for i in idx]),
                                     strong_q=np.asarray([ok[i].q_strong for i in idx]), router_version=live_version,
-                                    monitor_run_id=run_id).to_dict()
+                                    monitor_run_id=run_id,
+                                    router=router if hasattr(router, "alpha_for_share") else None).to_dict()
             m["recalibration"] = recal
             m["alerts_opened"] = opened_ids
             gauges = {"routerops_monitor_pgr": pgr_now if pgr_now is not None else float("nan"),

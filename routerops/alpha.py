@@ -1,4 +1,12 @@
-"""The live routing threshold alpha: the newest active row of alpha_history, else the setting.
+"""The live routing threshold alpha, and where it comes from, in this order:
+
+1. the newest active alpha_history row that applies to the live router (set or approved by a person,
+   or a bounded recalibration by the monitor; a row recorded for another router version does not
+   apply, since each router's scores sit on their own scale);
+2. `ROUTEROPS_ALPHA`, when it is set explicitly;
+3. the router's own calibration: the alpha that sends `ROUTEROPS_TARGET_STRONG_SHARE` (default 0.3)
+   of the reference prompts stored with the router to strong (training/router_model.py);
+4. the default 0.5.
 
 Serving reads it; monitoring's recalibration and `routerops alpha set|approve` write it. A change
 beyond the configured bound is stored as "pending" and only goes live when a person approves it.
@@ -8,7 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from typing import Protocol
+
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from routerops.db.models import AlphaChange
@@ -18,17 +28,36 @@ from routerops.settings import Settings
 @dataclass(frozen=True)
 class LiveAlpha:
     alpha: float
-    source: str  # "settings" or the alpha_history row's source
+    source: str  # the alpha_history row's source, "settings", "router-calibration" or "default"
     change_id: int | None
+    reason: str = ""
 
 
-def live_alpha(session: Session, settings: Settings) -> LiveAlpha:
-    row = session.scalars(
-        select(AlphaChange).where(AlphaChange.status == "active").order_by(AlphaChange.id.desc()).limit(1)
-    ).first()
-    if row is None:
-        return LiveAlpha(settings.alpha, "settings", None)
-    return LiveAlpha(row.alpha, row.source, row.id)
+class CalibratedRouter(Protocol):
+    version: str | None
+
+    def alpha_for_share(self, share: float, strong: str | None = None, weak: str | None = None) -> float | None: ...
+
+
+def live_alpha(session: Session, settings: Settings, router: CalibratedRouter | None = None) -> LiveAlpha:
+    query = select(AlphaChange).where(AlphaChange.status == "active")
+    if router is not None and router.version is not None:
+        query = query.where(or_(AlphaChange.router_version.is_(None), AlphaChange.router_version == router.version))
+    row = session.scalars(query.order_by(AlphaChange.id.desc()).limit(1)).first()
+    if row is not None:
+        return LiveAlpha(row.alpha, row.source, row.id, f"alpha_history #{row.id}: {row.reason}"[:300])
+    if "alpha" in settings.model_fields_set:
+        return LiveAlpha(settings.alpha, "settings", None, "ROUTEROPS_ALPHA")
+    share = settings.target_strong_share
+    if router is not None and share is not None:
+        try:
+            alpha = router.alpha_for_share(share, settings.strong_router_name, settings.weak_router_name)
+        except (LookupError, ValueError):  # the router does not know the configured pair
+            alpha = None
+        if alpha is not None:
+            return LiveAlpha(alpha, "router-calibration", None,
+                             f"sends {share:.0%} of router version {router.version}'s reference prompts to strong")
+    return LiveAlpha(settings.alpha, "default", None, "no alpha set, no router calibration")
 
 
 def propose_alpha(session: Session, settings: Settings, alpha: float, *, reason: str, source: str,

@@ -123,7 +123,8 @@ class Settings(BaseSettings):
     golden_set: Path = Path("golden_traces/default.jsonl")
     alert_webhook_url: str | None = None
     pgr_tolerance: float = 0.1
-    target_strong_share: float | None = None
+    # share of traffic the router's own calibration sends to strong until an alpha is set or recalibrated
+    target_strong_share: float | None = Field(default=0.3, gt=0.0, lt=1.0)
     target_pgr: float | None = None
     alpha_max_step: float = 0.1
 

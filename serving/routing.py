@@ -41,6 +41,7 @@ class Snapshot:
     alpha: float
     alpha_source: str
     loaded_at: str | None = None
+    alpha_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ class ScoreBatcher:
 class RouterState:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.snapshot = Snapshot(router=None, version=None, alpha=settings.alpha, alpha_source="settings")
+        self.snapshot = Snapshot(router=None, version=None, alpha=settings.alpha, alpha_source="default")
         self.last_error: str | None = None
         self.last_check: str | None = None
         self.reloads = 0
@@ -205,17 +206,17 @@ class RouterState:
                     except Exception as exc:  # noqa: BLE001 - a bad version must not take serving down
                         errors.append(f"router version {live.version} failed to load; still serving "
                                       f"{current.version}: {type(exc).__name__}: {str(exc)[:300]}")
-            alpha, alpha_source = current.alpha, current.alpha_source
+            alpha, alpha_source, alpha_reason = current.alpha, current.alpha_source, current.alpha_reason
             try:
                 from routerops.alpha import live_alpha
                 from routerops.db import session_scope
 
                 with session_scope(self.settings) as session:
-                    live_a = live_alpha(session, self.settings)
-                alpha, alpha_source = live_a.alpha, live_a.source
+                    live_a = live_alpha(session, self.settings, router)
+                alpha, alpha_source, alpha_reason = live_a.alpha, live_a.source, live_a.reason
             except Exception as exc:  # noqa: BLE001
                 errors.append(f"cannot read the live alpha: {type(exc).__name__}: {str(exc)[:200]}")
-            new = Snapshot(router, version, alpha, alpha_source, loaded_at)
+            new = Snapshot(router, version, alpha, alpha_source, loaded_at, alpha_reason)
             changed = (new.version, new.alpha) != (current.version, current.alpha) or new.router is not current.router
             if changed:
                 self.snapshot = new  # one reference assignment: atomic for readers

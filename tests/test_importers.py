@@ -14,12 +14,12 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from routerops.db.models import ImportBatch, Model, PreferenceLog
+from routerops.db.models import ImportBatch, Model, OutcomeLog, PreferenceLog
 from routerops.db.session import session_scope
 from routerops.text import prompt_hash
 from training.importers import ImportFailed, ImportOptions, import_file
 from training.importers.judgment_scores import soft_label as score_soft_label
-from training.importers.store import load_preferences
+from training.importers.store import load_outcomes, load_preferences
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "importers"
 
@@ -173,8 +173,22 @@ def test_judgment_scores_with_answers_folder(settings, tmp_path):
     }
 
 
-def test_routerbench_pairs_vs_strongest_and_all(settings):
+def test_routerbench_outcomes_by_default(settings):
     report = import_file(settings, "routerbench", FIX / "routerbench_small.csv", progress=False)
+    assert (report.accepted, report.reasons) == (8, {"empty prompt": 1, "unparseable score": 1})
+    with session_scope(settings) as s:
+        out = load_outcomes(s)
+    got = {(r.prompt, r.model): r.score for r in out.itertuples()}
+    assert got[("Is 7 prime? Answer yes or no.", "gpt-4-1106-preview")] == 1.0
+    assert got[("Is 7 prime? Answer yes or no.", "mistral-7b-instruct")] == 0.0
+    assert ("Is 2 prime? Answer yes or no.", "mistral-7b-instruct") not in got  # its score was unparseable
+    assert set(out["source"]) == {"routerbench"} and set(out["category"]) == {"toy"}
+    assert count(settings) == 0  # no pairs stored
+
+
+def test_routerbench_pairs_vs_strongest_and_all(settings):
+    report = import_file(settings, "routerbench", FIX / "routerbench_small.csv",
+                         options=ImportOptions(pairs="vs-strongest"), progress=False)
     assert (report.accepted, report.reasons) == (5, {"empty prompt": 1, "unparseable score": 1})
     rows = rows_of(settings, report.batch_id)
     assert {r.model_a for r in rows} == {"gpt-4-1106-preview"}
@@ -196,7 +210,8 @@ def test_routerbench_all_pairs(tmp_path, settings):
     copy = tmp_path / "rb.csv"
     copy.write_bytes((FIX / "routerbench_small.csv").read_bytes())
     with pytest.raises(ImportFailed, match="'gpt-5' is not a model column"):
-        import_file(settings, "routerbench", copy, options=ImportOptions(strongest="gpt-5"), progress=False)
+        import_file(settings, "routerbench", copy, options=ImportOptions(pairs="vs-strongest", strongest="gpt-5"),
+                    progress=False)
     report = import_file(settings, "routerbench", copy, options=ImportOptions(pairs="all"), progress=False)
     assert report.accepted == 3 + 3 + 1
 
@@ -381,7 +396,8 @@ def test_real_routerbench(settings, shared_data):
         others = [m for m in models if m != "gpt-4-1106-preview"]
         has = df[models].notna()
         expected = int(sum((has["gpt-4-1106-preview"] & has[m]).sum() for m in others))
-        report = import_file(settings, "routerbench", path, progress=False)
+        report = import_file(settings, "routerbench", path, options=ImportOptions(pairs="vs-strongest"),
+                             progress=False)
         assert report.accepted == expected, path.name
         assert report.reasons == ({"unparseable score": int((~has).to_numpy().sum())} if (~has).any().any() else {})
     with session_scope(settings) as s:
@@ -394,3 +410,58 @@ def test_real_routerbench(settings, shared_data):
         s.execute(ImportBatch.__table__.delete().where(ImportBatch.file_path == str(path)))
     report = import_file(settings, "routerbench", path, options=ImportOptions(pairs="all"), progress=False)
     assert report.accepted == 55 * len(pd.read_csv(path))
+
+
+# --- per-answer outcomes (`scores`) ---------------------------------------------------------------
+
+def test_scores_malformed_rows_are_counted_and_good_rows_land(settings):
+    report = import_file(settings, "scores", FIX / "scores_malformed.jsonl", progress=False)
+    assert report.accepted == 4
+    assert report.reasons == {"bad json": 1, "empty prompt": 1, "empty model name": 1, "missing score": 1,
+                              "unparseable score": 1, "score out of [0, 1]": 2, "bad created_at": 1}
+    with session_scope(settings) as s:
+        out = load_outcomes(s)
+    rows = {(r.prompt, r.model): (r.score, r.source, r.category) for r in out.itertuples()}
+    assert rows == {
+        ("What is 2+2?", "gpt-4o"): (1.0, "evals", "math"),
+        ("What is 2+2?", "gpt-4o-mini"): (0.0, "evals", "math"),  # reuses the prompt of its prompt_id
+        ("Name a prime.", "gpt-4o"): (0.75, "scores", None),
+        ("Name a prime.", "llama"): (1.0, "scores", None),  # true counts as 1
+    }
+    again = import_file(settings, "scores", FIX / "scores_malformed.jsonl", progress=False)
+    assert again.skipped_duplicate_file and count(settings, OutcomeLog) == 4
+
+
+def test_scores_csv_gzipped(tmp_path, settings):
+    path = tmp_path / "ratings.csv.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        fh.write("prompt,model,score,category\nHi there,m1,0.5,chat\nHi there,m2,,chat\nBye,m1,1,chat\n")
+    report = import_file(settings, "scores", path, progress=False)
+    assert (report.accepted, report.reasons) == (2, {"missing score": 1})
+
+
+def test_scores_truncated_gzip_writes_nothing(tmp_path, settings):
+    full = tmp_path / "full.jsonl.gz"
+    with gzip.open(full, "wt", encoding="utf-8") as fh:
+        for i in range(3000):
+            fh.write(json.dumps({"prompt": f"question {i} " + "x" * 200, "model": "m", "score": i % 2}) + "\n")
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
+    with pytest.raises(ImportFailed, match="nothing written"):
+        import_file(settings, "scores", cut, progress=False, chunk_rows=100)
+    assert count(settings, OutcomeLog) == 0 and count(settings, ImportBatch) == 0
+
+
+@pytest.mark.slow
+def test_real_scores_files(settings, shared_data):
+    """Every shared scores/ file imports whole: one outcome row per line, nothing rejected."""
+    for path in sorted((shared_data / "scores").glob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            lines = sum(1 for _ in fh)
+        report = import_file(settings, "scores", path, progress=False)
+        assert (report.accepted, report.rejected) == (lines, 0), path.name
+    with session_scope(settings) as s:
+        out = load_outcomes(s)
+    assert set(out["source"]) == {"llmrouter", "mmlu_pro", "routerdc", "zeroeval"}
+    assert out.groupby("source")["prompt_hash"].nunique()["mmlu_pro"] == 5234
+    assert out["category"].notna().all() and out["score"].between(0, 1).all()

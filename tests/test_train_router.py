@@ -14,12 +14,12 @@ from click.testing import CliRunner
 
 from routerops.text import prompt_hash
 from training.mf_model import MFModel, pair_direction
-from training.router_dataset import build_dataset, split_by_prompt
+from training.router_data import Weighting, build_router_data, row_weights, split_prompts
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "router"
 PREFS = FIXTURES / "prefs.jsonl"
 EVAL = FIXTURES / "eval_routerbench.csv"
-FAST = {"lr": 0.02, "epochs": 200, "batch_size": 64, "val_fraction": 0.3, "progress": False}
+FAST = {"val_fraction": 0.3, "progress": False}
 
 
 def fixture_frame() -> pd.DataFrame:
@@ -29,30 +29,47 @@ def fixture_frame() -> pd.DataFrame:
     return df
 
 
-def test_targets_ties_and_soft_labels() -> None:
+def test_targets_ties_soft_labels_and_merged_repeats() -> None:
     df = pd.DataFrame({
-        "prompt": ["p1", "p1", "p2", "p3", "", "p4"],
-        "model_a": ["x", "y", "x", "x", "x", "x"],
-        "model_b": ["y", "x", "y", "x", "y", "y"],
-        "winner": ["a", "tie", "b", "a", "a", "maybe"],
-        "soft_label": [None, None, 0.2, None, None, None],
+        "prompt": ["p1", "p1", "p2", "p3", "", "p4", "p2"],
+        "model_a": ["x", "y", "y", "x", "x", "x", "x"],
+        "model_b": ["y", "x", "x", "x", "y", "y", "y"],
+        "winner": ["a", "tie", "b", "a", "a", "maybe", "a"],
+        "soft_label": [None, None, 0.2, None, None, None, None],
+        "source": "s",
     })
     df["prompt_hash"] = df["prompt"].map(prompt_hash)
-    ds = build_dataset(df)
-    assert ds.vocabulary == ["x", "y"]
-    assert ds.dropped == {"empty prompt": 1, "bad winner": 1, "same model on both sides": 1}
-    np.testing.assert_allclose(ds.target, [1.0, 0.5, 0.2])  # soft label wins over the hard winner
-    assert np.isnan(ds.hard[1]) and ds.hard[0] == 1.0 and ds.hard[2] == 0.0
-    assert ds.prompts == ["p1", "p2"] and list(ds.q_idx) == [0, 0, 1]
+    data = build_router_data(None, df)
+    assert data.vocabulary == ["x", "y"]
+    assert data.dropped == {"empty prompt": 1, "bad winner": 1, "same model on both sides": 1}
+    pairs = data.pairs.sort_values("q")
+    # one orientation (x as model_a); p2 judged twice: "y beats x" soft 0.2 -> P(x wins) 0.8, and x won
+    assert (pairs["a"] == 0).all() and (pairs["b"] == 1).all()
+    np.testing.assert_allclose(pairs["target"], [0.5 * (1.0 + 0.5), 0.5 * (0.8 + 1.0)])
+    assert data.prompts == ["p1", "p2"]
 
 
-def test_split_keeps_each_prompt_on_one_side() -> None:
-    ds = build_dataset(fixture_frame())
-    train, val = split_by_prompt(ds, 0.3, seed=3)
-    assert len(train) + len(val) == len(ds) and len(val) > 0
-    train_prompts, val_prompts = set(ds.q_idx[train]), set(ds.q_idx[val])
-    assert not train_prompts & val_prompts
-    assert 0.2 < len(val_prompts) / len(ds.prompts) < 0.4
+def test_outcomes_merge_and_split_keeps_each_prompt_on_one_side() -> None:
+    out = pd.DataFrame({"prompt": ["q1", "q1", "q1", "q2", "q3"], "model": ["m", "m", "n", "m", "m"],
+                        "score": [1.0, 0.0, 1.0, 0.5, 2.0], "source": "s", "category": "c"})
+    out["prompt_hash"] = out["prompt"].map(prompt_hash)
+    data = build_router_data(out, None)
+    assert data.dropped == {"bad outcome": 1}  # score 2.0 is not in [0, 1]
+    got = {(data.prompts[q], data.vocabulary[m]): y for q, m, y in
+           data.outcomes[["q", "m", "score"]].itertuples(index=False)}
+    assert got == {("q1", "m"): 0.5, ("q1", "n"): 1.0, ("q2", "m"): 0.5}
+    mask = split_prompts(100, 0.3, seed=3)
+    assert mask.sum() == 30 and (split_prompts(100, 0.3, seed=3) == mask).all()
+
+
+def test_weights_give_each_source_sqrt_of_its_size() -> None:
+    sources = pd.Series(["big"] * 900 + ["small"] * 100)
+    categories = pd.Series(["x"] * 800 + ["y"] * 100 + ["z"] * 100)
+    w = row_weights(sources, categories, Weighting(0.5, 0.5))
+    assert w.sum() == pytest.approx(1000, rel=1e-5)
+    assert w[:900].sum() / w[900:].sum() == pytest.approx(3.0, rel=1e-4)  # sqrt(900 / 100)
+    assert w[:800].sum() / w[800:900].sum() == pytest.approx(np.sqrt(8), rel=1e-4)  # within "big"
+    np.testing.assert_allclose(row_weights(sources, categories, Weighting(0.0, 0.0)), 1.0)
 
 
 def test_pair_direction_equals_the_torch_model() -> None:
@@ -92,7 +109,7 @@ def test_train_registers_challenger_and_leaves_champion(settings) -> None:  # no
     assert first.model_version == "1"
     assert first.vocabulary == ["gpt-3.5-turbo-1106", "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"]
     # the prompt decides who wins (math/code: strong, chit-chat: weak): a prompt-blind model scores ~0.5
-    assert first.metrics["val_auc"] > 0.75, first.metrics
+    assert first.metrics["val_pref_auc"] > 0.75, first.metrics
     assert first.metrics["apgr_eval_routerbench"] > 0.55, first.metrics
     assert 0.0 <= first.metrics["cpt50_eval_routerbench"] < 0.5
 
@@ -100,8 +117,9 @@ def test_train_registers_challenger_and_leaves_champion(settings) -> None:  # no
     run = client.get_run(first.run_id)
     assert run.data.params["data_rows"] == "220" and run.data.params["num_models"] == "3"
     assert run.data.metrics["data_rows_fixture"] == 220
-    history = client.get_metric_history(first.run_id, "val_auc")
-    assert len(history) >= 3 and sorted(m.step for m in history) == list(range(1, len(history) + 1))
+    assert run.data.metrics["lbfgs_evaluations"] > 5
+    version = client.get_model_version("mf-router", "1")
+    assert version.tags["formulation"] == "irt-mf" and "alpha_at_share_0.3" in version.tags
     arts = {a.path for a in client.list_artifacts(first.run_id, "plots")}
     assert arts == {"plots/calibration.png", "plots/pgr_curve.png"}
     snap = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=first.run_id,
@@ -128,12 +146,12 @@ def test_source_filters_and_empty_store(settings) -> None:  # noqa: ANN001
 
     _ingest(settings)
     result = runner.invoke(cli, ["train", "router", "--no-progress", "--exclude-source", "fixture"])
-    assert result.exit_code != 0 and "no preference data" in result.output
-    result = runner.invoke(cli, ["train", "router", "--no-progress", "--source", "fixture", "--epochs", "3",
+    assert result.exit_code != 0 and "no outcome or preference data" in result.output
+    result = runner.invoke(cli, ["train", "router", "--no-progress", "--source", "fixture", "--max-iter", "20",
                                  "--no-register", "--val-fraction", "0.3"])
     assert result.exit_code == 0, result.output
     assert "run id:" in result.output and "registered:" not in result.output
-    assert "val_auc" in result.output
+    assert "val_pref_auc" in result.output
 
 
 def test_bad_eval_set_fails_before_training(settings, tmp_path) -> None:  # noqa: ANN001

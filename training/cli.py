@@ -11,26 +11,35 @@ import click
 @click.command("router")
 @click.option("--source", "sources", multiple=True, help="Train only on these sources (repeatable).")
 @click.option("--exclude-source", "exclude_sources", multiple=True, help="Leave these sources out (repeatable).")
-@click.option("--epochs", type=click.IntRange(1), default=60, show_default=True, help="Most epochs (early stopping).")
-@click.option("--dim", type=click.IntRange(1), default=128, show_default=True, help="MF latent width.")
-@click.option("--lr", type=float, default=3e-3, show_default=True)
-@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=4096, show_default=True)
+@click.option("--formulation", type=click.Choice(["irt-mf", "mf"]), default="irt-mf", show_default=True,
+              help="irt-mf: ability + prompt difficulty + low-rank interaction; mf: RouteLLM's MF term only.")
+@click.option("--rank", type=click.IntRange(0), default=4, show_default=True, help="Width of the interaction term.")
+@click.option("--l2-prompt", type=click.FloatRange(0), default=1e-3, show_default=True,
+              help="L2 on the prompt-side maps (difficulty and interaction).")
+@click.option("--l2-model", type=click.FloatRange(0), default=1e-3, show_default=True, help="L2 on the model factors.")
+@click.option("--max-iter", type=click.IntRange(1), default=150, show_default=True, help="L-BFGS iterations.")
+@click.option("--no-prompt-stats", is_flag=True, help="Embedding only: no prompt statistics (length, code, math...).")
+@click.option("--source-gamma", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Per-source weight exponent: a source's total weight ~ rows^(1 - gamma); 0 = by rows, 1 = equal.")
+@click.option("--category-gamma", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="The same for the categories within a source.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Share of prompts held out for validation.")
-@click.option("--patience", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--eval-set", "eval_sets", multiple=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="RouterBench-style CSV to report APGR/CPT on (repeatable; default: settings).")
+              help="RouterBench-style CSV to report APGR/CPT on (repeatable; default: settings). Its prompts are "
+                   "left out of training.")
 @click.option("--eval-strong", default=None, help="Strong model's score column in the eval sets.")
 @click.option("--eval-weak", default=None, help="Weak model's score column in the eval sets.")
+@click.option("--loso", is_flag=True, help="Also compute leave-one-source-out APGR (one more fit per source).")
 @click.option("--no-register", is_flag=True, help="Log the run and model, but register no version.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def train_router(sources: tuple[str, ...], exclude_sources: tuple[str, ...], epochs: int, dim: int, lr: float,
-                 weight_decay: float, batch_size: int, val_fraction: float, patience: int, seed: int,
-                 eval_sets: tuple[Path, ...], eval_strong: str | None, eval_weak: str | None,
-                 no_register: bool, no_progress: bool) -> None:
-    """Train the matrix-factorization router on the preference store; register it as `challenger`."""
+def train_router(sources: tuple[str, ...], exclude_sources: tuple[str, ...], formulation: str, rank: int,
+                 l2_prompt: float, l2_model: float, max_iter: int, no_prompt_stats: bool, source_gamma: float,
+                 category_gamma: float, val_fraction: float, seed: int, eval_sets: tuple[Path, ...],
+                 eval_strong: str | None, eval_weak: str | None, loso: bool, no_register: bool,
+                 no_progress: bool) -> None:
+    """Train the router on the store's outcomes and preferences; register it as `challenger`."""
     from routerops.settings import get_settings
     from training.train_router import EmptyStoreError
     from training.train_router import train_router as run
@@ -39,10 +48,11 @@ def train_router(sources: tuple[str, ...], exclude_sources: tuple[str, ...], epo
     try:
         result = run(
             settings, sources=list(sources) or None, exclude_sources=list(exclude_sources) or None,
-            dim=dim, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-            val_fraction=val_fraction, patience=patience, seed=seed,
-            eval_sets=list(eval_sets) if eval_sets else None, eval_strong=eval_strong, eval_weak=eval_weak,
-            register=not no_register, progress=not no_progress,
+            formulation=formulation, rank=rank, l2_prompt=l2_prompt, l2_model=l2_model, max_iter=max_iter,
+            prompt_stats=not no_prompt_stats, source_gamma=source_gamma, category_gamma=category_gamma,
+            val_fraction=val_fraction, seed=seed, eval_sets=list(eval_sets) if eval_sets else None,
+            eval_strong=eval_strong, eval_weak=eval_weak, loso=loso, register=not no_register,
+            progress=not no_progress,
         )
     except (EmptyStoreError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -51,6 +61,9 @@ def train_router(sources: tuple[str, ...], exclude_sources: tuple[str, ...], epo
     if result.model_version:
         click.echo(f"registered: {settings.router_model_name} version {result.model_version} (alias challenger)")
     click.echo(f"models ({len(result.vocabulary)}): {', '.join(result.vocabulary)}")
+    if result.loso is not None and result.loso.rows:
+        click.echo("leave-one-source-out APGR:")
+        click.echo(result.loso.table())
     for key in sorted(result.metrics):
         click.echo(f"  {key}: {result.metrics[key]:.4f}")
 

@@ -1,8 +1,13 @@
-"""The trained MF router as used everywhere after training: a plain loader and an MLflow pyfunc.
+"""The trained router as used everywhere after training: a plain loader and an MLflow pyfunc.
 
-A registered router version carries two artifacts: `weights.npz` (model embeddings P, the query
-projection and the classifier) and `metadata.json` (vocabulary, every spelling of each model, the
-embedding model reference, default pair). `load_router(uri)` reads those directly, with no
+A registered router version carries two artifacts: `weights.npz` and `metadata.json` (vocabulary,
+every spelling of each model, the embedding model reference, default pair, the strong-share
+calibration). Two weight formats load:
+- `routerops.mf-router/2` (training/irt_mf.py): abilities, a difficulty map and a low-rank
+  interaction over [text embedding, prompt statistics]; it also carries `reference_X`, the vectors of
+  a reference prompt set, so the alpha that sends a given share of traffic to strong can be found for
+  any pair (`alpha_for_share`);
+- `routerops.mf-router/1`: RouteLLM's MF (P, text_proj, classifier), routers trained before /2. `load_router(uri)` reads those directly, with no
 cloudpickle and no hub access (the embedder resolves locally), and caches per process: per model
 version the router, per embedding setting the embedder.
 """
@@ -21,8 +26,12 @@ from mlflow.pyfunc import PythonModel
 from routerops.model_names import ModelCatalog
 from routerops.registry import pyfunc_artifact_dir
 from routerops.settings import Settings, get_settings
+from training import irt_mf
 from training.mf_model import pair_direction
+from training.prompt_features import features as prompt_features
 
+FORMAT_V1 = "routerops.mf-router/1"
+FORMAT_V2 = "routerops.mf-router/2"
 WEIGHTS_FILE = "weights.npz"
 METADATA_FILE = "metadata.json"
 ARTIFACT_NAME = "router"  # name= of the logged model (runs:/<run_id>/router)
@@ -56,8 +65,13 @@ class MFRouter:
             self.catalog.add(name, aliases.get(name, []))
         self._directions: dict[tuple[str, str], np.ndarray] = {}
         self._embedder = None
-        if self.weights["P"].shape[0] != len(self.vocabulary):
+        self.format = metadata.get("format", FORMAT_V1)
+        if self.format not in (FORMAT_V1, FORMAT_V2):
+            raise ValueError(f"unknown router format {self.format!r}")
+        rows = self.weights["P" if self.format == FORMAT_V1 else "theta"].shape[0]
+        if rows != len(self.vocabulary):
             raise ValueError("router weights and vocabulary disagree on the number of models")
+        self.feature_standardizer = metadata.get("prompt_features")  # None: embedding only
 
     @classmethod
     def from_dir(cls, path: Path | str, **kwargs: Any) -> MFRouter:
@@ -112,17 +126,57 @@ class MFRouter:
             self._directions[key] = vec
         return vec
 
+    @property
+    def uses_prompts(self) -> bool:
+        """Whether scoring needs the prompt texts besides their embeddings (prompt statistics)."""
+        return self.format == FORMAT_V2 and self.feature_standardizer is not None
+
+    def prompt_vectors(self, embeddings: np.ndarray, prompts: list[str] | None = None) -> np.ndarray:
+        """The model's input: the embedding, plus standardized prompt statistics where trained so."""
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if not self.uses_prompts:
+            return emb
+        if prompts is None or len(prompts) != len(emb):
+            raise ValueError("this router reads prompt statistics: pass the prompts with their embeddings")
+        return np.hstack([emb, prompt_features(prompts, self.feature_standardizer)])
+
+    def _score_vectors(self, X: np.ndarray, s: str, w: str) -> np.ndarray:
+        if self.format == FORMAT_V1:
+            return _sigmoid(np.asarray(X, dtype=np.float64) @ self.direction(s, w).astype(np.float64))
+        return irt_mf.pair_score(self.weights, X, self._index[s], self._index[w])
+
     def score_embeddings(self, embeddings: np.ndarray, strong: str | None = None,
-                         weak: str | None = None) -> np.ndarray:
-        """P(strong wins) from precomputed (n, dim) query embeddings."""
+                         weak: str | None = None, prompts: list[str] | None = None) -> np.ndarray:
+        """P(strong wins) from precomputed (n, dim) query embeddings (and their prompts, see
+        `uses_prompts`)."""
         s, w = self.pair(strong, weak)
-        return _sigmoid(np.asarray(embeddings, dtype=np.float64) @ self.direction(s, w).astype(np.float64))
+        return self._score_vectors(self.prompt_vectors(embeddings, prompts), s, w)
+
+    def difficulty_embeddings(self, embeddings: np.ndarray, prompts: list[str] | None = None) -> np.ndarray:
+        """Pair-free score (higher = harder); for sources whose models the router has never seen."""
+        if self.format == FORMAT_V1:
+            raise ValueError("a routerops.mf-router/1 router has no difficulty term")
+        return irt_mf.difficulty(self.weights, self.prompt_vectors(embeddings, prompts))
 
     def score(self, prompts: list[str], strong: str | None = None, weak: str | None = None) -> np.ndarray:
         s, w = self.pair(strong, weak)  # names first: an unknown model fails before any embedding work
         if not prompts:
             return np.zeros(0, dtype=np.float64)
-        return self.score_embeddings(self.embedder.encode(list(prompts)), s, w)
+        return self.score_embeddings(self.embedder.encode(list(prompts)), s, w, prompts=list(prompts))
+
+    # --- calibration: alpha for a target strong-call share ------------------------------------
+    def alpha_for_share(self, share: float, strong: str | None = None, weak: str | None = None) -> float | None:
+        """The alpha that sends `share` of the reference prompts stored with the router to strong
+        (None for a router without them)."""
+        if not 0.0 < share < 1.0:
+            raise ValueError(f"strong share must be in (0, 1), got {share}")
+        ref = self.weights.get("reference_X")
+        if ref is None or not len(ref):
+            return None
+        from routerops.metrics import alpha_for_strong_share
+
+        scores = self._score_vectors(ref.astype(np.float32), *self.pair(strong, weak))
+        return alpha_for_strong_share(scores, share)
 
 
 # --- loading from MLflow ------------------------------------------------------------------------
@@ -177,5 +231,6 @@ class RouterPyfunc(PythonModel):
         pairs = pd.DataFrame({"s": strong.to_numpy(), "w": weak.to_numpy()}).fillna("")
         for (s, w), rows in pairs.groupby(["s", "w"]).groups.items():
             idx = np.asarray(rows)
-            out[idx] = self.router.score_embeddings(emb[idx], s or None, w or None)
+            out[idx] = self.router.score_embeddings(emb[idx], s or None, w or None,
+                                                    prompts=[prompts[i] for i in idx])
         return pd.DataFrame({"p_strong_wins": out})

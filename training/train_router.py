@@ -1,9 +1,12 @@
-"""Train the MF router on the preference store, log everything to MLflow, register a challenger.
+"""Train the router on the store's outcomes and preferences, log everything to MLflow, register a
+challenger.
 
-Pipeline: preference rows (store) -> cached query embeddings -> prompt-grouped train/validation
-split -> MF model with soft-target BCE and early stopping on validation loss -> MLflow run (params,
-data snapshot, per-epoch loss/AUC, APGR/CPT on evaluation sets, calibration and PGR plots, the model
-as a pyfunc) -> new version of the registered router with alias `challenger` (never `champion`).
+Pipeline: outcome + preference rows (store; evaluation-set prompts left out) -> weighted training set
+(training/router_data.py) -> cached query embeddings + prompt statistics -> prompt-grouped
+train/validation split -> IRT-MF fit (training/irt_mf.py) -> MLflow run (params, data snapshot,
+validation loss/AUC, per-category APGR, APGR/CPT on evaluation sets, optional leave-one-source-out
+table, the strong-share calibration table, plots, the model as a pyfunc) -> a new version of the
+registered router with alias `challenger` (never `champion`).
 """
 
 from __future__ import annotations
@@ -35,13 +38,12 @@ class TrainResult:
     model_uri: str
     metrics: dict[str, float] = field(default_factory=dict)
     vocabulary: list[str] = field(default_factory=list)
+    loso: object | None = None  # training.router_loso.LosoReport when asked for
 
 
-@dataclass
-class EvalSpec:
-    path: Path
-    strong: str
-    weak: str
+REFERENCE_PROMPTS = 2000  # prompts kept with the router to find the alpha for a strong share
+CALIBRATION_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MIN_CATEGORY_PROMPTS = 30  # per-category APGR only where the validation split has this many prompts
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -57,76 +59,6 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
 def _bce(p: np.ndarray, t: np.ndarray) -> float:
     p = np.clip(p, 1e-7, 1 - 1e-7)
     return float(-np.mean(t * np.log(p) + (1 - t) * np.log(1 - p)))
-
-
-def _fit(emb: np.ndarray, ds, train_idx: np.ndarray, val_idx: np.ndarray, *, dim: int, epochs: int,  # noqa: ANN001
-         lr: float, weight_decay: float, batch_size: int, patience: int, seed: int, progress: bool,
-         on_epoch) -> tuple[object, int]:  # noqa: ANN001
-    """Mini-batch AdamW on soft-target BCE; returns the model with its best validation weights."""
-    import torch
-
-    # The model is tiny: thread start-up costs more than it saves, and on a shared CPU several
-    # threads make each step ~10x slower (measured). One thread, restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _fit_loop(emb, ds, train_idx, val_idx, dim=dim, epochs=epochs, lr=lr,
-                         weight_decay=weight_decay, batch_size=batch_size, patience=patience, seed=seed,
-                         progress=progress, on_epoch=on_epoch)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _fit_loop(emb: np.ndarray, ds, train_idx: np.ndarray, val_idx: np.ndarray, *, dim: int, epochs: int,  # noqa: ANN001
-              lr: float, weight_decay: float, batch_size: int, patience: int, seed: int, progress: bool,
-              on_epoch) -> tuple[object, int]:  # noqa: ANN001
-    import copy
-
-    import torch
-    from tqdm.auto import tqdm
-
-    from training.mf_model import MFModel
-
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    E = torch.from_numpy(emb)
-    q, a, b = (torch.from_numpy(x) for x in (ds.q_idx, ds.a_idx, ds.b_idx))
-    t = torch.from_numpy(ds.target)
-    tr, va = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
-    model = MFModel(len(ds.vocabulary), emb.shape[1], dim)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    best_loss, best_state, best_epoch, stale = float("inf"), None, 0, 0
-    bar = tqdm(range(1, epochs + 1), desc="training MF router", unit="epoch", disable=not progress)
-    for epoch in bar:
-        model.train()
-        perm = tr[torch.randperm(len(tr), generator=gen)]
-        total = 0.0
-        for i in range(0, len(perm), batch_size):
-            rows = perm[i : i + batch_size]
-            loss = loss_fn(model.forward_indexed(a[rows], b[rows], q[rows], E), t[rows])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(rows)
-        model.eval()
-        with torch.no_grad():
-            p_val = torch.sigmoid(model.forward_indexed(a[va], b[va], q[va], E)).numpy()
-        val_loss = _bce(p_val, ds.target[val_idx])
-        val_auc = _auc(ds.hard[val_idx], p_val)
-        on_epoch(epoch, {"train_loss": total / max(len(perm), 1), "val_loss": val_loss, "val_auc": val_auc})
-        bar.set_postfix(val_loss=f"{val_loss:.4f}", val_auc=f"{val_auc:.3f}")
-        if val_loss < best_loss - 1e-5:
-            best_loss, best_state, best_epoch, stale = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
-        else:
-            stale += 1
-            if stale >= patience:
-                log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
-                break
-    bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return model, best_epoch
 
 
 def _calibration_plot(p: np.ndarray, target: np.ndarray, path: Path) -> None:
@@ -192,27 +124,99 @@ def _default_pair(router, candidates: list[tuple[str | None, str | None]]) -> tu
     return None, None
 
 
+def reference_sample(prompt_source: list[str], mask: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Indices of up to `limit` prompts from `mask`, the same number from each source where it has
+    them: the calibration reflects a mix of traffic, not the biggest source."""
+    rng = np.random.default_rng(seed)
+    by_source: dict[str, list[int]] = {}
+    for i in np.flatnonzero(mask):
+        by_source.setdefault(prompt_source[i], []).append(int(i))
+    chosen: list[int] = []
+    quota = max(1, limit // max(len(by_source), 1))
+    for rows in by_source.values():
+        chosen += rng.permutation(rows)[:quota].tolist()
+    return np.sort(np.asarray(chosen[:limit], dtype=np.int64))
+
+
+def per_category_apgr(data, X: np.ndarray, params: dict[str, np.ndarray], mask: np.ndarray) -> list[dict]:  # noqa: ANN001
+    """APGR on the prompts in `mask` per (source, category), each with its source's evaluation pair
+    (the leave-one-source-out rule, training/router_loso.py)."""
+    from routerops import metrics as rmetrics
+    from training.router_loso import eval_pair
+
+    index = {m: i for i, m in enumerate(data.vocabulary)}
+    known = set(range(len(data.vocabulary)))
+    rows: list[dict] = []
+    for source in data.sources:
+        ev = eval_pair(data, source, known)
+        if ev is None or ev.mode != "pair":
+            continue
+        categories = np.asarray(data.prompt_category, dtype=object)[ev.q]
+        in_mask = mask[ev.q]
+        for category in sorted({c for c in categories[in_mask] if c is not None} | {None}):
+            sel = in_mask & ((categories == category) if category is not None else True)
+            if sel.sum() < MIN_CATEGORY_PROMPTS or ev.strong_q[sel].mean() == ev.weak_q[sel].mean():
+                continue
+            from training import irt_mf
+
+            scores = irt_mf.pair_score(params, X[ev.q[sel]], index[ev.strong], index[ev.weak])
+            rows.append({"source": source, "category": category or "(all)", "strong": ev.strong, "weak": ev.weak,
+                         "prompts": int(sel.sum()),
+                         "apgr": float(rmetrics.apgr(scores, ev.weak_q[sel], ev.strong_q[sel]))})
+    return rows
+
+
+def _loso_plot(frame, path: Path) -> None:  # noqa: ANN001
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(frame))
+    ax.bar(x - 0.2, frame["apgr"], 0.4, label="router")
+    ax.bar(x + 0.2, frame["oracle"].clip(upper=1.5), 0.4, label="oracle (clipped at 1.5)", alpha=0.5)
+    ax.axhline(0.5, color="grey", linestyle="--", label="random")
+    ax.set_xticks(x, frame["source"], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("APGR on the held-out source")
+    ax.set_title(f"Leave-one-source-out (mean {frame['apgr'].mean():.3f})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def prompt_matrix(embeddings: np.ndarray, prompts: list[str], standardizer: dict | None) -> np.ndarray:
+    from training.prompt_features import features
+
+    emb = np.asarray(embeddings, dtype=np.float32)
+    return emb if standardizer is None else np.hstack([emb, features(prompts, standardizer)])
+
+
 def train_router(
     settings: Settings,
     *,
     sources: list[str] | None = None,
     exclude_sources: list[str] | None = None,
-    dim: int = 128,
-    epochs: int = 60,
-    lr: float = 3e-3,
-    weight_decay: float = 1e-4,
-    batch_size: int = 4096,
+    formulation: str = "irt-mf",
+    rank: int = 4,
+    l2_prompt: float = 1e-3,
+    l2_model: float = 1e-3,
+    max_iter: int = 150,
+    prompt_stats: bool = True,
+    source_gamma: float = 0.5,
+    category_gamma: float = 0.5,
     val_fraction: float = 0.1,
-    patience: int = 5,
     seed: int = 0,
     eval_sets: list[Path] | None = None,
     eval_strong: str | None = None,
     eval_weak: str | None = None,
+    loso: bool = False,
     register: bool = True,
     progress: bool = True,
 ) -> TrainResult:
     import mlflow
-    from mlflow.entities import Metric
+    import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -221,73 +225,89 @@ def train_router(
     from routerops.db import session_scope
     from routerops.embeddings import embed_cached, embedding_ref, get_embedder
     from routerops.model_names import load_catalog, name_key
+    from routerops.text import prompt_hash
+    from training import irt_mf
     from training.eval_sets import load_routerbench
-    from training.importers.store import load_preferences
-    from training.router_dataset import build_dataset, snapshot, split_by_prompt
-    from training.router_model import ARTIFACT_NAME, MFRouter
+    from training.importers.store import load_outcomes, load_preferences
+    from training.prompt_features import fit_standardizer, raw_features
+    from training.router_data import Weighting, build_router_data, fit_data, snapshot, split_prompts
+    from training.router_loso import leave_one_source_out
+    from training.router_model import ARTIFACT_NAME, FORMAT_V2, MFRouter
 
+    config = irt_mf.IRTMFConfig(formulation=formulation, rank=rank, l2_prompt=l2_prompt, l2_model=l2_model,
+                                max_iter=max_iter, seed=seed)
+    weighting = Weighting(source_gamma=source_gamma, category_gamma=category_gamma)
     eval_strong = eval_strong or settings.router_eval_strong
     eval_weak = eval_weak or settings.router_eval_weak
     eval_paths = list(eval_sets if eval_sets is not None else settings.router_eval_sets)
     evals = [load_routerbench(p, eval_strong, eval_weak) for p in eval_paths]  # fail fast on bad files
+    # an evaluation set's prompts never train the router that is scored on them
+    held_out = {prompt_hash(p) for ev in evals for p in ev.prompts}
 
     t_start = time.perf_counter()
     with session_scope(settings) as session:
-        df = load_preferences(session, sources=sources, exclude_sources=exclude_sources)
-        if df is None or len(df) == 0:
+        outcomes = load_outcomes(session, sources=sources, exclude_sources=exclude_sources)
+        prefs = load_preferences(session, sources=sources, exclude_sources=exclude_sources)
+        if held_out:
+            outcomes = outcomes[~outcomes["prompt_hash"].isin(held_out)]
+            prefs = prefs[~prefs["prompt_hash"].isin(held_out)]
+        if len(outcomes) + len(prefs) == 0:
             what = f" for sources {sources}" if sources else ""
-            raise EmptyStoreError(f"no preference data in the store{what}: run `routerops ingest ...` first")
-        ds = build_dataset(df)
+            raise EmptyStoreError(f"no outcome or preference data in the store{what}: run `routerops ingest ...` first")
+        data = build_router_data(outcomes, prefs, weighting)
         catalog = load_catalog(session)
         embedder = get_embedder(settings)
         t0 = time.perf_counter()
-        emb = embed_cached(session, embedder, ds.prompts, progress=progress)
+        emb = embed_cached(session, embedder, data.prompts, progress=progress)
         eval_emb = [embed_cached(session, embedder, ev.prompts, progress=progress) for ev in evals]
         embed_s = time.perf_counter() - t0
-    data = snapshot(df)
-    data["dropped"] = ds.dropped
-    train_idx, val_idx = split_by_prompt(ds, val_fraction, seed)
+    t0 = time.perf_counter()
+    standardizer = fit_standardizer(raw_features(data.prompts)) if prompt_stats else None
+    X = prompt_matrix(emb, data.prompts, standardizer)
+    features_s = time.perf_counter() - t0
+    snap = snapshot(data, pd.concat([outcomes["created_at"], prefs["created_at"]]))
+    snap["dropped"] = data.dropped
+    val_mask = split_prompts(len(data.prompts), val_fraction, seed)
 
     aliases: dict[str, list[str]] = {}
-    for m in ds.vocabulary:
+    for m in data.vocabulary:
         canonical = catalog.canonical.get(name_key(m), m)
         aliases[m] = sorted((catalog.aliases.get(canonical, set()) | {canonical}) - {m})
 
     registry.configure_mlflow(settings)
-    params = {"dim": dim, "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-              "val_fraction": val_fraction, "patience": patience, "seed": seed,
-              "sources": ",".join(sources or []) or "all", "exclude_sources": ",".join(exclude_sources or []),
-              "embedder": embedder.name, "embed_dim": int(emb.shape[1]), "num_models": len(ds.vocabulary),
-              "data_rows": data["rows"], "data_prompts": data["prompts"], "train_rows": len(train_idx),
-              "val_rows": len(val_idx), "data_created_at_min": data["created_at_min"],
-              "data_created_at_max": data["created_at_max"]}
+    params = {**{f"model_{k}": v for k, v in config.to_dict().items()}, "prompt_stats": prompt_stats,
+              "source_gamma": source_gamma, "category_gamma": category_gamma, "val_fraction": val_fraction,
+              "seed": seed, "sources": ",".join(sources or []) or "all",
+              "exclude_sources": ",".join(exclude_sources or []), "embedder": embedder.name,
+              "embed_dim": int(emb.shape[1]), "num_models": len(data.vocabulary), "data_rows": snap["rows"],
+              "data_outcome_rows": snap["outcome_rows"], "data_preference_rows": snap["preference_rows"],
+              "data_prompts": snap["prompts"], "val_prompts": int(val_mask.sum()),
+              "eval_prompts_excluded": len(held_out), "data_created_at_min": snap["created_at_min"],
+              "data_created_at_max": snap["created_at_max"]}
     with mlflow.start_run(run_name="mf-router") as run, tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         mlflow.set_tag("routerops.kind", "mf-router")
         mlflow.log_params(params)
-        mlflow.log_metrics({f"data_rows_{k}": v for k, v in data["per_source"].items()})
-        mlflow.log_dict(data, "data_snapshot.json")
+        mlflow.log_metrics({f"data_rows_{k}": v for k, v in snap["per_source"].items()})
+        mlflow.log_dict(snap, "data_snapshot.json")
 
-        history: list[Metric] = []
         t1 = time.perf_counter()
-        model, best_epoch = _fit(
-            emb, ds, train_idx, val_idx, dim=dim, epochs=epochs, lr=lr, weight_decay=weight_decay,
-            batch_size=batch_size, patience=patience, seed=seed, progress=progress,
-            on_epoch=lambda e, m: history.extend(
-                Metric(k, float(v), int(time.time() * 1000), e) for k, v in m.items() if np.isfinite(v)),
-        )
+        if progress:
+            print(f"fitting {config.formulation} (rank {config.rank}) on {snap['rows']} rows, "
+                  f"{snap['prompts']} prompts, {len(data.vocabulary)} models...", flush=True)
+        weights, fit_info = irt_mf.fit(fit_data(data, X, ~val_mask), config)
         train_s = time.perf_counter() - t1
-        # one write for the whole history: a store round trip per epoch costs more than the epoch
-        for i in range(0, len(history), 900):  # the store takes at most 1000 metrics per batch
-            mlflow.MlflowClient().log_batch(run.info.run_id, metrics=history[i : i + 900])
 
-        weights = model.export()
+        ref_idx = reference_sample(data.prompt_source, ~val_mask, REFERENCE_PROMPTS, seed)
+        weights["reference_X"] = X[ref_idx].astype(np.float16)
         metadata = {
-            "format": "routerops.mf-router/1",
-            "vocabulary": ds.vocabulary,
+            "format": FORMAT_V2,
+            "vocabulary": data.vocabulary,
             "aliases": aliases,
             "embedding": embedding_ref(embedder).to_dict(),
-            "dim": dim,
+            "prompt_features": standardizer,
+            "model": config.to_dict(),
+            "weighting": {"source_gamma": source_gamma, "category_gamma": category_gamma},
             "run_id": run.info.run_id,
         }
         router = MFRouter(weights, metadata, settings=settings)
@@ -297,26 +317,47 @@ def train_router(
         router.default_strong = metadata["default_strong"] = strong
         router.default_weak = metadata["default_weak"] = weak
 
-        # validation: loss/AUC of the restored best weights, calibration plot
-        a_w = weights["P"][ds.a_idx[val_idx]] * weights["classifier"]
-        b_w = weights["P"][ds.b_idx[val_idx]] * weights["classifier"]
-        proj = emb[ds.q_idx[val_idx]] @ weights["text_proj"].T
-        p_val = 1 / (1 + np.exp(-((a_w - b_w) * proj).sum(axis=1)))
-        results: dict[str, float] = {
-            "val_loss": _bce(p_val, ds.target[val_idx]),
-            "val_auc": _auc(ds.hard[val_idx], p_val),
-            "best_epoch": float(best_epoch),
-            "embed_seconds": embed_s,
-            "train_seconds": train_s,
-        }
-        _calibration_plot(p_val, ds.target[val_idx], tmp_path / "calibration.png")
-        mlflow.log_artifact(str(tmp_path / "calibration.png"), "plots")
+        # validation: outcome BCE / AUC (correct = score >= 0.5) and preference AUC (ties excluded)
+        o_val = data.outcomes[val_mask[data.outcomes["q"].to_numpy()]]
+        p_val = data.pairs[val_mask[data.pairs["q"].to_numpy()]]
+        results: dict[str, float] = {"embed_seconds": embed_s, "features_seconds": features_s,
+                                     "train_seconds": train_s, **fit_info}
+        if len(o_val):
+            pc = irt_mf.p_correct(weights, X[o_val["q"].to_numpy()])[np.arange(len(o_val)), o_val["m"].to_numpy()]
+            results["val_loss"] = _bce(pc, o_val["score"].to_numpy())
+            results["val_auc"] = _auc(np.where(o_val["score"].to_numpy() >= 0.5, 1.0, 0.0), pc)
+        if len(p_val):
+            F = irt_mf.logits(weights, X[p_val["q"].to_numpy()])
+            rows = np.arange(len(p_val))
+            logit = F[rows, p_val["a"].to_numpy()] - F[rows, p_val["b"].to_numpy()]
+            p_a = 1 / (1 + np.exp(-logit))
+            results["val_pref_loss"] = _bce(p_a, p_val["target"].to_numpy())
+            results["val_pref_auc"] = _auc(p_val["hard"].to_numpy(), p_a)
+            _calibration_plot(p_a, p_val["target"].to_numpy(), tmp_path / "calibration.png")
+            mlflow.log_artifact(str(tmp_path / "calibration.png"), "plots")
+
+        categories = per_category_apgr(data, X, weights, val_mask)
+        if categories:
+            mlflow.log_table(pd.DataFrame(categories), "per_category_apgr.json")
+            for row in categories:
+                key = f"{row['source']}_{row['category']}".replace("(all)", "all")
+                results[f"apgr_val_{''.join(c if c.isalnum() or c in '_-.' else '_' for c in key)}"] = row["apgr"]
+
+        # the calibration table: the alpha that sends each share of reference prompts to strong
+        calibration = None
+        if strong and weak:
+            alphas = [router.alpha_for_share(sh, strong, weak) for sh in CALIBRATION_SHARES]
+            calibration = {"strong": strong, "weak": weak, "reference_prompts": int(len(ref_idx)),
+                           "shares": list(CALIBRATION_SHARES), "alphas": alphas}
+            metadata["calibration"] = calibration
+            mlflow.log_table(pd.DataFrame({"strong_share": CALIBRATION_SHARES, "alpha": alphas}),
+                             "calibration_table.json")
 
         # evaluation sets: APGR / CPT(50%) and the PGR curve
         curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
         for ev, vecs in zip(evals, eval_emb, strict=True):
             try:
-                scores = router.score_embeddings(vecs, ev.strong, ev.weak)
+                scores = router.score_embeddings(vecs, ev.strong, ev.weak, prompts=ev.prompts)
             except KeyError as exc:  # the router does not know the eval pair
                 log.warning("skipping evaluation set %s: %s", ev.name, exc)
                 continue
@@ -325,27 +366,25 @@ def train_router(
             results[f"cpt50_{ev.name}"] = float(rmetrics.cpt(scores, ev.weak_q, ev.strong_q, 0.5))
             curve = rmetrics.pgr_curve(scores, ev.weak_q, ev.strong_q)
             curves[ev.name] = (np.asarray(curve.strong_share), np.asarray(curve.pgr), a)
-        if not curves and router.default_strong:
-            # no eval set: PGR on validation prompts, quality = "strong beat weak" where both were judged
-            sel = [(i, r) for i, r in enumerate(val_idx)
-                   if {ds.vocabulary[ds.a_idx[r]], ds.vocabulary[ds.b_idx[r]]} == {strong, weak}]
-            if len(sel) >= 10:
-                rows = np.array([r for _, r in sel])
-                strong_is_a = np.array([ds.vocabulary[ds.a_idx[r]] == strong for r in rows])
-                p_strong = np.where(strong_is_a, ds.target[rows], 1 - ds.target[rows])
-                vecs = emb[ds.q_idx[rows]]
-                scores = router.score_embeddings(vecs, strong, weak)
-                weak_q, strong_q = 1 - p_strong, p_strong
-                a = float(rmetrics.apgr(scores, weak_q, strong_q))
-                curve = rmetrics.pgr_curve(scores, weak_q, strong_q)
-                curves["validation"] = (np.asarray(curve.strong_share), np.asarray(curve.pgr), a)
-                results["apgr_validation"] = a
         if curves:
             _pgr_plot(curves, tmp_path / "pgr_curve.png")
             mlflow.log_artifact(str(tmp_path / "pgr_curve.png"), "plots")
-        # the per-epoch history holds val_loss/val_auc by step; the restored best weights get their own keys
-        renamed = {"val_loss": "best_val_loss", "val_auc": "best_val_auc"}
-        mlflow.log_metrics({renamed.get(k, k): v for k, v in results.items() if np.isfinite(v)})
+
+        loso_report = None
+        if loso:
+            loso_report = leave_one_source_out(data, X, config, progress=progress)
+            if loso_report.rows:
+                frame = loso_report.frame()
+                mlflow.log_table(frame, "loso_apgr.json")
+                mlflow.log_text(loso_report.table(), "loso_apgr.txt")
+                _loso_plot(frame, tmp_path / "loso_apgr.png")
+                mlflow.log_artifact(str(tmp_path / "loso_apgr.png"), "plots")
+                results["loso_apgr_mean"] = loso_report.mean_apgr
+                results["loso_apgr_min"] = loso_report.min_apgr
+                results["loso_seconds"] = loso_report.seconds
+                for row in loso_report.rows:
+                    results[f"loso_apgr_{row.source}"] = row.apgr
+        mlflow.log_metrics({k: v for k, v in results.items() if np.isfinite(v)})
 
         model_dir = router.save(tmp_path / "model")
         signature = ModelSignature(
@@ -371,10 +410,17 @@ def train_router(
             version = str(info.registered_model_version)
             registry.set_challenger(settings.router_model_name, version, settings)
             c = registry.client(settings)
-            for k in ("val_auc", "val_loss"):
-                c.set_model_version_tag(settings.router_model_name, version, k, f"{results[k]:.4f}")
-            c.set_model_version_tag(settings.router_model_name, version, "embedder", embedder.name)
+            tags = {k: f"{results[k]:.4f}" for k in ("val_auc", "val_loss", "val_pref_auc", "loso_apgr_mean",
+                                                     "loso_apgr_min") if k in results and np.isfinite(results[k])}
+            tags["embedder"] = embedder.name
+            tags["formulation"] = config.formulation
+            if calibration:
+                tags["calibration_pair"] = f"{strong} vs {weak}"
+                for sh, al in zip(calibration["shares"], calibration["alphas"], strict=True):
+                    tags[f"alpha_at_share_{sh:.1f}"] = f"{al:.4f}"
+            for k, v in tags.items():
+                c.set_model_version_tag(settings.router_model_name, version, k, v)
         results["total_seconds"] = time.perf_counter() - t_start
         run_id = run.info.run_id
     return TrainResult(run_id=run_id, model_version=version, model_uri=f"runs:/{run_id}/{ARTIFACT_NAME}",
-                       metrics=results, vocabulary=ds.vocabulary)
+                       metrics=results, vocabulary=data.vocabulary, loso=loso_report)

@@ -85,8 +85,34 @@ class PreferenceLog(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     import_batch_id: Mapped[int | None] = mapped_column(ForeignKey("import_batches.id", ondelete="CASCADE"))
     request_id: Mapped[str | None] = mapped_column(String(32))  # set for source "feedback"
+    category: Mapped[str | None] = mapped_column(String(80))
 
     import_batch: Mapped[ImportBatch | None] = relationship()
+
+
+class OutcomeLog(Base):
+    """One model's graded answer to one prompt (score in [0, 1]): correctness, a rating, pass/fail.
+
+    Stored as what it is, one row per (prompt, model); pairs are formed at training time.
+    """
+
+    __tablename__ = "outcome_logs"
+    __table_args__ = (
+        Index("ix_outcome_logs_prompt_hash", "prompt_hash"),
+        Index("ix_outcome_logs_source", "source"),
+        Index("ix_outcome_logs_created_at", "created_at"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    prompt_hash: Mapped[str] = mapped_column(String(64))
+    prompt_id: Mapped[str | None] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(200))
+    score: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(80))
+    category: Mapped[str | None] = mapped_column(String(80))
+    answer: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    import_batch_id: Mapped[int | None] = mapped_column(ForeignKey("import_batches.id", ondelete="CASCADE"))
 
 
 class EmbeddingCache(Base):

@@ -48,4 +48,5 @@ def parse(path: Path, options: ImportOptions) -> Iterator[Pair | Reject]:
             judge=obj.get("annotator") or None,
             answer_a=obj.get("output_1") if isinstance(obj.get("output_1"), str) else None,
             answer_b=obj.get("output_2") if isinstance(obj.get("output_2"), str) else None,
+            category=obj.get("dataset") if isinstance(obj.get("dataset"), str) and obj.get("dataset") else None,
         )

@@ -30,8 +30,9 @@ def _reason_table(reports: list[ImportReport]) -> list[str]:
               help="judgment-scores: folder of arena-bench <model>.jsonl[.gz] answers for answer_a/answer_b.")
 @click.option("--question-match", type=click.Choice(["auto", "id", "index"]), default="auto", show_default=True,
               help="arena-battles: match question_id by id, by 0-based position, or id then position.")
-@click.option("--pairs", type=click.Choice(["vs-strongest", "all"]), default="vs-strongest", show_default=True,
-              help="routerbench: each model vs --strongest (10 pairs a prompt) or every pair (55).")
+@click.option("--pairs", type=click.Choice(["outcomes", "vs-strongest", "all"]), default="outcomes", show_default=True,
+              help="routerbench: one outcome row per model (pairs formed at training), or pairs: each model "
+                   "vs --strongest (10 a prompt) or every pair (55).")
 @click.option("--strongest", default="gpt-4-1106-preview", show_default=True,
               help="routerbench: the reference model column for --pairs vs-strongest.")
 @click.option("--known-models-only", is_flag=True,
@@ -43,7 +44,8 @@ def ingest(fmt: str, paths: tuple[Path, ...], questions: Path | None, answers: P
 
     \b
     FORMAT: native (our JSONL/CSV), alpaca-eval (annotations .json/.jsonl[.gz]),
-            arena-battles (needs --questions), judgment-scores (needs --questions), routerbench (CSV).
+            arena-battles (needs --questions), judgment-scores (needs --questions), routerbench (CSV),
+            scores (per-answer outcomes: prompt, model, score in [0, 1]; JSONL/CSV, gzipped or not).
     Rejected rows are counted by reason and stored with the batch; re-importing a file adds nothing.
     Exit status 1 when any file could not be imported at all.
     """

@@ -22,16 +22,16 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from routerops.db.models import ImportBatch, PreferenceLog
+from routerops.db.models import ImportBatch, OutcomeLog, PreferenceLog
 from routerops.model_names import ModelCatalog, UnknownModelError, load_catalog, save_catalog
 from routerops.settings import Settings
 from routerops.text import normalize_prompt, prompt_hash
-from training.importers import alpaca_eval, arena_battles, judgment_scores, native, routerbench
-from training.importers.records import ImportFailed, ImportOptions, Pair, Reject
+from training.importers import alpaca_eval, arena_battles, judgment_scores, native, routerbench, scores
+from training.importers.records import ImportFailed, ImportOptions, Outcome, Pair, Reject
 
 log = logging.getLogger(__name__)
 
-Parser = Callable[[Path, ImportOptions], Iterator[Pair | Reject]]
+Parser = Callable[[Path, ImportOptions], Iterator[Pair | Outcome | Reject]]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ FORMATS: dict[str, Format] = {
         Format("arena-battles", arena_battles.SOURCE, arena_battles.parse),
         Format("judgment-scores", judgment_scores.SOURCE, judgment_scores.parse),
         Format("routerbench", routerbench.SOURCE, routerbench.parse),
+        Format("scores", scores.SOURCE, scores.parse),
     )
 }
 
@@ -138,13 +139,40 @@ class _Names:
         return name
 
 
+def _prompt(text: str, hashes: dict[str, tuple[str, str]]) -> tuple[str, str]:
+    cached = hashes.get(text)
+    if cached is None:
+        prompt = normalize_prompt(text) if text else ""
+        cached = hashes[text] = (prompt, prompt_hash(prompt) if prompt else "")
+    return cached
+
+
+def _source(item: Pair | Outcome, fmt: Format) -> str | Reject:
+    source = item.source or fmt.source
+    if len(source) > MAX_SOURCE_CHARS:
+        return Reject(item.line, "source too long", source[:80])
+    return source
+
+
+def _outcome_row(item: Outcome, names: _Names, fmt: Format, batch_id: int, now: datetime,
+                 hashes: dict[str, tuple[str, str]]) -> dict[str, Any] | Reject:
+    prompt, phash = _prompt(item.prompt, hashes)
+    if not prompt:
+        return Reject(item.line, "empty prompt")
+    model = names.resolve(item.model, item.line)
+    if isinstance(model, Reject):
+        return model
+    source = _source(item, fmt)
+    if isinstance(source, Reject):
+        return source
+    return {"prompt": prompt, "prompt_hash": phash, "prompt_id": item.prompt_id, "model": model,
+            "score": float(item.score), "source": source, "category": item.category, "answer": item.answer,
+            "created_at": item.created_at or now, "import_batch_id": batch_id}
+
+
 def _row(pair: Pair, names: _Names, fmt: Format, batch_id: int, now: datetime,
          hashes: dict[str, tuple[str, str]]) -> dict[str, Any] | Reject:
-    cached = hashes.get(pair.prompt)
-    if cached is None:
-        prompt = normalize_prompt(pair.prompt) if pair.prompt else ""
-        cached = hashes[pair.prompt] = (prompt, prompt_hash(prompt) if prompt else "")
-    prompt, phash = cached
+    prompt, phash = _prompt(pair.prompt, hashes)
     if not prompt:
         return Reject(pair.line, "empty prompt")
     if pair.winner not in ("a", "b", "tie"):
@@ -155,16 +183,18 @@ def _row(pair: Pair, names: _Names, fmt: Format, batch_id: int, now: datetime,
     model_b = names.resolve(pair.model_b, pair.line)
     if isinstance(model_b, Reject):
         return model_b
-    source = pair.source or fmt.source
-    if len(source) > MAX_SOURCE_CHARS:
-        return Reject(pair.line, "source too long", source[:80])
+    source = _source(pair, fmt)
+    if isinstance(source, Reject):
+        return source
+    if pair.category is not None and len(pair.category) > MAX_SOURCE_CHARS:
+        return Reject(pair.line, "category too long", pair.category[:80])
     if pair.judge is not None and len(pair.judge) > MAX_JUDGE_CHARS:
         return Reject(pair.line, "judge too long", pair.judge[:80])
     return {
         "prompt": prompt, "prompt_hash": phash, "model_a": model_a, "model_b": model_b,
         "winner": pair.winner, "soft_label": pair.soft_label, "source": source, "judge": pair.judge,
         "answer_a": pair.answer_a, "answer_b": pair.answer_b, "created_at": pair.created_at or now,
-        "import_batch_id": batch_id,
+        "import_batch_id": batch_id, "category": pair.category,
     }
 
 
@@ -182,23 +212,34 @@ def _import_in_session(session: Session, fmt: Format, path: Path, sha: str, opti
     report.batch_id = batch.id
     names = _Names(load_catalog(session), options.known_models_only)
     tally, now, hashes = _Tally(), datetime.now(UTC), {}
-    pending: list[dict[str, Any]] = []
+    # one list per table: a format may yield pairs (preference_logs) or outcomes (outcome_logs)
+    pending: dict[type, list[dict[str, Any]]] = {PreferenceLog: [], OutcomeLog: []}
+
+    def flush(table: type) -> None:
+        if pending[table]:
+            session.execute(insert(table), pending[table])
+            report.accepted += len(pending[table])
+            pending[table] = []
+
     bar = tqdm(desc=path.name, unit=" rows", disable=not progress, leave=False)
     try:
         for item in fmt.parse(path, options):
             bar.update(1)
-            row = item if isinstance(item, Reject) else _row(item, names, fmt, batch.id, now, hashes)
+            if isinstance(item, Reject):
+                tally.add(item)
+                continue
+            if isinstance(item, Outcome):
+                table, row = OutcomeLog, _outcome_row(item, names, fmt, batch.id, now, hashes)
+            else:
+                table, row = PreferenceLog, _row(item, names, fmt, batch.id, now, hashes)
             if isinstance(row, Reject):
                 tally.add(row)
                 continue
-            pending.append(row)
-            if len(pending) >= chunk_rows:
-                session.execute(insert(PreferenceLog), pending)
-                report.accepted += len(pending)
-                pending = []
-        if pending:
-            session.execute(insert(PreferenceLog), pending)
-            report.accepted += len(pending)
+            pending[table].append(row)
+            if len(pending[table]) >= chunk_rows:
+                flush(table)
+        flush(PreferenceLog)
+        flush(OutcomeLog)
     finally:
         bar.close()
     new_models = sorted(set(names.catalog.aliases) - names.before)

@@ -1,7 +1,7 @@
 """routerops' own format, JSON lines (or a JSON array) or CSV, one judgement per record.
 
 Columns: prompt, model_a, model_b, winner (a | b | tie; model_a / model_b / "tie (bothbad)" too),
-optional soft_label (P(model_a wins), 0..1), source (default "native"), judge, answer_a, answer_b,
+optional soft_label (P(model_a wins), 0..1), source (default "native"), category, judge, answer_a, answer_b,
 created_at (ISO 8601; without a zone it is UTC). Empty CSV cells count as absent.
 """
 
@@ -64,7 +64,8 @@ def record_to_pair(line: int, obj: dict[str, Any]) -> Pair | Reject:
                 model_b=_text(obj.get("model_b")) or "", winner=winner, soft_label=soft,  # type: ignore[arg-type]
                 judge=_text(obj.get("judge")), answer_a=_text(obj.get("answer_a")),
                 answer_b=_text(obj.get("answer_b")), created_at=created,  # type: ignore[arg-type]
-                source=(_text(obj.get("source")) or "").strip() or None)
+                source=(_text(obj.get("source")) or "").strip() or None,
+                category=(_text(obj.get("category")) or "").strip() or None)
 
 
 def parse(path: Path, options: ImportOptions) -> Iterator[Pair | Reject]:

@@ -24,6 +24,22 @@ class Pair:
     answer_b: str | None = None
     created_at: datetime | None = None
     source: str | None = None  # None: the format's default source
+    category: str | None = None  # task / dataset / topic, for per-category metrics and weighting
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One model's graded answer to one prompt: score in [0, 1] (1 = correct / best rating)."""
+
+    line: int
+    prompt: str
+    model: str
+    score: float
+    prompt_id: str | None = None
+    source: str | None = None
+    category: str | None = None
+    answer: str | None = None
+    created_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -42,7 +58,7 @@ class ImportOptions:
     questions: Path | None = None  # arena-battles, judgment-scores: question_id -> prompt
     answers: Path | None = None  # judgment-scores: folder of arena-bench answer files
     question_match: str = "auto"  # arena-battles: "id", "index" (0-based line), "auto"
-    pairs: str = "vs-strongest"  # routerbench: "vs-strongest" | "all"
+    pairs: str = "outcomes"  # routerbench: "outcomes" (one row per model) | "vs-strongest" | "all"
     strongest: str = "gpt-4-1106-preview"  # routerbench: the reference model for vs-strongest
     known_models_only: bool = False  # reject names the catalog does not know instead of adding them
     notes: list[str] = field(default_factory=list)  # parsers append what the user should know

@@ -1,8 +1,10 @@
-"""RouterBench CSVs: per prompt, each model's correctness (0/1) and response, turned into pairs.
+"""RouterBench CSVs: per prompt, each model's correctness (0/1) and response.
 
-Pairs (ImportOptions.pairs):
-- "vs-strongest" (default): each model against the strongest (default gpt-4-1106-preview) as
-  model_a: 10 pairs per prompt, the comparisons a strong/weak router is trained on.
+Stored as (ImportOptions.pairs):
+- "outcomes" (default): one outcome row per (prompt, model) with its score and response; pairs are
+  formed at training time. category = the CSV's eval_name (or the file's task).
+- "vs-strongest": each model against the strongest (default gpt-4-1106-preview) as
+  model_a: 10 pairs per prompt.
 - "all": every two models, 55 pairs per prompt (5.5x the rows).
 winner: higher correctness wins, equal is a tie; soft_label 1 / 0 / 0.5. The responses go to
 answer_a / answer_b. Costs (`<model>|total_cost`) are per call, not per token, so model prices stay
@@ -19,7 +21,7 @@ from itertools import combinations
 from pathlib import Path
 
 from training.importers.readers import iter_csv_records
-from training.importers.records import ImportFailed, ImportOptions, Pair, Reject
+from training.importers.records import ImportFailed, ImportOptions, Outcome, Pair, Reject
 
 SOURCE = "routerbench"
 NON_MODEL_COLUMNS = {"", "Unnamed: 0", "sample_id", "prompt", "eval_name", "oracle_model_to_route_to"}
@@ -53,6 +55,8 @@ def parse_correctness(value: str | None) -> float | None:
 
 
 def pairs_for(models: list[str], options: ImportOptions) -> list[tuple[str, str]]:
+    if options.pairs == "outcomes":
+        return [(m, m) for m in models]
     if options.pairs == "all":
         return list(combinations(models, 2))
     if options.pairs == "vs-strongest":
@@ -60,10 +64,15 @@ def pairs_for(models: list[str], options: ImportOptions) -> list[tuple[str, str]
         if strongest is None:
             raise ImportFailed(f"--strongest {options.strongest!r} is not a model column; columns: {', '.join(models)}")
         return [(strongest, m) for m in models if m != strongest]
-    raise ImportFailed(f"pairs must be 'vs-strongest' or 'all', not {options.pairs!r}")
+    raise ImportFailed(f"pairs must be 'outcomes', 'vs-strongest' or 'all', not {options.pairs!r}")
 
 
-def parse(path: Path, options: ImportOptions) -> Iterator[Pair | Reject]:
+def _task(path: Path) -> str:
+    name = path.name.split(".")[0]
+    return name.rsplit("_", 1)[0] if name.endswith(("_train", "_test")) else name
+
+
+def parse(path: Path, options: ImportOptions) -> Iterator[Outcome | Pair | Reject]:
     plan: list[tuple[str, str]] | None = None
     for line, row in iter_csv_records(path):
         if plan is None:
@@ -82,6 +91,13 @@ def parse(path: Path, options: ImportOptions) -> Iterator[Pair | Reject]:
                 yield Reject(line, "unparseable score", f"{model}: {row.get(model)!r}"[:80])
             else:
                 correct[model] = score
+        if options.pairs == "outcomes":
+            category = row.get("eval_name") or _task(path)
+            for model, score in correct.items():
+                yield Outcome(line=line, prompt=prompt, model=model, score=min(max(score, 0.0), 1.0),
+                              prompt_id=row.get("sample_id") or None, category=category,
+                              answer=unwrap(row.get(f"{model}|model_response")) or None)
+            continue
         judge = f"correctness:{row.get('eval_name') or 'routerbench'}"
         for a, b in plan:
             if a not in correct or b not in correct:

@@ -1,4 +1,4 @@
-"""Read the preference store back for training: `load_preferences(session)` -> one DataFrame."""
+"""Read the store back for training: `load_preferences(session)` and `load_outcomes(session)`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from routerops.db.models import PreferenceLog
+from routerops.db.models import OutcomeLog, PreferenceLog
 
-COLUMNS = ["prompt", "prompt_hash", "model_a", "model_b", "winner", "soft_label", "source", "judge", "created_at"]
+COLUMNS = ["prompt", "prompt_hash", "model_a", "model_b", "winner", "soft_label", "source", "judge", "created_at",
+           "category"]
+OUTCOME_COLUMNS = ["prompt", "prompt_hash", "model", "score", "source", "category", "created_at"]
 
 
 def load_preferences(session: Session, sources: Iterable[str] | None = None,
@@ -27,4 +29,20 @@ def load_preferences(session: Session, sources: Iterable[str] | None = None,
         query = query.where(PreferenceLog.source.not_in(list(exclude_sources)))
     frame = pd.DataFrame(session.execute(query).all(), columns=COLUMNS)
     frame["soft_label"] = frame["soft_label"].astype(float)
+    return frame
+
+
+def load_outcomes(session: Session, sources: Iterable[str] | None = None,
+                  exclude_sources: Iterable[str] | None = None) -> pd.DataFrame:
+    """Every stored per-answer outcome, oldest first.
+
+    Columns: prompt, prompt_hash, model (canonical name), score (0..1), source, category, created_at.
+    """
+    query = select(*(getattr(OutcomeLog, c) for c in OUTCOME_COLUMNS)).order_by(OutcomeLog.id)
+    if sources is not None:
+        query = query.where(OutcomeLog.source.in_(list(sources)))
+    if exclude_sources is not None:
+        query = query.where(OutcomeLog.source.not_in(list(exclude_sources)))
+    frame = pd.DataFrame(session.execute(query).all(), columns=OUTCOME_COLUMNS)
+    frame["score"] = frame["score"].astype(float)
     return frame
