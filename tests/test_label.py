@@ -175,7 +175,8 @@ def test_parse_verdict_takes_the_final_tag() -> None:
 
 
 def test_honest_judge_labels_by_correctness_and_rerun_adds_nothing(pair_env, judge, prompts_file) -> None:  # noqa: ANN001
-    result = run_cli("--judge-base-url", judge.base_url, "--judge-model", "honest-judge", "--prompts", str(prompts_file))
+    result = run_cli("--judge-base-url", judge.base_url, "--judge-model", "honest-judge", "--prompts", str(prompts_file),
+                     "--workers", "3")
     assert result.exit_code == 0, result.output
     rows = stored(pair_env, "judge:honest-judge")
     assert {p: r.winner for p, r in rows.items()} == {
@@ -273,3 +274,21 @@ def test_unreachable_or_refusing_judge_is_a_clear_error(pair_env, judge, prompts
     assert both.exit_code == 2 and "exactly one of --prompts FILE or --from-requests" in both.output
     missing = run_cli("--judge-base-url", judge.base_url, "--judge-model", "j", "--prompts", "nope.jsonl")
     assert missing.exit_code == 1 and "prompts file not found: nope.jsonl" in missing.output
+
+
+def test_dead_answer_backend_stops_the_run(pair_env, judge, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from serving_helpers import free_port
+
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"What is {i} + {i}?"}) + "\n" for i in range(12)))
+    monkeypatch.setenv("ROUTEROPS_WEAK_BACKEND", "openai")
+    monkeypatch.setenv("ROUTEROPS_WEAK_BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
+    monkeypatch.setenv("ROUTEROPS_HTTP_MAX_RETRIES", "0")
+    result = run_cli("--judge-base-url", judge.base_url, "--judge-model", "j", "--prompts", str(path), "--workers", "1")
+    assert result.exit_code == 1 and "the weak backend failed 5 prompts in a row" in result.output
+    assert "ConnectError" in result.output and sum(judge.calls.values()) == 0
+
+    monkeypatch.delenv("ROUTEROPS_WEAK_BASE_URL")  # a backend that cannot even be built: said at once
+    result = run_cli("--judge-base-url", judge.base_url, "--judge-model", "j", "--prompts", str(path))
+    assert result.exit_code == 1 and "cannot build the weak backend" in result.output
+    assert "ROUTEROPS_WEAK_BASE_URL is required" in result.output

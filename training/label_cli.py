@@ -20,13 +20,15 @@ import click
                    "the other side is generated.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Take up at most N prompts not labelled before.")
+@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Prompts answered and judged at a time (in-process models still answer one at a time).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
               help="Answer length for generated answers (default: ROUTEROPS_MAX_NEW_TOKENS).")
 @click.option("--judge-max-tokens", type=click.IntRange(min=16), default=2048, show_default=True,
               help="Tokens the judge may use for its explanation and verdict.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def label(judge_base_url: str, judge_model: str, prompts_file: Path | None, from_requests: bool,
-          limit: int | None, max_new_tokens: int | None, judge_max_tokens: int, no_progress: bool) -> None:
+          limit: int | None, workers: int, max_new_tokens: int | None, judge_max_tokens: int, no_progress: bool) -> None:
     """Label prompts with a pairwise judge into the preference store (source judge:<model>).
 
     \b
@@ -58,8 +60,8 @@ def label(judge_base_url: str, judge_model: str, prompts_file: Path | None, from
     try:
         with session_scope(settings) as session:
             report = run_labeling(session, settings, PairwiseJudge(backend, max_tokens=judge_max_tokens),
-                                  judge_model, prompts_file=prompts_file, from_requests=from_requests, limit=limit,
-                                  max_new_tokens=max_new_tokens, progress=progress)
+                                  judge_model, prompts_file=prompts_file, from_requests=from_requests,
+                                  limit=limit, workers=workers, max_new_tokens=max_new_tokens, progress=progress)
     except LabelError as exc:
         raise click.ClickException(str(exc)) from None
     finally:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,24 +233,36 @@ def prompts_from_requests(session: Session, catalog: ModelCatalog, weak_model: s
 
 # --- the job ------------------------------------------------------------------------------------
 class _Answerer:
-    """Backends built on first need, so a run whose answers are all logged loads no model."""
+    """Backends built on first need, so a run whose answers are all logged loads no model. Calls to
+    in-process models are serialized (one forward pass at a time); HTTP and replay backends are not."""
 
     def __init__(self, settings: Settings, backends: dict[str, Backend] | None, max_new_tokens: int):
         self.settings = settings
         self.backends = dict(backends or {})
+        self._given = set(self.backends)
         self.params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
-        self.consecutive_failures = 0
+        self._build_lock = threading.Lock()
+        self._locks = {"weak": threading.Lock(), "strong": threading.Lock()}
+
+    def _backend(self, role: str) -> Backend:
+        with self._build_lock:
+            backend = self.backends.get(role)
+            if backend is None:
+                from routerops.backends.factory import make_backend
+
+                try:
+                    backend = self.backends[role] = make_backend(self.settings, role)  # type: ignore[arg-type]
+                except (ValueError, BackendError, OSError) as exc:
+                    raise LabelError(f"cannot build the {role} backend: {exc}") from None
+            return backend
 
     def answer(self, role: str, prompt: str) -> str:
-        backend = self.backends.get(role)
-        if backend is None:
-            from routerops.backends.factory import make_backend
-
-            try:
-                backend = self.backends[role] = make_backend(self.settings, role)  # type: ignore[arg-type]
-            except (ValueError, BackendError, OSError) as exc:
-                raise LabelError(f"cannot build the {role} backend: {exc}") from None
-        return backend.generate([{"role": "user", "content": prompt}], self.params).text
+        backend = self._backend(role)
+        messages = [{"role": "user", "content": prompt}]
+        if getattr(self.settings, f"{role}_backend") == "local" and role not in self._given:
+            with self._locks[role]:
+                return backend.generate(messages, self.params).text
+        return backend.generate(messages, self.params).text
 
 
 def _labelled_hashes(session: Session, source: str, weak: str, strong: str) -> set[str]:
@@ -268,6 +282,23 @@ def judge_source(judge_model: str) -> str:
 
 
 @dataclass
+class _Outcome:
+    """What a worker found for one prompt; recorded (report, database) by the calling thread only."""
+
+    item: LabelItem
+    prompt: str
+    phash: str
+    answers: dict[str, str] = field(default_factory=dict)
+    from_log: int = 0
+    generated: int = 0
+    failed_role: str | None = None
+    error: str | None = None
+    judge_error: str | None = None
+    verdict: PairVerdict | None = None
+    texts: list[str] = field(default_factory=list)
+
+
+@dataclass
 class _Job:
     session: Session
     judge: PairwiseJudge
@@ -275,50 +306,57 @@ class _Job:
     answerer: _Answerer
     report: LabelReport
     done: set[str]
+    consecutive_failures: int = 0
 
-    def answers(self, item: LabelItem, prompt: str) -> dict[str, str] | None:
-        answers: dict[str, str] = {}
+    def work(self, item: LabelItem, prompt: str, phash: str) -> _Outcome:
+        """Answers and both verdicts for one prompt (network only: runs in a worker thread)."""
+        out = _Outcome(item, prompt, phash)
         for role, logged in (("weak", item.weak_answer), ("strong", item.strong_answer)):
             if logged is not None:
-                answers[role] = logged
-                self.report.answers_from_log += 1
+                out.answers[role] = logged
+                out.from_log += 1
                 continue
             try:
-                answers[role] = self.answerer.answer(role, prompt)
+                out.answers[role] = self.answerer.answer(role, prompt)
             except BackendError as exc:
-                self.report.skip(f"{role} answer failed", item.line, str(exc))
-                self.answerer.consecutive_failures += 1
-                if self.answerer.consecutive_failures >= MAX_CONSECUTIVE_ANSWER_FAILURES:
-                    raise LabelError(f"the {role} backend failed {self.answerer.consecutive_failures} prompts in "
-                                     f"a row (last: {exc}); {self.report.labelled} row(s) stored before it "
-                                     "stopped") from None
-                return None
-            self.answerer.consecutive_failures = 0
-            self.report.answers_generated += 1
-        return answers
-
-    def label(self, item: LabelItem, prompt: str, phash: str) -> None:
-        report = self.report
-        answers = self.answers(item, prompt)
-        if answers is None:
-            return
+                out.failed_role, out.error = role, str(exc)
+                return out
+            out.generated += 1
         try:
-            verdict, texts = self.judge.judge(prompt, answers["weak"], answers["strong"])
+            out.verdict, out.texts = self.judge.judge(prompt, out.answers["weak"], out.answers["strong"])
         except BackendError as exc:
-            raise LabelError(f"judge {self.judge_model} unreachable or refusing requests: {exc}. "
+            out.judge_error = str(exc)
+        return out
+
+    def record(self, out: _Outcome) -> None:
+        report = self.report
+        report.answers_from_log += out.from_log
+        report.answers_generated += out.generated
+        if out.failed_role is not None:
+            report.skip(f"{out.failed_role} answer failed", out.item.line, out.error or "")
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= MAX_CONSECUTIVE_ANSWER_FAILURES:
+                raise LabelError(f"the {out.failed_role} backend failed {self.consecutive_failures} prompts in a "
+                                 f"row (last: {out.error}); {report.labelled} row(s) stored before it stopped")
+            return
+        self.consecutive_failures = 0
+        if out.judge_error is not None:
+            raise LabelError(f"judge {self.judge_model} unreachable or refusing requests: {out.judge_error}. "
                              f"{report.labelled} row(s) stored before it failed; run again to continue "
-                             "(labelled prompts are skipped)") from None
+                             "(labelled prompts are skipped)")
+        verdict = out.verdict
+        assert verdict is not None
         if not verdict.parsed:
             report.unparseable_verdicts += 1
-            report.skip("unparseable verdict (no [[A]]/[[B]]/[[C]])", item.line,
-                        texts[0] if verdict.weak_first is None else texts[1])
+            report.skip("unparseable verdict (no [[A]]/[[B]]/[[C]])", out.item.line,
+                        out.texts[0] if verdict.weak_first is None else out.texts[1])
             return
         self.session.add(PreferenceLog(
-            prompt=prompt, prompt_hash=phash, model_a=report.weak, model_b=report.strong, winner=verdict.winner,
-            source=report.source, judge=f"{self.judge_model} ({JUDGE_PROMPT_NAME})",
-            answer_a=answers["weak"], answer_b=answers["strong"]))
+            prompt=out.prompt, prompt_hash=out.phash, model_a=report.weak, model_b=report.strong,
+            winner=verdict.winner, source=report.source, judge=f"{self.judge_model} ({JUDGE_PROMPT_NAME})",
+            answer_a=out.answers["weak"], answer_b=out.answers["strong"]))
         self.session.commit()  # one row at a time: a stopped run keeps its labels
-        self.done.add(phash)
+        self.done.add(out.phash)
         report.labelled += 1
         report.winners[verdict.winner] += 1
         report.order_swap_ties += int(not verdict.consistent)
@@ -326,13 +364,14 @@ class _Job:
 
 def run_labeling(session: Session, settings: Settings, judge: PairwiseJudge, judge_model: str, *,
                  prompts_file: Path | None = None, from_requests: bool = False, limit: int | None = None,
-                 backends: dict[str, Backend] | None = None, max_new_tokens: int | None = None,
+                 workers: int = 1, backends: dict[str, Backend] | None = None, max_new_tokens: int | None = None,
                  progress: Callable[[LabelReport], None] | None = None) -> LabelReport:
     """Label prompts into the preference store (committing each row as it lands); see the module doc.
 
     Rows name the pair by the router's vocabulary (ROUTEROPS_ROUTER_WEAK_NAME / _STRONG_NAME, default the
     backend model names), canonical, with model_a = weak and model_b = strong. `limit` caps the prompts
-    taken up (those not labelled before). `backends` ({"weak": ..., "strong": ...}) overrides the
+    taken up (those not labelled before); `workers` prompts are answered and judged at a time (threads;
+    only this thread writes to the database). `backends` ({"weak": ..., "strong": ...}) overrides the
     configured ones. progress(report) is called after each prompt taken up. Raises LabelError for a
     judge that cannot be reached or refuses the request; rows stored before that stay.
     """
@@ -340,6 +379,8 @@ def run_labeling(session: Session, settings: Settings, judge: PairwiseJudge, jud
         raise LabelError("give exactly one of --prompts FILE or --from-requests")
     if limit is not None and limit < 1:
         raise LabelError(f"--limit must be at least 1, not {limit}")
+    if workers < 1:
+        raise LabelError(f"--workers must be at least 1, not {workers}")
     started = time.perf_counter()
     source = judge_source(judge_model)
     catalog = load_catalog(session)
@@ -361,26 +402,48 @@ def run_labeling(session: Session, settings: Settings, judge: PairwiseJudge, jud
     else:
         stream = prompts_from_file(prompts_file)  # type: ignore[arg-type]
 
-    seen: set[str] = set()
-    for item in stream:
-        if isinstance(item, tuple):
-            report.skip(item[1], item[0])
-            continue
-        prompt = normalize_prompt(item.prompt)
-        phash = prompt_hash(prompt)
-        if phash in seen:
-            continue
-        seen.add(phash)
-        report.considered += 1
-        if phash in job.done:
-            report.already_labelled += 1
-            continue
-        if limit is not None and report.attempted >= limit:
-            report.stopped_by_limit = True
-            break
-        report.attempted += 1
-        job.label(item, prompt, phash)
+    def todo() -> Iterator[tuple[LabelItem, str, str]]:
+        seen: set[str] = set()
+        for item in stream:
+            if isinstance(item, tuple):
+                report.skip(item[1], item[0])
+                continue
+            prompt = normalize_prompt(item.prompt)
+            phash = prompt_hash(prompt)
+            if phash in seen:
+                continue
+            seen.add(phash)
+            report.considered += 1
+            if phash in job.done:
+                report.already_labelled += 1
+                continue
+            if limit is not None and report.attempted >= limit:
+                report.stopped_by_limit = True
+                return
+            report.attempted += 1
+            yield item, prompt, phash
+
+    def record(future: Future[_Outcome]) -> None:
+        job.record(future.result())
         if progress is not None:
             progress(report)
+
+    pending: set[Future[_Outcome]] = set()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="label") as pool:
+        try:
+            for args in todo():
+                pending.add(pool.submit(job.work, *args))
+                if len(pending) >= 2 * workers:  # bounded read-ahead
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        record(future)
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    record(future)
+        except BaseException:
+            for future in pending:
+                future.cancel()  # prompts not yet started; running ones finish and are dropped
+            raise
     report.seconds = time.perf_counter() - started
     return report
