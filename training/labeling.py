@@ -15,7 +15,6 @@ pairwise verdict from an OpenAI-compatible judge, stored as a preference row of 
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 import time
@@ -35,11 +34,9 @@ from routerops.model_names import ModelCatalog, load_catalog, save_catalog
 from routerops.settings import Settings
 from routerops.text import normalize_prompt, prompt_hash
 
-log = logging.getLogger(__name__)
-
 JUDGE_PROMPT_NAME = "pair-v2"
-# Verbatim from FastChat's MT-Bench judge prompts ("pair-v2"), so labels are comparable with the
-# published judgements (RouteLLM's augmentation used the same judge setup).
+# Verbatim from FastChat's MT-Bench judge prompts ("pair-v2"): a published, widely used pairwise
+# prompt, so labels are comparable with MT-Bench's own pairwise judgements.
 JUDGE_SYSTEM_PROMPT = (
     "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants "
     "to the user question displayed below. You should choose the assistant that follows the user's instructions "
