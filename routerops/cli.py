@@ -15,6 +15,7 @@ import click
 # name -> "module:attribute" of a click command or group
 LAZY_COMMANDS: dict[str, str] = {
     "ingest": "training.importers.cli:ingest",
+    "label": "training.label_cli:label",
     "train": "routerops.cli:train",
     "router": "routerops.cli:router",
     "approve": "routerops.cli:approve",

@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     http_backoff_s: float = 0.5
     http_request_logprobs: bool = False
     max_new_tokens: int = 128
+    judge_api_key: SecretStr | None = Field(default=None, description="API key of the judge endpoint of "
+                                            "`routerops label` (never a command-line flag).")
 
     # --- routing -----------------------------------------------------------------------------
     alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="Initial threshold before any recalibration.")
