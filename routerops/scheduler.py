@@ -153,11 +153,11 @@ def run_job(name: str, ref: str, holder: str | None = None, lease_name: str = LE
     except Exception as exc:  # noqa: BLE001 - a failing job is recorded, retried next trigger
         status, error = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
         log.exception("job %s failed (it runs again at its next trigger)", name)
-    from monitoring.replay import _jsonable
+    from routerops.jsonsafe import json_safe
 
     with session_scope(settings) as s:
         row = s.get(JobRun, run_id)
-        row.status, row.details, row.error, row.finished_at = status, _jsonable(details), error, datetime.now(UTC)
+        row.status, row.details, row.error, row.finished_at = status, json_safe(details), error, datetime.now(UTC)
     log.info("job %s finished: %s", name, status)
     return status
 
