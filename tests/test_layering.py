@@ -49,6 +49,23 @@ def test_the_walk_sees_lazy_and_relative_imports() -> None:
     assert "mlflow" in imported_modules(ROOT / "monitoring" / "reporting.py")  # imported inside a function
 
 
+def test_the_shared_base_imports_nothing_above_itself() -> None:
+    offenders = []
+    for path in sorted((ROOT / "routerops").rglob("*.py")):
+        above = sorted(m for m in imported_modules(path) if top_package(m) in ABOVE_THE_BASE)
+        if above:
+            offenders.append(f"{path.relative_to(ROOT)}: {', '.join(above)}")
+    assert not offenders, "the base package routerops imports layers above it:\n" + "\n".join(offenders)
+
+
+def test_nothing_below_orchestration_imports_it() -> None:
+    offenders = [str(path.relative_to(ROOT))
+                 for package in ("routerops", "training", "serving", "monitoring")
+                 for path in sorted((ROOT / package).rglob("*.py"))
+                 if any(top_package(m) == "orchestration" for m in imported_modules(path))]
+    assert not offenders, f"these modules import orchestration (the top layer): {offenders}"
+
+
 def test_replay_and_reporting_do_not_import_each_other() -> None:
     replay = imported_modules(ROOT / "monitoring" / "replay.py")
     reporting = imported_modules(ROOT / "monitoring" / "reporting.py")
