@@ -24,6 +24,7 @@ COPY routerops ./routerops
 COPY training ./training
 COPY serving ./serving
 COPY monitoring ./monitoring
+COPY orchestration ./orchestration
 COPY migrations ./migrations
 # The shipped golden set: ROUTEROPS_GOLDEN_SET defaults to golden_traces/default.jsonl under /app.
 COPY golden_traces ./golden_traces

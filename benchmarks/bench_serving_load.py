@@ -177,7 +177,7 @@ def main() -> int:
         port = 18000 + os.getpid() % 1000
         server_env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEROPS_")} | env
         log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "routerops.cli", "serve", "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "serve", "--port", str(port),
                                  "--log-level", "warning"], env=server_env, stdout=log, stderr=log)
         base_url = f"http://127.0.0.1:{port}"
         try:

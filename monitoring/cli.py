@@ -92,7 +92,8 @@ def monitor_run(golden_path: Path | None, judge_annotations: tuple[Path, ...], n
     """Replay the golden set once and record the run (monitor_runs)."""
     from monitoring.golden import GoldenFormatError
     from monitoring.quality import RecordedJudge
-    from monitoring.replay import _jsonable, run_monitor
+    from monitoring.replay import run_monitor
+    from routerops.jsonsafe import json_safe
 
     settings = _settings()
     judge = RecordedJudge(judge_annotations) if judge_annotations else None
@@ -102,7 +103,7 @@ def monitor_run(golden_path: Path | None, judge_annotations: tuple[Path, ...], n
     except (GoldenFormatError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
-        click.echo(json.dumps(_jsonable(r.metrics), indent=2))
+        click.echo(json.dumps(json_safe(r.metrics), indent=2))
         return
     m = r.metrics
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731

@@ -31,6 +31,7 @@ from monitoring.drift import drift_report, output_stats
 from monitoring.golden import GoldenTrace, load_golden, score_prompts
 from monitoring.quality import Judge, gold_match
 from routerops import metrics
+from routerops.jsonsafe import json_safe
 from routerops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -313,7 +314,7 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
             row.status, row.finished_at = "ok", datetime.now(UTC)
             row.n_traces, row.pgr, row.baseline_pgr, row.strong_share = len(ok), pgr_now, baseline, share
             row.drift_detected, row.drift_share = drift.drift_detected, drift.drift_share
-            row.metrics = _jsonable(m)
+            row.metrics = json_safe(m)
         return result
     except Exception as exc:
         with session_scope(settings) as s:
@@ -321,15 +322,3 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
             row.status, row.finished_at, row.error = "failed", datetime.now(UTC), f"{type(exc).__name__}: {exc}"
         raise
 
-
-def _jsonable(value: Any) -> Any:
-    """JSON-safe copy (NaN/inf -> None, numpy scalars -> Python)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value

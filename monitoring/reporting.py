@@ -75,6 +75,6 @@ def log_monitor_run(settings: Settings, result, ok, scores: np.ndarray) -> str: 
 
 
 def _safe(m: dict) -> dict:
-    from monitoring.replay import _jsonable
+    from routerops.jsonsafe import json_safe
 
-    return _jsonable({k: v for k, v in m.items() if k not in {"evidently", "mlflow_run_id"}})
+    return json_safe({k: v for k, v in m.items() if k not in {"evidently", "mlflow_run_id"}})

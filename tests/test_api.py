@@ -84,7 +84,7 @@ def ask(base_url: str, model: str = "router", prompt: str = PROMPT, **kw):  # no
 
 
 def approve(store: Path, version: str) -> None:
-    from routerops.cli import cli
+    from orchestration.cli import cli
 
     env = {"ROUTEROPS_DATA_DIR": str(store), "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}"}
     result = CliRunner().invoke(cli, ["approve", version, "--by", "test"], env=env)

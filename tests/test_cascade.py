@@ -228,7 +228,7 @@ def table_csv(path: Path) -> Path:
 
 
 def test_cli_calibrate_stores_what_serving_reads(settings, tmp_path):
-    from routerops.cli import cli
+    from orchestration.cli import cli
     from routerops.db.session import session_scope
 
     path = table_csv(tmp_path / "outcomes.csv")
@@ -248,7 +248,7 @@ def test_cli_calibrate_stores_what_serving_reads(settings, tmp_path):
 
 
 def test_cli_calibrate_reports_bad_input(settings, tmp_path):
-    from routerops.cli import cli
+    from orchestration.cli import cli
 
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"weak": [1, 0], "weak|total_cost": [1, 1]}).to_csv(bad, index=False)

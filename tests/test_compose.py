@@ -127,7 +127,7 @@ def test_no_secret_values_in_the_repo() -> None:
 
 def _resolve_routerops(args: list[str]) -> click.Command:
     """Walk `routerops ARGS` through the real CLI groups and parse the options, without running it."""
-    from routerops.cli import cli
+    from orchestration.cli import cli
 
     cmd: click.Command = cli
     path = ["routerops"]
@@ -152,7 +152,7 @@ def _console_script_help(name: str, *args: str) -> str:
 
 
 def test_every_service_command_exists(config: dict) -> None:
-    from routerops.cli import LAZY_COMMANDS
+    from orchestration.cli import LAZY_COMMANDS
 
     checked = set()
     for name, svc in config["services"].items():

@@ -112,7 +112,7 @@ def test_record_from_alpaca_eval_orients_labels_to_the_weak_model(shared_data):
 
 
 def test_cli_record_from_alpaca_eval(settings, shared_data, tmp_path):
-    from routerops.cli import cli
+    from orchestration.cli import cli
 
     ae = shared_data / "alpaca_eval"
     out = tmp_path / "ae.jsonl"

@@ -264,7 +264,7 @@ def test_missing_file_and_unknown_format(settings, tmp_path):
 # --- CLI ----------------------------------------------------------------------------------------
 
 def test_cli_ingest_summary_reason_table_and_failures(settings, tmp_path):
-    from routerops.cli import cli
+    from orchestration.cli import cli
 
     runner = CliRunner()
     good = FIX / "alpaca_malformed.jsonl"

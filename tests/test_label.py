@@ -153,7 +153,7 @@ def prompts_file(tmp_path: Path) -> Path:
 
 
 def run_cli(*args: str):  # noqa: ANN201
-    from routerops.cli import cli
+    from orchestration.cli import cli
 
     return CliRunner().invoke(cli, ["label", *args, "--no-progress"], catch_exceptions=False)
 

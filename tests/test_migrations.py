@@ -46,7 +46,7 @@ def test_migrations_postgres(postgres_url):
 def test_cli_db_upgrade(settings, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from routerops.cli import cli
+    from orchestration.cli import cli
 
     monkeypatch.setenv("ROUTEROPS_DATA_DIR", str(tmp_path / "fresh"))
     result = CliRunner().invoke(cli, ["db", "upgrade"])

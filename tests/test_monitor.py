@@ -132,7 +132,7 @@ def test_drift_scenario_alerts_once_and_recalibrates(settings, shared_data, gold
                                      else "pending")
 
         # the same drifted pair again, as an operator runs it (CLI): still drifted, no new alert
-        from routerops.cli import cli
+        from orchestration.cli import cli
 
         out = CliRunner().invoke(cli, ["monitor", "run", "--golden", str(golden_file), "--judge-annotations",
                                        str(shared_data / "alpaca_eval/annotations/weighted_alpaca_eval_gpt4_turbo.jsonl.gz")])
@@ -166,7 +166,7 @@ def test_drift_scenario_alerts_once_and_recalibrates(settings, shared_data, gold
 
 
 def test_alpha_cli_bounded_step_and_approval(settings, monkeypatch):
-    from routerops.cli import cli
+    from orchestration.cli import cli
 
     monkeypatch.setenv("ROUTEROPS_USER", "ops")
     run = CliRunner().invoke
@@ -194,7 +194,7 @@ def test_shipped_golden_set_replays_end_to_end(settings):
     router yet (fresh install: all calls go to strong), through the CLI. Wall time is printed."""
     import time
 
-    from routerops.cli import cli
+    from orchestration.cli import cli
 
     golden = Path(__file__).resolve().parent.parent / "golden_traces/default.jsonl"
     t0 = time.perf_counter()

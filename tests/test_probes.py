@@ -174,8 +174,8 @@ def test_examples_from_logs(settings):
 
 
 def test_cli_text_probe_from_logs(settings):
+    from orchestration.cli import cli
     from routerops import registry
-    from routerops.cli import cli
     from routerops.db.session import session_scope
 
     with session_scope(settings) as s:

@@ -21,7 +21,7 @@ N_PROMPTS = 60
 
 @pytest.mark.slow
 def test_retrain_job_compares_challenger_and_promotes_nothing(settings, shared_data, monkeypatch):
-    from routerops.cli import cli
+    from orchestration.cli import cli
     from training.train_router import train_router
 
     ae = shared_data / "alpaca_eval"

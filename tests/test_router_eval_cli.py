@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from orchestration.cli import cli
 from routerops import metrics
-from routerops.cli import cli
 
 FIX = Path(__file__).parent / "fixtures" / "router_eval"
 B_SCORES = np.array([0.9, 0.8, 0.7, 0.6, 0.5])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from routerops.cli import cli
+from orchestration.cli import cli
 from routerops.model_names import UnknownModelError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "router"

@@ -436,7 +436,7 @@ def test_greedy_small_model_draft_is_identical(smollm2) -> None:  # noqa: ANN001
 
 @pytest.mark.slow
 def test_exit_head_training_job_and_self_draft_with_head(smollm2, settings, shared_data) -> None:  # noqa: ANN001
-    from routerops.cli import cli
+    from orchestration.cli import cli
     from serving.speculative import build_from_settings
     from serving.speculative.exit_head import default_head_path
 

@@ -137,7 +137,7 @@ def test_train_registers_challenger_and_leaves_champion(settings) -> None:  # no
 
 
 def test_source_filters_and_empty_store(settings) -> None:  # noqa: ANN001
-    from routerops.cli import cli
+    from orchestration.cli import cli
 
     runner = CliRunner()
     result = runner.invoke(cli, ["train", "router", "--no-progress"])

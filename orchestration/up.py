@@ -93,7 +93,7 @@ def mlflow_ui_runs_locally(settings: Settings) -> bool:
 
 def build_children(settings: Settings, host: str, ports: Ports, scheduler: bool,
                    api_env: dict[str, str] | None = None) -> list[ChildSpec]:
-    routerops_cmd = [sys.executable, "-m", "routerops.cli"]
+    routerops_cmd = [sys.executable, "-m", "orchestration.cli"]
     probe = _probe_host(host)
     children = [
         ChildSpec(

@@ -51,9 +51,9 @@ class JobSpec:
 def default_jobs(settings: Settings) -> list[JobSpec]:
     cron = _cron_args(settings.retrain_cron)
     return [
-        JobSpec("retrain-router", "routerops.scheduler:retrain_router_job", "cron", cron),
-        JobSpec("retrain-probes", "routerops.scheduler:retrain_probes_job", "cron", cron),
-        JobSpec("monitor", "routerops.scheduler:monitor_job", "interval",
+        JobSpec("retrain-router", "orchestration.scheduler:retrain_router_job", "cron", cron),
+        JobSpec("retrain-probes", "orchestration.scheduler:retrain_probes_job", "cron", cron),
+        JobSpec("monitor", "orchestration.scheduler:monitor_job", "interval",
                 {"minutes": settings.monitor_interval_minutes}),
     ]
 
@@ -153,11 +153,11 @@ def run_job(name: str, ref: str, holder: str | None = None, lease_name: str = LE
     except Exception as exc:  # noqa: BLE001 - a failing job is recorded, retried next trigger
         status, error = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
         log.exception("job %s failed (it runs again at its next trigger)", name)
-    from monitoring.replay import _jsonable
+    from routerops.jsonsafe import json_safe
 
     with session_scope(settings) as s:
         row = s.get(JobRun, run_id)
-        row.status, row.details, row.error, row.finished_at = status, _jsonable(details), error, datetime.now(UTC)
+        row.status, row.details, row.error, row.finished_at = status, json_safe(details), error, datetime.now(UTC)
     log.info("job %s finished: %s", name, status)
     return status
 
@@ -270,7 +270,7 @@ class RouterOpsScheduler:
             if job.id not in wanted:  # the configured list is the truth: drop jobs no longer configured
                 job.remove()
         for spec in self.jobs:
-            aps.add_job("routerops.scheduler:run_job", spec.trigger, id=spec.name, name=spec.name,
+            aps.add_job("orchestration.scheduler:run_job", spec.trigger, id=spec.name, name=spec.name,
                         args=[spec.name, spec.func, self.holder, self.lease.name], replace_existing=True,
                         **spec.trigger_args)
         aps.resume()

@@ -1,0 +1,59 @@
+"""Dependencies shared by the routes: the app's serving state and API-key auth (both via request.app.state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from routerops.backends.factory import BackendPair
+from routerops.settings import Settings
+from serving.auth import Authenticator, AuthError, Principal
+from serving.errors import ApiError
+from serving.metrics import ServingMetrics
+from serving.routing import RouterState
+from serving.strategies import Strategy
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """What the app factory builds once and every route reads (stored as app.state.serving)."""
+
+    settings: Settings
+    pair: BackendPair
+    router_state: RouterState
+    metrics: ServingMetrics
+    strategies: dict[str, Strategy]
+    auth: Authenticator
+
+
+def get_state(request: Request) -> ServingState:
+    return request.app.state.serving
+
+
+StateDep = Annotated[ServingState, Depends(get_state)]
+
+
+def require(scope: str):  # noqa: ANN201
+    """A dependency that authenticates the request's key and checks it has `scope`."""
+
+    async def dependency(request: Request) -> Principal:
+        state = get_state(request)
+        try:
+            principal = await run_in_threadpool(state.auth.authenticate, request.headers.get("authorization"),
+                                                request.headers.get("x-api-key"))
+        except AuthError as exc:
+            state.metrics.errors.labels(str(exc.status)).inc()
+            raise ApiError(exc.status, exc.message, code="invalid_api_key") from None
+        if scope == "admin" and not principal.is_admin:
+            state.metrics.errors.labels("403").inc()
+            raise ApiError(403, f"key {principal.name!r} has scope 'user'; this endpoint needs 'admin'",
+                           code="insufficient_scope")
+        return principal
+
+    return dependency
+
+
+user, admin = Depends(require("user")), Depends(require("admin"))

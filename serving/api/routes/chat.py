@@ -1,0 +1,195 @@
+"""POST /v1/chat/completions (streaming included): every response carries the `routerops` field and
+x-routerops-* headers (see serving.schemas.RouterOpsInfo)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+from routerops.backends.base import BackendError, GenerationParams
+from routerops.db.models import new_id
+from serving.api.deps import ServingState, StateDep, user
+from serving.auth import Principal
+from serving.errors import ApiError, error_body, validation_message
+from serving.request_log import LogEntry, write_entry
+from serving.schemas import ChatCompletionRequest, RouterOpsInfo
+from serving.strategies import Outcome, Strategy, StrategyUnavailable
+
+log = logging.getLogger("serving.app")  # the logger name the server log has always used
+
+router = APIRouter()
+
+
+def _headers(info: RouterOpsInfo) -> dict[str, str]:
+    return {
+        "x-routerops-model": info.model, "x-routerops-strategy": info.strategy,
+        "x-routerops-p-strong": "" if info.p_strong_wins is None else f"{info.p_strong_wins:.6f}",
+        "x-routerops-alpha": "" if info.alpha is None else f"{info.alpha:.6f}",
+        "x-routerops-cost-usd": f"{info.estimated_cost_usd:.8f}", "x-routerops-request-id": info.request_id,
+        "x-routerops-router-version": info.router_version or "",
+    }
+
+
+def _info(out: Outcome, request_id: str) -> RouterOpsInfo:
+    return RouterOpsInfo(model=out.model, strategy=out.strategy, p_strong_wins=out.p_strong_wins, alpha=out.alpha,
+                         router_version=out.router_version, estimated_cost_usd=round(out.cost_usd, 10),
+                         request_id=request_id, reason=out.reason, escalated=out.escalated,
+                         routing_latency_ms=None if out.routing_ms is None else round(out.routing_ms, 3),
+                         probe_score=out.probe_score, speculative=out.spec)
+
+
+async def parse_chat(request: Request, state: ServingState) -> ChatCompletionRequest:
+    settings = state.settings
+    body = await request.body()
+    if len(body) > settings.max_body_bytes:
+        raise ApiError(413, f"request body of {len(body)} bytes is over the limit of {settings.max_body_bytes}",
+                       code="request_too_large")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+    try:
+        return ChatCompletionRequest.model_validate(payload)
+    except ValidationError as exc:
+        message, param = validation_message(list(exc.errors()))
+        raise ApiError(400, message, param=param, code="invalid_request") from None
+
+
+def pick(req: ChatCompletionRequest, state: ServingState) -> tuple[Strategy, list[dict[str, str]], GenerationParams]:
+    settings, strategies = state.settings, state.strategies
+    messages = req.plain_messages()
+    chars = sum(len(m["content"]) for m in messages)
+    if chars > settings.max_prompt_chars:
+        raise ApiError(400, f"prompt of {chars} characters is over the limit of {settings.max_prompt_chars}",
+                       param="messages", code="prompt_too_long")
+    if not any(m["role"] == "user" and m["content"].strip() for m in messages):
+        raise ApiError(400, "messages need at least one non-empty user message", param="messages",
+                       code="invalid_request")
+    strategy = strategies.get(req.model)
+    if strategy is None:
+        raise ApiError(400, f"unknown model {req.model!r}; valid: {', '.join(strategies)}", param="model",
+                       code="model_not_found")
+    reason = strategy.unavailable()
+    if reason:
+        raise ApiError(503, f"strategy not available: {reason}", param="model", code="strategy_unavailable")
+    requested = req.max_completion_tokens or req.max_tokens or settings.max_new_tokens
+    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    params = GenerationParams(max_new_tokens=min(requested, settings.max_new_tokens),
+                              temperature=req.temperature if req.temperature is not None else 0.0,
+                              top_p=req.top_p if req.top_p is not None else 1.0, seed=req.seed, stop=stop)
+    return strategy, messages, params
+
+
+def log_entry(state: ServingState, out: Outcome, req: ChatCompletionRequest, messages: list[dict[str, str]],
+              request_id: str, latency_ms: float, principal: Principal, streamed: bool) -> LogEntry:
+    from routerops.backends.base import last_user_prompt
+
+    pair = state.pair
+    extra = dict(out.extra)
+    extra.update(role=out.role, reason=out.reason, weak_model=pair.weak.name, strong_model=pair.strong.name,
+                 streamed=streamed, finish_reason=out.finish_reason)
+    return LogEntry(request_id=request_id, prompt=last_user_prompt(messages), completion=out.text,
+                    strategy=out.strategy, model_requested=req.model, model_chosen=out.model,
+                    p_strong_wins=out.p_strong_wins, alpha=out.alpha, router_version=out.router_version,
+                    latency_ms=latency_ms, routing_latency_ms=out.routing_ms, prompt_tokens=out.prompt_tokens,
+                    completion_tokens=out.completion_tokens, cost_usd=out.cost_usd,
+                    api_key_name=principal.name, escalated=out.escalated, probe_score=out.probe_score,
+                    spec=out.spec, extra=extra)
+
+
+def observe(state: ServingState, out: Outcome, seconds: float) -> None:
+    metrics = state.metrics
+    metrics.requests.labels(out.strategy, out.model).inc()
+    metrics.latency.labels(out.strategy).observe(seconds)
+    if out.strategy == "router" and out.role:
+        metrics.observe_route(out.role, (out.routing_ms or 0.0) / 1000, out.routing_cached)
+    if out.escalated is not None:
+        metrics.observe_cascade(out.escalated)
+    if out.spec:
+        metrics.observe_speculative(out.spec.get("acceptance_rate"))
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, state: StateDep, principal: Principal = user) -> Response:
+    t0 = time.perf_counter()
+    settings, metrics = state.settings, state.metrics
+    req = await parse_chat(request, state)
+    strategy, messages, params = pick(req, state)
+    request_id = new_id()
+    created = int(time.time())
+    try:
+        if not req.stream:
+            out = await run_in_threadpool(strategy.run, messages, params)
+        else:
+            out, deltas = await run_in_threadpool(strategy.stream, messages, params)
+    except StrategyUnavailable as exc:
+        metrics.errors.labels("503").inc()
+        raise ApiError(503, f"strategy not available: {exc}", param="model", code="strategy_unavailable") from None
+    except BackendError as exc:
+        metrics.errors.labels("502").inc()
+        raise ApiError(502, f"backend failed: {exc}", code="backend_error") from None
+    except ValueError as exc:  # e.g. a prompt the backend cannot template
+        raise ApiError(400, str(exc), code="invalid_request") from None
+
+    if not req.stream:
+        latency = (time.perf_counter() - t0) * 1000
+        info = _info(out, request_id)
+        await run_in_threadpool(write_entry, settings,
+                                log_entry(state, out, req, messages, request_id, latency, principal, False))
+        observe(state, out, latency / 1000)
+        body = {"id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": created,
+                "model": out.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
+                             "finish_reason": out.finish_reason, "logprobs": None}],
+                "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
+                          "total_tokens": out.prompt_tokens + out.completion_tokens},
+                "routerops": info.model_dump()}
+        return JSONResponse(body, headers=_headers(info))
+
+    head = _info(out, request_id)
+
+    def chunk(delta: dict, finish: str | None = None, **more: Any) -> str:
+        data = {"id": f"chatcmpl-{request_id}", "object": "chat.completion.chunk", "created": created,
+                "model": out.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **more}
+        return f"data: {json.dumps(data)}\n\n"
+
+    async def events() -> AsyncIterator[str]:
+        yield chunk({"role": "assistant", "content": ""}, routerops=head.model_dump())
+        parts: list[str] = []
+        try:
+            async for delta in iterate_in_threadpool(deltas):
+                parts.append(delta)
+                yield chunk({"content": delta})
+        except Exception as exc:  # noqa: BLE001 - headers are sent: report in-band, then end
+            log.warning("stream %s failed: %s", request_id, exc)
+            metrics.errors.labels("502").inc()
+            message = f"backend failed mid-stream: {exc}" if isinstance(exc, BackendError) else \
+                f"stream failed ({type(exc).__name__}); see the server log"
+            yield f"data: {json.dumps(error_body(message, 'backend_error', None, 'backend_error'))}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        text = "".join(parts)
+        if out.finalize is not None:
+            await run_in_threadpool(out.finalize, text)
+        latency = (time.perf_counter() - t0) * 1000
+        final = _info(out, request_id)
+        await run_in_threadpool(write_entry, settings,
+                                log_entry(state, out, req, messages, request_id, latency, principal, True))
+        observe(state, out, latency / 1000)
+        usage = {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
+                 "total_tokens": out.prompt_tokens + out.completion_tokens}
+        yield chunk({}, out.finish_reason, usage=usage, routerops=final.model_dump())
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={**_headers(head), "cache-control": "no-cache"})

@@ -1,0 +1,50 @@
+"""GET /healthz (no auth) and GET /metrics (Prometheus, with the monitor's active alerts as gauges)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from serving.api.deps import StateDep, user
+from serving.auth import Principal
+
+log = logging.getLogger("serving.app")  # the logger name the server log has always used
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz(state: StateDep) -> dict:
+    router_state, pair = state.router_state, state.pair
+    snap = router_state.snapshot
+    return {
+        "status": "degraded" if router_state.last_error else "ok",
+        "router_model": state.settings.router_model_name, "router_version": snap.version,
+        "router_loaded_at": snap.loaded_at, "alpha": snap.alpha, "alpha_source": snap.alpha_source,
+        "routing": "router" if snap.router is not None else "no champion router: routing to strong",
+        "last_reload_error": router_state.last_error, "last_reload_check": router_state.last_check,
+        "backends": {role: {"name": b.name, "kind": type(b).__name__}
+                     for role, b in (("weak", pair.weak), ("strong", pair.strong))},
+        "strategies": {name: s.unavailable() or "available" for name, s in state.strategies.items()},
+    }
+
+
+@router.get("/metrics")
+async def prometheus(state: StateDep, _principal: Principal = user) -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from monitoring.alerts import active_alert_gauges
+    from routerops.db import session_scope
+
+    def read_alerts() -> dict[str, float]:
+        with session_scope(state.settings) as session:
+            return active_alert_gauges(session)
+
+    try:  # the monitor writes alerts to the shared database; /metrics shows them as gauges
+        state.metrics.set_alert_gauges(await run_in_threadpool(read_alerts))
+    except Exception as exc:  # noqa: BLE001 - metrics must still render if the DB hiccups
+        log.warning("could not read alert gauges: %s", exc)
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
