@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _store import fresh_store, import_shared_preferences
+from _store import fresh_store, import_all_shared
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,22 +46,28 @@ def main() -> None:
     from training.train_router import train_router
 
     shared = args.shared_data
-    import_shared_preferences(settings, shared)
+    from routerops.db import session_scope
+    from routerops.db.models import ImportBatch
+
+    with session_scope(settings) as s:
+        if not s.query(ImportBatch).count():
+            import_all_shared(settings, shared)
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    print("training on all shared preferences (alpaca_eval + arena_hard)")
+    print("training on everything in ../shared/data (outcomes + preferences; RouterBench test splits aside)")
     results = []
     for label in () if args.skip_train else ("first run (cache as found)", "second run (warm cache)"):
         t0 = time.perf_counter()
         res = train_router(settings, progress=False)
         wall = time.perf_counter() - t0
         results.append((label, res, wall))
-        print(f"  {label}: wall {wall:.1f}s = embed {res.metrics['embed_seconds']:.1f}s + fit "
-              f"{res.metrics['train_seconds']:.1f}s (best epoch {res.metrics['best_epoch']:.0f}) + MLflow/IO; "
-              f"{len(res.vocabulary)} models, val AUC {res.metrics['val_auc']:.3f}")
+        m = res.metrics
+        print(f"  {label}: wall {wall:.1f}s = embed {m['embed_seconds']:.1f}s + prompt statistics "
+              f"{m['features_seconds']:.1f}s + fit {m['train_seconds']:.1f}s ({m['lbfgs_evaluations']:.0f} L-BFGS "
+              f"evaluations) + loading/MLflow/IO; {len(res.vocabulary)} models, val AUC {m.get('val_auc', float('nan')):.3f}")
 
     # prompts nobody embedded yet in this process: RouterBench test prompts (realistic lengths)
     prompts: list[str] = []

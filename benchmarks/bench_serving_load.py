@@ -75,7 +75,7 @@ def prepare(data_dir: Path) -> dict[str, str]:
                                       model_b=r["model_b"], winner=r["winner"], soft_label=r.get("soft_label"),
                                       source="fixture"))
     print("training a tiny router for the champion alias...", flush=True)
-    result = train_router(settings, dim=16, epochs=5, progress=False)
+    result = train_router(settings, max_iter=60, progress=False)
     registry.approve(settings.router_model_name, result.model_version, approved_by="bench", settings=settings)
     env["_PROMPTS_FILE"] = str(weak_file)
     return env

@@ -1,116 +1,98 @@
-"""Router quality on RouterBench test splits: APGR and CPT(50%) of the MF router trained on the public
-preference data (AlpacaEval annotations + Arena-Hard battles), beside the same router trained without
-the Arena-Hard battles, and the random router.
+"""Router quality on traffic the router was not trained on: leave-one-source-out APGR over every
+source in ../shared/data, and APGR on the RouterBench TEST splits (their prompts never train), for one
+or more router configurations, beside random (0.5) and the oracle.
 
-    python benchmarks/router_quality.py [--shared-data ../shared/data] [--data-dir DIR] [--plot out.png]
+    python benchmarks/router_quality.py [--data-dir DIR] [--config NAME=JSON ...] [--ablate SOURCE ...]
+                                        [--json out.json]
 
-Uses its own data dir (default: a fresh temporary one; re-running with the same --data-dir reuses the
-imports and the embedding cache). Prints one table; with --plot writes the PGR curves.
+--config NAME=JSON: keyword arguments of training.train_router.train_router (default: the shipped
+defaults, and RouteLLM's MF term alone, "mf"). --ablate S: also train without source S and print the
+LOSO table of the other sources, so one sees what S buys or costs. The store (imports and the
+embedding cache) lives in --data-dir and is reused on a rerun. Every training run is an MLflow run
+in that store, with its LOSO table and plot.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import numpy as np
-from _store import fresh_store, import_shared_preferences
+from _store import fresh_store, import_all_shared
 
 ROOT = Path(__file__).resolve().parent.parent
 SPLITS = ["arc_challenge", "mbpp", "winograde"]
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat"
+DEFAULT_CONFIGS = {"irt-mf (default)": {}, "mf (RouteLLM term only)": {"formulation": "mf"}}
+
+
+def _train(settings, shared: Path, **kwargs):  # noqa: ANN001, ANN202
+    from training.train_router import train_router
+
+    evals = [shared / "routerbench" / f"{s}_test.csv.gz" for s in SPLITS]
+    return train_router(settings, eval_sets=evals, eval_strong=STRONG, eval_weak=WEAK, loso=True,
+                        register=False, progress=False, **kwargs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared-data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--plot", type=Path, default=None, help="write the PGR curves here (PNG)")
-    parser.add_argument("--with-routerbench-train", action="store_true",
-                        help="add a router also trained on the RouterBench TRAIN splits (in-domain labels)")
+    parser.add_argument("--config", action="append", default=[], metavar="NAME=JSON")
+    parser.add_argument("--ablate", action="append", default=[], metavar="SOURCE")
+    parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = parser.parse_args()
 
     settings, data_dir = fresh_store(args.data_dir, "routerops-quality-")
-
-    from routerops import metrics
     from routerops.db import session_scope
-    from routerops.embeddings import embed_cached, get_embedder
-    from training.eval_sets import load_routerbench
-    from training.importers.core import import_file
-    from training.router_model import load_router
-    from training.train_router import train_router
+    from routerops.db.models import ImportBatch
 
-    shared = args.shared_data
-    t0 = time.perf_counter()
-    import_shared_preferences(settings, shared)
-    configs: list[tuple[str, list[str] | None]] = [("MF (alpaca+arena)", ["routerbench"]),
-                                                   ("MF (alpaca only)", ["arena_hard", "routerbench"])]
-    if args.with_routerbench_train:
-        for split in SPLITS:  # TRAIN splits only: the table scores the TEST splits
-            import_file(settings, "routerbench", shared / "routerbench" / f"{split}_train.csv.gz", progress=False)
-        configs.append(("MF (+routerbench train)", None))
-    print(f"imported in {time.perf_counter() - t0:.1f}s (data dir {data_dir})")
+    with session_scope(settings) as s:
+        imported = s.query(ImportBatch).count()
+    if not imported:
+        t0 = time.perf_counter()
+        timings = import_all_shared(settings, args.shared_data)
+        print(f"imported everything in {time.perf_counter() - t0:.0f}s: "
+              + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    configs = dict(DEFAULT_CONFIGS)
+    if args.config:
+        configs = {}
+        for item in args.config:
+            name, _, raw = item.partition("=")
+            configs[name] = json.loads(raw or "{}")
 
-    runs = {}
-    for label, exclude in configs:
-        result = train_router(settings, exclude_sources=exclude, seed=args.seed, register=False, progress=False)
-        runs[label] = result
-        print(f"{label}: run {result.run_id}, val AUC {result.metrics['val_auc']:.3f}, "
-              f"embed {result.metrics['embed_seconds']:.1f}s, train {result.metrics['train_seconds']:.1f}s")
+    out: dict[str, dict] = {}
+    for name, kwargs in configs.items():
+        t0 = time.perf_counter()
+        result = _train(settings, args.shared_data, **kwargs)
+        m = result.metrics
+        rb = {s: m.get(f"apgr_{s}_test", float("nan")) for s in SPLITS}
+        print(f"\n== {name}  ({kwargs or 'defaults'}; run {result.run_id}; {time.perf_counter() - t0:.0f}s, "
+              f"of which LOSO {m.get('loso_seconds', 0):.0f}s)")
+        print(result.loso.table())
+        print("RouterBench test splits (strong gpt-4-1106-preview, weak mixtral-8x7b): "
+              + ", ".join(f"{s} {v:.3f}" for s, v in rb.items()) + f"; mean {np.mean(list(rb.values())):.3f}")
+        out[name] = {"config": kwargs, "loso": result.loso.frame().to_dict("records"),
+                     "loso_mean": result.loso.mean_apgr, "loso_min": result.loso.min_apgr,
+                     "routerbench_test": rb, "routerbench_test_mean": float(np.mean(list(rb.values()))),
+                     "train_seconds_without_loso": m["total_seconds"] - m.get("loso_seconds", 0.0),
+                     "embed_seconds": m["embed_seconds"]}
 
-    evals = [load_routerbench(shared / "routerbench" / f"{s}_test.csv.gz", STRONG, WEAK) for s in SPLITS]
-    embedder = get_embedder(settings)
-    with session_scope(settings) as session:
-        vectors = [embed_cached(session, embedder, ev.prompts, progress=False) for ev in evals]
-
-    rows = []
-    curves = {}
-    for ev, vec in zip(evals, vectors, strict=True):
-        gap = ev.strong_q.mean() - ev.weak_q.mean()
-        line = {"split": ev.name, "n": len(ev.prompts), "q_weak": ev.weak_q.mean(), "q_strong": ev.strong_q.mean(),
-                "gap": gap, "random": (0.5, 0.5)}
-        oracle = metrics.oracle_curve(ev.weak_q, ev.strong_q)
-        line["oracle"] = (oracle.apgr(), oracle.cpt(0.5))
-        for label, result in runs.items():
-            router = load_router(result.model_uri, settings)
-            scores = router.score_embeddings(vec, STRONG, WEAK)
-            curve = metrics.pgr_curve(scores, ev.weak_q, ev.strong_q)
-            line[label] = (curve.apgr(), curve.cpt(0.5))
-            curves[(ev.name, label)] = curve
-        rows.append(line)
-
-    labels = ["random", *runs, "oracle"]
-    head = f"{'split':<22}{'n':>5}{'q_weak':>8}{'q_strong':>9} " + "".join(f"{lab:>26}" for lab in labels)
-    print(f"\nstrong={STRONG}  weak={WEAK}   cells: APGR / CPT(50%)")
-    print(head)
-    print("-" * len(head))
-    for line in rows:
-        cells = "".join(f"{line[lab][0]:>17.3f} / {line[lab][1]:>5.3f}" for lab in labels)
-        print(f"{line['split']:<22}{line['n']:>5}{line['q_weak']:>8.3f}{line['q_strong']:>9.3f} {cells}")
-    mean = {lab: np.mean([line[lab][0] for line in rows]) for lab in labels}
-    print(f"{'mean APGR':<44} " + "".join(f"{mean[lab]:>17.3f}{'':>8}" for lab in labels))
-
-    if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 4.5))
-        for ax, line in zip(np.atleast_1d(axes), rows, strict=True):
-            ax.plot([0, 1], [0, 1], "--", color="grey", label="random (0.500)")
-            for label in runs:
-                c = curves[(line["split"], label)]
-                ax.plot(c.strong_share, c.pgr, label=f"{label} ({c.apgr():.3f})")
-            ax.set_title(f"{line['split']} (n={line['n']})")
-            ax.set_xlabel("strong-call share")
-            ax.set_ylabel("PGR")
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=100)
-        print(f"plot: {args.plot}")
+    base_name = next(iter(configs))
+    for source in args.ablate:
+        result = _train(settings, args.shared_data, exclude_sources=[source], **configs[base_name])
+        base = {r["source"]: r["apgr"] for r in out[base_name]["loso"]}
+        print(f"\n== {base_name} without {source}: LOSO APGR of the other sources (with -> without)")
+        for row in result.loso.rows:
+            print(f"  {row.source:<16} {base.get(row.source, float('nan')):.3f} -> {row.apgr:.3f}")
+        out[f"{base_name} without {source}"] = {"loso": result.loso.frame().to_dict("records"),
+                                                 "loso_mean": result.loso.mean_apgr}
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, default=float))
+    print(json.dumps({k: {"loso_mean": v["loso_mean"], "routerbench_test_mean": v.get("routerbench_test_mean")}
+                      for k, v in out.items()}, default=float))
 
 
 if __name__ == "__main__":

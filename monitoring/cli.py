@@ -136,13 +136,20 @@ def alpha() -> None:
 
 @alpha.command("show")
 def alpha_show() -> None:
+    from monitoring.replay import load_live_router
     from routerops.alpha import live_alpha
     from routerops.db import session_scope
 
     settings = _settings()
+    try:  # the champion's calibration can be the live alpha
+        router = load_live_router(settings)
+    except Exception as exc:  # noqa: BLE001 - MLflow unreachable: show what the database says
+        click.echo(f"(champion router not loaded: {type(exc).__name__}: {exc})", err=True)
+        router = None
     with session_scope(settings) as s:
-        la = live_alpha(s, settings)
-    click.echo(f"alpha {la.alpha:.4f} (source: {la.source}{f', change {la.change_id}' if la.change_id else ''})")
+        la = live_alpha(s, settings, router)
+    click.echo(f"alpha {la.alpha:.4f} (source: {la.source}{f', change {la.change_id}' if la.change_id else ''}; "
+               f"{la.reason})")
 
 
 @alpha.command("set")

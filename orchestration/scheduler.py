@@ -31,7 +31,7 @@ import click
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from routerops.db.models import JobRun, Lease, PreferenceLog
+from routerops.db.models import JobRun, Lease, OutcomeLog, PreferenceLog
 from routerops.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -168,31 +168,36 @@ def _last_ok(session, job: str) -> JobRun | None:  # noqa: ANN001
                            .order_by(JobRun.id.desc()).limit(1)).first()
 
 
-def _new_rows(settings: Settings, job: str) -> tuple[int, int, int]:
-    """(new preference rows since the job's last success, their max id, the id it saw last time)."""
+def _new_rows(settings: Settings, job: str) -> tuple[int, dict[str, int], dict[str, int]]:
+    """(new preference + outcome rows since the job's last success, their max ids, the ids it saw)."""
     from routerops.db import session_scope
 
     with session_scope(settings) as s:
         last = _last_ok(s, job)
-        seen = int((last.details or {}).get("max_preference_id", 0)) if last is not None else 0
-        count, max_id = s.execute(select(func.count(PreferenceLog.id), func.max(PreferenceLog.id))
-                                  .where(PreferenceLog.id > seen)).one()
-    return int(count or 0), int(max_id or seen), seen
+        details = (last.details or {}) if last is not None else {}
+        seen = {key: int(details.get(key, 0)) for key in ("max_preference_id", "max_outcome_id")}
+        total, latest = 0, dict(seen)
+        for key, table in (("max_preference_id", PreferenceLog), ("max_outcome_id", OutcomeLog)):
+            count, max_id = s.execute(select(func.count(table.id), func.max(table.id))
+                                      .where(table.id > seen[key])).one()
+            total += int(count or 0)
+            latest[key] = int(max_id or seen[key])
+    return total, latest, seen
 
 
 def retrain_router_job(settings: Settings) -> dict[str, Any]:
-    """Retrain when >= retrain_min_new_rows preference rows arrived since the last successful retrain;
-    then compare the new challenger with the champion (tags + summary; nothing is promoted)."""
-    new, max_id, seen = _new_rows(settings, "retrain-router")
+    """Retrain when >= retrain_min_new_rows preference or outcome rows arrived since the last successful
+    retrain (with the leave-one-source-out table when `retrain_loso`); then compare the new challenger
+    with the champion (tags + summary; nothing is promoted)."""
+    new, max_ids, seen = _new_rows(settings, "retrain-router")
     if new < settings.retrain_min_new_rows:
-        return {"status": "skipped", "new_rows": new, "min_new_rows": settings.retrain_min_new_rows,
-                "max_preference_id": seen}
+        return {"status": "skipped", "new_rows": new, "min_new_rows": settings.retrain_min_new_rows, **seen}
     from monitoring.promotion import compare_challenger
     from training.train_router import train_router
 
-    result = train_router(settings, register=True, progress=False)
+    result = train_router(settings, register=True, progress=False, loso=settings.retrain_loso)
     comparison = compare_challenger(settings, result.model_version) if result.model_version else None
-    return {"new_rows": new, "max_preference_id": max_id, "run_id": result.run_id,
+    return {"new_rows": new, **max_ids, "run_id": result.run_id,
             "model_version": result.model_version, "comparison": comparison}
 
 
@@ -203,10 +208,9 @@ PROBE_TRAIN_ARGS = ["--from-logs", "--no-verbalize"]
 
 def retrain_probes_job(settings: Settings) -> dict[str, Any]:
     """Retrain the deferral probe when enough new preference rows arrived (same rule as the router)."""
-    new, max_id, seen = _new_rows(settings, "retrain-probes")
+    new, max_ids, seen = _new_rows(settings, "retrain-probes")
     if new < settings.retrain_min_new_rows:
-        return {"status": "skipped", "new_rows": new, "min_new_rows": settings.retrain_min_new_rows,
-                "max_preference_id": seen}
+        return {"status": "skipped", "new_rows": new, "min_new_rows": settings.retrain_min_new_rows, **seen}
     try:
         command = resolve_ref(PROBE_TRAIN_REF)
     except (ImportError, AttributeError) as exc:
@@ -216,7 +220,7 @@ def retrain_probes_job(settings: Settings) -> dict[str, Any]:
         command.main(PROBE_TRAIN_ARGS, standalone_mode=False)
     except click.ClickException as exc:  # e.g. too few labelled answers: a clear failure, retried next time
         raise RuntimeError(f"probe training refused: {exc.format_message()}") from None
-    return {"new_rows": new, "max_preference_id": max_id, "command": f"routerops train probe {' '.join(PROBE_TRAIN_ARGS)}"}
+    return {"new_rows": new, **max_ids, "command": f"routerops train probe {' '.join(PROBE_TRAIN_ARGS)}"}
 
 
 def monitor_job(settings: Settings) -> dict[str, Any]:

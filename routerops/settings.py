@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     # --- scheduler ---------------------------------------------------------------------------
     retrain_cron: str = "0 3 * * *"
     retrain_min_new_rows: int = 500
+    # the scheduled retrain also computes the leave-one-source-out table (one more fit per source)
+    retrain_loso: bool = True
     monitor_interval_minutes: int = 60
     # Monitoring/scheduler (issue 6): live-traffic scores used for share-based recalibration when at
     # least this many request_logs rows with a score arrived within the window; drift p-value test

@@ -53,6 +53,7 @@ class Decision:
     reason: str
     routing_ms: float
     cached: bool | None = None  # scored: whether from the routing cache (an exact repeat of a recent prompt)
+    alpha_source: str | None = None  # where alpha came from (routerops/alpha.py)
 
 
 class ScoreCache:
@@ -251,16 +252,17 @@ class RouterState:
         t0 = time.perf_counter()
         snap = self.snapshot
         if snap.router is None:
-            return Decision("strong", None, snap.alpha, None, NO_CHAMPION, (time.perf_counter() - t0) * 1000)
+            return Decision("strong", None, snap.alpha, None, NO_CHAMPION, (time.perf_counter() - t0) * 1000,
+                            alpha_source=snap.alpha_source)
         try:
             p, cached = self.batcher.score(snap.router, prompt)
         except Exception as exc:  # noqa: BLE001 - a scoring failure degrades to the safe choice
             log.warning("routing failed, sending to strong: %s", exc)
             return Decision("strong", None, snap.alpha, snap.version,
                             f"routing failed ({type(exc).__name__}): routing to strong",
-                            (time.perf_counter() - t0) * 1000)
+                            (time.perf_counter() - t0) * 1000, alpha_source=snap.alpha_source)
         role = "strong" if p >= snap.alpha else "weak"
         op = ">=" if role == "strong" else "<"
         return Decision(role, p, snap.alpha, snap.version,
-                        f"P(strong wins)={p:.3f} {op} alpha={snap.alpha:.3f}: routing to {role}",
-                        (time.perf_counter() - t0) * 1000, cached=cached)
+                        f"P(strong wins)={p:.3f} {op} alpha={snap.alpha:.3f} ({snap.alpha_source}): routing to {role}",
+                        (time.perf_counter() - t0) * 1000, cached=cached, alpha_source=snap.alpha_source)

@@ -54,6 +54,7 @@ class RouterOpsInfo(BaseModel):
     strategy: str  # router | cascade | speculative | direct
     p_strong_wins: float | None = None
     alpha: float | None = None
+    alpha_source: str | None = None  # settings | router-calibration | an alpha_history source | default
     router_version: str | None = None
     estimated_cost_usd: float = 0.0
     request_id: str

@@ -44,6 +44,7 @@ class Outcome:
     cost_usd: float = 0.0
     p_strong_wins: float | None = None
     alpha: float | None = None
+    alpha_source: str | None = None
     router_version: str | None = None
     routing_ms: float | None = None
     routing_cached: bool | None = None
@@ -146,7 +147,8 @@ class RouterStrategy(_BackendStrategy):
         d = self.ctx.router.decide(last_user_prompt(messages))
         backend = self.ctx.pair.by_role(d.role)
         return Outcome("router", backend.name, d.role, d.reason, p_strong_wins=d.p_strong_wins, alpha=d.alpha,
-                       router_version=d.router_version, routing_ms=d.routing_ms, routing_cached=d.cached), backend
+                       alpha_source=d.alpha_source, router_version=d.router_version, routing_ms=d.routing_ms,
+                       routing_cached=d.cached), backend
 
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
         out, backend = self._decide(messages)

@@ -59,7 +59,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                       model_b=r["model_b"], winner=r["winner"], soft_label=r.get("soft_label"),
                                       source="fixture", judge=r.get("judge")))
     for seed in (0, 1):
-        result = train_router(settings, dim=16, epochs=5, seed=seed, progress=False)
+        result = train_router(settings, seed=seed, max_iter=60, progress=False)
         assert result.model_version == str(seed + 1)
     yield data_dir
     mp.undo()
@@ -563,3 +563,52 @@ def test_local_smollm2_pair_serves_router_and_models(tmp_path: Path) -> None:
         assert chunks[-1].model_extra["routerops"]["speculative"]["tokens_per_target_pass"] >= 1.0
         metrics = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {USER_KEY}"}).text
         assert "routerops_speculative_acceptance_rate_count 2.0" in metrics  # streamed one too
+
+
+def test_target_strong_share_end_to_end(tmp_path: Path) -> None:
+    """A fresh router, no alpha set anywhere: serving takes the alpha from the router's calibration
+    at ROUTEROPS_TARGET_STRONG_SHARE and sends about that share of a prompt set to strong; an explicit
+    ROUTEROPS_ALPHA wins over it. /healthz and each response say which applies."""
+    from routerops import registry
+    from routerops.db import migrate, session_scope
+    from routerops.db.models import PreferenceLog
+    from routerops.text import prompt_hash
+    from serving.app import create_app
+    from training.router_model import load_router
+    from training.train_router import train_router
+
+    rows = [json.loads(line) for line in ROUTER_FIXTURE.read_text().splitlines()]
+    prompts = sorted({r["prompt"] for r in rows})
+    replay = tmp_path / "answers.jsonl"
+    replay.write_text("".join(json.dumps({"prompt": p, "output": "ok", "model": m}) + "\n"
+                              for p in prompts for m in (WEAK, STRONG)))
+    data_dir = tmp_path / "data"
+    settings = make_settings(data_dir, replay_file=replay, target_strong_share=0.25)
+    settings.ensure_data_dir()
+    migrate.upgrade("head", settings=settings)
+    with session_scope(settings) as session:
+        for r in rows:
+            session.add(PreferenceLog(prompt=r["prompt"], prompt_hash=prompt_hash(r["prompt"]), model_a=r["model_a"],
+                                      model_b=r["model_b"], winner=r["winner"], soft_label=r.get("soft_label"),
+                                      source="fixture"))
+    version = train_router(settings, max_iter=60, progress=False).model_version
+    registry.approve(settings.router_model_name, version, approved_by="test", settings=settings)
+    router = load_router(f"models:/{settings.router_model_name}/{version}", settings)
+    expected_alpha = router.alpha_for_share(0.25, STRONG, WEAK)
+
+    with running_server(create_app(settings)) as base_url:
+        wait_for(lambda: healthz(base_url)["router_version"] == version)
+        health = healthz(base_url)
+        assert health["alpha_source"] == "router-calibration" and health["alpha"] == pytest.approx(expected_alpha)
+        assert "25%" in health["alpha_reason"]
+        infos = [ask(base_url, prompt=p, max_tokens=4).parse().model_extra["routerops"] for p in prompts]
+    assert {i["alpha_source"] for i in infos} == {"router-calibration"}
+    share = sum(i["model"] == STRONG for i in infos) / len(infos)
+    assert 0.1 <= share <= 0.4, share  # the reference prompts are a sample of these prompts' kind
+
+    explicit = make_settings(data_dir, replay_file=replay, target_strong_share=0.25, alpha=0.999)
+    with running_server(create_app(explicit)) as base_url:
+        wait_for(lambda: healthz(base_url)["router_version"] == version)
+        assert (healthz(base_url)["alpha_source"], healthz(base_url)["alpha"]) == ("settings", 0.999)
+        info = ask(base_url, prompt=prompts[0], max_tokens=4).parse().model_extra["routerops"]
+    assert info["alpha_source"] == "settings" and info["model"] == WEAK

@@ -51,7 +51,7 @@ def champion(settings, shared_data):
     n = insert_judgements(settings, shared_data / "alpaca_eval/annotations/alpaca_eval_gpt4_turbo_fn.jsonl.gz",
                            prompts)
     assert n > 5 * N_TRACES
-    result = train_router(settings, epochs=30, progress=False)
+    result = train_router(settings, progress=False)
     registry.approve(settings.router_model_name, result.model_version, approved_by="test", settings=settings)
     return result.model_version
 
@@ -170,7 +170,7 @@ def test_alpha_cli_bounded_step_and_approval(settings, monkeypatch):
 
     monkeypatch.setenv("ROUTEROPS_USER", "ops")
     run = CliRunner().invoke
-    assert "alpha 0.5000 (source: settings)" in run(cli, ["alpha", "show"]).output
+    assert "alpha 0.5000 (source: default; no alpha set, no router calibration)" in run(cli, ["alpha", "show"]).output
     small = run(cli, ["alpha", "set", "0.55", "--reason", "nudge"])
     assert small.exit_code == 0 and "0.5500 is active" in small.output
     big = run(cli, ["alpha", "set", "0.9", "--reason", "big jump"])

@@ -34,7 +34,7 @@ def test_retrain_job_compares_challenger_and_promotes_nothing(settings, shared_d
     from routerops.settings import get_settings
 
     s = get_settings()
-    v1 = train_router(s, epochs=5, progress=False)
+    v1 = train_router(s, max_iter=60, progress=False)
     registry.approve(s.router_model_name, v1.model_version, approved_by="test", settings=s)
     write_golden(s.golden_set, record_from_alpaca_eval(
         ae / f"model_outputs/{WEAK}.json.gz", ae / f"model_outputs/{STRONG}.json.gz",

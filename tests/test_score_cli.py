@@ -44,7 +44,7 @@ def trained(tmp_path_factory):  # noqa: ANN001, ANN201
         settings.ensure_data_dir()
         migrate.upgrade("head", settings=settings)
         import_file(settings, "native", FIXTURES / "prefs.jsonl", progress=False)
-        result = train_router(settings, lr=0.02, epochs=200, batch_size=64, val_fraction=0.3, progress=False)
+        result = train_router(settings, val_fraction=0.3, progress=False)
         (tmp / "in.jsonl").write_text(
             "\n".join(json.dumps({"id": f"q{i}", "prompt": p}) for i, p in enumerate(PROMPTS)) + "\n"
         )

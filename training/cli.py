@@ -13,6 +13,8 @@ import click
 @click.option("--exclude-source", "exclude_sources", multiple=True, help="Leave these sources out (repeatable).")
 @click.option("--formulation", type=click.Choice(["irt-mf", "mf"]), default="irt-mf", show_default=True,
               help="irt-mf: ability + prompt difficulty + low-rank interaction; mf: RouteLLM's MF term only.")
+@click.option("--pair-link", type=click.Choice(["prob", "bt"]), default="prob", show_default=True,
+              help="How judged comparisons train the model: prob = the routing score, bt = Bradley-Terry.")
 @click.option("--rank", type=click.IntRange(0), default=4, show_default=True, help="Width of the interaction term.")
 @click.option("--l2-prompt", type=click.FloatRange(0), default=1e-3, show_default=True,
               help="L2 on the prompt-side maps (difficulty and interaction).")
@@ -34,7 +36,8 @@ import click
 @click.option("--loso", is_flag=True, help="Also compute leave-one-source-out APGR (one more fit per source).")
 @click.option("--no-register", is_flag=True, help="Log the run and model, but register no version.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def train_router(sources: tuple[str, ...], exclude_sources: tuple[str, ...], formulation: str, rank: int,
+def train_router(sources: tuple[str, ...], exclude_sources: tuple[str, ...], formulation: str, pair_link: str,
+                 rank: int,
                  l2_prompt: float, l2_model: float, max_iter: int, no_prompt_stats: bool, source_gamma: float,
                  category_gamma: float, val_fraction: float, seed: int, eval_sets: tuple[Path, ...],
                  eval_strong: str | None, eval_weak: str | None, loso: bool, no_register: bool,
@@ -48,7 +51,7 @@ def train_router(sources: tuple[str, ...], exclude_sources: tuple[str, ...], for
     try:
         result = run(
             settings, sources=list(sources) or None, exclude_sources=list(exclude_sources) or None,
-            formulation=formulation, rank=rank, l2_prompt=l2_prompt, l2_model=l2_model, max_iter=max_iter,
+            formulation=formulation, pair_link=pair_link, rank=rank, l2_prompt=l2_prompt, l2_model=l2_model, max_iter=max_iter,
             prompt_stats=not no_prompt_stats, source_gamma=source_gamma, category_gamma=category_gamma,
             val_fraction=val_fraction, seed=seed, eval_sets=list(eval_sets) if eval_sets else None,
             eval_strong=eval_strong, eval_weak=eval_weak, loso=loso, register=not no_register,

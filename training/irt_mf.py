@@ -7,8 +7,8 @@ For a prompt vector x (text embedding + prompt statistics) and a model m:
 theta_m is the model's ability, w.x the prompt's difficulty (shared by every model, so what any
 model's outcomes teach about a prompt transfers to every pair), and u_m . Vx a low-rank
 model-by-prompt interaction (RouteLLM's MF term: which models are better at which prompts).
-Outcome rows (a score per answer) train sigmoid(f) directly; preference rows train
-sigmoid(f(a) - f(b)) (Bradley-Terry), so both kinds of logs fit the same abilities.
+Outcome rows (a score per answer) train sigmoid(f) directly; preference rows train the routing
+score below (or Bradley-Terry, `pair_link="bt"`), so both kinds of logs fit the same abilities.
 
 Routing score for a pair: P(strong's answer beats weak's) with a tie counted half, for independent
 outcomes = 0.5 + 0.5 * (sigmoid(f_strong) - sigmoid(f_weak)). Unlike f_strong - f_weak, where the
@@ -28,11 +28,17 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 FORMULATIONS = ("irt-mf", "mf")
+PAIR_LINKS = ("prob", "bt")
 
 
 @dataclass(frozen=True)
 class IRTMFConfig:
     formulation: str = "irt-mf"
+    # how a preference row reads the model: "prob" = P(a beats b) = 0.5 + 0.5 (P(a right) - P(b right)),
+    # the routing score itself, which also pins abilities on the outcome scale (a model seen only in
+    # judged comparisons gets a usable P(right)); "bt" = sigmoid(f_a - f_b), Bradley-Terry, which
+    # identifies only differences of abilities
+    pair_link: str = "prob"
     rank: int = 4
     l2_prompt: float = 1e-3  # on w and V (the prompt-side maps)
     l2_model: float = 1e-3  # on theta and u
@@ -42,6 +48,8 @@ class IRTMFConfig:
     def __post_init__(self) -> None:
         if self.formulation not in FORMULATIONS:
             raise ValueError(f"formulation must be one of {FORMULATIONS}, got {self.formulation!r}")
+        if self.pair_link not in PAIR_LINKS:
+            raise ValueError(f"pair_link must be one of {PAIR_LINKS}, got {self.pair_link!r}")
         if self.rank < 0 or self.max_iter < 1:
             raise ValueError("rank must be >= 0 and max_iter >= 1")
 
@@ -148,7 +156,12 @@ def fit(data: FitData, config: IRTMFConfig, *, progress: bool = False) -> tuple[
             if len(oq):
                 loss = loss + bce(logits(Z, oq, om), oy, weight=ow, reduction="sum")
             if len(pq):
-                loss = loss + bce(logits(Z, pq, pa) - logits(Z, pq, pb), pt, weight=pw, reduction="sum")
+                fa, fb = logits(Z, pq, pa), logits(Z, pq, pb)
+                if config.pair_link == "bt":
+                    loss = loss + bce(fa - fb, pt, weight=pw, reduction="sum")
+                else:
+                    p = (0.5 + 0.5 * (torch.sigmoid(fa) - torch.sigmoid(fb))).clamp(1e-6, 1 - 1e-6)
+                    loss = loss - (pw * (pt * torch.log(p) + (1 - pt) * torch.log1p(-p))).sum()
             loss = loss / total_w
             loss = loss + config.l2_prompt * ((w * w).sum() + (V * V).sum())
             loss = loss + config.l2_model * ((U * U).sum() + 0.01 * ((theta - theta_prior) ** 2).sum())

@@ -43,7 +43,7 @@ class RouterData:
     prompt_source: list[str]  # the first source that logged the prompt
     prompt_category: list[str | None]
     outcomes: pd.DataFrame  # q, m, score, weight, source, category
-    pairs: pd.DataFrame  # q, a, b, target, hard (NaN for ties), weight, source, category
+    pairs: pd.DataFrame  # q, a, b, target, hard (NaN for ties), weight, source, category, n (repeats merged)
     dropped: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -148,7 +148,8 @@ def build_router_data(outcomes: pd.DataFrame | None, prefs: pd.DataFrame | None,
         "a": pr["model_a"].map(model_index).to_numpy(np.int64),
         "b": pr["model_b"].map(model_index).to_numpy(np.int64),
         "target": pr["target"].to_numpy(np.float32), "hard": pr["hard"].to_numpy(np.float32),
-        "weight": weights[len(out):], "source": pr["source"].to_numpy(), "category": pr["category"].to_numpy()})
+        "weight": weights[len(out):], "source": pr["source"].to_numpy(), "category": pr["category"].to_numpy(),
+        "n": pr["n"].to_numpy(np.int64)})
     return RouterData(vocabulary=vocabulary, prompts=firsts["prompt"].tolist(),
                       prompt_hashes=firsts["prompt_hash"].tolist(), prompt_source=firsts["source"].tolist(),
                       prompt_category=firsts["category"].tolist(), outcomes=outcomes_ix, pairs=pairs_ix,
@@ -184,12 +185,14 @@ def split_prompts(n_prompts: int, val_fraction: float, seed: int) -> np.ndarray:
 
 def snapshot(data: RouterData, created: pd.Series | None = None) -> dict[str, object]:
     """What the model was trained on: rows per source and model, distinct prompts, time window."""
-    per_source = Counter(data.outcomes["source"]) + Counter(data.pairs["source"])
+    # counted as logged: a merged repeat of a comparison counts each time it was judged
+    per_source = Counter(data.outcomes["source"]) + Counter(data.pairs.groupby("source")["n"].sum().to_dict())
     per_model = (Counter(data.outcomes["m"]) + Counter(data.pairs["a"]) + Counter(data.pairs["b"]))
     created = pd.to_datetime(created, utc=True) if created is not None and len(created) else None
     return {
-        "rows": int(len(data.outcomes) + len(data.pairs)),
-        "outcome_rows": int(len(data.outcomes)), "preference_rows": int(len(data.pairs)),
+        "rows": int(len(data.outcomes) + data.pairs["n"].sum()),
+        "outcome_rows": int(len(data.outcomes)), "preference_rows": int(data.pairs["n"].sum()),
+        "distinct_comparisons": int(len(data.pairs)),
         "prompts": len(data.prompts),
         "per_source": {str(k): int(v) for k, v in sorted(per_source.items())},
         "per_model": {data.vocabulary[int(k)]: int(v) for k, v in sorted(per_model.items())},

@@ -199,6 +199,7 @@ def train_router(
     sources: list[str] | None = None,
     exclude_sources: list[str] | None = None,
     formulation: str = "irt-mf",
+    pair_link: str = "prob",
     rank: int = 4,
     l2_prompt: float = 1e-3,
     l2_model: float = 1e-3,
@@ -234,7 +235,7 @@ def train_router(
     from training.router_loso import leave_one_source_out
     from training.router_model import ARTIFACT_NAME, FORMAT_V2, MFRouter
 
-    config = irt_mf.IRTMFConfig(formulation=formulation, rank=rank, l2_prompt=l2_prompt, l2_model=l2_model,
+    config = irt_mf.IRTMFConfig(formulation=formulation, pair_link=pair_link, rank=rank, l2_prompt=l2_prompt, l2_model=l2_model,
                                 max_iter=max_iter, seed=seed)
     weighting = Weighting(source_gamma=source_gamma, category_gamma=category_gamma)
     eval_strong = eval_strong or settings.router_eval_strong
@@ -329,8 +330,11 @@ def train_router(
         if len(p_val):
             F = irt_mf.logits(weights, X[p_val["q"].to_numpy()])
             rows = np.arange(len(p_val))
-            logit = F[rows, p_val["a"].to_numpy()] - F[rows, p_val["b"].to_numpy()]
-            p_a = 1 / (1 + np.exp(-logit))
+            fa, fb = F[rows, p_val["a"].to_numpy()], F[rows, p_val["b"].to_numpy()]
+            if config.pair_link == "bt":
+                p_a = 1 / (1 + np.exp(-(fa - fb)))
+            else:
+                p_a = 0.5 + 0.5 * (1 / (1 + np.exp(-fa)) - 1 / (1 + np.exp(-fb)))
             results["val_pref_loss"] = _bce(p_a, p_val["target"].to_numpy())
             results["val_pref_auc"] = _auc(p_val["hard"].to_numpy(), p_a)
             _calibration_plot(p_a, p_val["target"].to_numpy(), tmp_path / "calibration.png")

@@ -33,6 +33,7 @@ def _headers(info: RouterOpsInfo) -> dict[str, str]:
         "x-routerops-model": info.model, "x-routerops-strategy": info.strategy,
         "x-routerops-p-strong": "" if info.p_strong_wins is None else f"{info.p_strong_wins:.6f}",
         "x-routerops-alpha": "" if info.alpha is None else f"{info.alpha:.6f}",
+        "x-routerops-alpha-source": info.alpha_source or "",
         "x-routerops-cost-usd": f"{info.estimated_cost_usd:.8f}", "x-routerops-request-id": info.request_id,
         "x-routerops-router-version": info.router_version or "",
     }
@@ -40,6 +41,7 @@ def _headers(info: RouterOpsInfo) -> dict[str, str]:
 
 def _info(out: Outcome, request_id: str) -> RouterOpsInfo:
     return RouterOpsInfo(model=out.model, strategy=out.strategy, p_strong_wins=out.p_strong_wins, alpha=out.alpha,
+                         alpha_source=out.alpha_source,
                          router_version=out.router_version, estimated_cost_usd=round(out.cost_usd, 10),
                          request_id=request_id, reason=out.reason, escalated=out.escalated,
                          routing_latency_ms=None if out.routing_ms is None else round(out.routing_ms, 3),
