@@ -28,6 +28,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "keys": "serving.cli:keys",
     "up": "routerops.up:up",
     "db": "routerops.cli:db",
+    "embedder": "routerops.embedders.cli:embedder",
 }
 
 LAZY_ROUTER_COMMANDS: dict[str, str] = {
