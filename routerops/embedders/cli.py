@@ -24,7 +24,7 @@ def build() -> None:
 @click.option("--dim", type=int, default=256, show_default=True, help="PCA dimensions.")
 @click.option("--max-tokens", type=int, default=512, show_default=True,
               help="A longer prompt keeps its last tokens.")
-@click.option("--vocab-limit", type=int, default=None, help="Distil only the first N tokens (quick tests).")
+@click.option("--vocab-limit", type=int, default=None, help="Distil only the N most frequent multi-character tokens (quick tests).")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch threads for the distillation.")
 def build_static_command(out: Path | None, dim: int, max_tokens: int, vocab_limit: int | None,
                          threads: int) -> None:

@@ -37,7 +37,7 @@ class StaticBuildConfig:
     sif_coefficient: float = 1e-4  # model2vec's default
     # A prompt longer than this keeps its last tokens: few-shot prompts share their start.
     max_tokens: int = 512
-    # Tests distil only the first N real tokens (the [unused*] slots skipped); None = whole vocabulary.
+    # Quick builds (tests) distil only the N most frequent multi-character tokens; None = all of them.
     vocab_limit: int | None = None
     batch_size: int = 1024
 
@@ -48,8 +48,12 @@ def default_path(data_dir: Path, config: StaticBuildConfig = StaticBuildConfig()
 
 
 def _token_ids(vocab: dict[str, int], limit: int | None) -> np.ndarray:
-    ids = sorted(i for tok, i in vocab.items() if not tok.startswith("[unused"))
-    return np.asarray(ids[:limit] if limit else ids, dtype=np.int64)
+    """Every real token (the [unused*] slots skipped), in vocabulary order; with a limit, the first
+    `limit` tokens longer than one character: the special tokens and the most frequent words."""
+    items = sorted((i, tok) for tok, i in vocab.items() if not tok.startswith("[unused"))
+    if limit:
+        items = [(i, tok) for i, tok in items if len(tok) > 1][:limit]
+    return np.asarray([i for i, _ in items], dtype=np.int64)
 
 
 def _token_outputs(model, ids: np.ndarray, cls_id: int, sep_id: int, batch_size: int) -> np.ndarray:  # noqa: ANN001
