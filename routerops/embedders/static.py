@@ -158,23 +158,36 @@ class StaticEmbedder:
     def dim(self) -> int:
         return int(self._table.shape[1])
 
+    def _ids(self, text: str) -> list[int]:
+        """The prompt's last max_tokens token ids. A long prompt is tokenized from tails cut at a space
+        (words after a space tokenize as in the whole text), 4x longer until one holds max_tokens:
+        tokenizing costs per character, and a 30k-character prompt needs only its last ~2k."""
+        size = 4 * self.max_tokens  # wordpieces average ~4 characters
+        while size < len(text):
+            tail = text[-size:]
+            cut = tail.find(" ")
+            if cut < 0:
+                break
+            ids = self._tokenizer.encode(tail[cut + 1 :], add_special_tokens=False).ids
+            if len(ids) >= self.max_tokens:
+                return ids[-self.max_tokens :]
+            size *= 4
+        return self._tokenizer.encode(text, add_special_tokens=False).ids[-self.max_tokens :]
+
     def encode(self, texts: list[str]) -> np.ndarray:
         texts = list(texts)
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        if len(texts) == 1:  # the serving path: no batch bookkeeping (encode_batch's hand-off costs more)
-            ids = self._tokenizer.encode(texts[0], add_special_tokens=False).ids[-self.max_tokens :]
+        if len(texts) == 1:  # the serving path: no batch bookkeeping
+            ids = self._ids(texts[0])
             vec = self._table[ids].sum(axis=0, dtype=np.float32) if ids else np.zeros(self.dim, np.float32)
             norm = float(np.sqrt(vec @ vec))
             return (vec / norm if norm > 0 else vec)[None, :]  # mean then normalize = sum then normalize
-        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
-        ids = [e.ids[-self.max_tokens :] for e in encodings]
-        lengths = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        nonempty = lengths > 0
-        if nonempty.any():
-            flat = np.fromiter((t for row in ids for t in row), dtype=np.int64, count=int(lengths.sum()))
-            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[nonempty]
-            sums = np.add.reduceat(self._table[flat], starts, axis=0)
-            out[nonempty] = sums
-        return l2_normalize(out)  # an empty prompt stays the zero vector (score 0.5)
+        from scipy.sparse import csr_matrix
+
+        rows = [self._ids(t) for t in texts]
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        flat = np.fromiter((t for r in rows for t in r), dtype=np.int64, count=int(indptr[-1]))
+        # token counts (prompts x vocabulary) @ table: sums without materialising one row per token
+        counts = csr_matrix((np.ones(len(flat), dtype=np.float32), flat, indptr),
+                            shape=(len(rows), self._table.shape[0]))
+        return l2_normalize(np.asarray(counts @ self._table))  # an empty prompt stays the zero vector
