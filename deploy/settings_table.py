@@ -28,8 +28,16 @@ MEANINGS: dict[str, str] = {
     "mlflow_experiment": "MLflow experiment that training, promotion and monitoring runs are logged to.",
     "router_model_name": "Registered model name of the matrix-factorization router in the MLflow registry.",
     "probe_model_name": "Registered model name of the deferral probe (cascade).",
-    "embedding_backend": "How queries are embedded for the router: local sentence-transformers, or an "
-                         "OpenAI-compatible `/embeddings` endpoint.",
+    "embedding_backend": "How queries are embedded for the router: local sentence-transformers, an "
+                         "OpenAI-compatible `/embeddings` endpoint, `static` (token table distilled from "
+                         "MiniLM, ~0.1 ms) or `onnx` (MiniLM int8 on ONNX Runtime); the last two are built "
+                         "once with `routerops embedder build static|onnx`.",
+    "embedding_static_path": "Folder of the built static embedder; default "
+                             "`data_dir/embedders/static-all-MiniLM-L6-v2-256d`.",
+    "embedding_onnx_path": "Folder of the built ONNX embedder; default "
+                           "`data_dir/embedders/onnx-all-MiniLM-L6-v2-int8`.",
+    "embedding_onnx_threads": "ONNX Runtime intra-op threads per embedder (1 holds up on a shared CPU; "
+                              "2 collapse when other processes use a core).",
     "embedding_base_url": "Base URL of the OpenAI-compatible embeddings endpoint (`embedding_backend=openai`).",
     "embedding_api_key": "API key for the embeddings endpoint.",
     "embedding_batch_size": "Queries per embedding batch.",

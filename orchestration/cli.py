@@ -17,6 +17,7 @@ import click
 LAZY_COMMANDS: dict[str, str] = {
     "ingest": "training.importers.cli:ingest",
     "label": "training.label_cli:label",
+    "embedder": "routerops.embedders.cli:embedder",
     "train": "orchestration.cli:train",
     "router": "orchestration.cli:router",
     "approve": "routerops.cli:approve",

@@ -15,7 +15,6 @@ beyond the configured bound is stored as "pending" and only goes live when a per
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Protocol
 
 from sqlalchemy import or_, select

@@ -1,4 +1,4 @@
-"""Query embeddings: one protocol, two backends, and a database cache keyed by (embedder, prompt hash).
+"""Query embeddings: one protocol, four backends (two built into folders, see routerops.embedders), and a database cache keyed by (embedder, prompt hash).
 
 Every vector leaving this module is float32 and L2-normalized, so routers trained on one backend see
 the same geometry at serving time. Embedders are created on first use and kept per process (keyed by
@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -147,7 +148,7 @@ class OpenAIEmbedder:
 class EmbeddingRef:
     """What a trained router records about its embedder, enough to rebuild it elsewhere."""
 
-    backend: str  # "sentence-transformers" | "openai"
+    backend: str  # "sentence-transformers" | "openai" | "static" | "onnx"
     model: str
     name: str
     dim: int
@@ -156,6 +157,28 @@ class EmbeddingRef:
     def to_dict(self) -> dict[str, object]:
         return {"backend": self.backend, "model": self.model, "name": self.name, "dim": self.dim,
                 "truncation_side": self.truncation_side}
+
+
+BUILT_BACKENDS = ("static", "onnx")  # embedders that live in a folder built by `routerops embedder build`
+
+
+def built_embedder_path(settings: Settings, backend: str, model: str | None = None) -> Path:
+    """`model` when it names a folder, else the configured (or default) folder for the backend."""
+    if model and Path(model).is_dir():
+        return Path(model)
+    return settings.resolved_static_embedder_path if backend == "static" else settings.resolved_onnx_embedder_path
+
+
+def load_built_embedder(backend: str, path: Path, threads: int = 1) -> Embedder:
+    if backend == "static":
+        from routerops.embedders.static import StaticEmbedder
+
+        return StaticEmbedder(path)
+    if backend == "onnx":
+        from routerops.embedders.onnx import OnnxEmbedder
+
+        return OnnxEmbedder(path, threads=threads)
+    raise ValueError(f"{backend!r} is not a built embedder backend ({' | '.join(BUILT_BACKENDS)})")
 
 
 _embedders: dict[tuple, Embedder] = {}
@@ -175,12 +198,20 @@ def get_embedder(settings: Settings, backend: str | None = None, model: str | No
         cache_key: tuple = (backend, model, base_url, settings.embedding_batch_size)
     elif backend == "sentence-transformers":
         cache_key = (backend, model, settings.embedding_batch_size, truncation_side)
+    elif backend in BUILT_BACKENDS:
+        from routerops.embedders.files import manifest_sha
+
+        path = built_embedder_path(settings, backend, model)
+        # the files' hash is part of the key: a rebuilt folder is a different embedder
+        cache_key = (backend, str(path.resolve()), manifest_sha(path), settings.embedding_onnx_threads)
     else:
-        raise ValueError(f"unknown embedding backend {backend!r} (sentence-transformers | openai)")
+        raise ValueError(f"unknown embedding backend {backend!r} (sentence-transformers | openai | static | onnx)")
     with _lock:
         embedder = _embedders.get(cache_key)
         if embedder is None:
-            if backend == "openai":
+            if backend in BUILT_BACKENDS:
+                embedder = load_built_embedder(backend, path, threads=settings.embedding_onnx_threads)
+            elif backend == "openai":
                 embedder = OpenAIEmbedder(model, base_url, key, batch_size=settings.embedding_batch_size)
             else:
                 embedder = SentenceTransformerEmbedder(model, batch_size=settings.embedding_batch_size,
@@ -190,7 +221,8 @@ def get_embedder(settings: Settings, backend: str | None = None, model: str | No
 
 
 def embedding_ref(embedder: Embedder) -> EmbeddingRef:
-    backend = "openai" if isinstance(embedder, OpenAIEmbedder) else "sentence-transformers"
+    backend = getattr(embedder, "backend", None) or (
+        "openai" if isinstance(embedder, OpenAIEmbedder) else "sentence-transformers")
     model = getattr(embedder, "model_ref", embedder.name)
     return EmbeddingRef(backend=backend, model=model, name=embedder.name, dim=int(embedder.dim),
                         truncation_side=getattr(embedder, "truncation_side", None))

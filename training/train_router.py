@@ -224,6 +224,7 @@ def train_router(
     from routerops import metrics as rmetrics
     from routerops import registry
     from routerops.db import session_scope
+    from routerops.embedders.router_files import embedder_artifacts
     from routerops.embeddings import embed_cached, embedding_ref, get_embedder
     from routerops.model_names import load_catalog, name_key
     from routerops.text import prompt_hash
@@ -403,7 +404,8 @@ def train_router(
             info = mlflow.pyfunc.log_model(
                 name=ARTIFACT_NAME,
                 python_model=str(PYFUNC_CODE),
-                artifacts={"weights": str(model_dir / "weights.npz"), "metadata": str(model_dir / "metadata.json")},
+                artifacts={"weights": str(model_dir / "weights.npz"), "metadata": str(model_dir / "metadata.json"),
+                           **embedder_artifacts(embedder, model_dir)},  # serving embeds as training did
                 signature=signature,
                 pip_requirements=[f"mlflow=={mlflow.__version__}", "numpy", "pandas", "sentence-transformers",
                                   "routerops"],
