@@ -26,8 +26,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import numpy as np
-
 from routerops import registry
 from routerops.settings import Settings
 from routerops.text import prompt_hash
@@ -103,12 +101,13 @@ class ScoreCache:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """What one router needs per decision, worked out once: its embedder, the pair's direction, and
+    """What one router needs per decision, worked out once: its embedder, the resolved pair, and
     whether its embedder gains from batching."""
 
     router: object
     embedder: object
-    direction: np.ndarray  # float64
+    strong: str
+    weak: str
     inline: bool
 
 
@@ -133,13 +132,12 @@ class ScoreBatcher:
         self.scored = 0
 
     def prepare(self, router) -> _Prepared:  # noqa: ANN001
-        """Once per router object (a swap prepares the new one): embedder, pair direction, path."""
+        """Once per router object (a swap prepares the new one): embedder, resolved pair, path."""
         prep = self._prepared
         if prep is None or prep.router is not router:
             strong, weak = router.pair(self.strong, self.weak)
             embedder = router.embedder
-            prep = _Prepared(router, embedder, np.asarray(router.direction(strong, weak), dtype=np.float64),
-                             inline=not getattr(embedder, "batching_pays", True))
+            prep = _Prepared(router, embedder, strong, weak, inline=not getattr(embedder, "batching_pays", True))
             self._prepared = prep
         return prep
 
@@ -151,8 +149,8 @@ class ScoreBatcher:
         prep = self.prepare(router)
         if prep.inline:
             with self._inline_slots:
-                vec = prep.embedder.encode([prompt])[0]
-            score = float(1.0 / (1.0 + np.exp(-(vec.astype(np.float64) @ prep.direction))))
+                vec = prep.embedder.encode([prompt])
+            score = float(router.score_embeddings(vec, prep.strong, prep.weak, prompts=[prompt])[0])
             self.cache.put(router, prompt, score)
             return score, False
         future: Future = Future()

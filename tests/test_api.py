@@ -604,7 +604,7 @@ def test_target_strong_share_end_to_end(tmp_path: Path) -> None:
         infos = [ask(base_url, prompt=p, max_tokens=4).parse().model_extra["routerops"] for p in prompts]
     assert {i["alpha_source"] for i in infos} == {"router-calibration"}
     share = sum(i["model"] == STRONG for i in infos) / len(infos)
-    assert 0.1 <= share <= 0.4, share  # the reference prompts are a sample of these prompts' kind
+    assert 0.1 <= share <= 0.4, (share, infos[0]["reason"])  # the reference prompts: a sample of these
 
     explicit = make_settings(data_dir, replay_file=replay, target_strong_share=0.25, alpha=0.999)
     with running_server(create_app(explicit)) as base_url:
