@@ -23,8 +23,9 @@ STATE_VALUE = {"closed": 0.0, "half-open": 1.0, "open": 2.0}  # the /metrics gau
 class CircuitOpen(BackendError):
     """The backend's circuit is open: it was skipped without a call."""
 
-    def __init__(self, name: str, retry_in_s: float):
-        super().__init__(f"{name}: circuit open after repeated failures; next probe in {retry_in_s:.1f}s",
+    def __init__(self, name: str, retry_in_s: float | None):
+        when = "a probe request is testing it now" if retry_in_s is None else f"next probe in {retry_in_s:.1f}s"
+        super().__init__(f"{name}: circuit open after repeated failures; {when}",
                          unavailable=True, kind="circuit open")
 
 
@@ -82,7 +83,7 @@ class BackendBreaker:
                     raise CircuitOpen(self.name, wait)
                 self._cb.half_open()
             if self._probing:  # half-open with its one probe in flight
-                raise CircuitOpen(self.name, 0.0)
+                raise CircuitOpen(self.name, None)
             self._probing = True
             return True
 

@@ -344,3 +344,29 @@ def test_breaker_opens_skips_probes_and_closes(data_dir: Path) -> None:
                 assert circuit() == {"state": "closed", "consecutive_failures": 0, "fail_max": 2, "reset_s": 1.5}
                 assert metric(api, "routerops_circuit_state", backend=WEAK) == 0.0
                 assert httpx.get(f"{api}/healthz", timeout=10).json()["status"] == "ok"
+
+
+def test_breaker_lets_exactly_one_probe_through() -> None:
+    from routerops.backends.base import BackendError
+    from serving.breaker import BackendBreaker, CircuitOpen
+
+    changes: list[str] = []
+    breaker = BackendBreaker("m", fail_max=2, reset_s=0.2, on_change=lambda _name, state: changes.append(state))
+    down = BackendError("down", unavailable=True)
+    breaker.failure(breaker.acquire(), down)
+    breaker.success(breaker.acquire())  # a success resets the count of consecutive failures
+    breaker.failure(breaker.acquire(), down)
+    assert breaker.state == "closed" and breaker.failures == 1
+    breaker.failure(breaker.acquire(), down)
+    assert breaker.state == "open" and changes == ["open"]
+    with pytest.raises(CircuitOpen, match="next probe in"):
+        breaker.acquire()
+    time.sleep(0.25)
+    assert breaker.acquire() is True  # the probe
+    with pytest.raises(CircuitOpen, match="a probe request is testing it now"):
+        breaker.acquire()
+    breaker.release(True)  # a bad request says nothing about health: still half-open, next call probes
+    assert breaker.state == "half-open" and breaker.acquire() is True
+    breaker.success(True)
+    assert breaker.state == "closed" and changes == ["open", "half-open", "closed"]
+    assert breaker.acquire() is False
