@@ -93,6 +93,18 @@ class Settings(BaseSettings):
     http_max_retries: int = 3
     http_backoff_s: float = 0.5
     http_request_logprobs: bool = False
+    # Failover (issue 15): a backend that is unavailable (connection error, timeout, 5xx/429 after its
+    # retries, a stream broken before its first token) hands the request to the other model of the
+    # pair ("other") or fails it ("none"). A circuit breaker per backend skips a backend for
+    # breaker_reset_s after breaker_fail_max consecutive failures, then lets one probe request through.
+    failover: Literal["other", "none"] = Field(
+        default="other", description="When the chosen backend is unavailable (connection error, timeout, "
+        "5xx/429 after its retries, a stream broken before its first token): `other` serves the request "
+        "with the other model of the pair, `none` answers 502.")
+    breaker_fail_max: int = Field(default=5, ge=1, description="Consecutive failures of a backend that "
+                                  "open its circuit breaker (requests then skip it).")
+    breaker_reset_s: float = Field(default=30.0, gt=0.0, description="Seconds an open circuit skips its "
+                                   "backend before one half-open probe request may test it.")
     max_new_tokens: int = 128
     judge_api_key: SecretStr | None = Field(default=None, description="API key of the judge endpoint of "
                                             "`routerops label` (never a command-line flag).")

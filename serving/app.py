@@ -25,6 +25,7 @@ from serving.api.main import api_router
 from serving.api.middleware import INGEST_MAX_BYTES, BodyLimitMiddleware
 from serving.auth import Authenticator
 from serving.errors import install_error_handlers
+from serving.failover import Guard
 from serving.metrics import ServingMetrics
 from serving.request_log import Prices
 from serving.routing import RouterState
@@ -42,10 +43,12 @@ def create_app(settings: Settings, pair: BackendPair | None = None) -> FastAPI:
     metrics = ServingMetrics()
     router_state.on_change.append(lambda snap: metrics.set_router(snap.version, snap.alpha))
     metrics.set_router(None, settings.alpha)
-    ctx = ServingContext(settings, pair, router_state, Prices.from_settings(settings, pair.weak.name, pair.strong.name))
+    guard = Guard(settings, pair, metrics)
+    ctx = ServingContext(settings, pair, router_state, Prices.from_settings(settings, pair.weak.name, pair.strong.name),
+                         guard)
     strategies = build_strategies(ctx)
     state = ServingState(settings=settings, pair=pair, router_state=router_state, metrics=metrics,
-                         strategies=strategies, auth=Authenticator(settings))
+                         strategies=strategies, auth=Authenticator(settings), guard=guard)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

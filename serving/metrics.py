@@ -42,6 +42,18 @@ class ServingMetrics:
         self.alert_active = Gauge("routerops_alert_active",
                                   "1 while a monitoring alert of this kind is open (PGR regression, drift)",
                                   ["kind"], registry=r)
+        self.failovers = Counter("routerops_failovers_total",
+                                 "Requests served by the other model because this backend was unavailable",
+                                 ["backend", "error"], registry=r)
+        self.circuit_skips = Counter("routerops_circuit_skips_total",
+                                     "Calls that skipped this backend because its circuit was open",
+                                     ["backend"], registry=r)
+        self.circuit_state = Gauge("routerops_circuit_state",
+                                   "Circuit breaker of this backend: 0 closed, 1 half-open, 2 open",
+                                   ["backend"], registry=r)
+        self.stream_errors = Counter("routerops_stream_errors_total",
+                                     "Streams ended with an error event after their first token",
+                                     ["backend"], registry=r)
         self._counts = {"weak": 0, "strong": 0, "cascade": 0, "escalated": 0}
         self._live_version: str | None = None
 

@@ -47,6 +47,15 @@ class ChatCompletionRequest(BaseModel):
         return [{"role": m.role, "content": m.text()} for m in self.messages]
 
 
+class FailoverInfo(BaseModel):
+    from_model: str
+    from_role: str
+    to_model: str
+    to_role: str
+    reason: str  # "weak unavailable (ConnectError); served by strong"
+    attempts: list[dict[str, Any]]  # the failed attempts: role, model, error, detail, cost_usd
+
+
 class RouterOpsInfo(BaseModel):
     """The extra field on every response (and in the first and last stream chunks)."""
 
@@ -63,6 +72,8 @@ class RouterOpsInfo(BaseModel):
     escalated: bool | None = None
     probe_score: float | None = None
     speculative: dict[str, float] | None = None
+    # set when the chosen backend was unavailable and the other model answered (ROUTEROPS_FAILOVER)
+    failover: FailoverInfo | None = None
 
 
 class Usage(BaseModel):

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from routerops.backends.base import Backend, GenerationParams, Message
+from routerops.backends.base import Backend, BackendError, GenerationParams, Message
 from routerops.backends.factory import BackendPair
 from routerops.settings import Settings
+from serving.failover import Guard, Served
 from serving.request_log import Prices
 from serving.routing import RouterState
 
@@ -29,6 +30,11 @@ class ServingContext:
     pair: BackendPair
     router: RouterState
     prices: Prices
+    guard: Guard | None = None  # failover + circuit breakers; built from the settings when not given
+
+    def __post_init__(self) -> None:
+        if self.guard is None:
+            self.guard = Guard(self.settings, self.pair)
 
 
 @dataclass
@@ -92,30 +98,67 @@ class Strategy:
 
 
 class _BackendStrategy(Strategy):
-    """Shared by direct model calls and routing: one backend answers."""
+    """Shared by direct model calls and routing: one backend answers, the other if it is unavailable."""
 
-    def _call(self, out: Outcome, backend: Backend, messages: list[Message], params: GenerationParams) -> Outcome:
-        gen = backend.generate(messages, params)
+    def _failed_over(self, out: Outcome, served: Served) -> None:
+        """Point the outcome at the backend that answered and say why (reason, extra.failover)."""
+        if not served.failed:
+            return
+        out.model, out.role = served.backend.name, served.role
+        out.reason = f"{served.reason}; first choice: {out.reason}"
+        out.extra["failover"] = {"from_model": served.failed[0].model, "from_role": served.failed[0].role,
+                                 "to_model": served.backend.name, "to_role": served.role,
+                                 "reason": served.reason, "attempts": [f.as_dict() for f in served.failed]}
+
+    def _call(self, out: Outcome, role: str, messages: list[Message], params: GenerationParams) -> Outcome:
+        served = self.ctx.guard.attempt(role, lambda backend: backend.generate(messages, params))
+        self._failed_over(out, served)
+        backend, gen = served.backend, served.result
         out.text, out.finish_reason = gen.text, gen.finish_reason
         out.prompt_tokens = gen.prompt_tokens or count_prompt_tokens(backend, messages)
         out.completion_tokens = gen.completion_tokens or count_tokens(backend, gen.text)
-        out.cost_usd = self.ctx.prices.cost(out.role or "strong", out.prompt_tokens, out.completion_tokens)
+        out.cost_usd = self._cost(out)
         if gen.extra:
             out.extra["generation"] = {k: v for k, v in gen.extra.items() if isinstance(v, str | int | float)}
         return out
 
-    def _stream(self, out: Outcome, backend: Backend, messages: list[Message],
+    def _cost(self, out: Outcome) -> float:
+        failed = sum(a["cost_usd"] for a in out.extra.get("failover", {}).get("attempts", []))
+        return failed + self.ctx.prices.cost(out.role or "strong", out.prompt_tokens, out.completion_tokens)
+
+    def _stream(self, out: Outcome, role: str, messages: list[Message],
                 params: GenerationParams) -> tuple[Outcome, Iterator[str]]:
+        """The first delta is pulled here, before any byte goes to the client: a backend that fails
+        before its first token is failed over like a non-streaming call. A break after it raises
+        BackendError from the iterator (the API ends the stream with an error event)."""
+        guard = self.ctx.guard
+
+        def first(backend: Backend) -> tuple[Iterator[str], list[str]]:
+            deltas = iter(backend.stream(messages, params))
+            return deltas, [d for d in (next(deltas, None),) if d is not None]
+
+        served = guard.attempt(role, first)
+        self._failed_over(out, served)
+        backend, (deltas, head) = served.backend, served.result
         out.prompt_tokens = count_prompt_tokens(backend, messages)
-        out.cost_usd = self.ctx.prices.cost(out.role or "strong", out.prompt_tokens, 0)
+        out.cost_usd = self._cost(out)
+
+        def rest() -> Iterator[str]:
+            yield from head
+            try:
+                yield from deltas
+            except BackendError as exc:
+                if exc.unavailable:
+                    guard.report(served.role, exc)
+                raise
 
         def finalize(text: str) -> None:
             out.text = text
             out.completion_tokens = count_tokens(backend, text)
-            out.cost_usd = self.ctx.prices.cost(out.role or "strong", out.prompt_tokens, out.completion_tokens)
+            out.cost_usd = self._cost(out)
 
         out.finalize = finalize
-        return out, backend.stream(messages, params)
+        return out, rest()
 
 
 class DirectStrategy(_BackendStrategy):
@@ -124,7 +167,7 @@ class DirectStrategy(_BackendStrategy):
     def __init__(self, ctx: ServingContext, role: str):
         super().__init__(ctx)
         self.role = role
-        self.backend = ctx.pair.by_role(role)
+        self.backend = ctx.pair.by_role(role)  # the model asked for; its pair partner takes over if it is down
 
     def _outcome(self) -> Outcome:
         snap = self.ctx.router.snapshot
@@ -132,31 +175,31 @@ class DirectStrategy(_BackendStrategy):
                        alpha=snap.alpha, router_version=snap.version)
 
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
-        return self._call(self._outcome(), self.backend, messages, params)
+        return self._call(self._outcome(), self.role, messages, params)
 
     def stream(self, messages: list[Message], params: GenerationParams) -> tuple[Outcome, Iterator[str]]:
-        return self._stream(self._outcome(), self.backend, messages, params)
+        return self._stream(self._outcome(), self.role, messages, params)
 
 
 class RouterStrategy(_BackendStrategy):
     name = "router"
 
-    def _decide(self, messages: list[Message]) -> tuple[Outcome, Backend]:
+    def _decide(self, messages: list[Message]) -> Outcome:
         from routerops.backends.base import last_user_prompt
 
         d = self.ctx.router.decide(last_user_prompt(messages))
         backend = self.ctx.pair.by_role(d.role)
         return Outcome("router", backend.name, d.role, d.reason, p_strong_wins=d.p_strong_wins, alpha=d.alpha,
                        alpha_source=d.alpha_source, router_version=d.router_version, routing_ms=d.routing_ms,
-                       routing_cached=d.cached), backend
+                       routing_cached=d.cached)
 
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
-        out, backend = self._decide(messages)
-        return self._call(out, backend, messages, params)
+        out = self._decide(messages)
+        return self._call(out, out.role or "strong", messages, params)
 
     def stream(self, messages: list[Message], params: GenerationParams) -> tuple[Outcome, Iterator[str]]:
-        out, backend = self._decide(messages)
-        return self._stream(out, backend, messages, params)
+        out = self._decide(messages)
+        return self._stream(out, out.role or "strong", messages, params)
 
 
 class StrategyUnavailable(RuntimeError):

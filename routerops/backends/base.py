@@ -32,7 +32,18 @@ class Generation:
 
 
 class BackendError(RuntimeError):
-    """A backend could not answer (unreachable, timed out, no record for a prompt...)."""
+    """A backend could not answer (unreachable, timed out, no record for a prompt...).
+
+    `unavailable` marks the backend itself as down or overloaded (connection error, timeout, 5xx or
+    429 after retries, a broken stream): serving fails over and counts it against the backend's
+    circuit breaker. Other errors (a prompt with no record, a malformed answer) are per request.
+    `kind` is a short label for logs, reasons and metrics (ConnectError, HTTP 500, ...).
+    """
+
+    def __init__(self, message: str, *, unavailable: bool = False, kind: str = "error"):
+        super().__init__(message)
+        self.unavailable = unavailable
+        self.kind = kind
 
 
 @runtime_checkable

@@ -19,6 +19,7 @@ from routerops.backends.base import BackendError, Generation, GenerationParams, 
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+CLIENT_ERROR_STATUS = {400, 413, 422}  # the request's fault: no failover, no breaker count
 
 
 class OpenAIHTTPBackend:
@@ -68,25 +69,28 @@ class OpenAIHTTPBackend:
         time.sleep(delay)
 
     def _with_retries(self, send):  # noqa: ANN001, ANN202 - send() -> httpx.Response (open)
-        last: str = ""
+        last, kind, unavailable = "", "error", True
         for attempt in range(self.max_retries + 1):
             response = None
             try:
                 response = send()
             except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                last, kind = f"{type(exc).__name__}: {exc}", type(exc).__name__
             else:
                 if response.status_code < 400:
                     return response
                 response.read()
-                last = f"HTTP {response.status_code}: {response.text[:300]}"
+                last, kind = f"HTTP {response.status_code}: {response.text[:300]}", f"HTTP {response.status_code}"
                 response.close()
                 if response.status_code not in RETRY_STATUS:
+                    # 400/413/422 refuse this request; 401/403/404 mean this backend is misconfigured
+                    unavailable = response.status_code not in CLIENT_ERROR_STATUS
                     break
             if attempt < self.max_retries:
                 log.warning("%s: attempt %d failed (%s); retrying", self.base_url, attempt + 1, last)
                 self._sleep(attempt, response)
-        raise BackendError(f"{self.name} at {self.base_url} failed after {attempt + 1} attempt(s): {last}")
+        raise BackendError(f"{self.name} at {self.base_url} failed after {attempt + 1} attempt(s): {last}",
+                           unavailable=unavailable, kind=kind)
 
     def generate(self, messages: list[Message], params: GenerationParams) -> Generation:
         t0 = time.perf_counter()
@@ -119,24 +123,32 @@ class OpenAIHTTPBackend:
             return self.client.send(request, stream=True)
 
         response = self._with_retries(send)
+        finished = False  # [DONE] or a finish_reason: anything else is a truncated stream
         try:
             for line in response.iter_lines():
                 if not line.startswith("data:"):
                     continue  # blank separators, comments (": keep-alive"), event names
                 payload = line[5:].strip()
                 if payload == "[DONE]":
+                    finished = True
                     return
                 try:
                     chunk = json.loads(payload)
                 except ValueError:
                     raise BackendError(f"{self.name}: malformed SSE chunk: {payload[:200]!r}") from None
                 if "error" in chunk:
-                    raise BackendError(f"{self.name}: upstream error mid-stream: {chunk['error']}")
+                    raise BackendError(f"{self.name}: upstream error mid-stream: {chunk['error']}",
+                                       unavailable=True, kind="stream error")
                 for choice in chunk.get("choices") or []:
+                    finished = finished or bool(choice.get("finish_reason"))
                     delta = (choice.get("delta") or {}).get("content")
                     if delta:
                         yield delta
         except httpx.TransportError as exc:
-            raise BackendError(f"{self.name}: stream from {self.base_url} broke: {exc}") from None
+            raise BackendError(f"{self.name}: stream from {self.base_url} broke: {type(exc).__name__}: {exc}",
+                               unavailable=True, kind=type(exc).__name__) from None
         finally:
             response.close()
+        if not finished:
+            raise BackendError(f"{self.name}: stream from {self.base_url} ended without a finish_reason or [DONE]",
+                               unavailable=True, kind="truncated stream")

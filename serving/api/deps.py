@@ -12,6 +12,7 @@ from routerops.backends.factory import BackendPair
 from routerops.settings import Settings
 from serving.auth import Authenticator, AuthError, Principal
 from serving.errors import ApiError
+from serving.failover import Guard
 from serving.metrics import ServingMetrics
 from serving.routing import RouterState
 from serving.strategies import Strategy
@@ -27,6 +28,7 @@ class ServingState:
     metrics: ServingMetrics
     strategies: dict[str, Strategy]
     auth: Authenticator
+    guard: Guard | None = None  # failover and the backends' circuit breakers
 
 
 def get_state(request: Request) -> ServingState:

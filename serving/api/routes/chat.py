@@ -36,6 +36,7 @@ def _headers(info: RouterOpsInfo) -> dict[str, str]:
         "x-routerops-alpha-source": info.alpha_source or "",
         "x-routerops-cost-usd": f"{info.estimated_cost_usd:.8f}", "x-routerops-request-id": info.request_id,
         "x-routerops-router-version": info.router_version or "",
+        **({"x-routerops-failover": info.failover.reason} if info.failover else {}),
     }
 
 
@@ -45,7 +46,8 @@ def _info(out: Outcome, request_id: str) -> RouterOpsInfo:
                          router_version=out.router_version, estimated_cost_usd=round(out.cost_usd, 10),
                          request_id=request_id, reason=out.reason, escalated=out.escalated,
                          routing_latency_ms=None if out.routing_ms is None else round(out.routing_ms, 3),
-                         probe_score=out.probe_score, speculative=out.spec)
+                         probe_score=out.probe_score, speculative=out.spec,
+                         failover=out.extra.get("failover"))
 
 
 async def parse_chat(request: Request, state: ServingState) -> ChatCompletionRequest:
@@ -107,6 +109,14 @@ def log_entry(state: ServingState, out: Outcome, req: ChatCompletionRequest, mes
                     completion_tokens=out.completion_tokens, cost_usd=out.cost_usd,
                     api_key_name=principal.name, escalated=out.escalated, probe_score=out.probe_score,
                     spec=out.spec, extra=extra)
+
+
+async def _write_log(state: ServingState, entry: LogEntry) -> None:
+    """For a stream already ended with an error event: a failed write is logged, never raised into it."""
+    try:
+        await run_in_threadpool(write_entry, state.settings, entry)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("request log write for %s failed: %s", entry.request_id, exc)
 
 
 def observe(state: ServingState, out: Outcome, seconds: float) -> None:
@@ -175,10 +185,18 @@ async def chat_completions(request: Request, state: StateDep, principal: Princip
         except Exception as exc:  # noqa: BLE001 - headers are sent: report in-band, then end
             log.warning("stream %s failed: %s", request_id, exc)
             metrics.errors.labels("502").inc()
+            metrics.stream_errors.labels(out.model).inc()
             message = f"backend failed mid-stream: {exc}" if isinstance(exc, BackendError) else \
                 f"stream failed ({type(exc).__name__}); see the server log"
             yield f"data: {json.dumps(error_body(message, 'backend_error', None, 'backend_error'))}\n\n"
             yield "data: [DONE]\n\n"
+            # the row records what the client got: the partial text, cut by an error
+            if out.finalize is not None:
+                await run_in_threadpool(out.finalize, "".join(parts))
+            out.finish_reason = "error"
+            out.extra["stream_error"] = str(exc)[:500]
+            latency = (time.perf_counter() - t0) * 1000
+            await _write_log(state, log_entry(state, out, req, messages, request_id, latency, principal, True))
             return
         text = "".join(parts)
         if out.finalize is not None:

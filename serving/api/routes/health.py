@@ -20,15 +20,20 @@ router = APIRouter()
 async def healthz(state: StateDep) -> dict:
     router_state, pair = state.router_state, state.pair
     snap = router_state.snapshot
+    breakers = {role: {k: v for k, v in b.items() if k != "name"} for role, b in state.guard.snapshot().items()} \
+        if state.guard is not None else {}
     return {
-        "status": "degraded" if router_state.last_error else "ok",
+        "status": "degraded" if router_state.last_error or any(b["state"] != "closed" for b in breakers.values())
+        else "ok",
         "router_model": state.settings.router_model_name, "router_version": snap.version,
         "router_loaded_at": snap.loaded_at, "alpha": snap.alpha, "alpha_source": snap.alpha_source,
         "alpha_reason": snap.alpha_reason,
         "routing": "router" if snap.router is not None else "no champion router: routing to strong",
         "last_reload_error": router_state.last_error, "last_reload_check": router_state.last_check,
-        "backends": {role: {"name": b.name, "kind": type(b).__name__}
+        "backends": {role: {"name": b.name, "kind": type(b).__name__,
+                            **({"circuit": breakers[role]} if role in breakers else {})}
                      for role, b in (("weak", pair.weak), ("strong", pair.strong))},
+        "failover": state.settings.failover,
         "strategies": {name: s.unavailable() or "available" for name, s in state.strategies.items()},
     }
 
@@ -48,4 +53,6 @@ async def prometheus(state: StateDep, _principal: Principal = user) -> Response:
         state.metrics.set_alert_gauges(await run_in_threadpool(read_alerts))
     except Exception as exc:  # noqa: BLE001 - metrics must still render if the DB hiccups
         log.warning("could not read alert gauges: %s", exc)
+    if state.guard is not None:  # breakers change state inside requests; read them now
+        state.guard.refresh_metrics()
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

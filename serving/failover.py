@@ -1,0 +1,117 @@
+"""Failover between the two models of the pair, behind a circuit breaker per backend.
+
+`Guard.attempt(role, call)` runs call(backend) on the chosen role's backend; when that backend is
+unavailable (BackendError.unavailable: connection error, timeout, 5xx/429 after retries, a stream
+broken before its first token) or its circuit is open, and ROUTEROPS_FAILOVER=other, the other role's
+backend answers instead. Errors that are the request's fault (a 400, a prompt with no record) are
+raised as they are: the other model would refuse them too, and they say nothing about health.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from routerops.backends.base import Backend, BackendError
+from routerops.backends.factory import BackendPair
+from routerops.settings import Settings
+from serving.breaker import STATE_VALUE, BackendBreaker, CircuitOpen
+
+T = TypeVar("T")
+OTHER = {"weak": "strong", "strong": "weak"}
+
+
+@dataclass
+class FailedAttempt:
+    role: str
+    model: str
+    kind: str  # ConnectError, HTTP 500, circuit open, ...
+    detail: str
+    cost_usd: float = 0.0  # a failed upstream call returns no usage: nothing is known to be billed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"role": self.role, "model": self.model, "error": self.kind, "detail": self.detail[:500],
+                "cost_usd": self.cost_usd}
+
+
+@dataclass
+class Served:
+    role: str
+    backend: Backend
+    result: Any
+    failed: list[FailedAttempt] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str | None:
+        """"weak unavailable (ConnectError); served by strong", or None when the first choice answered."""
+        if not self.failed:
+            return None
+        first = self.failed[0]
+        return f"{first.role} unavailable ({first.kind}); served by {self.role}"
+
+
+class BackendsUnavailable(BackendError):
+    def __init__(self, failed: list[FailedAttempt]):
+        super().__init__("; ".join(f"{f.role} ({f.model}) unavailable: {f.detail}" for f in failed),
+                         unavailable=True, kind=failed[-1].kind)
+        self.failed = failed
+
+
+class Guard:
+    """Owns one breaker per role; reports failovers, skips and breaker states to the metrics."""
+
+    def __init__(self, settings: Settings, pair: BackendPair, metrics: Any = None):
+        self.settings, self.pair, self.metrics = settings, pair, metrics
+        self.breakers = {role: BackendBreaker(pair.by_role(role).name, settings.breaker_fail_max,
+                                              settings.breaker_reset_s, on_change=self._state_changed)
+                         for role in ("weak", "strong")}
+        for breaker in self.breakers.values():
+            self._state_changed(breaker.name, breaker.state)
+
+    def _state_changed(self, name: str, state: str) -> None:
+        if self.metrics is not None:
+            self.metrics.circuit_state.labels(name).set(STATE_VALUE.get(state, -1.0))
+
+    def refresh_metrics(self) -> None:
+        for breaker in self.breakers.values():
+            self._state_changed(breaker.name, breaker.state)
+
+    def order(self, role: str) -> list[str]:
+        return [role, OTHER[role]] if self.settings.failover == "other" else [role]
+
+    def attempt(self, role: str, call: Callable[[Backend], T]) -> Served:
+        failed: list[FailedAttempt] = []
+        for r in self.order(role):
+            backend, breaker = self.pair.by_role(r), self.breakers[r]
+            try:
+                probe = breaker.acquire()
+            except CircuitOpen as exc:
+                failed.append(FailedAttempt(r, backend.name, exc.kind, str(exc)))
+                if self.metrics is not None:
+                    self.metrics.circuit_skips.labels(backend.name).inc()
+                continue
+            try:
+                result = call(backend)
+            except BackendError as exc:
+                if not exc.unavailable:
+                    breaker.release(probe)
+                    raise
+                breaker.failure(probe, exc)
+                failed.append(FailedAttempt(r, backend.name, exc.kind, str(exc)))
+                continue
+            except BaseException:
+                breaker.release(probe)
+                raise
+            breaker.success(probe)
+            if failed and self.metrics is not None:
+                self.metrics.failovers.labels(failed[0].model, failed[0].kind).inc()
+            return Served(r, backend, result, failed)
+        raise BackendsUnavailable(failed)
+
+    def report(self, role: str, exc: BaseException) -> None:
+        """A failure after the call returned (a stream broken after its first token)."""
+        self.breakers[role].failure(False, exc)
+
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        return {role: {"name": b.name, **b.snapshot()} for role, b in self.breakers.items()}
