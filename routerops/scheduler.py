@@ -53,6 +53,7 @@ def default_jobs(settings: Settings) -> list[JobSpec]:
     return [
         JobSpec("retrain-router", "routerops.scheduler:retrain_router_job", "cron", cron),
         JobSpec("retrain-probes", "routerops.scheduler:retrain_probes_job", "cron", cron),
+        JobSpec("refit-cascade", "training.cascade_refit:refit_cascade_job", "cron", cron),
         JobSpec("monitor", "routerops.scheduler:monitor_job", "interval",
                 {"minutes": settings.monitor_interval_minutes}),
     ]

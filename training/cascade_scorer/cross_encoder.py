@@ -108,7 +108,7 @@ class CrossEncoderScorer:
                 opt.step()
                 sched.step()
                 opt.zero_grad()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 bar.update(1)
         bar.close()
         self.model.eval()

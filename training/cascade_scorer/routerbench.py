@@ -242,45 +242,51 @@ def ce_cache_key(data: RouterBenchData, models: Sequence[str], config: dict) -> 
     return h.hexdigest()[:16]
 
 
-def cross_encoder_logits(data: RouterBenchData, models: Sequence[str], *, examples: int, max_length: int,
-                         threads: int | None, cache_dir: Path | None, seed: int = 0, progress: bool = True,
-                         save_to: Path | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
-    """Fine-tune on up to `examples` (query, answer) pairs of part A over `models`, score part B and test.
-    Logits are cached (npz keyed by the configuration) so a rerun does not pay again."""
+def train_cross_encoder(split: Split, models: Sequence[str], *, examples: int, max_length: int,
+                        threads: int | None, seed: int = 0, progress: bool = True):  # noqa: ANN201
+    """Fine-tune on up to `examples` (query, model, answer) pairs drawn from `split` over `models`."""
     from training.cascade_scorer.cross_encoder import CrossEncoderScorer, TrainConfig
+
+    rng = np.random.default_rng(seed)
+    pairs = [(i, m) for i in range(split.n) for m in models]
+    pick = rng.choice(len(pairs), size=min(examples, len(pairs)), replace=False)
+    ce = CrossEncoderScorer.base(seed=seed)
+    stats = ce.fit([split.prompts[pairs[k][0]] for k in pick], [pairs[k][1] for k in pick],
+                   [split.answers[pairs[k][1]][pairs[k][0]] for k in pick],
+                   [split.correct[pairs[k][1]][pairs[k][0]] for k in pick],
+                   TrainConfig(max_length=max_length, seed=seed, threads=threads), progress=progress)
+    return ce, stats
+
+
+def score_split(ce, split: Split, models: Sequence[str], progress: bool = True) -> dict[str, np.ndarray]:  # noqa: ANN001
+    return {m: ce.logits(split.prompts, [m] * split.n, split.answers[m], progress=progress) for m in models}
+
+
+def cross_encoder_logits(data: RouterBenchData, models: Sequence[str], *, examples: int, max_length: int,
+                         threads: int | None, cache_dir: Path | None, seed: int = 0, progress: bool = True
+                         ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
+    """Fine-tune on part A, score part B and test. Logits are cached (npz keyed by the configuration)
+    so a rerun does not pay again."""
+    import time
 
     config = {"examples": examples, "max_length": max_length, "seed": seed}
     path = None
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         path = cache_dir / f"ce-{ce_cache_key(data, models, config)}.npz"
-        if path.is_file() and save_to is None:
+        if path.is_file():
             z = np.load(path, allow_pickle=False)
-            stats = json.loads(str(z["stats"]))
+            stats = json.loads(str(z["stats"])) | {"cached": True}
             return ({m: z[f"fit::{m}"] for m in models}, {m: z[f"test::{m}"] for m in models}, stats)
-    rng = np.random.default_rng(seed)
-    a = data.ce_train
-    pairs = [(i, m) for i in range(a.n) for m in models]
-    pick = rng.choice(len(pairs), size=min(examples, len(pairs)), replace=False)
-    q = [a.prompts[pairs[k][0]] for k in pick]
-    mm = [pairs[k][1] for k in pick]
-    ans = [a.answers[pairs[k][1]][pairs[k][0]] for k in pick]
-    y = [a.correct[pairs[k][1]][pairs[k][0]] for k in pick]
-    ce = CrossEncoderScorer.base(seed=seed)
-    stats = ce.fit(q, mm, ans, y, TrainConfig(max_length=max_length, seed=seed, threads=threads), progress=progress)
-    import time
-
+    ce, stats = train_cross_encoder(data.ce_train, models, examples=examples, max_length=max_length,
+                                    threads=threads, seed=seed, progress=progress)
     t0 = time.perf_counter()
-    fit_l = {m: ce.logits(data.fit.prompts, [m] * data.fit.n, data.fit.answers[m], progress=progress) for m in models}
-    test_l = {m: ce.logits(data.test.prompts, [m] * data.test.n, data.test.answers[m], progress=progress)
-              for m in models}
+    fit_l, test_l = score_split(ce, data.fit, models, progress), score_split(ce, data.test, models, progress)
     stats["score_seconds"] = time.perf_counter() - t0
     stats["scored_pairs"] = (data.fit.n + data.test.n) * len(models)
     if path is not None:
         np.savez(path, stats=json.dumps(stats), **{f"fit::{m}": v for m, v in fit_l.items()},
                  **{f"test::{m}": v for m, v in test_l.items()})
-    if save_to is not None:
-        ce.save(save_to)
     return fit_l, test_l, stats
 
 
