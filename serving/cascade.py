@@ -74,8 +74,8 @@ class CascadeConfigError(ValueError):
 
 
 def _scorer_for(probe_scorer: ProbeScorer | Sequence[ProbeScorer], step: int) -> ProbeScorer:
-    if callable(probe_scorer):
-        return probe_scorer
+    if callable(probe_scorer) or hasattr(probe_scorer, "score_step"):
+        return probe_scorer  # type: ignore[return-value]
     scorers = list(probe_scorer)
     if step >= len(scorers):
         raise CascadeConfigError(f"no probe scorer for step {step} ({len(scorers)} given)")
