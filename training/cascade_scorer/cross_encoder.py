@@ -53,8 +53,10 @@ class CrossEncoderScorer:
         self.meta = dict(meta or {})
 
     @classmethod
-    def base(cls, path: str | Path | None = None, max_length: int = 256, seed: int = 0) -> CrossEncoderScorer:
-        """The untrained encoder with a fresh head (from the shipped MiniLM unless `path` is given)."""
+    def base(cls, path: str | Path | None = None, max_length: int = 256, seed: int = 0,
+             layers: int | None = None) -> CrossEncoderScorer:
+        """The untrained encoder with a fresh head (from the shipped MiniLM unless `path` is given);
+        `layers` keeps only the first N transformer layers (a cheaper encoder on a busy CPU)."""
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -64,7 +66,13 @@ class CrossEncoderScorer:
         torch.manual_seed(seed)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-        return cls(model, tokenizer, max_length, {"base": Path(path).name})
+        if layers is not None:
+            encoder = model.base_model.encoder
+            if not 1 <= layers <= len(encoder.layer):
+                raise ValueError(f"layers must be in 1..{len(encoder.layer)}, got {layers}")
+            encoder.layer = encoder.layer[:layers]
+            model.config.num_hidden_layers = layers
+        return cls(model, tokenizer, max_length, {"base": Path(path).name, "layers": model.config.num_hidden_layers})
 
     def _batch(self, queries: Sequence[str], models: Sequence[str], answers: Sequence[str]):  # noqa: ANN202
         pairs = [pair_text(q, m, a) for q, m, a in zip(queries, models, answers, strict=True)]
