@@ -43,12 +43,17 @@ def _split_table(df, train_frac: float, seed: int):  # noqa: ANN001, ANN202
 @click.option("--max-length", type=click.IntRange(1, 4), default=3, show_default=True)
 @click.option("--grid-size", type=click.IntRange(2, 201), default=21, show_default=True)
 @click.option("--probe-uri", default=None, help="Probe serving should score with (stored in the config).")
+@click.option("--scorer-uri", default=None,
+              help="Ladder-aware cascade scorer serving should use instead (e.g. models:/cascade-scorer@champion).")
+@click.option("--explore-rate", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Share of requests that run the whole ladder, so `routerops cascade refit` learns from them.")
 @click.option("--train-frac", type=click.FloatRange(0.05, 0.95), default=0.5, show_default=True)
 @click.option("--seed", type=int, default=0)
 @click.option("--dry-run", is_flag=True, help="Print the result without storing it.")
 def calibrate(table_path: Path | None, routerbench: Path | None, datasets: str, models: str | None,
               budget: float | None, quality_target: float | None, match_model: str | None, max_length: int,
-              grid_size: int, probe_uri: str | None, train_frac: float, seed: int, dry_run: bool) -> None:
+              grid_size: int, probe_uri: str | None, scorer_uri: str | None, explore_rate: float, train_frac: float,
+              seed: int, dry_run: bool) -> None:
     """Choose the ladder (order) and thresholds on a training split, report them on a test split, and
     store them for the `cascade` serving strategy."""
     import pandas as pd
@@ -101,8 +106,8 @@ def calibrate(table_path: Path | None, routerbench: Path | None, datasets: str, 
     if test is not None and test.n:
         expected["test_quality"], expected["test_cost"] = simulate(test, plan.models, plan.thresholds)
     config = CascadeConfig(
-        models=list(plan.models), thresholds=list(plan.thresholds), probe_uri=probe_uri,
-        objective="max_quality_under_budget" if budget is not None else "min_cost_at_quality",
+        models=list(plan.models), thresholds=list(plan.thresholds), probe_uri=probe_uri, scorer_uri=scorer_uri,
+        explore_rate=explore_rate, objective="max_quality_under_budget" if budget is not None else "min_cost_at_quality",
         budget=budget, quality_target=quality_target, expected=expected, source=source)
     click.echo(f"cascade: {plan.describe()}")
     click.echo(json.dumps({k: round(v, 6) for k, v in expected.items()}))

@@ -246,6 +246,9 @@ class CascadeStrategy(Strategy):
                     from training.cascade_scorer.registry import load_cascade_scorer
 
                     probe = load_cascade_scorer(uri, settings)
+                    if len(probe.models) != len(config.models):
+                        raise ValueError(f"the scorer was trained for the ladder {probe.models}, "
+                                         f"the config names {config.models}")
                 else:
                     from training.probes.model import load_probe
 
