@@ -342,7 +342,7 @@ class RouterOpsScheduler:
 
 
 @click.command("scheduler")
-@click.option("--once", "once", default=None, help="Run one job now (retrain-router, retrain-probes, monitor) and exit.")
+@click.option("--once", "once", default=None, help="Run one job now (retrain-router, retrain-probes, refit-cascade, monitor) and exit.")
 @click.option("--list", "list_jobs", is_flag=True, help="List the configured jobs and exit.")
 def scheduler_command(once: str | None, list_jobs: bool) -> None:
     """Run the scheduled loop (one leader among all started instances); SIGTERM stops it cleanly."""
