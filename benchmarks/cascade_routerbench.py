@@ -1,49 +1,259 @@
-"""RouterBench cascade figures: FrugalGPT-style cascades (text-probe scorer) vs every single model.
+"""RouterBench cascade figures (issue 14): the cost-accuracy Pareto curve of cascades scored by the
+agreement / cross-encoder rung scorers, next to every single model, the all-GPT-4 point and the
+oracle cascade (a perfect scorer on the same ladders); one plot logged to MLflow.
 
-    python benchmarks/cascade_routerbench.py [--data ../shared/data/routerbench] [--no-mlflow]
+    nice -n 10 python benchmarks/cascade_routerbench.py [--data ../shared/data/routerbench] [--no-mlflow]
+        [--no-cross-encoder] [--ce-models m1,m2] [--ce-examples 480] [--ce-max-length 128] [--threads 1]
 
-Embeds prompts and responses once with MiniLM (cached as .npy under $ROUTEROPS_DATA_DIR/cascade_eval),
-trains one text probe per model on the train split, calibrates cascades on train, replays them on test,
-prints the cost to match gpt-4-1106-preview, accuracy at budgets, the Pareto points, and logs the
-Pareto plot to MLflow.
+Protocol: RouterBench train is cut in two (seeded): part A fine-tunes the cross-encoder, part B fits
+the per-rung combiners and picks the ladder and thresholds; test is only replayed. Cost ratios are
+test mean cost over GPT-4's test mean cost, for the plan chosen on train for "train accuracy >=
+GPT-4's train accuracy" (and 98% of it). The last line is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import os
+import sys
+import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_CE_MODELS = "mistralai/mixtral-8x7b-chat,zero-one-ai/Yi-34B-Chat,gpt-3.5-turbo-1106"
 
 
-def main() -> None:
+def short(m: str) -> str:
+    return m.rsplit("/", 1)[-1]
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out, best = [], -1.0
+    for c, q in sorted(points):
+        if q > best + 1e-12:
+            out.append((c, q))
+            best = q
+    return out
+
+
+def plot(path: Path, singles: dict, cascade: list, oracle: list, gpt4: tuple[float, float]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    for m, (q, c) in singles.items():
+        ax.scatter(c, q, s=22, color="grey")
+        ax.annotate(short(m)[:18], (c, q), fontsize=6, alpha=0.8)
+    ax.scatter(gpt4[1], gpt4[0], s=90, marker="*", color="C3", label="all GPT-4", zorder=5)
+    if cascade:
+        ax.plot([p[0] for p in cascade], [p[1] for p in cascade], "o-", color="C0", label="cascade, learned scorer (test)")
+    if oracle:
+        ax.plot([p[0] for p in oracle], [p[1] for p in oracle], "s--", color="C2", alpha=0.7,
+                label="oracle cascade: perfect scorer (test)")
+    ax.axhline(gpt4[0], color="C3", lw=0.8, ls=":")
+    ax.axhline(0.98 * gpt4[0], color="C3", lw=0.8, ls="-.", alpha=0.6, label="98% of GPT-4 accuracy")
+    ax.set_xscale("log")
+    ax.set_xlabel("mean cost per query (USD, log)")
+    ax.set_ylabel("accuracy (RouterBench test, pooled)")
+    ax.set_title("RouterBench: cascades vs single models (thresholds fit on train)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:  # noqa: PLR0915 - one linear report
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "routerbench")
+    shared = Path(os.environ.get("ROUTEROPS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    parser.add_argument("--data", type=Path, default=shared / "routerbench")
     parser.add_argument("--datasets", default="arc_challenge,mbpp,winograde")
     parser.add_argument("--no-mlflow", action="store_true")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (1 is much faster on a machine shared with other jobs)")
+    parser.add_argument("--no-cross-encoder", action="store_true")
+    parser.add_argument("--ce-models", default=DEFAULT_CE_MODELS,
+                        help="models whose answers the cross-encoder scores (CPU time grows with each)")
+    parser.add_argument("--ce-examples", type=int, default=480)
+    parser.add_argument("--ce-max-length", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--max-length", type=int, default=4, help="longest ladder")
+    parser.add_argument("--grid-size", type=int, default=21)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from routerops.settings import get_settings
-    from training.cascade_eval import format_report, run_routerbench_eval
+    from training.cascade_eval import GPT4
+    from training.cascade_scorer.routerbench import (
+        SignalCache,
+        candidate_ladders,
+        choose,
+        cross_encoder_logits,
+        fit_ladder,
+        load_data,
+        rung_report,
+    )
 
+    settings = get_settings()
     t0 = time.perf_counter()
-    evals, _scored, run_id = run_routerbench_eval(args.data, get_settings(), datasets=args.datasets.split(","),
-                                                  log_mlflow=not args.no_mlflow)
-    print(format_report(evals))
-    print(f"total {time.perf_counter() - t0:.1f}s" + (f"; MLflow run {run_id}" if run_id else ""))
+    data = load_data(args.data, args.datasets.split(","), seed=args.seed)
+    fit_c, test_c = SignalCache(data.fit), SignalCache(data.test)
+    mean_cost = {m: float(data.fit.cost[m].mean()) for m in data.models}
+    ladders = candidate_ladders(data.models, mean_cost, args.max_length)
+    print(f"RouterBench: CE part A {data.ce_train.n}, fit part B {data.fit.n}, test {data.test.n} queries; "
+          f"{len(data.models)} models, {len(ladders)} ladders")
+    fits = [fit_ladder(lad, fit_c, test_c, grid_size=args.grid_size) for lad in ladders]
+    oracle_fits = [fit_ladder(lad, fit_c, test_c, scorer="oracle") for lad in ladders]
+    ce_stats = None
+    if not args.no_cross_encoder:
+        ce_models = [m.strip() for m in args.ce_models.split(",") if m.strip()]
+        ce_fit, ce_test, ce_stats = cross_encoder_logits(
+            data, ce_models, examples=args.ce_examples, max_length=args.ce_max_length, threads=args.threads,
+            cache_dir=settings.data_dir / "cascade_eval" / "cross_encoder", seed=args.seed)
+        print(f"cross-encoder: {ce_stats['train_examples']} pairs, 1 epoch, max_length {ce_stats['max_length']}, "
+              f"{ce_stats['threads']} thread(s): trained in {ce_stats['train_seconds']:.0f}s, scored "
+              f"{ce_stats.get('scored_pairs', '?')} pairs in {ce_stats.get('score_seconds', float('nan')):.0f}s"
+              + (" (cached logits)" if ce_stats.get("cached") else ""))
+        ce_ladders = [lad for lad in ladders if set(lad[:-1]) <= set(ce_models)]
+        fits += [fit_ladder(lad, fit_c, test_c, scorer="signals+ce", ce_fit=ce_fit, ce_test=ce_test,
+                            grid_size=args.grid_size) for lad in ce_ladders]
+    by_key = {(f.ladder, f.scorer): f for f in fits + oracle_fits}
+
+    singles = {m: (float(data.test.correct[m].mean()), float(data.test.cost[m].mean())) for m in data.models}
+    g_acc, g_cost = singles[GPT4]
+    g_train = float(data.fit.correct[GPT4].mean())
+    print(f"\nall GPT-4: test accuracy {g_acc:.4f} at ${g_cost:.6f}/query (train part B accuracy {g_train:.4f})")
+    for m, (q, c) in sorted(singles.items(), key=lambda kv: kv[1][1]):
+        print(f"  single {short(m):<28} acc {q:.4f}  cost {c / g_cost:6.1%} of GPT-4")
+
+    results: dict[str, dict] = {}
+    for name, frac in (("gpt4", 1.0), ("98pct", 0.98)):
+        target = frac * g_train
+        ch = choose(fits, quality_target=target)
+        och = choose(oracle_fits, quality_target=target)
+        same_ladder_oracle = choose([by_key[(ch.ladder, "oracle")]], quality_target=target) if ch else None
+        results[name] = {"choice": ch, "oracle": och, "same_ladder_oracle": same_ladder_oracle}
+        print(f"\n== target: train accuracy >= {target:.4f} ({frac:.0%} of GPT-4's) ==")
+        if ch is None:
+            print("  no cascade reaches it on train")
+            continue
+        print(f"  learned scorer ({ch.scorer}): {ch.describe()}")
+        print(f"    train acc {ch.train_quality:.4f} at {ch.train_cost / data.fit.cost[GPT4].mean():.1%}; "
+              f"TEST acc {ch.test_quality:.4f} (GPT-4 {g_acc:.4f}) at {ch.test_cost / g_cost:.1%} of GPT-4's cost")
+        print(f"  oracle cascade: {och.describe()}: test acc {och.test_quality:.4f} at {och.test_cost / g_cost:.1%}")
+        if same_ladder_oracle:
+            print(f"  same ladder, perfect scorer: test acc {same_ladder_oracle.test_quality:.4f} at "
+                  f"{same_ladder_oracle.test_cost / g_cost:.1%}")
+        fit = by_key[(ch.ladder, ch.scorer)]
+        rep = rung_report(fit, data.test.tasks)
+        results[name]["rungs"] = rep
+        print("  per rung (all test queries): AUROC / ECE, and per task AUROC")
+        for m, r in rep.items():
+            per_task = ", ".join(f"{t} {v['auroc']:.3f} (acc {v['correct_rate']:.2f})" for t, v in r["per_task"].items())
+            print(f"    {short(m):<24} AUROC {r['auroc']:.3f}  ECE {r['ece']:.3f}  | {per_task}")
+        # where the money goes, per task: the cascade's test accuracy and cost against GPT-4's
+        print("  per task (test): cascade acc vs GPT-4, cost share, share answered by each rung")
+        for t in sorted(set(data.test.tasks)):
+            sel = data.test.tasks == t
+            idx = np.flatnonzero(sel)
+            sub = fit.test_table.subset(idx)
+            q, c = _replay(sub, ch.ladder, ch.thresholds)
+            shares = _answered_shares(sub, ch.ladder, ch.thresholds)
+            print(f"    {t:<14} acc {q:.3f} vs {data.test.correct[GPT4][sel].mean():.3f}  cost "
+                  f"{c / data.test.cost[GPT4][sel].mean():6.1%}  answered by: "
+                  + ", ".join(f"{short(m)} {s:.0%}" for m, s in zip(ch.ladder, shares, strict=True)))
+
+    budgets = np.geomspace(min(c for _, c in singles.values()), g_cost * 1.05, 24)
+    curve, ocurve = [], []
+    for b in budgets:
+        ch = choose(fits, budget=float(b))
+        if ch:
+            curve.append((ch.test_cost, ch.test_quality, ch.describe()))
+        och = choose(oracle_fits, budget=float(b))
+        if och:
+            ocurve.append((och.test_cost, och.test_quality, och.describe()))
+    print("\nPareto curve (plans chosen on train at budgets; test cost as share of GPT-4 -> test accuracy):")
+    seen = set()
+    for c, q, desc in sorted(curve):
+        if desc in seen:
+            continue
+        seen.add(desc)
+        print(f"  {c / g_cost:6.1%} -> {q:.4f}   {desc}")
+    front = pareto_front([(c, q) for c, q, _ in curve])
+    ofront = pareto_front([(c, q) for c, q, _ in ocurve])
+    reach = [c for c, q in front if q >= g_acc - 1e-12]
+    reach98 = [c for c, q in front if q >= 0.98 * g_acc - 1e-12]
+    print(f"test-curve reading (not a train-fit choice): cheapest point with test acc >= GPT-4's: "
+          f"{(min(reach) / g_cost if reach else float('nan')):.1%}; >= 98%: "
+          f"{(min(reach98) / g_cost if reach98 else float('nan')):.1%}")
+
+    auroc_by_rung = {}
+    gp = results["gpt4"].get("rungs") or {}
+    for i, (m, r) in enumerate(gp.items()):
+        auroc_by_rung[f"{i}:{short(m)}"] = round(r["auroc"], 4)
+
+    def ratio(key: str, which: str = "choice") -> float | None:
+        ch = results[key].get(which)
+        return None if ch is None else round(ch.test_cost / g_cost, 4)
+
+    summary = {
+        "cost_ratio_at_gpt4_accuracy": ratio("gpt4"),
+        "cost_ratio_at_98pct_gpt4_accuracy": ratio("98pct"),
+        "auroc_by_rung": auroc_by_rung,
+        "test_accuracy_at_gpt4_target": round(results["gpt4"]["choice"].test_quality, 4) if results["gpt4"]["choice"] else None,
+        "test_accuracy_at_98pct_target": round(results["98pct"]["choice"].test_quality, 4) if results["98pct"]["choice"] else None,
+        "gpt4_test_accuracy": round(g_acc, 4),
+        "oracle_cost_ratio_at_gpt4_accuracy": ratio("gpt4", "oracle"),
+        "ladder_at_gpt4_accuracy": results["gpt4"]["choice"].describe() if results["gpt4"]["choice"] else None,
+        "cross_encoder_train_seconds": round(ce_stats["train_seconds"], 1) if ce_stats else None,
+    }
+    if not args.no_mlflow:
+        import mlflow
+
+        from routerops import registry
+
+        registry.configure_mlflow(settings)
+        with mlflow.start_run(run_name="cascade-routerbench-scorers") as run, tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_params({"ce_models": args.ce_models if not args.no_cross_encoder else "none",
+                               "ce_examples": args.ce_examples, "ce_max_length": args.ce_max_length,
+                               "max_length": args.max_length, "seed": args.seed})
+            mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int | float) and v is not None
+                                and math.isfinite(float(v))}
+                               | {f"auroc_rung{k.split(':')[0]}": v for k, v in auroc_by_rung.items()})
+            mlflow.log_artifact(str(plot(Path(tmp) / "cascade_pareto.png", singles, front, ofront, (g_acc, g_cost))),
+                                "plots")
+            mlflow.log_text(json.dumps(summary, indent=1), "summary.json")
+            print(f"MLflow run {run.info.run_id} (plots/cascade_pareto.png)")
+    print(f"total {time.perf_counter() - t0:.0f}s")
+    print(json.dumps(summary))
+
+
+def _replay(table, ladder, thresholds) -> tuple[float, float]:  # noqa: ANN001
+    from training.cascade_eval import simulate
+
+    return simulate(table, ladder, thresholds)
+
+
+def _answered_shares(table, ladder, thresholds) -> list[float]:  # noqa: ANN001
+    undecided = np.ones(table.n, dtype=bool)
+    shares = []
+    for i, m in enumerate(ladder):
+        accept = undecided if i == len(ladder) - 1 else undecided & (table.score[m] >= thresholds[i])
+        shares.append(float(accept.mean()))
+        undecided &= ~accept
+    return shares
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ LAZY_TRAIN_COMMANDS: dict[str, str] = {
     "router": "training.cli:train_router",
     "probe": "training.probes.cli:train_probe",
     "exit-head": "serving.speculative.cli:train_exit_head",
+    "cascade-scorer": "training.cascade_scorer.cli:train_cascade_scorer",
 }
 
 

@@ -53,6 +53,7 @@ def default_jobs(settings: Settings) -> list[JobSpec]:
     return [
         JobSpec("retrain-router", "orchestration.scheduler:retrain_router_job", "cron", cron),
         JobSpec("retrain-probes", "orchestration.scheduler:retrain_probes_job", "cron", cron),
+        JobSpec("refit-cascade", "training.cascade_refit:refit_cascade_job", "cron", cron),
         JobSpec("monitor", "orchestration.scheduler:monitor_job", "interval",
                 {"minutes": settings.monitor_interval_minutes}),
     ]
@@ -345,7 +346,7 @@ class RouterOpsScheduler:
 
 
 @click.command("scheduler")
-@click.option("--once", "once", default=None, help="Run one job now (retrain-router, retrain-probes, monitor) and exit.")
+@click.option("--once", "once", default=None, help="Run one job now (retrain-router, retrain-probes, refit-cascade, monitor) and exit.")
 @click.option("--list", "list_jobs", is_flag=True, help="List the configured jobs and exit.")
 def scheduler_command(once: str | None, list_jobs: bool) -> None:
     """Run the scheduled loop (one leader among all started instances); SIGTERM stops it cleanly."""

@@ -14,7 +14,11 @@ Interface for the API (the `cascade` strategy)::
 Rule: at step i (all but the last), the probe gives P(answer good) for that step's answer; the answer
 is returned iff P >= thresholds[i], otherwise the next step generates. The last step's answer is
 always returned. `probe_scorer` is any callable (messages, Generation) -> float; pass a list (one per
-non-final step) when the steps need different probes. Backends are anything implementing
+non-final step) when the steps need different probes. A scorer with a `score_step(step, messages,
+generations)` method (training.cascade_scorer's CascadeScorer) is called that way instead, so it sees
+the earlier rungs' answers (agreement signals). With explore=True every rung generates (the logged
+steps then give threshold refits every rung's outcome) while the answer returned is still the one
+the thresholds pick. Backends are anything implementing
 routerops.backends.base.Backend; nothing here touches the network or the database by itself except
 load/save_cascade_config, which use the session they are given.
 """
@@ -57,10 +61,12 @@ class CascadeResult:
     generations: list[Generation]
     scores: list[float | None]  # per generated step; None for the last step (never scored)
     cost: float  # USD over every generation made
+    answered_step: int = -1  # index of the generation returned (explore runs generate past it)
+    explored: bool = False
 
     @property
     def generation(self) -> Generation:
-        return self.generations[-1]
+        return self.generations[self.answered_step]
 
 
 class CascadeConfigError(ValueError):
@@ -68,16 +74,24 @@ class CascadeConfigError(ValueError):
 
 
 def _scorer_for(probe_scorer: ProbeScorer | Sequence[ProbeScorer], step: int) -> ProbeScorer:
-    if callable(probe_scorer):
-        return probe_scorer
+    if callable(probe_scorer) or hasattr(probe_scorer, "score_step"):
+        return probe_scorer  # type: ignore[return-value]
     scorers = list(probe_scorer)
     if step >= len(scorers):
         raise CascadeConfigError(f"no probe scorer for step {step} ({len(scorers)} given)")
     return scorers[step]
 
 
+def _score(scorer: ProbeScorer, step: int, messages: Sequence[Message], generations: list[Generation]) -> float:
+    score_step = getattr(scorer, "score_step", None)
+    if score_step is not None:
+        return float(score_step(step, messages, generations))
+    return float(scorer(messages, generations[-1]))
+
+
 def run_cascade(messages: Sequence[Message], params: GenerationParams, ladder: Sequence[CascadeStep],
-                probe_scorer: ProbeScorer | Sequence[ProbeScorer], thresholds: Sequence[float]) -> CascadeResult:
+                probe_scorer: ProbeScorer | Sequence[ProbeScorer], thresholds: Sequence[float],
+                explore: bool = False) -> CascadeResult:
     """Run the ladder on one request (see the module docstring). Backend errors propagate."""
     if not ladder:
         raise CascadeConfigError("the cascade ladder is empty")
@@ -89,6 +103,7 @@ def run_cascade(messages: Sequence[Message], params: GenerationParams, ladder: S
     cost = 0.0
     last_score: float | None = None
     last_threshold: float | None = None
+    answered: int | None = None
     for i, step in enumerate(ladder):
         gen = step.backend.generate(list(messages), params)
         generations.append(gen)
@@ -96,16 +111,21 @@ def run_cascade(messages: Sequence[Message], params: GenerationParams, ladder: S
         if i == len(ladder) - 1:
             scores.append(None)
             break
-        score = float(_scorer_for(probe_scorer, i)(messages, gen))
+        score = _score(_scorer_for(probe_scorer, i), i, messages, generations)
         if math.isnan(score):
             raise ValueError(f"probe returned NaN for {step.name}'s answer")
         scores.append(score)
-        last_score, last_threshold = score, float(thresholds[i])
-        if score >= thresholds[i]:
-            break
-    return CascadeResult(text=generations[-1].text, answered_by=ladder[len(generations) - 1].name,
-                         escalated=len(generations) > 1, probe_score=last_score, threshold=last_threshold,
-                         generations=generations, scores=scores, cost=cost)
+        if answered is None:
+            last_score, last_threshold = score, float(thresholds[i])
+            if score >= thresholds[i]:
+                answered = i
+                if not explore:
+                    break
+    answered = len(generations) - 1 if answered is None else answered
+    return CascadeResult(text=generations[answered].text, answered_by=ladder[answered].name,
+                         escalated=answered > 0, probe_score=last_score, threshold=last_threshold,
+                         generations=generations, scores=scores, cost=cost, answered_step=answered,
+                         explored=explore and len(generations) == len(ladder))
 
 
 @dataclass
@@ -116,6 +136,8 @@ class CascadeConfig:
     models: list[str]
     thresholds: list[float]
     probe_uri: str | None = None
+    scorer_uri: str | None = None  # a registered cascade scorer (ladder-aware); wins over probe_uri
+    explore_rate: float = 0.0  # share of requests that run the whole ladder (outcomes for refits)
     objective: str = "manual"  # "max_quality_under_budget" | "min_cost_at_quality" | "manual"
     budget: float | None = None  # USD per query
     quality_target: float | None = None
@@ -129,6 +151,8 @@ class CascadeConfig:
         if len(self.thresholds) != len(self.models) - 1:
             raise CascadeConfigError(f"{len(self.models)} models need {len(self.models) - 1} thresholds, "
                                      f"got {len(self.thresholds)}")
+        if not 0.0 <= float(self.explore_rate) <= 1.0:
+            raise CascadeConfigError(f"explore_rate {self.explore_rate} is not in [0, 1]")
         for t in self.thresholds:
             if not (0.0 <= float(t) <= 1.0 + 1e-5) and not math.isinf(t):
                 raise CascadeConfigError(f"threshold {t} is not a probability in [0, 1]")

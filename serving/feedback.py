@@ -76,6 +76,13 @@ def record_feedback(settings: Settings, fb: FeedbackRequest, who: str) -> Feedba
         })
         row.extra = extra
         flag_modified(row, "extra")
+        if fb.thumbs is not None and row.strategy == "cascade":  # the outcome of the answer returned
+            from serving.cascade_log import LabelError, label_steps
+
+            try:
+                label_steps(session, row.id, 1.0 if fb.thumbs == "up" else 0.0, source=f"feedback:{who}")
+            except LabelError:  # logged before cascade steps were recorded
+                pass
         if pref is not None:
             return FeedbackResult(row.id, pref.id, "preference",
                                   f"preference row {pref.id}: {pref.model_a} vs {pref.model_b}, winner {pref.winner}")

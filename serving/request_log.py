@@ -69,7 +69,13 @@ class LogEntry:
 def write_entry(settings: Settings, entry: LogEntry) -> None:
     """Blocking: run in a threadpool."""
     spec = entry.spec or {}
+    extra = dict(entry.extra)
+    steps = extra.pop("cascade_steps", None)
     with session_scope(settings) as session:
+        if steps:
+            from serving.cascade_log import write_steps
+
+            write_steps(session, entry.request_id, extra.get("cascade_models") or [s["model"] for s in steps], steps)
         session.add(RequestLog(
             id=entry.request_id, prompt_hash=prompt_hash(entry.prompt),
             prompt=entry.prompt if settings.store_prompts else None, completion=entry.completion,
@@ -79,5 +85,5 @@ def write_entry(settings: Settings, entry: LogEntry) -> None:
             prompt_tokens=entry.prompt_tokens, completion_tokens=entry.completion_tokens, cost_usd=entry.cost_usd,
             escalated=entry.escalated, probe_score=entry.probe_score,
             spec_acceptance_rate=spec.get("acceptance_rate"), spec_tokens_per_pass=spec.get("tokens_per_target_pass"),
-            spec_speedup=spec.get("speedup"), api_key_name=entry.api_key_name, extra=entry.extra,
+            spec_speedup=spec.get("speedup"), api_key_name=entry.api_key_name, extra=extra,
         ))

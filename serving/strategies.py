@@ -8,6 +8,7 @@ whose parts are missing reports why through `unavailable()`, and the API answers
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -284,11 +285,19 @@ class CascadeStrategy(Strategy):
                 p_in, p_out = self.ctx.prices.by_role[role]
                 ladder.append(CascadeStep(self.ctx.pair.by_role(role), p_in, p_out))
                 roles.append(role)
-            uri = config.probe_uri or f"models:/{settings.probe_model_name}@champion"
+            uri = config.scorer_uri or config.probe_uri or f"models:/{settings.probe_model_name}@champion"
             try:
-                from training.probes.model import load_probe
+                if config.scorer_uri:
+                    from training.cascade_scorer.registry import load_cascade_scorer
 
-                probe = load_probe(uri, settings)
+                    probe = load_cascade_scorer(uri, settings)
+                    if len(probe.models) != len(config.models):
+                        raise ValueError(f"the scorer was trained for the ladder {probe.models}, "
+                                         f"the config names {config.models}")
+                else:
+                    from training.probes.model import load_probe
+
+                    probe = load_probe(uri, settings)
             except Exception as exc:  # noqa: BLE001 - no probe: the cascade cannot decide
                 raise StrategyUnavailable(f"deferral probe {uri} not loadable: {str(exc)[:300]}") from None
             value = (config, ladder, probe, roles)
@@ -297,10 +306,12 @@ class CascadeStrategy(Strategy):
 
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
         from serving.cascade import run_cascade
+        from serving.cascade_log import StepRecord
 
         config, ladder, probe, roles = self._load()
-        res = run_cascade(messages, params, ladder, probe, config.thresholds)
-        role, gen = roles[len(res.generations) - 1], res.generations[-1]
+        explore = config.explore_rate > 0 and random.random() < config.explore_rate
+        res = run_cascade(messages, params, ladder, probe, config.thresholds, explore=explore)
+        role, gen = roles[res.answered_step], res.generation
         score, threshold = res.probe_score, res.threshold
         if score is None:
             reason = f"single-step cascade: {res.answered_by}"
@@ -314,6 +325,14 @@ class CascadeStrategy(Strategy):
                       cost_usd=res.cost, escalated=res.escalated, probe_score=score)
         out.extra.update(threshold=threshold, cascade_models=[s.name for s in ladder], cascade_scores=res.scores,
                          probe_version=getattr(probe, "version", None))
+        # one cascade_steps row per rung (serving.request_log writes them beside the request log row)
+        out.extra["cascade_steps"] = [
+            StepRecord(step=i, model=ladder[i].name, score=res.scores[i],
+                       threshold=float(config.thresholds[i]) if i < len(config.thresholds) else None,
+                       accepted=i == res.answered_step, cost_usd=ladder[i].cost(g), prompt_tokens=g.prompt_tokens,
+                       completion_tokens=g.completion_tokens, explored=res.explored,
+                       scorer_version=getattr(probe, "version", None)).to_dict()
+            for i, g in enumerate(res.generations)]
         snap = self.ctx.router.snapshot
         out.alpha, out.router_version = snap.alpha, snap.version
         return out

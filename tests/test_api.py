@@ -368,6 +368,23 @@ def test_cascade_escalates_exactly_when_the_probe_doubts(api, tmp_path: Path) ->
     rate = next(float(line.split()[1]) for line in metrics.splitlines()
                 if line.startswith("routerops_cascade_escalation_rate "))
     assert rate == pytest.approx((escalations + bool(scores[0] < threshold)) / (len(prompts) + 1))
+    # every rung each request ran is logged in cascade_steps (threshold refits read them)
+    from sqlalchemy import select
+
+    from routerops.db.models import CascadeStepLog
+
+    n_steps = len(prompts) + escalations + 1 + bool(scores[0] < threshold)
+    deadline = time.monotonic() + 10
+    while True:
+        with session_scope(settings) as session:
+            rows = session.scalars(select(CascadeStepLog)).all()
+            steps = [(r.request_id, r.step, r.model, r.accepted, r.score) for r in rows]
+        if len(steps) >= n_steps or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(steps) == n_steps and len({s[0] for s in steps}) == len(prompts) + 1
+    assert all((m == WEAK) is (step == 0) and (score is None) is (step == 1) for _, step, m, _, score in steps)
+    assert sum(acc for *_, acc, _ in steps) == len(prompts) + 1  # one answer returned per request
 
 
 def test_speculative_needs_a_local_target(api) -> None:

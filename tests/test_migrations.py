@@ -12,7 +12,7 @@ from routerops.db.models import Base
 
 EXPECTED_TABLES = {
     "models", "import_batches", "preference_logs", "embedding_cache", "request_logs", "api_keys",
-    "alpha_history", "monitor_runs", "alerts", "job_runs", "serving_state", "leases",
+    "alpha_history", "monitor_runs", "alerts", "job_runs", "serving_state", "leases", "cascade_steps",
 }
 
 

@@ -249,6 +249,35 @@ class ServingState(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 
+class CascadeStepLog(Base):
+    """One rung of one served cascade request: what it cost, how the scorer judged its answer, and
+    (once feedback or a judge says so) whether that answer was correct. Threshold refits read these."""
+
+    __tablename__ = "cascade_steps"
+    __table_args__ = (
+        UniqueConstraint("request_id", "step", name="uq_cascade_steps_request_step"),
+        Index("ix_cascade_steps_created_at", "created_at"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(32), index=True)  # request_logs.id
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    step: Mapped[int] = mapped_column(Integer)  # 0 = the first (cheapest) rung
+    model: Mapped[str] = mapped_column(String(200))
+    ladder: Mapped[list[Any]] = mapped_column(JSON, default=list)  # every model of the ladder, in order
+    score: Mapped[float | None] = mapped_column(Float)  # P(correct); None for the last rung (never scored)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    accepted: Mapped[bool] = mapped_column(Boolean, default=False)  # this step's answer was returned
+    explored: Mapped[bool] = mapped_column(Boolean, default=False)  # the whole ladder ran (exploration)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    scorer_version: Mapped[str | None] = mapped_column(String(40))
+    signals: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    correct: Mapped[float | None] = mapped_column(Float)  # outcome label in [0, 1], once known
+    label_source: Mapped[str | None] = mapped_column(String(100))
+    labeled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Lease(Base):
     """A named lease with an expiry: a portable leader lock (one scheduler runs jobs)."""
 

@@ -1,0 +1,308 @@
+"""Cascade scorers for API-model answers (issue 14): agreement signals on hand-made answers, the
+cross-encoder learning a separable rule, the scorer's MLflow round trip, ladder-aware run_cascade
+with exploration, per-rung step logging, and threshold refits from logged steps (hand-computed;
+registered as a challenger, never made live by themselves)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from routerops.backends.base import Generation, GenerationParams
+from routerops.backends.replay import ReplayBackend
+from serving.cascade import CascadeConfig, CascadeStep, load_cascade_config, run_cascade, save_cascade_config
+from training.cascade_scorer.features import (
+    SIGNAL_NAMES,
+    StepInput,
+    agree,
+    normalize_answer,
+    signals,
+    token_overlap,
+)
+
+
+# --- agreement features -----------------------------------------------------------------------
+def test_normalize_answer_finds_the_final_answer():
+    assert normalize_answer("B") == normalize_answer("B\n") == normalize_answer("(B)") == "B"
+    assert normalize_answer("B) house") == "B"
+    assert normalize_answer("The answer is C.") == "C"
+    assert normalize_answer("A function that sorts") == "a function that sorts"  # a word, not choice A
+    assert normalize_answer("Here:\n```python\ndef f(x):\n    return x\n```\nDone.") == "def f(x): return x"
+    assert normalize_answer("42.") == normalize_answer("42") == "42.0"
+    assert normalize_answer("  Paris.  ") == "paris"
+    assert normalize_answer(None) == normalize_answer("") == ""
+
+
+def test_agreement_and_overlap_on_hand_made_answers():
+    assert agree("B", "B\n") == 1.0 and agree("B", "(b)") == 0.0 and agree("A", "The answer is A") == 1.0
+    # {def, f, (, x, ), :, return} vs {def, f, (, y, ), :, return}: 6 shared of 8
+    assert token_overlap("```python\ndef f(x): return x\n```", "```\ndef f(y): return y\n```") == pytest.approx(6 / 8)
+    assert token_overlap("", "") == 1.0 and token_overlap("yes", "") == 0.0
+
+    first = dict(zip(SIGNAL_NAMES, signals(StepInput("q?", "B", "m1")), strict=True))
+    assert first["has_prev"] == 0 and first["agree_prev"] == 0 and first["has_logprobs"] == 0
+    assert first["log_length"] == pytest.approx(math.log(2))
+
+    third = dict(zip(SIGNAL_NAMES, signals(StepInput("q?", "B", "m3", previous=["B", "C"], second_sample="B",
+                                                     token_logprobs=[-0.1, -0.5, float("nan")])), strict=True))
+    assert third["has_prev"] == 1 and third["agree_prev"] == 0.0  # the rung just before said C
+    assert third["agree_earlier"] == 0.5  # one of the two earlier rungs said B
+    assert third["has_sample"] == 1 and third["agree_sample"] == 1.0
+    assert third["has_logprobs"] == 1 and third["logprob_mean"] == pytest.approx(-0.3)
+    assert third["logprob_min"] == pytest.approx(-0.5)  # NaN log-probs are ignored
+
+
+def test_vectorized_signals_match_row_by_row():
+    from training.cascade_scorer.routerbench import SignalCache, Split
+
+    answers = {"a": ["B", "x = 1", "C"], "b": ["B\n", "x = 2", "A"], "c": ["(B)", "x = 1", "C"]}
+    split = Split(["q1", "q2", "q3"], np.array(["t"] * 3), {m: np.ones(3) for m in answers},
+                  {m: np.ones(3) for m in answers}, answers)
+    cache = SignalCache(split)
+    for rung in range(3):
+        got = cache.rung_signals(("a", "b", "c"), rung)
+        for i in range(3):
+            expected = signals(StepInput(f"q{i + 1}", answers["abc"[rung]][i], "abc"[rung],
+                                         previous=[answers[m][i] for m in "abc"[:rung]]))
+            assert got[i] == pytest.approx(expected), (rung, i)
+
+
+# --- the cross-encoder ------------------------------------------------------------------------
+def separable_fixture(n: int, seed: int) -> tuple[list[str], list[str], list[float]]:
+    """Correct iff the answer commits ("Certainly, ...") rather than hedges ("Perhaps ..."): separable."""
+    rng = np.random.default_rng(seed)
+    cities = ["Paris", "Rome", "Oslo", "Lima", "Cairo", "Tokyo", "Quito", "Dakar"]
+    qs, ans, ys = [], [], []
+    for _ in range(n):
+        a, b = rng.choice(len(cities), 2, replace=False)
+        right = bool(rng.random() < 0.5)
+        qs.append(f"Which city is the capital near {cities[a]}?")
+        ans.append(f"Certainly, it is {cities[b]}." if right else f"Perhaps it is {cities[b]}.")
+        ys.append(float(right))
+    return qs, ans, ys
+
+
+def test_cross_encoder_fine_tuning_learns_a_separable_rule(tmp_path):
+    from training.cascade_scorer.cross_encoder import CrossEncoderScorer, TrainConfig
+    from training.probes.probe import auroc
+
+    q, a, y = separable_fixture(64, seed=1)
+    qt, at, yt = separable_fixture(32, seed=2)
+    ce = CrossEncoderScorer.base(max_length=24, layers=2)  # the first 2 of MiniLM's 6 layers: a fast fixture
+    before = auroc(yt, ce.predict(qt, ["m"] * len(qt), at))
+    stats = ce.fit(q, ["m"] * len(q), a, y, TrainConfig(max_length=24, epochs=4, batch_size=8, lr=2e-4, threads=1))
+    after = auroc(yt, ce.predict(qt, ["m"] * len(qt), at))
+    assert after > 0.9 and after > before + 0.2, (before, after)
+    assert stats["train_examples"] == 64 and stats["epochs"] == 4 and stats["train_seconds"] > 0
+    loaded = CrossEncoderScorer.load(ce.save(tmp_path / "ce"))
+    assert loaded.model.config.num_hidden_layers == 2
+    assert loaded.logits(qt, ["m"] * len(qt), at) == pytest.approx(ce.logits(qt, ["m"] * len(qt), at), abs=1e-5)
+    with pytest.raises(ValueError, match="both correct and wrong"):
+        CrossEncoderScorer.base().fit(["q"] * 3, ["m"] * 3, ["a"] * 3, [1.0] * 3)
+
+
+# --- the scorer: combiners, MLflow, run_cascade -------------------------------------------------
+def agreement_scorer():
+    """A 3-rung ladder's scorer fit on synthetic steps where agreeing with the rung before means correct."""
+    from training.cascade_scorer.model import CascadeScorer, fit_combiner
+
+    rng = np.random.default_rng(0)
+    combiners = []
+    for rung in range(2):
+        rows, ys = [], []
+        for _ in range(200):
+            ok = rng.random() < 0.6
+            prev = ["B"] if rung else []
+            ans = ("B" if ok else "C") if rung else rng.choice(["A", "B"])
+            rows.append(signals(StepInput("q", ans, f"m{rung}", previous=prev)))
+            ys.append(float(ok) if rung else float(rng.random() < 0.5))
+        combiners.append(fit_combiner(np.array(rows), np.array(ys)))
+    return CascadeScorer(["m0", "m1", "m2"], combiners, CascadeScorer.feature_names_for(False), None,
+                         {"note": "synthetic"})
+
+
+def test_scorer_registers_as_challenger_and_loads_back(settings):
+    from routerops import registry
+    from training.cascade_scorer.registry import SCORER_MODEL_NAME, load_cascade_scorer, log_cascade_scorer
+
+    scorer = agreement_scorer()
+    agreeing = [StepInput("q", "B", "m1", previous=["B"])]
+    disagreeing = [StepInput("q", "C", "m1", previous=["B"])]
+    assert scorer.score(1, agreeing)[0] > 0.9 and scorer.score(1, disagreeing)[0] < 0.1
+    run_id, version = log_cascade_scorer(scorer, settings, metrics={"test_auroc_rung1": 0.97}, params={"k": 1})
+    assert version == "1"
+    assert registry.version_by_alias(SCORER_MODEL_NAME, registry.CHALLENGER, settings).version == "1"
+    assert registry.version_by_alias(SCORER_MODEL_NAME, registry.CHAMPION, settings) is None  # a person approves
+    loaded = load_cascade_scorer(f"models:/{SCORER_MODEL_NAME}@challenger", settings)
+    assert loaded.models == ["m0", "m1", "m2"] and loaded.version == "1"
+    assert loaded.score(1, agreeing + disagreeing) == pytest.approx(scorer.score(1, agreeing + disagreeing))
+    with pytest.raises(ValueError, match="rung 2 has no scorer"):
+        loaded.score(2, agreeing)
+
+
+PROMPTS = ["What is 2+2? A) 3 B) 4", "Capital of France? A) Paris B) Lyon"]
+
+
+@pytest.fixture
+def ladder(tmp_path: Path) -> list[CascadeStep]:
+    rows = []
+    for model, answers in {"m0": ["B", "B"], "m1": ["B", "A"], "m2": ["B", "A"]}.items():
+        rows += [{"prompt": p, "output": a, "model": model} for p, a in zip(PROMPTS, answers, strict=True)]
+    path = tmp_path / "recorded.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return [CascadeStep(ReplayBackend(path, m), 1.0, 2.0) for m in ("m0", "m1", "m2")]
+
+
+def test_run_cascade_gives_the_scorer_the_history_and_explores(ladder):
+    scorer = agreement_scorer()
+    msgs = [{"role": "user", "content": PROMPTS[1]}]
+    # m0 says B (scored ~.5 < .7: escalate); m1 says A, disagreeing with B: low score, escalate to m2
+    r = run_cascade(msgs, GenerationParams(), ladder, scorer, [0.7, 0.5])
+    assert r.answered_by == "m2" and len(r.generations) == 3 and r.scores[1] < 0.1
+    msgs = [{"role": "user", "content": PROMPTS[0]}]
+    r = run_cascade(msgs, GenerationParams(), ladder, scorer, [0.7, 0.5])
+    assert r.answered_by == "m1" and r.scores[1] > 0.9 and len(r.generations) == 2  # m1 agreed with m0
+    # exploring: every rung generates, the answer is still the one the thresholds chose
+    e = run_cascade(msgs, GenerationParams(), ladder, scorer, [0.7, 0.5], explore=True)
+    assert e.answered_by == "m1" and e.answered_step == 1 and len(e.generations) == 3 and e.explored
+    assert e.cost == pytest.approx(sum(s.cost(g) for s, g in zip(ladder, e.generations, strict=True)))
+    assert e.text == r.text and e.probe_score == pytest.approx(r.probe_score)
+
+
+def test_request_log_writes_one_row_per_step(settings):
+    from sqlalchemy import select
+
+    from routerops.db import session_scope
+    from routerops.db.models import CascadeStepLog, RequestLog
+    from serving.cascade_log import StepRecord
+    from serving.request_log import LogEntry, write_entry
+
+    steps = [StepRecord(0, "m0", 0.3, 0.5, False, 0.001).to_dict(), StepRecord(1, "m1", None, None, True, 0.01).to_dict()]
+    write_entry(settings, LogEntry("r1", "p", "answer", "cascade", "cascade", "m1", None, None, None, 1.0, None, 3, 4,
+                                   0.011, None, extra={"cascade_models": ["m0", "m1"], "cascade_steps": steps}))
+    with session_scope(settings) as s:
+        rows = s.scalars(select(CascadeStepLog).order_by(CascadeStepLog.step)).all()
+        assert [(r.step, r.model, r.score, r.accepted, r.ladder) for r in rows] == [
+            (0, "m0", 0.3, False, ["m0", "m1"]), (1, "m1", None, True, ["m0", "m1"])]
+        assert "cascade_steps" not in s.get(RequestLog, "r1").extra  # kept once, in its own table
+
+
+# --- threshold refit from logged steps ---------------------------------------------------------
+# The hand-computed table of tests/test_cascade.py, now as logged traffic: 4 explored requests,
+# weak (cost 1): correct 1,1,0,0 with scores .9,.6,.4,.2; strong (cost 10): correct 1,1,1,0.
+# Accepting the weak answer iff score >= t:  t <= .2: quality .50 cost 1;  .2 < t <= .4: .50 @ 3.5;
+# .4 < t <= .6: .75 @ 6;  .6 < t <= .9: .75 @ 8.5;  t > .9: .75 @ 11.
+LOGGED = [(0.9, 1, 1), (0.6, 1, 1), (0.4, 0, 1), (0.2, 0, 0)]
+
+
+def log_requests(settings, live: CascadeConfig, *, explored: bool = True, prefix: str = "e") -> None:  # noqa: ANN001
+    from routerops.db import session_scope
+    from serving.cascade_log import StepRecord, label_steps, write_steps
+
+    with session_scope(settings) as s:
+        for i, (score, _weak_ok, _strong_ok) in enumerate(LOGGED):
+            rid = f"{prefix}{i}"
+            accepted_weak = score >= live.thresholds[0]
+            write_steps(s, rid, live.models, [
+                StepRecord(0, "weak", score, live.thresholds[0], accepted_weak, 1.0, explored=explored).to_dict(),
+                StepRecord(1, "strong", None, None, not accepted_weak, 10.0, explored=explored).to_dict()])
+        s.flush()
+        for i, (_score, weak_ok, strong_ok) in enumerate(LOGGED):
+            label_steps(s, f"{prefix}{i}", weak_ok, step=0, source="judge:test")
+            label_steps(s, f"{prefix}{i}", strong_ok, step=1, source="judge:test")
+
+
+def live_config(settings) -> CascadeConfig:  # noqa: ANN001
+    from routerops.db import session_scope
+
+    live = CascadeConfig(models=["weak", "strong"], thresholds=[0.95], objective="max_quality_under_budget",
+                         budget=6.0, explore_rate=0.1)
+    with session_scope(settings) as s:
+        save_cascade_config(s, live)
+    return live
+
+
+def test_refit_picks_the_hand_computed_thresholds(settings):
+    from training.cascade_refit import RefitError, refit_cascade_thresholds
+
+    live = live_config(settings)
+    log_requests(settings, live)
+    log_requests(settings, live, explored=False, prefix="u")  # stopped-early traffic: not an unbiased sample
+    res = refit_cascade_thresholds(settings, budget=6.0, min_requests=4, register=False)
+    assert res.n_requests == 4 and res.skipped["not_explored"] == 4
+    assert 0.4 < res.config.thresholds[0] <= 0.6  # the band that gives .75 at cost 6
+    assert res.config.expected["logged_quality"] == pytest.approx(0.75)
+    assert res.config.expected["logged_cost"] == pytest.approx(6.0)
+    res = refit_cascade_thresholds(settings, budget=5.0, min_requests=4, register=False)
+    assert res.config.thresholds[0] <= 0.2 and res.config.expected["logged_cost"] == pytest.approx(1.0)
+    res = refit_cascade_thresholds(settings, quality_target=0.75, min_requests=4, register=False)
+    assert 0.4 < res.config.thresholds[0] <= 0.6
+    with pytest.raises(RefitError, match="only 4 labelled requests"):
+        refit_cascade_thresholds(settings, budget=6.0, min_requests=5, register=False)
+    with pytest.raises(RefitError, match="no thresholds"):
+        refit_cascade_thresholds(settings, quality_target=0.9, min_requests=4, register=False)
+
+
+def test_refit_job_registers_a_challenger_and_never_touches_the_live_config(settings):
+    from routerops import registry
+    from orchestration.cli import cli
+    from routerops.db import session_scope
+    from training.cascade_refit import CONFIG_MODEL_NAME, load_registered_config, refit_cascade_job
+
+    assert refit_cascade_job(settings)["status"] == "skipped"  # no live config yet
+    live = live_config(settings)
+    log_requests(settings, live)
+    out = refit_cascade_job(settings)  # the live config's own objective: budget 6
+    assert out["status"] == "skipped" and "only 4" in out["reason"]  # default minimum: 50 requests
+    result = CliRunner().invoke(cli, ["cascade", "refit", "--min-requests", "4"])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("{"))
+    assert json.loads(line)["version"] == "1"
+    assert registry.version_by_alias(CONFIG_MODEL_NAME, registry.CHALLENGER, settings).version == "1"
+    assert registry.version_by_alias(CONFIG_MODEL_NAME, registry.CHAMPION, settings) is None
+    challenger, number = load_registered_config("challenger", settings)
+    assert number == "1" and 0.4 < challenger.thresholds[0] <= 0.6 and challenger.explore_rate == 0.1
+    with session_scope(settings) as s:
+        assert load_cascade_config(s).thresholds == [0.95]  # the live config did not move
+    # activating without an approval fails; after a person approves, activation makes it live
+    assert CliRunner().invoke(cli, ["cascade", "activate"]).exit_code != 0
+    registry.approve(CONFIG_MODEL_NAME, "1", approved_by="tester", settings=settings)
+    result = CliRunner().invoke(cli, ["cascade", "activate"])
+    assert result.exit_code == 0, result.output
+    with session_scope(settings) as s:
+        assert load_cascade_config(s).thresholds == challenger.thresholds
+
+
+def test_label_cli_attaches_outcomes_and_names_bad_rows(settings, tmp_path):
+    from orchestration.cli import cli
+    from routerops.db import session_scope
+    from routerops.db.models import CascadeStepLog
+    from serving.cascade_log import StepRecord, write_steps
+
+    with session_scope(settings) as s:
+        write_steps(s, "r1", ["weak", "strong"], [StepRecord(0, "weak", 0.8, 0.5, True, 1.0).to_dict()])
+    path = tmp_path / "labels.jsonl"
+    path.write_text("\n".join([json.dumps({"request_id": "r1", "correct": 1}),
+                               json.dumps({"request_id": "nope", "correct": 1}),
+                               json.dumps({"request_id": "r1", "correct": 3})]))
+    result = CliRunner().invoke(cli, ["cascade", "label", str(path), "--source", "judge:gpt-4"])
+    assert result.exit_code == 0, result.output
+    assert "labelled 1 step" in result.output and "no logged cascade steps" in result.output
+    assert "not in [0, 1]" in result.output
+    with session_scope(settings) as s:
+        row = s.query(CascadeStepLog).one()
+        assert (row.correct, row.label_source) == (1.0, "judge:gpt-4")
+
+
+def test_generation_logprobs_reach_the_scorer():
+    scorer = agreement_scorer()
+    gens = [Generation("B", "m0", token_logprobs=[-0.2, -0.4])]
+    p = scorer.score_step(0, [{"role": "user", "content": "q"}], gens)
+    x = scorer.features([StepInput("q", "B", "m0", token_logprobs=[-0.2, -0.4])])
+    assert x[0, SIGNAL_NAMES.index("has_logprobs")] == 1.0
+    assert p == pytest.approx(float(scorer.combiners[0].predict_proba(x)[0, 1]))

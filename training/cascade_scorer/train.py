@@ -1,0 +1,73 @@
+"""Train a cascade scorer for one ladder on RouterBench: cross-encoder on train part A, rung
+combiners on train part B, per-rung AUROC / ECE on test; log and register it (`challenger`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.cascade_eval import ROUTERBENCH_SETS
+from training.cascade_scorer.model import CascadeScorer, fit_combiner, rung_metrics
+from training.cascade_scorer.routerbench import SignalCache, load_data, score_split, train_cross_encoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScorerReport:
+    scorer: CascadeScorer
+    per_rung: dict[str, dict[str, float]]  # model -> test auroc, ece, n, correct_rate
+    ce_stats: dict | None
+    run_id: str | None = None
+    version: str | None = None
+
+
+def train_routerbench_scorer(folder: Path | str, ladder: Sequence[str], *, datasets: Sequence[str] = ROUTERBENCH_SETS,
+                             use_cross_encoder: bool = True, ce_examples: int = 400, max_length: int = 128,
+                             threads: int | None = 1, seed: int = 0, progress: bool = True) -> ScorerReport:
+    ladder = list(ladder)
+    if len(ladder) < 2:
+        raise ValueError("a cascade scorer needs a ladder of at least two models")
+    if len(set(ladder)) != len(ladder):
+        raise ValueError(f"the ladder names a model twice: {ladder}")
+    data = load_data(folder, datasets, ladder, seed=seed)
+    scored = ladder[:-1]
+    ce = ce_stats = None
+    ce_fit = ce_test = None
+    if use_cross_encoder:
+        ce, ce_stats = train_cross_encoder(data.ce_train, scored, examples=ce_examples, max_length=max_length,
+                                           threads=threads, seed=seed, progress=progress)
+        ce_fit, ce_test = score_split(ce, data.fit, scored, progress), score_split(ce, data.test, scored, progress)
+    fit_c, test_c = SignalCache(data.fit), SignalCache(data.test)
+    combiners, per_rung = [], {}
+    for i, m in enumerate(scored):
+        x_fit, x_test = fit_c.rung_signals(ladder, i), test_c.rung_signals(ladder, i)
+        if use_cross_encoder:
+            x_fit, x_test = np.column_stack([ce_fit[m], x_fit]), np.column_stack([ce_test[m], x_test])
+        comb = fit_combiner(x_fit, data.fit.correct[m], seed=seed)
+        combiners.append(comb)
+        r = rung_metrics(data.test.correct[m], comb.predict_proba(x_test)[:, 1])
+        per_rung[m] = {"auroc": r.auroc, "ece": r.ece, "n": r.n, "correct_rate": r.correct_rate}
+    meta = {"trained_on": f"routerbench:{','.join(datasets)}", "test_per_rung": per_rung,
+            "cross_encoder_stats": ce_stats, "n_ce_train": data.ce_train.n, "n_fit": data.fit.n, "n_test": data.test.n}
+    scorer = CascadeScorer(ladder, combiners, CascadeScorer.feature_names_for(use_cross_encoder), ce, meta)
+    return ScorerReport(scorer, per_rung, ce_stats)
+
+
+def log_report(report: ScorerReport, settings, params: dict, register: bool = True) -> ScorerReport:  # noqa: ANN001
+    from training.cascade_scorer.registry import log_cascade_scorer
+
+    metrics: dict[str, float] = {}
+    for i, r in enumerate(report.per_rung.values()):
+        metrics[f"test_auroc_rung{i}"] = r["auroc"]
+        metrics[f"test_ece_rung{i}"] = r["ece"]
+    if report.ce_stats:
+        metrics |= {f"ce_{k}": float(v) for k, v in report.ce_stats.items() if isinstance(v, int | float)}
+    params = params | {"ladder": ",".join(report.scorer.models), "features": ",".join(report.scorer.feature_names)}
+    report.run_id, report.version = log_cascade_scorer(report.scorer, settings, metrics=metrics, params=params,
+                                                       register=register)
+    return report
