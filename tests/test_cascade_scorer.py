@@ -249,8 +249,8 @@ def test_refit_picks_the_hand_computed_thresholds(settings):
 
 
 def test_refit_job_registers_a_challenger_and_never_touches_the_live_config(settings):
-    from routerops import registry
     from orchestration.cli import cli
+    from routerops import registry
     from routerops.db import session_scope
     from training.cascade_refit import CONFIG_MODEL_NAME, load_registered_config, refit_cascade_job
 
