@@ -222,3 +222,21 @@ def test_difficulty_transfers_and_loso_reports_each_source() -> None:
         assert (row.strong, row.weak, row.mode) == ("s", "w", "pair")
         assert row.prompts == 600 and row.oracle > row.apgr > 0.57, row  # noisy 0/1 outcomes: ~0.6 is the ceiling
     assert "held-out source" in report.table() and f"{report.mean_apgr:.3f}" in report.table()
+
+
+def test_per_category_apgr_on_held_out_prompts() -> None:
+    from training import irt_mf
+    from training.router_data import fit_data
+    from training.train_router import per_category_apgr
+
+    rng = np.random.default_rng(2)
+    frame, vectors = _synthetic(rng, 800, "src", strong_better=True)
+    frame["category"] = np.where(np.arange(len(frame)) // 2 % 2 == 0, "even", None)  # a category and none
+    data = build_router_data(frame, None)
+    X = np.stack([vectors[p] for p in data.prompts])
+    val = split_prompts(len(data.prompts), 0.5, seed=0)
+    params, _ = irt_mf.fit(fit_data(data, X, ~val), irt_mf.IRTMFConfig(max_iter=80))
+    rows = per_category_apgr(data, X, params, val)
+    assert [r["category"] for r in rows] == ["(all)", "even"]
+    assert all(r["strong"] == "s" and r["weak"] == "w" and r["apgr"] > 0.55 for r in rows), rows
+    assert rows[0]["prompts"] == int(val.sum()) and 0 < rows[1]["prompts"] < rows[0]["prompts"]

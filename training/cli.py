@@ -15,7 +15,8 @@ import click
               help="irt-mf: ability + prompt difficulty + low-rank interaction; mf: RouteLLM's MF term only.")
 @click.option("--pair-link", type=click.Choice(["prob", "bt"]), default="prob", show_default=True,
               help="How judged comparisons train the model: prob = the routing score, bt = Bradley-Terry.")
-@click.option("--rank", type=click.IntRange(0), default=4, show_default=True, help="Width of the interaction term.")
+@click.option("--rank", type=click.IntRange(0), default=0, show_default=True,
+              help="Width of the MF interaction term (0: ability + difficulty only, the measured best).")
 @click.option("--l2-prompt", type=click.FloatRange(0), default=1e-3, show_default=True,
               help="L2 on the prompt-side maps (difficulty and interaction).")
 @click.option("--l2-model", type=click.FloatRange(0), default=1e-3, show_default=True, help="L2 on the model factors.")

@@ -39,7 +39,7 @@ class IRTMFConfig:
     # judged comparisons gets a usable P(right)); "bt" = sigmoid(f_a - f_b), Bradley-Terry, which
     # identifies only differences of abilities
     pair_link: str = "prob"
-    rank: int = 4
+    rank: int = 0
     l2_prompt: float = 1e-3  # on w and V (the prompt-side maps)
     l2_model: float = 1e-3  # on theta and u
     max_iter: int = 150
@@ -50,6 +50,8 @@ class IRTMFConfig:
             raise ValueError(f"formulation must be one of {FORMULATIONS}, got {self.formulation!r}")
         if self.pair_link not in PAIR_LINKS:
             raise ValueError(f"pair_link must be one of {PAIR_LINKS}, got {self.pair_link!r}")
+        if self.formulation == "mf" and self.rank < 1:
+            raise ValueError("formulation 'mf' is the interaction term alone: it needs rank >= 1")
         if self.rank < 0 or self.max_iter < 1:
             raise ValueError("rank must be >= 0 and max_iter >= 1")
 

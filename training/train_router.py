@@ -153,8 +153,8 @@ def per_category_apgr(data, X: np.ndarray, params: dict[str, np.ndarray], mask: 
             continue
         categories = np.asarray(data.prompt_category, dtype=object)[ev.q]
         in_mask = mask[ev.q]
-        for category in sorted({c for c in categories[in_mask] if c is not None} | {None}):
-            sel = in_mask & ((categories == category) if category is not None else True)
+        for category in [None, *sorted({c for c in categories[in_mask] if isinstance(c, str)})]:
+            sel = in_mask & ((categories == category) if category is not None else True)  # None: the whole source
             if sel.sum() < MIN_CATEGORY_PROMPTS or ev.strong_q[sel].mean() == ev.weak_q[sel].mean():
                 continue
             from training import irt_mf
@@ -200,7 +200,7 @@ def train_router(
     exclude_sources: list[str] | None = None,
     formulation: str = "irt-mf",
     pair_link: str = "prob",
-    rank: int = 4,
+    rank: int = 0,
     l2_prompt: float = 1e-3,
     l2_model: float = 1e-3,
     max_iter: int = 150,
