@@ -69,7 +69,7 @@ def shared_prompts(shared: Path) -> list[str]:
 
 
 COLD = """
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 from routerops.embeddings import SentenceTransformerEmbedder, load_built_embedder
 kind, path, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -79,8 +79,10 @@ if kind == "minilm":
 else:
     emb = load_built_embedder(kind, path, threads=threads)
 emb.encode(["What is the capital of France?"])
-print(json.dumps({"seconds": time.perf_counter() - t0,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+seconds = time.perf_counter() - t0
+# VmHWM, not ru_maxrss: the latter keeps the parent's high-water mark across fork + exec
+hwm = next(ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
+print(json.dumps({"seconds": seconds, "rss_mb": int(hwm.split()[1]) / 1024}))
 """
 
 

@@ -153,6 +153,9 @@ class StaticEmbedder:
         self._tokenizer = Tokenizer.from_file(str(self.path / TOKENIZER_FILE))
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()  # we keep the end ourselves
+        from scipy.sparse import csr_matrix  # here, not on the first batch
+
+        self._csr_matrix = csr_matrix
 
     @property
     def dim(self) -> int:
@@ -181,13 +184,19 @@ class StaticEmbedder:
             vec = self._table[ids].sum(axis=0, dtype=np.float32) if ids else np.zeros(self.dim, np.float32)
             norm = float(np.sqrt(vec @ vec))
             return (vec / norm if norm > 0 else vec)[None, :]  # mean then normalize = sum then normalize
-        from scipy.sparse import csr_matrix
-
-        rows = [self._ids(t) for t in texts]
+        # short prompts in one call to the tokenizer (no offsets: encode_batch_fast), long ones by their tail
+        short = [i for i, t in enumerate(texts) if len(t) <= 4 * self.max_tokens]
+        rows: list[list[int]] = [[] for _ in texts]
+        for i, enc in zip(short, self._tokenizer.encode_batch_fast([texts[i] for i in short],
+                                                                   add_special_tokens=False), strict=True):
+            rows[i] = enc.ids[-self.max_tokens :]
+        for i, t in enumerate(texts):
+            if len(t) > 4 * self.max_tokens:
+                rows[i] = self._ids(t)
         lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
         indptr = np.concatenate([[0], np.cumsum(lengths)])
         flat = np.fromiter((t for r in rows for t in r), dtype=np.int64, count=int(indptr[-1]))
         # token counts (prompts x vocabulary) @ table: sums without materialising one row per token
-        counts = csr_matrix((np.ones(len(flat), dtype=np.float32), flat, indptr),
+        counts = self._csr_matrix((np.ones(len(flat), dtype=np.float32), flat, indptr),
                             shape=(len(rows), self._table.shape[0]))
         return l2_normalize(np.asarray(counts @ self._table))  # an empty prompt stays the zero vector
