@@ -75,6 +75,8 @@ MEANINGS: dict[str, str] = {
     "alert_webhook_url": "Slack-compatible webhook that receives PGR-regression and drift alerts "
                          "(unset: alerts are stored and exported as a metric only).",
     "pgr_tolerance": "Alert when PGR at the live alpha falls more than this below its baseline.",
+    "category_min_traces": ("Per-category quality, PGR and strong share of a monitor run are reported only for "
+                            "categories with at least this many labelled golden traces (fewer: counts only)."),
     "target_strong_share": "Alpha recalibration: keep this share of requests on the strong model.",
     "target_pgr": "Alpha recalibration: reach this PGR at the least strong-call share.",
     "alpha_max_step": "Largest alpha change applied without approval; a bigger one waits for a person.",

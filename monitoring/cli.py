@@ -124,6 +124,12 @@ def monitor_run(golden_path: Path | None, judge_annotations: tuple[Path, ...], n
     if "quality" in m:
         q = m["quality"]
         click.echo(f"  quality: weak {q['weak']:.3f}, strong {q['strong']:.3f}, routed {q['routed']:.3f}")
+    cats = m.get("categories")
+    if cats and cats["rows"]:
+        from monitoring.categories import CategoryFigures, table
+
+        for line in table([CategoryFigures(**row) for row in cats["rows"]], cats["min_traces"]):
+            click.echo(f"  {line}")
     for role in ("weak", "strong"):
         od = m["output_drift"][role]
         click.echo(f"  {role} output vs recorded: exact {od['exact_match_rate']:.2f}, similarity "

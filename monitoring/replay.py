@@ -10,6 +10,8 @@ Per run (one monitor_runs row, id = run id):
   recover) or nothing is labelled: it is then never alerted on (monitoring.alerts);
 - baseline PGR: the same router at the same alpha on the RECORDED outputs and labels, i.e. what PGR
   would be had nothing drifted. A drop below it by more than `pgr_tolerance` is a regression;
+- per category of the golden set (monitoring.categories): quality, PGR, baseline and strong share,
+  for categories with at least `category_min_traces` labelled traces;
 - distribution drift (Evidently, monitoring.drift) of router scores and output statistics;
 then alerts (monitoring.alerts), alpha recalibration (monitoring.recalibrate), an Evidently snapshot
 (monitoring.dashboards) and an MLflow run with figures (monitoring.reporting).
@@ -250,6 +252,11 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
             baseline, _, rq, baseline_reason = _pgr_or_none(scores[ridx], rwq, rsq, alpha)
             m["quality_recorded"] = {"weak": float(rwq.mean()), "strong": float(rsq.mean()), "routed": rq}
         m["strong_share"] = share
+        from monitoring.categories import per_category
+
+        m["categories"] = {"min_traces": settings.category_min_traces, "rows": [c.to_dict() for c in per_category(
+            [r.trace.category for r in ok], scores, [r.q_weak for r in ok], [r.q_strong for r in ok],
+            [r.q_weak_ref for r in ok], [r.q_strong_ref for r in ok], alpha, settings.category_min_traces)]}
         m["pgr"], m["baseline_pgr"] = pgr_now, baseline
         # null PGR carries its reason everywhere it is reported (output, row, MLflow, gauges, dashboard)
         m["pgr_null_reason"], m["baseline_pgr_null_reason"] = pgr_reason, baseline_reason

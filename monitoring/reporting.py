@@ -76,6 +76,12 @@ def log_monitor_run(settings: Settings, result, ok, scores: np.ndarray) -> str: 
     with mlflow.start_run(run_name=f"monitor-{result.run_id[:8]}", tags=tags) as run:
         mlflow.log_metrics({k: float(v) for k, v in summary_row(result).items() if np.isfinite(v)})
         mlflow.log_metrics({"drift_detected": float(result.drift_detected), "regression": float(result.regression)})
+        cats = result.metrics.get("categories")
+        if cats:
+            from monitoring.categories import CategoryFigures, mlflow_metrics
+
+            mlflow.log_metrics(mlflow_metrics([CategoryFigures(**row) for row in cats["rows"]]))
+            mlflow.log_param("category_min_traces", cats["min_traces"])
         mlflow.log_dict(_safe(result.metrics), "monitor_metrics.json")
         with tempfile.TemporaryDirectory() as tmp:
             for p in _plots(result, ok, scores, Path(tmp)):

@@ -54,7 +54,10 @@ def test_recording_a_set_with_no_gap_warns(replay_pair, tmp_path):
 def test_monitor_reports_null_pgr_with_its_reason_everywhere(replay_pair, monkeypatch):
     from orchestration.cli import cli
 
-    s = replay_pair
+    monkeypatch.setenv("ROUTEROPS_CATEGORY_MIN_TRACES", "3")  # the fixture has 3 traces per category
+    from routerops.settings import get_settings
+
+    s = get_settings()
     result = CliRunner().invoke(cli, ["monitor", "run", "--golden", str(NO_GAP / "golden.jsonl")])
     assert result.exit_code == 0, result.output
     out = result.output
@@ -63,6 +66,10 @@ def test_monitor_reports_null_pgr_with_its_reason_everywhere(replay_pair, monkey
     assert f"PGR null: {REASON}" in out and "(not alerted on)" in out
     assert "baseline PGR null" not in out  # the same reason is said once
     assert "ALERTS" not in out
+    # per category: arithmetic weak 3/3, strong 1/3; geography 1/3 each (equal: no gap either)
+    assert "per category (figures from >= 3 labelled traces):" in out
+    arith = next(ln for ln in out.splitlines() if ln.strip().startswith("arithmetic"))
+    assert arith.split()[1:] == ["3", "3", "1.000", "1.000", "0.333", "0.333", "null", "null"]
 
     with session_scope(s) as session:
         row = session.scalars(select(MonitorRun)).one()
@@ -72,6 +79,9 @@ def test_monitor_reports_null_pgr_with_its_reason_everywhere(replay_pair, monkey
         assert row.metrics["routing"] == "all-strong"
         assert "evidently_error" not in row.metrics and "mlflow_error" not in row.metrics
         assert session.scalars(select(Alert)).all() == []
+        cats = {c["category"]: c for c in row.metrics["categories"]["rows"]}
+        assert row.metrics["categories"]["min_traces"] == 3 and set(cats) == {"arithmetic", "geography"}
+        assert cats["geography"]["pgr"] is None and "are equal" in cats["geography"]["pgr_null_reason"]
         mlflow_run_id, run_id = row.metrics["mlflow_run_id"], row.id
 
     # MLflow: no pgr metric, a tag with the reason
@@ -82,6 +92,9 @@ def test_monitor_reports_null_pgr_with_its_reason_everywhere(replay_pair, monkey
     assert run.data.metrics["pgr_defined"] == 0.0 and run.data.metrics["strong_share"] == 1.0
     assert run.data.tags["pgr_status"] == "null" and run.data.tags["pgr_null_reason"].startswith(REASON)
     assert run.data.tags["baseline_pgr_status"] == "null"
+    assert run.data.metrics["category.arithmetic.quality_weak"] == 1.0
+    assert run.data.metrics["category.geography.strong_share"] == 1.0
+    assert "category.arithmetic.pgr" not in run.data.metrics and run.data.params["category_min_traces"] == "3"
 
     # Prometheus textfile: no pgr sample at all (no rule can fire on it), pgr_defined 0
     prom = (s.data_dir / "metrics/routerops_monitoring.prom").read_text()
