@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from monitoring.categories import per_category
 from monitoring.drift import drift_report, output_stats
 from monitoring.golden import GoldenTrace, load_golden, score_prompts
 from monitoring.quality import Judge, gold_match
@@ -252,11 +253,10 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
             baseline, _, rq, baseline_reason = _pgr_or_none(scores[ridx], rwq, rsq, alpha)
             m["quality_recorded"] = {"weak": float(rwq.mean()), "strong": float(rsq.mean()), "routed": rq}
         m["strong_share"] = share
-        from monitoring.categories import per_category
-
-        m["categories"] = {"min_traces": settings.category_min_traces, "rows": [c.to_dict() for c in per_category(
-            [r.trace.category for r in ok], scores, [r.q_weak for r in ok], [r.q_strong for r in ok],
-            [r.q_weak_ref for r in ok], [r.q_strong_ref for r in ok], alpha, settings.category_min_traces)]}
+        cats = per_category([r.trace.category for r in ok], scores, [r.q_weak for r in ok], [r.q_strong for r in ok],
+                            [r.q_weak_ref for r in ok], [r.q_strong_ref for r in ok], alpha,
+                            settings.category_min_traces)
+        m["categories"] = {"min_traces": settings.category_min_traces, "rows": [c.to_dict() for c in cats]}
         m["pgr"], m["baseline_pgr"] = pgr_now, baseline
         # null PGR carries its reason everywhere it is reported (output, row, MLflow, gauges, dashboard)
         m["pgr_null_reason"], m["baseline_pgr_null_reason"] = pgr_reason, baseline_reason
