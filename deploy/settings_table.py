@@ -75,7 +75,10 @@ MEANINGS: dict[str, str] = {
     "alert_webhook_url": "Slack-compatible webhook that receives PGR-regression and drift alerts "
                          "(unset: alerts are stored and exported as a metric only).",
     "pgr_tolerance": "Alert when PGR at the live alpha falls more than this below its baseline.",
-    "target_strong_share": "Alpha recalibration: keep this share of requests on the strong model.",
+    "category_min_traces": ("Per-category quality, PGR and strong share of a monitor run are reported only for "
+                            "categories with at least this many labelled golden traces (fewer: counts only)."),
+    "target_strong_share": "Share of requests sent to strong: the champion's own calibration gives the alpha for it until an alpha is set or approved; the monitor's recalibration keeps it.",
+    "retrain_loso": "The scheduled retrain also computes the leave-one-source-out APGR table (one more fit per source) for the challenger/champion comparison.",
     "target_pgr": "Alpha recalibration: reach this PGR at the least strong-call share.",
     "alpha_max_step": "Largest alpha change applied without approval; a bigger one waits for a person.",
     "router_eval_sets": "RouterBench-style CSVs on which each trained router is scored (APGR, CPT) after training.",

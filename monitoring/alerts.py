@@ -11,6 +11,7 @@ monitor also writes the same gauges to a Prometheus textfile (node-exporter text
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -90,6 +91,19 @@ def _deliver(alert: Alert, settings: Settings) -> None:
     alert.attempts = (alert.attempts or 0) + result.attempts
     alert.delivered = result.delivered
     alert.last_error = result.error
+
+
+def pgr_regression_condition(dedupe_key: str, pgr: float | None, baseline: float | None, tolerance: float,
+                             *, alpha: float, golden_name: str, payload: dict[str, Any]) -> Condition:
+    """PGR below its baseline by more than `tolerance`. A PGR that cannot be computed (None: strong
+    not better than weak, or no labels) is never a regression: the condition is unmeasurable
+    (active None), so it neither opens nor resolves an alert."""
+    if pgr is None or baseline is None or not (math.isfinite(pgr) and math.isfinite(baseline)):
+        return Condition("pgr_regression", dedupe_key, None, payload=payload)
+    regressed = pgr < baseline - tolerance
+    message = (f"PGR at alpha {alpha:.3f} is {pgr:.3f}, baseline {baseline:.3f} (tolerance {tolerance}) "
+               f"on {golden_name}") if regressed else ""
+    return Condition("pgr_regression", dedupe_key, regressed, message=message, payload=payload)
 
 
 def process_conditions(session: Session, settings: Settings, conditions: list[Condition],

@@ -71,6 +71,11 @@ def golden_record(output: Path, prompts_path: Path | None, max_new_tokens: int |
                                     decoding=decoding, base_seed=base_seed)
     n = g.write_golden(output, traces)
     click.echo(f"wrote {n} traces to {output}")
+    gap = g.recorded_quality_gap(traces)
+    if gap.problem is not None:  # every replay of this set would report PGR null
+        qs = "" if gap.q_weak is None else f" (recorded quality: weak {gap.q_weak:.3f}, strong {gap.q_strong:.3f})"
+        click.echo(f"WARNING: no quality gap on this golden set{qs}: {gap.problem}. The monitor will report "
+                   "PGR as null on it; record prompts where the strong model beats the weak one.", err=True)
 
 
 # --- monitor -----------------------------------------------------------------------------------
@@ -109,11 +114,22 @@ def monitor_run(golden_path: Path | None, judge_annotations: tuple[Path, ...], n
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     click.echo(f"monitor run {r.run_id}: {r.n_traces} traces in {r.wall_s:.1f} s; routing: {m['routing']}"
                + ("" if m["router_version"] else " (no champion router: all calls to strong)"))
-    click.echo(f"  PGR at alpha {r.alpha:.3f}: {fmt(r.pgr)} (baseline {fmt(r.baseline_pgr)}), "
+    pgr_fmt = lambda v: "null" if v is None else f"{v:.3f}"  # noqa: E731
+    click.echo(f"  PGR at alpha {r.alpha:.3f}: {pgr_fmt(r.pgr)} (baseline {pgr_fmt(r.baseline_pgr)}), "
                f"strong share {fmt(r.strong_share)}, label coverage {m['label_coverage']:.2f}")
+    if r.pgr_null_reason:
+        click.echo(f"  PGR null: {r.pgr_null_reason} (not alerted on)")
+    if r.baseline_pgr_null_reason and r.baseline_pgr_null_reason != r.pgr_null_reason:
+        click.echo(f"  baseline PGR null: {r.baseline_pgr_null_reason} (not alerted on)")
     if "quality" in m:
         q = m["quality"]
         click.echo(f"  quality: weak {q['weak']:.3f}, strong {q['strong']:.3f}, routed {q['routed']:.3f}")
+    cats = m.get("categories")
+    if cats and cats["rows"]:
+        from monitoring.categories import CategoryFigures, table
+
+        for line in table([CategoryFigures(**row) for row in cats["rows"]], cats["min_traces"]):
+            click.echo(f"  {line}")
     for role in ("weak", "strong"):
         od = m["output_drift"][role]
         click.echo(f"  {role} output vs recorded: exact {od['exact_match_rate']:.2f}, similarity "

@@ -3,8 +3,10 @@
 Each run adds two snapshots to the project "routerops monitoring" in settings.resolved_evidently_workspace:
 the drift report (per-column drift of router scores and output statistics; tag "drift") and a
 one-row summary (tag "summary") whose MeanValue metrics carry the run's figures: PGR, baseline PGR,
-strong-call share, alpha, drift share and, per model, exact-match rate, similarity and length change.
-The dashboard panels (created once) read those metrics. Look with `evidently ui --workspace DIR`.
+strong-call share, alpha, drift share, quality (weak, strong, routed) and, per model, exact-match
+rate, similarity and length change. A null PGR (strong not better than weak) is NaN there, a gap in
+the PGR line, and the "PGR defined" panel shows 0 for that run. The dashboard panels (created once;
+panels a later release adds are added to an existing project) read those metrics. Look with `evidently ui --workspace DIR`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ TAB = "Monitoring"
 PANELS: list[tuple[str, list[tuple[str, str]]]] = [
     ("PGR at the live alpha", [("pgr", "PGR"), ("baseline_pgr", "baseline PGR")]),
     ("Strong-call share", [("strong_share", "strong share")]),
+    ("PGR defined (1) or null (0: strong not better than weak, or no labels)",
+     [("pgr_defined", "PGR defined"), ("baseline_pgr_defined", "baseline PGR defined")]),
+    ("Quality on the golden replay", [("quality_weak", "weak"), ("quality_strong", "strong"),
+                                      ("quality_routed", "routed")]),
     ("Alpha", [("alpha", "alpha")]),
     ("Drift share (Evidently)", [("drift_share", "share of drifted columns")]),
     ("Output drift: exact match vs recorded", [("weak_exact_match", "weak"), ("strong_exact_match", "strong")]),
@@ -34,10 +40,15 @@ PANELS: list[tuple[str, list[tuple[str, str]]]] = [
 
 def summary_row(result) -> dict[str, float]:  # noqa: ANN001 - monitoring.replay.MonitorResult
     od = result.metrics["output_drift"]
+    q = result.metrics.get("quality") or {}
     nan = float("nan")
     return {
+        # a null PGR is NaN here: a gap in its line, and 0 in the "PGR defined" panel says why
         "pgr": nan if result.pgr is None else result.pgr,
         "baseline_pgr": nan if result.baseline_pgr is None else result.baseline_pgr,
+        "pgr_defined": float(result.pgr is not None),
+        "baseline_pgr_defined": float(result.baseline_pgr is not None),
+        **{f"quality_{k}": float(q[k]) if k in q else nan for k in ("weak", "strong", "routed")},
         "strong_share": nan if result.strong_share is None else result.strong_share,
         "alpha": result.alpha,
         "drift_share": result.drift_share or 0.0,
@@ -59,9 +70,13 @@ def get_project(settings: Settings):  # noqa: ANN201 - (Workspace, Project)
     ws = Workspace(str(path))
     found = ws.search_project(PROJECT_NAME)
     if found:
-        return ws, found[0]
-    project = ws.create_project(PROJECT_NAME, description="Golden-trace replays of the live router pair")
-    for title, series in PANELS:
+        project = found[0]
+    else:
+        project = ws.create_project(PROJECT_NAME, description="Golden-trace replays of the live router pair")
+    have = {p.title for p in project.dashboard.model().panels}
+    for title, series in PANELS:  # panels added by a later release appear in an existing project too
+        if title in have:
+            continue
         values = [PanelMetric(legend=legend, metric="MeanValue", metric_labels={"column": col}, tags=["summary"])
                   for col, legend in series]
         project.dashboard.add_panel(line_plot_panel(title, values, size="half"), tab=TAB)

@@ -179,6 +179,36 @@ def write_golden(path: Path | str, traces: Iterable[GoldenTrace]) -> int:
     return n
 
 
+@dataclass(frozen=True)
+class QualityGap:
+    """Mean recorded quality of each side over the labelled traces, and why PGR would be null."""
+
+    n_labelled: int
+    q_weak: float | None
+    q_strong: float | None
+    problem: str | None  # None: strong is better than weak, PGR is defined on this set
+
+
+def recorded_quality_gap(traces: Sequence[GoldenTrace]) -> QualityGap:
+    """The quality gap of the recorded answers (gold match, or the judge's P(weak wins)). A set with
+    no gap gives a null PGR on every replay of it, whatever the router does."""
+    from monitoring.quality import gold_match
+    from routerops.metrics import quality_gap_problem
+
+    weak_q, strong_q = [], []
+    for t in traces:
+        if t.label.gold_answer is not None:
+            weak_q.append(gold_match(t.weak.output, t.label.gold_answer))
+            strong_q.append(gold_match(t.strong.output, t.label.gold_answer))
+        elif t.label.p_weak_wins is not None:
+            weak_q.append(t.label.p_weak_wins)
+            strong_q.append(1.0 - t.label.p_weak_wins)
+    if not weak_q:
+        return QualityGap(0, None, None, "no trace is labelled")
+    qw, qs = sum(weak_q) / len(weak_q), sum(strong_q) / len(strong_q)
+    return QualityGap(len(weak_q), qw, qs, quality_gap_problem(qw, qs))
+
+
 # --- source prompts ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GoldenPrompt:

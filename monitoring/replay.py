@@ -6,8 +6,12 @@ Per run (one monitor_runs row, id = run id):
 - quality on the labels for weak, strong and routed answers (monitoring.quality), label coverage;
 - PGR at the live alpha with the live router (`champion`); without a champion every prompt goes to
   strong (PGR 1 by definition) and the run says so (`router: null`, `routing: "all-strong"`);
+  PGR is null, with `pgr_null_reason`, when strong is not better than weak on the replay (no gap to
+  recover) or nothing is labelled: it is then never alerted on (monitoring.alerts);
 - baseline PGR: the same router at the same alpha on the RECORDED outputs and labels, i.e. what PGR
   would be had nothing drifted. A drop below it by more than `pgr_tolerance` is a regression;
+- per category of the golden set (monitoring.categories): quality, PGR, baseline and strong share,
+  for categories with at least `category_min_traces` labelled traces;
 - distribution drift (Evidently, monitoring.drift) of router scores and output statistics;
 then alerts (monitoring.alerts), alpha recalibration (monitoring.recalibrate), an Evidently snapshot
 (monitoring.dashboards) and an MLflow run with figures (monitoring.reporting).
@@ -27,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from monitoring.categories import per_category
 from monitoring.drift import drift_report, output_stats
 from monitoring.golden import GoldenTrace, load_golden, score_prompts
 from monitoring.quality import Judge, gold_match
@@ -67,6 +72,8 @@ class MonitorResult:
     alerts_opened: list[int] = field(default_factory=list)
     recalibration: dict[str, Any] | None = None
     wall_s: float = 0.0
+    pgr_null_reason: str | None = None  # why pgr is None (no quality gap, no labels)
+    baseline_pgr_null_reason: str | None = None
 
 
 def golden_key(path: Path) -> str:
@@ -145,12 +152,14 @@ def _output_drift(ok: list[TraceResult], which: str) -> dict[str, float]:
     }
 
 
-def _pgr_or_none(scores: np.ndarray, wq: np.ndarray, sq: np.ndarray, alpha: float) -> tuple[float | None, float, float]:
+def _pgr_or_none(scores: np.ndarray, wq: np.ndarray, sq: np.ndarray,
+                 alpha: float) -> tuple[float | None, float, float, str | None]:
+    """(PGR or None, strong share, routed quality, why PGR is None)."""
     q_router, share = metrics.routed_quality(scores, wq, sq, alpha)
     try:
-        return metrics.pgr(q_router, float(wq.mean()), float(sq.mean())), share, q_router
-    except ValueError:
-        return None, share, q_router
+        return metrics.pgr(q_router, float(wq.mean()), float(sq.mean())), share, q_router, None
+    except metrics.NoQualityGap as exc:
+        return None, share, q_router, str(exc)
 
 
 def _frames(ok: list[TraceResult], scores: np.ndarray, compare_scores: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -228,11 +237,12 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
             "baseline_definition": "PGR of the live router at the live alpha on the recorded outputs and labels",
         }
         pgr_now = baseline = share = None
+        pgr_reason = baseline_reason = "no labelled traces"
         if labelled:
             idx = np.asarray(labelled)
             wq = np.asarray([ok[i].q_weak for i in idx])
             sq = np.asarray([ok[i].q_strong for i in idx])
-            pgr_now, share, q_router = _pgr_or_none(scores[idx], wq, sq, alpha)
+            pgr_now, share, q_router, pgr_reason = _pgr_or_none(scores[idx], wq, sq, alpha)
             m["quality"] = {"weak": float(wq.mean()), "strong": float(sq.mean()), "routed": q_router}
         else:
             share = float((scores >= alpha).mean())
@@ -240,11 +250,18 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
             ridx = np.asarray(ref_labelled)
             rwq = np.asarray([ok[i].q_weak_ref for i in ridx])
             rsq = np.asarray([ok[i].q_strong_ref for i in ridx])
-            baseline, _, rq = _pgr_or_none(scores[ridx], rwq, rsq, alpha)
+            baseline, _, rq, baseline_reason = _pgr_or_none(scores[ridx], rwq, rsq, alpha)
             m["quality_recorded"] = {"weak": float(rwq.mean()), "strong": float(rsq.mean()), "routed": rq}
         m["strong_share"] = share
+        cats = per_category([r.trace.category for r in ok], scores, [r.q_weak for r in ok], [r.q_strong for r in ok],
+                            [r.q_weak_ref for r in ok], [r.q_strong_ref for r in ok], alpha,
+                            settings.category_min_traces)
+        m["categories"] = {"min_traces": settings.category_min_traces, "rows": [c.to_dict() for c in cats]}
         m["pgr"], m["baseline_pgr"] = pgr_now, baseline
-        regression = pgr_now is not None and baseline is not None and pgr_now < baseline - settings.pgr_tolerance
+        # null PGR carries its reason everywhere it is reported (output, row, MLflow, gauges, dashboard)
+        m["pgr_null_reason"], m["baseline_pgr_null_reason"] = pgr_reason, baseline_reason
+        if pgr_reason:
+            log.warning("PGR is null on %s: %s", path.name, pgr_reason)
 
         ref_df, cur_df = _frames(ok, scores, compare_scores)
         if ref_df.shape[1] > 0:
@@ -257,14 +274,13 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
         m["router_score_compared"] = compare_scores
 
         key = golden_key(path)
+        pgr_cond = alerts_mod.pgr_regression_condition(
+            f"pgr_regression:{key}", pgr_now, baseline, settings.pgr_tolerance, alpha=alpha, golden_name=path.name,
+            payload={"run_id": run_id, "pgr": pgr_now, "baseline_pgr": baseline, "alpha": alpha,
+                     "golden_set": str(path)})
+        regression = bool(pgr_cond.active)
         conditions = [
-            alerts_mod.Condition(
-                "pgr_regression", f"pgr_regression:{key}",
-                regression if pgr_now is not None and baseline is not None else None,
-                message=(f"PGR at alpha {alpha:.3f} is {pgr_now:.3f}, baseline {baseline:.3f} "
-                         f"(tolerance {settings.pgr_tolerance}) on {path.name}") if regression else "",
-                payload={"run_id": run_id, "pgr": pgr_now, "baseline_pgr": baseline, "alpha": alpha,
-                         "golden_set": str(path)}),
+            pgr_cond,
             alerts_mod.Condition(
                 "drift", f"drift:{key}", drift.drift_detected,
                 message=(f"drift in {', '.join(drift.drifted_columns)} on {path.name}"
@@ -284,13 +300,20 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
                                     router=router if hasattr(router, "alpha_for_share") else None).to_dict()
             m["recalibration"] = recal
             m["alerts_opened"] = opened_ids
-            gauges = {"routerops_monitor_pgr": pgr_now if pgr_now is not None else float("nan"),
-                      "routerops_monitor_baseline_pgr": baseline if baseline is not None else float("nan"),
+            # A null PGR is absent from the textfile (no sample, so no rule can fire on it); the
+            # *_defined gauges tell "undefined this run" from "no run yet".
+            gauges = {"routerops_monitor_pgr_defined": float(pgr_now is not None),
+                      "routerops_monitor_baseline_pgr_defined": float(baseline is not None),
                       "routerops_monitor_strong_share": share, "routerops_monitor_alpha": alpha,
                       "routerops_monitor_drift_share": drift.drift_share}
+            if pgr_now is not None:
+                gauges["routerops_monitor_pgr"] = pgr_now
+            if baseline is not None:
+                gauges["routerops_monitor_baseline_pgr"] = baseline
             alerts_mod.write_textfile(s, settings, gauges)
         result = MonitorResult(run_id, "ok", len(ok), pgr_now, baseline, share, alpha, drift.drift_detected,
-                               drift.drift_share, regression, m, opened_ids, recal)
+                               drift.drift_share, regression, m, opened_ids, recal,
+                               pgr_null_reason=pgr_reason, baseline_pgr_null_reason=baseline_reason)
         if write_dashboards:
             try:
                 from monitoring.dashboards import add_run_snapshots

@@ -1,5 +1,6 @@
 """MLflow record of a monitor run: figures as metrics, the full metrics JSON, and two plots
-(router score distribution with the live alpha; the PGR curve recorded vs now)."""
+(router score distribution with the live alpha; the PGR curve recorded vs now). A null PGR is no
+metric; tags `pgr_status` / `baseline_pgr_status` ("ok" | "null") and `*_null_reason` say why."""
 
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def _plots(result, ok, scores: np.ndarray, out: Path) -> list[Path]:  # noqa: AN
         ax.plot(curve.strong_share, curve.pgr, label=f"{name} (APGR {curve.apgr():.3f})")
     if result.strong_share is not None and result.pgr is not None:
         ax.scatter([result.strong_share], [result.pgr], color="red", zorder=3, label="live alpha now")
+    if result.pgr is None and result.pgr_null_reason:
+        ax.set_title(result.pgr_null_reason, fontsize=7, wrap=True)
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="random")
     ax.set_xlabel("strong-call share")
     ax.set_ylabel("PGR")
@@ -63,10 +66,22 @@ def log_monitor_run(settings: Settings, result, ok, scores: np.ndarray) -> str: 
     from routerops.registry import configure_mlflow
 
     configure_mlflow(settings)
-    with mlflow.start_run(run_name=f"monitor-{result.run_id[:8]}", tags={"routerops.kind": "monitor",
-                                                                          "monitor_run_id": result.run_id}) as run:
+    tags = {"routerops.kind": "monitor", "monitor_run_id": result.run_id}
+    # A null PGR is logged as no metric (summary_row gives NaN, dropped below) and these tags say why.
+    for name, value, reason in (("pgr", result.pgr, result.pgr_null_reason),
+                                ("baseline_pgr", result.baseline_pgr, result.baseline_pgr_null_reason)):
+        tags[f"{name}_status"] = "ok" if value is not None else "null"
+        if value is None and reason:
+            tags[f"{name}_null_reason"] = reason
+    with mlflow.start_run(run_name=f"monitor-{result.run_id[:8]}", tags=tags) as run:
         mlflow.log_metrics({k: float(v) for k, v in summary_row(result).items() if np.isfinite(v)})
         mlflow.log_metrics({"drift_detected": float(result.drift_detected), "regression": float(result.regression)})
+        cats = result.metrics.get("categories")
+        if cats:
+            from monitoring.categories import CategoryFigures, mlflow_metrics
+
+            mlflow.log_metrics(mlflow_metrics([CategoryFigures(**row) for row in cats["rows"]]))
+            mlflow.log_param("category_min_traces", cats["min_traces"])
         mlflow.log_dict(_safe(result.metrics), "monitor_metrics.json")
         with tempfile.TemporaryDirectory() as tmp:
             for p in _plots(result, ok, scores, Path(tmp)):

@@ -10,45 +10,56 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from typing import NamedTuple
 
 import click
 
-# name -> "module:attribute" of a click command or group
-LAZY_COMMANDS: dict[str, str] = {
-    "ingest": "training.importers.cli:ingest",
-    "label": "training.label_cli:label",
-    "embedder": "routerops.embedders.cli:embedder",
-    "train": "orchestration.cli:train",
-    "router": "orchestration.cli:router",
-    "approve": "routerops.cli:approve",
-    "golden": "monitoring.cli:golden",
-    "monitor": "monitoring.cli:monitor",
-    "alpha": "monitoring.cli:alpha",
-    "scheduler": "orchestration.scheduler:scheduler_command",
-    "serve": "serving.cli:serve",
-    "cascade": "serving.cascade_cli:cascade",
-    "speculative": "serving.speculative.cli:speculative",
-    "keys": "serving.cli:keys",
-    "up": "orchestration.up:up",
-    "db": "routerops.cli:db",
+
+class Lazy(NamedTuple):
+    """A subcommand imported only when invoked, with the one line `--help` shows for it (listing the
+    commands must not import them: that would pull in torch, MLflow...). At most 64 characters, so it
+    stays one line in an 80-column terminal (tests/test_cli_help.py)."""
+
+    target: str  # "module:attribute" of a click command or group
+    help: str
+
+
+LAZY_COMMANDS: dict[str, Lazy] = {
+    "ingest": Lazy("training.importers.cli:ingest", "Import outcome/preference logs (all-or-nothing per file)."),
+    "label": Lazy("training.label_cli:label", "Label prompts with a pairwise judge into the preference store."),
+    "embedder": Lazy("routerops.embedders.cli:embedder", "Build and inspect the fast embedders (static, ONNX int8)."),
+    "train": Lazy("orchestration.cli:train", "Train routers, deferral probes and draft heads (to MLflow)."),
+    "router": Lazy("orchestration.cli:router", "Use a trained router: score prompts, evaluate, calibrate alpha."),
+    "approve": Lazy("routerops.cli:approve", "Promote a router version to `champion` (alias in MLflow)."),
+    "golden": Lazy("monitoring.cli:golden", "Record golden traces: fixed prompts, answers and labels."),
+    "monitor": Lazy("monitoring.cli:monitor", "Replay golden traces: drift, PGR, alerts, alpha recalibration."),
+    "alpha": Lazy("monitoring.cli:alpha", "The live routing threshold: show, set, approve, history."),
+    "scheduler": Lazy("orchestration.scheduler:scheduler_command", "Run the scheduled retrain/monitor loop (one leader)."),
+    "serve": Lazy("serving.cli:serve", "Serve the OpenAI-compatible API (router, cascade, speculative)."),
+    "cascade": Lazy("serving.cascade_cli:cascade", "Cascades: answer cheap, score with a probe, escalate if unsure."),
+    "speculative": Lazy("serving.speculative.cli:speculative", "Exact speculative decoding of the local target model."),
+    "keys": Lazy("serving.cli:keys", "Create, list and revoke API keys (stored hashed)."),
+    "up": Lazy("orchestration.up:up", "Run API, scheduler, MLflow UI and Evidently UI locally."),
+    "db": Lazy("routerops.cli:db", "Database schema (Alembic): upgrade, downgrade, current."),
 }
 
-LAZY_ROUTER_COMMANDS: dict[str, str] = {
-    "score": "training.cli:score",
-    "eval": "training.router_eval:eval_command",
-    "calibrate": "training.router_eval:calibrate_command",
+LAZY_ROUTER_COMMANDS: dict[str, Lazy] = {
+    "score": Lazy("training.cli:score", "Score prompts: P(strong model's answer beats the weak one's)."),
+    "eval": Lazy("training.router_eval:eval_command", "PGR at thresholds, APGR and CPT on paired outcomes."),
+    "calibrate": Lazy("training.router_eval:calibrate_command", "The alpha for a target strong share or PGR."),
 }
 
-LAZY_TRAIN_COMMANDS: dict[str, str] = {
-    "router": "training.cli:train_router",
-    "probe": "training.probes.cli:train_probe",
-    "exit-head": "serving.speculative.cli:train_exit_head",
-    "cascade-scorer": "training.cascade_scorer.cli:train_cascade_scorer",
+LAZY_TRAIN_COMMANDS: dict[str, Lazy] = {
+    "router": Lazy("training.cli:train_router", "Train the router; register it as `challenger`."),
+    "probe": Lazy("training.probes.cli:train_probe", "Train the deferral probe (P(weak answer is good))."),
+    "exit-head": Lazy("serving.speculative.cli:train_exit_head", "Train the self-speculative draft's exit head."),
+    "cascade-scorer": Lazy("training.cascade_scorer.cli:train_cascade_scorer",
+                           "Train the cascade's per-rung P(correct) scorers."),
 }
 
 
 class LazyGroup(click.Group):
-    def __init__(self, *args, lazy: dict[str, str], **kwargs):  # noqa: ANN002, ANN003
+    def __init__(self, *args, lazy: dict[str, Lazy], **kwargs):  # noqa: ANN002, ANN003
         super().__init__(*args, **kwargs)
         self.lazy = lazy
 
@@ -56,9 +67,9 @@ class LazyGroup(click.Group):
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        # Help must not import every part (torch, MLflow...): describe lazy commands by name only.
-        rows = [(name, self.commands[name].get_short_help_str(60)) for name in sorted(self.commands)]
-        rows += [(name, f"(see: {ctx.command_path} {name} --help)") for name in sorted(set(self.lazy) - set(self.commands))]
+        # Help must not import every part (torch, MLflow...): lazy commands show their stored line.
+        rows = [(name, self.commands[name].get_short_help_str(100)) for name in sorted(self.commands)]
+        rows += [(name, self.lazy[name].help) for name in sorted(set(self.lazy) - set(self.commands))]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(sorted(rows))
@@ -69,7 +80,7 @@ class LazyGroup(click.Group):
         target = self.lazy.get(cmd_name)
         if target is None:
             return None
-        module_name, attr = target.split(":")
+        module_name, attr = target.target.split(":")
         return getattr(importlib.import_module(module_name), attr)
 
 

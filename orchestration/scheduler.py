@@ -229,7 +229,8 @@ def monitor_job(settings: Settings) -> dict[str, Any]:
 
     r = run_monitor(settings, progress=False)
     return {"monitor_run_id": r.run_id, "pgr": r.pgr, "baseline_pgr": r.baseline_pgr,
-            "drift_detected": r.drift_detected, "alerts_opened": r.alerts_opened}
+            "pgr_null_reason": r.pgr_null_reason, "drift_detected": r.drift_detected,
+            "alerts_opened": r.alerts_opened}
 
 
 # --- the scheduler process ------------------------------------------------------------------------------

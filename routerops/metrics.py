@@ -5,6 +5,8 @@ quality of each model's answer: 0/1 correctness or any real number). A router wi
 sends a prompt to the strong model iff score >= alpha.
 
 - PGR (performance gap recovered) = (q_router - q_weak) / (q_strong - q_weak), q = mean quality.
+  Defined only when q_strong > q_weak: otherwise `pgr` and `pgr_curve` raise NoQualityGap (a
+  ValueError saying why), never a number (all-strong routing would otherwise read 1.0).
 - The PGR curve: PGR against the share of prompts sent to strong, from 0 (all weak) to 1 (all
   strong). We compute it exactly: prompts sorted by score, high first; prompts with equal scores form
   one block, because no threshold can split them. Its vertices are the shares a threshold can
@@ -77,11 +79,27 @@ def strong_share_at(scores: ArrayLike, alpha: float) -> float:
     return float((s >= alpha).mean())
 
 
-def pgr(q_router: float, q_weak: float, q_strong: float) -> float:
-    """Performance gap recovered. Undefined (ValueError) when both models have the same quality."""
+class NoQualityGap(ValueError):
+    """PGR is undefined: the strong model is not better than the weak one on this set. A ratio over a
+    zero or negative gap would read as "all recovered" (e.g. 1.0 when everything goes to strong)."""
+
+
+def quality_gap_problem(q_weak: float, q_strong: float) -> str | None:
+    """Why PGR cannot be computed for these mean qualities, or None when it can (q_strong > q_weak)."""
+    if q_strong > q_weak:
+        return None
     if q_strong == q_weak:
-        raise ValueError(f"PGR is undefined: strong and weak quality are equal ({q_strong}); "
-                         "there is no gap to recover on this set")
+        return (f"PGR is undefined: strong and weak quality are equal ({q_strong:.4g}); "
+                "there is no gap to recover on this set")
+    return (f"PGR is undefined: strong quality {q_strong:.4g} is below weak quality {q_weak:.4g}; "
+            "there is no gap to recover on this set")
+
+
+def pgr(q_router: float, q_weak: float, q_strong: float) -> float:
+    """Performance gap recovered. NoQualityGap (a ValueError) unless strong is better than weak."""
+    problem = quality_gap_problem(q_weak, q_strong)
+    if problem is not None:
+        raise NoQualityGap(problem)
     return (q_router - q_weak) / (q_strong - q_weak)
 
 
@@ -134,12 +152,11 @@ class PGRCurve:
 
 
 def pgr_curve(scores: ArrayLike, weak_q: ArrayLike, strong_q: ArrayLike) -> PGRCurve:
-    """The exact PGR curve (see the module docstring). ValueError when q_strong == q_weak."""
+    """The exact PGR curve (see the module docstring). NoQualityGap when q_strong <= q_weak."""
     s, w, q = _check(scores, weak_q, strong_q)
     n = len(s)
     q_weak, q_strong = float(w.mean()), float(q.mean())
-    if q_strong == q_weak:
-        pgr(q_weak, q_weak, q_strong)  # raises the clear error
+    pgr(q_weak, q_weak, q_strong)  # NoQualityGap unless strong is better than weak
     order = np.argsort(-s, kind="stable")
     s_sorted = s[order]
     gain = (q - w)[order]

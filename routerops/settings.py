@@ -144,6 +144,8 @@ class Settings(BaseSettings):
     golden_set: Path = Path("golden_traces/default.jsonl")
     alert_webhook_url: str | None = None
     pgr_tolerance: float = 0.1
+    # per-category figures of a monitor run need at least this many labelled traces in the category
+    category_min_traces: int = Field(default=10, ge=1)
     # share of traffic the router's own calibration sends to strong until an alpha is set or recalibrated
     target_strong_share: float | None = Field(default=0.3, gt=0.0, lt=1.0)
     target_pgr: float | None = None

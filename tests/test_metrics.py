@@ -52,6 +52,9 @@ def test_curve_vertices_agree_with_routing_at_their_thresholds():
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 6, size=40) / 5  # many ties
     weak, strong = rng.integers(0, 2, size=40), rng.integers(0, 2, size=40)
+    if strong.mean() <= weak.mean():  # PGR needs strong better than weak
+        weak, strong = strong, weak
+    assert strong.mean() > weak.mean()
     curve = m.pgr_curve(scores, weak, strong)
     for alpha, share, quality in zip(curve.thresholds[1:], curve.strong_share[1:], curve.quality[1:], strict=True):
         assert m.routed_quality(scores, weak, strong, alpha) == pytest.approx((quality, share))
@@ -165,6 +168,12 @@ def test_bad_input_errors():
         m.pgr_curve([0.1, 0.9], [1, 0], [0, 1])  # both models average .5
     with pytest.raises(ValueError, match="PGR is undefined"):
         m.pgr(0.5, 0.7, 0.7)
+    # strong worse than weak: no gap either (the ratio would read 1.0 for all-strong routing)
+    with pytest.raises(m.NoQualityGap, match="strong quality 0.292 is below weak quality 0.375"):
+        m.pgr(0.292, 0.375, 0.292)
+    with pytest.raises(m.NoQualityGap, match="below weak quality"):
+        m.pgr_curve([0.1, 0.9], [1, 1], [0, 1])
+    assert m.quality_gap_problem(0.5, 0.75) is None
     with pytest.raises(ValueError, match="length mismatch"):
         m.apgr([0.1, 0.2], [1], [0, 1])
     with pytest.raises(ValueError, match=r"non-finite value\(s\) at position\(s\) \[1\]"):

@@ -155,7 +155,8 @@ def per_category_apgr(data, X: np.ndarray, params: dict[str, np.ndarray], mask: 
         in_mask = mask[ev.q]
         for category in [None, *sorted({c for c in categories[in_mask] if isinstance(c, str)})]:
             sel = in_mask & ((categories == category) if category is not None else True)  # None: the whole source
-            if sel.sum() < MIN_CATEGORY_PROMPTS or ev.strong_q[sel].mean() == ev.weak_q[sel].mean():
+            # strong not better than weak there: APGR is undefined (metrics.NoQualityGap)
+            if sel.sum() < MIN_CATEGORY_PROMPTS or ev.strong_q[sel].mean() <= ev.weak_q[sel].mean():
                 continue
             from training import irt_mf
 
@@ -366,10 +367,14 @@ def train_router(
             except KeyError as exc:  # the router does not know the eval pair
                 log.warning("skipping evaluation set %s: %s", ev.name, exc)
                 continue
-            a = float(rmetrics.apgr(scores, ev.weak_q, ev.strong_q))
+            try:
+                curve = rmetrics.pgr_curve(scores, ev.weak_q, ev.strong_q)
+            except rmetrics.NoQualityGap as exc:  # strong not better than weak there: no APGR to report
+                log.warning("skipping evaluation set %s: %s", ev.name, exc)
+                continue
+            a = curve.apgr()
             results[f"apgr_{ev.name}"] = a
-            results[f"cpt50_{ev.name}"] = float(rmetrics.cpt(scores, ev.weak_q, ev.strong_q, 0.5))
-            curve = rmetrics.pgr_curve(scores, ev.weak_q, ev.strong_q)
+            results[f"cpt50_{ev.name}"] = float(curve.cpt(0.5))
             curves[ev.name] = (np.asarray(curve.strong_share), np.asarray(curve.pgr), a)
         if curves:
             _pgr_plot(curves, tmp_path / "pgr_curve.png")
