@@ -15,19 +15,24 @@ COLUMNS = ["prompt", "prompt_hash", "model_a", "model_b", "winner", "soft_label"
 OUTCOME_COLUMNS = ["prompt", "prompt_hash", "model", "score", "source", "category", "created_at"]
 
 
+def _load(session: Session, table: type, columns: list[str], sources: Iterable[str] | None,
+          exclude_sources: Iterable[str] | None) -> pd.DataFrame:
+    query = select(*(getattr(table, c) for c in columns)).order_by(table.id)
+    if sources is not None:
+        query = query.where(table.source.in_(list(sources)))
+    if exclude_sources is not None:
+        query = query.where(table.source.not_in(list(exclude_sources)))
+    return pd.DataFrame(session.execute(query).all(), columns=columns)
+
+
 def load_preferences(session: Session, sources: Iterable[str] | None = None,
                      exclude_sources: Iterable[str] | None = None) -> pd.DataFrame:
     """Every stored judgement (optionally only / all but some sources), oldest first.
 
     Columns: prompt, prompt_hash, model_a, model_b (canonical names), winner ("a" | "b" | "tie"),
-    soft_label (P(model_a wins) or NaN), source, judge, created_at.
+    soft_label (P(model_a wins) or NaN), source, judge, created_at, category.
     """
-    query = select(*(getattr(PreferenceLog, c) for c in COLUMNS)).order_by(PreferenceLog.id)
-    if sources is not None:
-        query = query.where(PreferenceLog.source.in_(list(sources)))
-    if exclude_sources is not None:
-        query = query.where(PreferenceLog.source.not_in(list(exclude_sources)))
-    frame = pd.DataFrame(session.execute(query).all(), columns=COLUMNS)
+    frame = _load(session, PreferenceLog, COLUMNS, sources, exclude_sources)
     frame["soft_label"] = frame["soft_label"].astype(float)
     return frame
 
@@ -38,11 +43,6 @@ def load_outcomes(session: Session, sources: Iterable[str] | None = None,
 
     Columns: prompt, prompt_hash, model (canonical name), score (0..1), source, category, created_at.
     """
-    query = select(*(getattr(OutcomeLog, c) for c in OUTCOME_COLUMNS)).order_by(OutcomeLog.id)
-    if sources is not None:
-        query = query.where(OutcomeLog.source.in_(list(sources)))
-    if exclude_sources is not None:
-        query = query.where(OutcomeLog.source.not_in(list(exclude_sources)))
-    frame = pd.DataFrame(session.execute(query).all(), columns=OUTCOME_COLUMNS)
+    frame = _load(session, OutcomeLog, OUTCOME_COLUMNS, sources, exclude_sources)
     frame["score"] = frame["score"].astype(float)
     return frame
