@@ -23,6 +23,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TOKENIZERS_PARALLELISM=false \
     MLFLOW_DISABLE_TELEMETRY=true \
     DO_NOT_TRACK=1 \
+    # No git in the image: without this, every MLflow run logs GitPython's 20-line warning.
+    GIT_PYTHON_REFRESH=quiet \
     ROUTEROPS_DATA_DIR=/data
 
 # torch first, pinned, CPU-only: PyPI's torch is a multi-GB CUDA build. Its own layers, so code changes
