@@ -104,7 +104,7 @@ def difficulty(params: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(X.astype(np.float64) @ params["w"].astype(np.float64))))
 
 
-def fit(data: FitData, config: IRTMFConfig, *, progress: bool = False) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def fit(data: FitData, config: IRTMFConfig) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Weighted BCE on outcomes + Bradley-Terry on preferences, L2, full-batch L-BFGS, one thread."""
     import torch
     from torch.nn.functional import binary_cross_entropy_with_logits as bce

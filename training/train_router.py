@@ -142,6 +142,7 @@ def per_category_apgr(data, X: np.ndarray, params: dict[str, np.ndarray], mask: 
     """APGR on the prompts in `mask` per (source, category), each with its source's evaluation pair
     (the leave-one-source-out rule, training/router_loso.py)."""
     from routerops import metrics as rmetrics
+    from training import irt_mf
     from training.router_loso import eval_pair
 
     index = {m: i for i, m in enumerate(data.vocabulary)}
@@ -158,8 +159,6 @@ def per_category_apgr(data, X: np.ndarray, params: dict[str, np.ndarray], mask: 
             # strong not better than weak there: APGR is undefined (metrics.NoQualityGap)
             if sel.sum() < MIN_CATEGORY_PROMPTS or ev.strong_q[sel].mean() <= ev.weak_q[sel].mean():
                 continue
-            from training import irt_mf
-
             scores = irt_mf.pair_score(params, X[ev.q[sel]], index[ev.strong], index[ev.weak])
             rows.append({"source": source, "category": category or "(all)", "strong": ev.strong, "weak": ev.weak,
                          "prompts": int(sel.sum()),
