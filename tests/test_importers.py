@@ -298,7 +298,7 @@ def test_load_preferences_filters_by_source(settings):
         only_alpaca = load_preferences(s, sources=["alpaca_eval"])
         no_alpaca = load_preferences(s, exclude_sources=["alpaca_eval"])
     assert list(everything.columns) == ["prompt", "prompt_hash", "model_a", "model_b", "winner", "soft_label",
-                                        "source", "judge", "created_at"]
+                                        "source", "judge", "created_at", "category"]
     assert (len(everything), len(only_alpaca), len(no_alpaca)) == (8, 5, 3)
     assert set(no_alpaca["source"]) == {"native", "feedback-export"}
     assert no_alpaca["soft_label"].isna().sum() == 2 and no_alpaca["soft_label"].dtype == float
