@@ -24,11 +24,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(app, timeout_s: float = 60.0) -> Iterator[str]:  # noqa: ANN001
-    """Serve `app` with uvicorn on 127.0.0.1:<free port>; yields the base URL; stops it on exit."""
+def running_server(app, timeout_s: float = 60.0, port: int | None = None) -> Iterator[str]:  # noqa: ANN001
+    """Serve `app` with uvicorn on 127.0.0.1:<port> (default: a free one); yields the base URL; stops it."""
     import uvicorn
 
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="on"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -81,20 +80,8 @@ def upstream_app() -> FastAPI:
 @contextmanager
 def serve_on(app: FastAPI, port: int) -> Iterator[str]:
     """uvicorn on a given port (the refused-connection backend comes alive there later)."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, f"upstream did not start on {port}"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with running_server(app, timeout_s=30, port=port) as base:
+        yield f"{base}/v1"
 
 
 @pytest.fixture(scope="module")
