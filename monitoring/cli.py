@@ -144,6 +144,23 @@ def monitor_run(golden_path: Path | None, judge_annotations: tuple[Path, ...], n
         click.echo(f"  ALERTS opened: {r.alerts_opened}")
 
 
+@monitor.command("ui")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8001, show_default=True)
+def monitor_ui(host: str, port: int) -> None:
+    """Run the Evidently UI on the workspace, after creating the project it must watch."""
+    from monitoring.dashboards import ensure_project
+    from routerops.console_scripts import console_script
+
+    settings = _settings()
+    project_id = ensure_project(settings)
+    click.echo(f"Evidently project {project_id} in {settings.resolved_evidently_workspace}", err=True)
+    evidently = console_script("evidently")
+    # exec: the UI becomes this process, so signals from `routerops up` or compose reach it directly
+    os.execv(evidently, [evidently, "ui", "--workspace", str(settings.resolved_evidently_workspace),
+                         "--host", host, "--port", str(port)])
+
+
 # --- alpha -------------------------------------------------------------------------------------
 @click.group()
 def alpha() -> None:

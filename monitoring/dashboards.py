@@ -6,11 +6,21 @@ one-row summary (tag "summary") whose MeanValue metrics carry the run's figures:
 strong-call share, alpha, drift share, quality (weak, strong, routed) and, per model, exact-match
 rate, similarity and length change. A null PGR (strong not better than weak) is NaN there, a gap in
 the PGR line, and the "PGR defined" panel shows 0 for that run. The dashboard panels (created once;
-panels a later release adds are added to an existing project) read those metrics. Look with `evidently ui --workspace DIR`.
+panels a later release adds are added to an existing project) read those metrics.
+
+A running Evidently UI learns of files written by another process only through a file watcher
+(inotify), and a watcher cannot see files created in a directory it has not started watching yet:
+a project created after the UI started (new project folder, then its metadata inside) or the first
+snapshot (new snapshots folder, then the file) can be missed for good. So the project, its panels
+and its snapshots folder are created before any UI starts (`ensure_project`, run by `routerops up`,
+by the compose `migrate` step and by `routerops monitor ui`, the UI launcher), and later runs only
+add files to folders the UI already watches. When ROUTEROPS_EVIDENTLY_URL names the running UI, the
+monitor also asks it to reload the project after each run (a missed event then costs nothing).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +28,8 @@ from typing import Any
 import pandas as pd
 
 from routerops.settings import Settings
+
+log = logging.getLogger(__name__)
 
 PROJECT_NAME = "routerops monitoring"
 TAB = "Monitoring"
@@ -83,6 +95,32 @@ def get_project(settings: Settings):  # noqa: ANN201 - (Workspace, Project)
     return ws, project
 
 
+def ensure_project(settings: Settings) -> str:
+    """Create the project, its dashboard and its (empty) snapshots folder if missing; returns the
+    project id. Run before any Evidently UI starts on the workspace (see the module docstring)."""
+    from evidently.ui.storage.local.base import SNAPSHOTS_DIR_NAME
+
+    _, project = get_project(settings)
+    (settings.resolved_evidently_workspace / str(project.id) / SNAPSHOTS_DIR_NAME).mkdir(parents=True, exist_ok=True)
+    return str(project.id)
+
+
+def notify_ui(settings: Settings, project_id: str) -> bool:
+    """Ask the running UI (settings.evidently_url) to reload the project's snapshots from disk.
+    Best effort: the snapshots are on disk either way, so a UI that is down only logs a warning."""
+    if not settings.evidently_url:
+        return False
+    import httpx
+
+    url = f"{settings.evidently_url.rstrip('/')}/api/projects/{project_id}/reload"
+    try:
+        httpx.get(url, timeout=10.0).raise_for_status()
+    except httpx.HTTPError as exc:
+        log.warning("Evidently UI at %s did not reload the project: %s", settings.evidently_url, exc)
+        return False
+    return True
+
+
 def add_run_snapshots(settings: Settings, result, drift) -> dict[str, Any]:  # noqa: ANN001
     from evidently import Report
     from evidently.metrics import MeanValue
@@ -93,10 +131,10 @@ def add_run_snapshots(settings: Settings, result, drift) -> dict[str, Any]:  # n
     meta = {"monitor_run_id": result.run_id, "router_version": str(result.metrics.get("router_version"))}
     summary = Report([MeanValue(column=c) for c in row], tags=["summary"], metadata=meta)
     snap = summary.run(current_data=pd.DataFrame([row]), timestamp=now)
-    ids = {"summary": str(ws.add_run(project.id, snap))}
+    ids = {"summary": str(ws.add_run(project.id, snap).id)}  # add_run returns a SnapshotRef
     if drift.snapshot is not None:
         drift.snapshot.tags = ["drift"]
         drift.snapshot.metadata = meta
-        ids["drift"] = str(ws.add_run(project.id, drift.snapshot))
+        ids["drift"] = str(ws.add_run(project.id, drift.snapshot).id)
     return {"workspace": str(settings.resolved_evidently_workspace), "project_id": str(project.id),
-            "snapshots": ids}
+            "snapshots": ids, "ui_reloaded": notify_ui(settings, str(project.id))}

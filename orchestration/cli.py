@@ -40,6 +40,7 @@ LAZY_COMMANDS: dict[str, Lazy] = {
     "speculative": Lazy("serving.speculative.cli:speculative", "Exact speculative decoding of the local target model."),
     "keys": Lazy("serving.cli:keys", "Create, list and revoke API keys (stored hashed)."),
     "up": Lazy("orchestration.up:up", "Run API, scheduler, MLflow UI and Evidently UI locally."),
+    "init": Lazy("orchestration.up:init_command", "Prepare the stores: database, MLflow, Evidently project."),
     "db": Lazy("routerops.cli:db", "Database schema (Alembic): upgrade, downgrade, current."),
 }
 

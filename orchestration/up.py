@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,10 +23,10 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import click
 
+from routerops.console_scripts import console_script
 from routerops.settings import Settings, get_settings
 
 # The UIs' background job runners (MLflow GenAI jobs) are not used by routerops and cost ~8 processes.
@@ -71,17 +70,6 @@ def check_port_free(host: str, port: int, option: str) -> None:
             ) from None
 
 
-def console_script(name: str) -> str:
-    """A console script of this virtualenv (next to the interpreter), else one on PATH."""
-    candidate = Path(sys.executable).parent / name
-    if candidate.is_file():
-        return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        raise click.ClickException(f"`{name}` is not installed in this environment (pip install routerops pulls it in)")
-    return found
-
-
 def _probe_host(host: str) -> str:
     return "127.0.0.1" if host in {"0.0.0.0", "", "::"} else host
 
@@ -104,7 +92,9 @@ def build_children(settings: Settings, host: str, ports: Ports, scheduler: bool,
         )
     ]
     if scheduler:
-        children.append(ChildSpec("scheduler", [*routerops_cmd, "scheduler"]))
+        # the monitor it runs asks the UI to reload the project after each run
+        children.append(ChildSpec("scheduler", [*routerops_cmd, "scheduler"],
+                                  env={"ROUTEROPS_EVIDENTLY_URL": f"http://{probe}:{ports.evidently}"}))
     if mlflow_ui_runs_locally(settings):
         argv = [
             console_script("mlflow"), "server",
@@ -120,8 +110,8 @@ def build_children(settings: Settings, host: str, ports: Ports, scheduler: bool,
     children.append(
         ChildSpec(
             "evidently-ui",
-            [console_script("evidently"), "ui", "--workspace", str(settings.resolved_evidently_workspace),
-             "--host", host, "--port", str(ports.evidently)],
+            # `monitor ui` creates the project before the UI starts watching (monitoring/dashboards.py)
+            [*routerops_cmd, "monitor", "ui", "--host", host, "--port", str(ports.evidently)],
             health_url=f"http://{probe}:{ports.evidently}/",
         )
     )
@@ -241,8 +231,9 @@ def _group_alive(pgid: int) -> bool:
 
 
 def prepare_stores(settings: Settings) -> None:
-    """`routerops db upgrade`, and the MLflow store's tables and experiment, before any child runs,
-    so that the children never race to create them."""
+    """`routerops db upgrade`, the MLflow store's tables and experiment, and the Evidently project,
+    before any child runs, so that the children never race to create them."""
+    from monitoring.dashboards import ensure_project
     from routerops.db import dispose_engines, migrate
     from routerops.registry import configure_mlflow
 
@@ -250,7 +241,16 @@ def prepare_stores(settings: Settings) -> None:
     migrate.upgrade("head", settings=settings)
     dispose_engines()
     configure_mlflow(settings)
-    settings.resolved_evidently_workspace.mkdir(parents=True, exist_ok=True)
+    ensure_project(settings)
+
+
+@click.command("init")
+def init_command() -> None:
+    """Prepare every store: migrations, MLflow experiment, Evidently project (idempotent)."""
+    settings = get_settings()
+    prepare_stores(settings)
+    click.echo(f"stores ready: database at head, MLflow experiment {settings.mlflow_experiment!r}, "
+               f"Evidently project in {settings.resolved_evidently_workspace}")
 
 
 def session_keys(settings: Settings) -> tuple[dict[str, str], list[str]]:

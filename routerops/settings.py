@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     mlflow_artifact_root: str | None = Field(default=None, description="Default: data_dir/mlartifacts.")
     mlflow_experiment: str = "routerops"
     evidently_workspace: Path | None = Field(default=None, description="Default: data_dir/evidently.")
+    # The running Evidently UI, asked to reload the project after each monitor run (optional).
+    evidently_url: str | None = None
 
     # --- registry names ----------------------------------------------------------------------
     router_model_name: str = "mf-router"

@@ -98,13 +98,19 @@ def test_compose_keeps_mlflow_store_apart_and_points_apps_at_it(config: dict) ->
     assert api_env["ROUTEROPS_DATABASE_URL"].endswith("@postgres:5432/routerops")
     backend = services["mlflow"]["command"][services["mlflow"]["command"].index("--backend-store-uri") + 1]
     assert backend.startswith("postgresql://mlflow:") and backend.endswith("@postgres:5432/mlflow")
-    # API, scheduler and the Evidently UI see one workspace on one volume.
-    workspace = services["evidently"]["command"][services["evidently"]["command"].index("--workspace") + 1]
-    for app in ("api", "scheduler", "evidently"):
+    # API, scheduler, the migrate step (which creates the project) and the Evidently UI see one
+    # workspace on one volume; the UI starts only after the project exists.
+    workspace = services["evidently"]["environment"]["ROUTEROPS_EVIDENTLY_WORKSPACE"]
+    assert services["evidently"]["command"][:2] == ["monitor", "ui"]
+    assert services["evidently"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert services["migrate"]["command"] == ["init"]
+    assert services["scheduler"]["environment"]["ROUTEROPS_EVIDENTLY_URL"] == "http://evidently:8001"
+    for app in ("api", "scheduler", "evidently", "migrate"):
         mounts = {v["target"]: v["source"] for v in services[app]["volumes"]}
         assert mounts.get("/data") == "routerops-data", app
     assert workspace.startswith("/data/")
-    assert services["scheduler"]["environment"]["ROUTEROPS_EVIDENTLY_WORKSPACE"] == workspace
+    for app in ("scheduler", "migrate"):
+        assert services[app]["environment"]["ROUTEROPS_EVIDENTLY_WORKSPACE"] == workspace
 
 
 def test_compose_refuses_to_start_without_secrets(tmp_path: Path) -> None:

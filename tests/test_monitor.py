@@ -188,7 +188,7 @@ def test_alpha_cli_bounded_step_and_approval(settings, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # 24 prompts x (greedy + best-of-5) on CPU: minutes alone, far more on a loaded box
+@pytest.mark.timeout(2400)  # 20 prompts x (greedy + best-of-5), 48 tokens, on CPU: minutes alone, more on a loaded box
 def test_shipped_golden_set_replays_end_to_end(settings):
     """The shipped golden set against the embedded default pair (SmolLM2 greedy / best-of-5), no
     router yet (fresh install: all calls go to strong), through the CLI. Wall time is printed."""

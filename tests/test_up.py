@@ -141,7 +141,10 @@ def test_up_serves_a_chat_completion_and_the_uis_then_stops_cleanly_on_ctrl_c(tm
         assert experiment.json()["experiment"]["name"] == "routerops"
         dashboard = httpx.get(evidently_ui, timeout=30)
         assert dashboard.status_code == 200
-        assert httpx.get(f"{evidently_ui}/api/projects", timeout=30).status_code == 200
+        projects = httpx.get(f"{evidently_ui}/api/projects", timeout=30)
+        assert projects.status_code == 200
+        # the project exists before any monitor run, so the UI watches its folders from the start
+        assert [p["name"] for p in projects.json()] == ["routerops monitoring"]
 
         up.proc.send_signal(signal.SIGINT)
         code = up.finish(timeout=60)
