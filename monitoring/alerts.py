@@ -26,7 +26,7 @@ from routerops.settings import Settings
 
 log = logging.getLogger(__name__)
 
-KINDS = ("pgr_regression", "drift")
+KINDS = ("pgr_regression", "drift", "live_drift", "strong_share_shift")
 
 
 @dataclass

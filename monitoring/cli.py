@@ -144,6 +144,39 @@ def monitor_run(golden_path: Path | None, judge_annotations: tuple[Path, ...], n
         click.echo(f"  ALERTS opened: {r.alerts_opened}")
 
 
+@monitor.command("live")
+@click.option("--no-dashboards", is_flag=True, help="Skip the Evidently snapshots.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full metrics as JSON.")
+def monitor_live(no_dashboards: bool, as_json: bool) -> None:
+    """Live traffic vs the live router's training reference: drift and strong-call share."""
+    from monitoring.live_drift import run_live_drift
+    from routerops.jsonsafe import json_safe
+
+    settings = _settings()
+    r = run_live_drift(settings, write_dashboards=not no_dashboards)
+    if as_json:
+        click.echo(json.dumps(json_safe({"run_id": r.run_id, "status": r.status, **r.metrics}), indent=2))
+        return
+    if r.status == "skipped":
+        click.echo(f"live drift run {r.run_id}: skipped: {r.reason}")
+        return
+    m = r.metrics
+    d = m["drift"]
+    click.echo(f"live drift run {r.run_id}: {r.n_requests} scored requests of router version {r.router_version} "
+               f"in the last {m['window_hours']:g} h ({m['n_with_prompt']} with a stored prompt), "
+               f"reference {m['n_reference']} prompts")
+    click.echo(f"  strong share {r.strong_share:.3f} (expected {r.expected_strong_share:.3f} on the reference at "
+               f"the same alphas; tolerance {m['strong_share_tolerance']:.2f})")
+    click.echo(f"  drift: {'YES' if r.drift_detected else 'no'} (share {d['drift_share']:.2f}, threshold "
+               f"{m['drift_share_threshold']:.2f}" + (f"; {', '.join(d['drifted_columns'])}" if d["drifted_columns"] else "")
+               + ")")
+    score = d["columns"].get("router_score", {})
+    if score:
+        click.echo(f"  router score: {score.get('method')} {score.get('score'):.4f} (threshold {score.get('threshold')})")
+    if r.alerts_opened:
+        click.echo(f"  ALERTS opened: {r.alerts_opened}")
+
+
 @monitor.command("ui")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8001, show_default=True)

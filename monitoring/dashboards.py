@@ -48,6 +48,24 @@ PANELS: list[tuple[str, list[tuple[str, str]]]] = [
     ("Output drift: similarity vs recorded", [("weak_similarity", "weak"), ("strong_similarity", "strong")]),
     ("Output drift: length change", [("weak_length_change", "weak"), ("strong_length_change", "strong")]),
 ]
+# Live traffic (monitoring/live_drift.py): snapshots tagged "live"
+LIVE_PANELS: list[tuple[str, list[tuple[str, str]]]] = [
+    ("Live: strong-call share vs the reference at the same alphas",
+     [("live_strong_share", "live"), ("live_expected_strong_share", "expected (reference)")]),
+    ("Live: drift share (router score and prompt statistics)", [("live_drift_share", "share of drifted columns")]),
+    ("Live: router-score drift (Wasserstein, normed; drift above 0.1)", [("live_router_score_drift", "router score")]),
+]
+
+
+def category_panel(category: str) -> tuple[str, list[tuple[str, str]]]:
+    """One panel per golden-set category: its PGR, baseline PGR and strong share (summary columns)."""
+    col = category_column(category)
+    return (f"Category {category}: PGR and strong share",
+            [(f"{col}_pgr", "PGR"), (f"{col}_baseline_pgr", "baseline PGR"), (f"{col}_strong_share", "strong share")])
+
+
+def category_column(category: str) -> str:
+    return "cat_" + "".join(c if c.isalnum() else "_" for c in category.lower())
 
 
 def summary_row(result) -> dict[str, float]:  # noqa: ANN001 - monitoring.replay.MonitorResult
@@ -67,11 +85,30 @@ def summary_row(result) -> dict[str, float]:  # noqa: ANN001 - monitoring.replay
         **{f"{w}_exact_match": od[w]["exact_match_rate"] for w in ("weak", "strong")},
         **{f"{w}_similarity": od[w]["similarity"] for w in ("weak", "strong")},
         **{f"{w}_length_change": od[w]["length_change"] for w in ("weak", "strong")},
+        **_category_columns(result),
     }
 
 
-def get_project(settings: Settings):  # noqa: ANN201 - (Workspace, Project)
-    """The workspace and our project, created with its dashboard on first use."""
+def _category_columns(result) -> dict[str, float]:  # noqa: ANN001
+    """Per reported category (enough labelled traces): PGR (NaN when null), baseline, strong share."""
+    nan = float("nan")
+    out: dict[str, float] = {}
+    for row in (result.metrics.get("categories") or {}).get("rows", []):
+        if not row.get("reported"):
+            continue
+        col = category_column(row["category"])
+        for key in ("pgr", "baseline_pgr", "strong_share"):
+            out[f"{col}_{key}"] = nan if row.get(key) is None else float(row[key])
+    return out
+
+
+def _reported_categories(result) -> list[str]:  # noqa: ANN001
+    return [r["category"] for r in (result.metrics.get("categories") or {}).get("rows", []) if r.get("reported")]
+
+
+def get_project(settings: Settings, categories: list[str] = ()):  # noqa: ANN201 - (Workspace, Project)
+    """The workspace and our project, created with its dashboard on first use; a panel is added for
+    each category not shown yet."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
     from evidently.sdk.models import PanelMetric
     from evidently.sdk.panels import line_plot_panel
@@ -86,10 +123,13 @@ def get_project(settings: Settings):  # noqa: ANN201 - (Workspace, Project)
     else:
         project = ws.create_project(PROJECT_NAME, description="Golden-trace replays of the live router pair")
     have = {p.title for p in project.dashboard.model().panels}
-    for title, series in PANELS:  # panels added by a later release appear in an existing project too
+    wanted = [(p, "summary") for p in PANELS] + [(p, "live") for p in LIVE_PANELS]
+    wanted += [(category_panel(c), "summary") for c in categories]
+    # panels added by a later release (or a new category) appear in an existing project too
+    for (title, series), tag in wanted:
         if title in have:
             continue
-        values = [PanelMetric(legend=legend, metric="MeanValue", metric_labels={"column": col}, tags=["summary"])
+        values = [PanelMetric(legend=legend, metric="MeanValue", metric_labels={"column": col}, tags=[tag])
                   for col, legend in series]
         project.dashboard.add_panel(line_plot_panel(title, values, size="half"), tab=TAB)
     return ws, project
@@ -125,16 +165,34 @@ def add_run_snapshots(settings: Settings, result, drift) -> dict[str, Any]:  # n
     from evidently import Report
     from evidently.metrics import MeanValue
 
-    ws, project = get_project(settings)
+    ws, project = get_project(settings, _reported_categories(result))
     now = datetime.now(UTC).replace(tzinfo=None)
     row = summary_row(result)
     meta = {"monitor_run_id": result.run_id, "router_version": str(result.metrics.get("router_version"))}
     summary = Report([MeanValue(column=c) for c in row], tags=["summary"], metadata=meta)
     snap = summary.run(current_data=pd.DataFrame([row]), timestamp=now)
     ids = {"summary": str(ws.add_run(project.id, snap).id)}  # add_run returns a SnapshotRef
-    if drift.snapshot is not None:
-        drift.snapshot.tags = ["drift"]
-        drift.snapshot.metadata = meta
+    if drift.snapshot is not None:  # tagged "drift" by monitoring.replay
         ids["drift"] = str(ws.add_run(project.id, drift.snapshot).id)
+    return {"workspace": str(settings.resolved_evidently_workspace), "project_id": str(project.id),
+            "snapshots": ids, "ui_reloaded": notify_ui(settings, str(project.id))}
+
+
+def add_live_snapshots(settings: Settings, result, drift) -> dict[str, Any]:  # noqa: ANN001 - live_drift.LiveDriftResult
+    """A live-drift run: its figures (tag "live") and Evidently's drift report (tag "live-drift")."""
+    from evidently import Report
+    from evidently.metrics import MeanValue
+
+    from monitoring.live_drift import summary_row as live_row
+
+    ws, project = get_project(settings)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    row = live_row(result)
+    meta = {"live_drift_run_id": result.run_id, "router_version": str(result.router_version)}
+    snap = Report([MeanValue(column=c) for c in row], tags=["live"], metadata=meta).run(
+        current_data=pd.DataFrame([row]), timestamp=now)
+    ids = {"live": str(ws.add_run(project.id, snap).id)}
+    if drift.snapshot is not None:  # tagged "live-drift" by monitoring.live_drift
+        ids["live-drift"] = str(ws.add_run(project.id, drift.snapshot).id)
     return {"workspace": str(settings.resolved_evidently_workspace), "project_id": str(project.id),
             "snapshots": ids, "ui_reloaded": notify_ui(settings, str(project.id))}

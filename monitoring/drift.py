@@ -39,8 +39,10 @@ def output_stats(text: str) -> tuple[int, int]:
     return len(text.split()), text.count("\n") + 1
 
 
-def drift_report(reference: pd.DataFrame, current: pd.DataFrame, timestamp=None) -> DriftResult:  # noqa: ANN001
-    """Evidently data drift over the shared numeric columns of reference and current."""
+def drift_report(reference: pd.DataFrame, current: pd.DataFrame, timestamp=None,  # noqa: ANN001
+                 tags: list[str] | None = None, metadata: dict[str, str] | None = None) -> DriftResult:
+    """Evidently data drift over the shared numeric columns of reference and current; `tags` and
+    `metadata` go on the snapshot (set them here: a snapshot's tags cannot be changed afterwards)."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
     from evidently import Report
     from evidently.presets import DataDriftPreset
@@ -49,7 +51,8 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, timestamp=None)
     if not cols:
         raise ValueError("no common columns to compare")
     report = Report([DataDriftPreset(columns=cols)], include_tests=True)
-    snapshot = report.run(current_data=current[cols], reference_data=reference[cols], timestamp=timestamp)
+    snapshot = report.run(current_data=current[cols], reference_data=reference[cols], timestamp=timestamp,
+                          metadata=metadata or {}, tags=tags or [])
     d = snapshot.dict()
     columns: dict[str, dict[str, Any]] = {}
     for m in d["metrics"]:

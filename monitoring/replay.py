@@ -265,7 +265,8 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
 
         ref_df, cur_df = _frames(ok, scores, compare_scores)
         if ref_df.shape[1] > 0:
-            drift = drift_report(ref_df, cur_df, timestamp=datetime.now(UTC).replace(tzinfo=None))
+            drift = drift_report(ref_df, cur_df, timestamp=datetime.now(UTC).replace(tzinfo=None), tags=["drift"],
+                                 metadata={"monitor_run_id": run_id, "router_version": str(live_version)})
         else:  # every statistic constant and unchanged on both sides: nothing drifted
             from monitoring.drift import DriftResult
 

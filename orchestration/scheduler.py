@@ -56,6 +56,8 @@ def default_jobs(settings: Settings) -> list[JobSpec]:
         JobSpec("refit-cascade", "training.cascade_refit:refit_cascade_job", "cron", cron),
         JobSpec("monitor", "orchestration.scheduler:monitor_job", "interval",
                 {"minutes": settings.monitor_interval_minutes}),
+        JobSpec("live-drift", "orchestration.scheduler:live_drift_job", "interval",
+                {"minutes": settings.live_drift_interval_minutes}),
     ]
 
 
@@ -224,6 +226,15 @@ def retrain_probes_job(settings: Settings) -> dict[str, Any]:
     return {"new_rows": new, **max_ids, "command": f"routerops train probe {' '.join(PROBE_TRAIN_ARGS)}"}
 
 
+def live_drift_job(settings: Settings) -> dict[str, Any]:
+    from monitoring.live_drift import run_live_drift
+
+    r = run_live_drift(settings)
+    return {"live_drift_run_id": r.run_id, "status": r.status, "n_requests": r.n_requests,
+            "strong_share": r.strong_share, "expected_strong_share": r.expected_strong_share,
+            "drift_detected": r.drift_detected, "reason": r.reason, "alerts_opened": r.alerts_opened}
+
+
 def monitor_job(settings: Settings) -> dict[str, Any]:
     from monitoring.replay import run_monitor
 
@@ -347,7 +358,7 @@ class RouterOpsScheduler:
 
 
 @click.command("scheduler")
-@click.option("--once", "once", default=None, help="Run one job now (retrain-router, retrain-probes, refit-cascade, monitor) and exit.")
+@click.option("--once", "once", default=None, help="Run one job now (retrain-router, retrain-probes, refit-cascade, monitor, live-drift) and exit.")
 @click.option("--list", "list_jobs", is_flag=True, help="List the configured jobs and exit.")
 def scheduler_command(once: str | None, list_jobs: bool) -> None:
     """Run the scheduled loop (one leader among all started instances); SIGTERM stops it cleanly."""

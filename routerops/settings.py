@@ -164,6 +164,14 @@ class Settings(BaseSettings):
     # threshold is Evidently's default (K-S/chi2 p < 0.05 at <= 1000 rows).
     recalibration_min_requests: int = 200
     recalibration_window_hours: float = 24.0
+    # live drift (monitoring/live_drift.py): request logs of the window vs the live router's reference
+    live_drift_interval_minutes: int = Field(default=60, ge=1)
+    live_drift_window_hours: float = Field(default=24.0, gt=0.0)
+    live_drift_min_requests: int = Field(default=200, ge=1)
+    # drift when the router score drifts or at least this share of compared columns drift
+    live_drift_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    # |live strong share - share expected on the reference at the same alphas| beyond this alerts
+    live_strong_share_tolerance: float = Field(default=0.15, gt=0.0, lt=1.0)
     alert_webhook_retries: int = 3
     alert_webhook_backoff_s: float = 0.5
     scheduler_lease_seconds: float = 30.0  # leader lease TTL; renewed every third of it

@@ -87,6 +87,8 @@ def test_running_ui_lists_the_project_and_every_new_snapshot(settings, monkeypat
             assert listed == seen | written, (sorted(listed), sorted(seen), sorted(written))
             seen |= written
         assert list(_projects(ui)) == [PROJECT_NAME]  # one project, never a duplicate
+        listed = httpx.get(f"{ui}/api/projects/{project_id}/snapshots", timeout=30).json()
+        assert sorted(t for snap in listed for t in snap["tags"]) == ["drift"] * 3 + ["summary"] * 3
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -162,18 +162,42 @@ class MFRouter:
             return np.zeros(0, dtype=np.float64)
         return self.score_embeddings(self.embedder.encode(list(prompts)), s, w, prompts=list(prompts))
 
+    # --- the reference prompt set stored with the router (live drift, calibration) -------------
+    @property
+    def has_reference(self) -> bool:
+        ref = self.weights.get("reference_X")
+        return ref is not None and len(ref) > 0
+
+    def reference_scores(self, strong: str | None = None, weak: str | None = None) -> np.ndarray | None:
+        """P(strong wins) on the reference prompts saved at training time (None without them)."""
+        if not self.has_reference:
+            return None
+        return self._score_vectors(self.weights["reference_X"].astype(np.float32), *self.pair(strong, weak))
+
+    def reference_prompt_stats(self) -> np.ndarray | None:
+        """The reference prompts' standardized statistics (the last columns of `reference_X`; None for
+        a router trained without statistics or without a reference set)."""
+        if not self.has_reference or not self.uses_prompts:
+            return None
+        return self.weights["reference_X"][:, -len(self.feature_standardizer["mean"]):].astype(np.float32)
+
+    def prompt_stats(self, prompts: list[str]) -> np.ndarray:
+        """Live prompts' statistics, standardized as at training time (comparable to the reference)."""
+        if not self.uses_prompts:
+            raise ValueError("this router was trained without prompt statistics")
+        return prompt_features(prompts, self.feature_standardizer)
+
     # --- calibration: alpha for a target strong-call share ------------------------------------
     def alpha_for_share(self, share: float, strong: str | None = None, weak: str | None = None) -> float | None:
         """The alpha that sends `share` of the reference prompts stored with the router to strong
         (None for a router without them)."""
         if not 0.0 < share < 1.0:
             raise ValueError(f"strong share must be in (0, 1), got {share}")
-        ref = self.weights.get("reference_X")
-        if ref is None or not len(ref):
+        scores = self.reference_scores(strong, weak)
+        if scores is None:
             return None
         from routerops.metrics import alpha_for_strong_share
 
-        scores = self._score_vectors(ref.astype(np.float32), *self.pair(strong, weak))
         return alpha_for_strong_share(scores, share)
 
 

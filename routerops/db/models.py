@@ -285,3 +285,24 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     holder: Mapped[str] = mapped_column(String(200))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LiveDriftRun(Base):
+    """One check of live traffic (request_logs) against the reference saved with the live router:
+    router-score and prompt-statistic drift (Evidently) and the strong-call share. No labels needed."""
+
+    __tablename__ = "live_drift_runs"
+    __table_args__ = (Index("ix_live_drift_runs_started_at", "started_at"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | ok | skipped | failed
+    router_version: Mapped[str | None] = mapped_column(String(40))
+    window_hours: Mapped[float] = mapped_column(Float)
+    n_requests: Mapped[int] = mapped_column(Integer, default=0)
+    strong_share: Mapped[float | None] = mapped_column(Float)
+    expected_strong_share: Mapped[float | None] = mapped_column(Float)
+    drift_detected: Mapped[bool | None] = mapped_column(Boolean)
+    drift_share: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
