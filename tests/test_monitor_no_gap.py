@@ -118,6 +118,10 @@ def test_monitor_reports_null_pgr_with_its_reason_everywhere(replay_pair, monkey
     assert values["Mean value of 'pgr_defined'"] == 0.0
     assert values["Mean value of 'quality_weak'"] == pytest.approx(2 / 3)
     assert values["Mean value of 'quality_strong'"] == pytest.approx(1 / 3)
+    # one panel per reported category, fed by the summary's per-category columns
+    assert {"Category arithmetic: PGR and strong share", "Category geography: PGR and strong share"} <= titles
+    assert values["Mean value of 'cat_arithmetic_strong_share'"] == 1.0
+    assert math.isnan(values["Mean value of 'cat_geography_pgr'"])  # null there too: weak and strong equal
 
 
 def test_null_pgr_never_opens_nor_resolves_a_pgr_alert(settings):
