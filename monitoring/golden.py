@@ -365,7 +365,10 @@ def record_from_alpaca_eval(weak_outputs: Path | str, strong_outputs: Path | str
     path = Path(strong_outputs)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as fh:
-        instructions = [r["instruction"] for r in json.load(fh)]
+        rows = json.load(fh)
+    instructions = [r["instruction"] for r in rows]
+    # AlpacaEval's `dataset` (helpful_base, koala, oasst, selfinstruct, vicuna) is the trace's category
+    dataset = {prompt_hash(r["instruction"]): str(r.get("dataset") or "alpaca_eval") for r in rows}
     picked = []
     for instruction in instructions:
         h = prompt_hash(instruction)
@@ -381,7 +384,7 @@ def record_from_alpaca_eval(weak_outputs: Path | str, strong_outputs: Path | str
     for i, ((instruction, h), score) in enumerate(zip(picked, scores, strict=True)):
         p_weak, judge = labels[h]
         traces.append(GoldenTrace(
-            trace_id=f"ae-{h[:12]}", category="alpaca_eval", prompt=instruction,
+            trace_id=f"ae-{h[:12]}", category=dataset[h], prompt=instruction,
             decoding=Decoding(max_new_tokens=2048), seed=base_seed + i,
             weak=Output(weak_name, weak_out[h]), strong=Output(strong_name, strong_out[h]),
             label=Label(judged_winner=winner_of(p_weak), p_weak_wins=p_weak, judge=judge),

