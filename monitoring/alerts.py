@@ -168,9 +168,12 @@ def process_conditions(session: Session, settings: Settings, conditions: list[Co
 
 def active_alert_gauges(session: Session) -> dict[str, float]:
     """Prometheus gauges for serving's /metrics: routerops_<kind>_active = 1.0 while an alert of that
-    kind is open, else 0.0 (every kind in KINDS, so those series always exist; other kinds while open)."""
-    kinds = set(session.scalars(select(Alert.kind).where(Alert.status == "open")))
-    return {f"routerops_{kind}_active": 1.0 if kind in kinds else 0.0 for kind in (*KINDS, *sorted(kinds - set(KINDS)))}
+    kind is open, else 0.0: every kind in KINDS (those series always exist) and every other kind that
+    ever had an alert (so a resolved live_drift reads 0, not a missing series)."""
+    open_kinds = set(session.scalars(select(Alert.kind).where(Alert.status == "open")))
+    seen = set(session.scalars(select(Alert.kind).distinct()))
+    return {f"routerops_{kind}_active": 1.0 if kind in open_kinds else 0.0
+            for kind in (*KINDS, *sorted(seen - set(KINDS)))}
 
 
 def open_category_regressions(session: Session) -> list[str]:

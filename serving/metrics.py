@@ -114,6 +114,7 @@ class ServingMetrics:
         r.register(self.monitor)
         self._counts = {"weak": 0, "strong": 0, "cascade": 0, "escalated": 0}
         self._live_version: str | None = None
+        self._alert_kinds: set[str] = set()
 
     def observe_route(self, role: str, seconds: float, cached: bool | None = None) -> None:
         self.routed.labels(role).inc()
@@ -144,8 +145,12 @@ class ServingMetrics:
         self.alpha.set(alpha)
 
     def set_alert_gauges(self, gauges: dict[str, float]) -> None:
-        for name, value in gauges.items():  # "routerops_<kind>_active" -> label kind=<kind>
-            self.alert_active.labels(name.removeprefix("routerops_").removesuffix("_active")).set(value)
+        kinds = {name.removeprefix("routerops_").removesuffix("_active"): value for name, value in gauges.items()}
+        for kind in self._alert_kinds - kinds.keys():  # a kind no longer reported reads 0, never a stale 1
+            self.alert_active.labels(kind).set(0.0)
+        for kind, value in kinds.items():  # "routerops_<kind>_active" -> label kind=<kind>
+            self.alert_active.labels(kind).set(value)
+        self._alert_kinds |= kinds.keys()
 
     def set_monitor(self, snapshot: MonitorSnapshot) -> None:
         self.monitor.snapshot = snapshot
