@@ -469,3 +469,15 @@ def test_prometheus_command_writes_the_first_api_key_for_the_scrape(config: dict
     assert run.returncode == 0, run.stderr
     assert key_file.read_text() == "first-key"  # no newline: Prometheus sends the file's bytes as the token
     assert key_file.stat().st_mode & 0o077 == 0
+
+
+def test_readme_documents_every_alerting_rule_and_links_the_screenshot() -> None:
+    import yaml
+
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/rules.yml").read_text())
+    readme = (ROOT / "README.md").read_text()
+    for rule in (r for g in rules["groups"] for r in g["rules"]):
+        assert f"| `{rule['alert']}` |" in readme, f"README's alert table lacks {rule['alert']}"
+    assert "`category_regression`" in readme and "`ROUTEROPS_CATEGORY_MIN_TRACES` (default 10)" in readme
+    shot = "docs/screenshots/prometheus-alert-firing.png"
+    assert f"]({shot})" in readme and (ROOT / shot).is_file()
