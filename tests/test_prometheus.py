@@ -1,7 +1,8 @@
 """The shipped Prometheus files with a real Prometheus (Debian's `prometheus` package; these tests
 fail, never skip, without it): promtool checks and unit-tests every alerting rule, and a Prometheus
-scraping a real API server fires RouterOpsPGRRegression (and the category rule) when the monitor's
-alert code opens a regression, then clears it when the regression recovers.
+scraping a real API server fires RouterOpsPGRRegression (and the category rule) when a real monitor
+run (a real MF router as champion, the replay pair, a weak model that drifted) regresses, and
+clears both when the next run recovers.
 
 Set PROMETHEUS_E2E_SCREENSHOT=path.png (needs `chromium`) to save the firing /alerts page, and
 PROMETHEUS_E2E_ALERTS_JSON=path.json to save /api/v1/alerts while it fires.
@@ -13,14 +14,13 @@ import json
 import os
 import shutil
 import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from prometheus_helpers import PROM_DIR, binary, running_prometheus, scrape_config
-from serving_helpers import RECORDED_PAIR, STRONG, WEAK, free_port, running_server, wait_for
+from prometheus_helpers import PROM_DIR, ROOT, binary, running_prometheus, scrape_config
+from serving_helpers import STRONG, WEAK, free_port, running_server, wait_for
 
 pytestmark = pytest.mark.prometheus
 
@@ -28,15 +28,7 @@ API_KEY = "prometheus-scrape-key-0123456789"
 # resolved now: the `settings` fixture changes the working directory to the test's tmp_path
 EVIDENCE = {name: Path(os.environ[name]).resolve() for name in ("PROMETHEUS_E2E_ALERTS_JSON",
                                                                   "PROMETHEUS_E2E_SCREENSHOT") if os.environ.get(name)}
-# Hand-worked per-category arrays (tests/test_monitor_categories.py): category A has PGR 0.5 against
-# a baseline of 1.0 at alpha 0.5 (a regression at tolerance 0.1), B is under the minimum count, C has
-# no quality gap (null PGR).
-CATS = ["A"] * 5 + ["B"] * 2 + ["C"] * 3
-SCORES = [0.9, 0.8, 0.2, 0.1, 0.7, 0.9, 0.1, 0.9, 0.9, 0.9]
-WQ = [0, 1, 1, 0, None, 1, 0, 1, 1, 0]
-SQ = [1, 1, 1, 1, None, 1, 1, 0, 1, 0]
-WQ_REF = [0, 0, 1, 0, 0, 1, 0, 1, 1, 0]
-SQ_REF = [1, 1, 1, 0, 1, 1, 1, 0, 1, 0]
+ROUTER_PREFS = ROOT / "tests" / "fixtures" / "router" / "prefs.jsonl"
 
 
 def _promtool(*args: str, cwd: Path = PROM_DIR) -> subprocess.CompletedProcess[str]:
@@ -87,17 +79,103 @@ def _firing(prom: str, name: str) -> list[dict]:
     return [a for a in _alerts(prom) if a["labels"]["alertname"] == name and a["state"] == "firing"]
 
 
-def test_pgr_regression_fires_in_prometheus_and_clears(settings, tmp_path: Path) -> None:
-    from monitoring.alerts import category_regression_condition, pgr_regression_condition, process_conditions
-    from monitoring.categories import per_category
+N_PROMPTS = 12
+
+
+def _train_champion(settings) -> str:  # noqa: ANN001
+    """A real MF router on the router fixture's preferences, approved as champion."""
+    from routerops import registry
     from routerops.db import session_scope
-    from routerops.db.models import MonitorRun
+    from routerops.db.models import PreferenceLog
+    from routerops.text import prompt_hash
+    from training.train_router import train_router
+
+    with session_scope(settings) as session:
+        for line in ROUTER_PREFS.read_text().splitlines():
+            r = json.loads(line)
+            session.add(PreferenceLog(prompt=r["prompt"], prompt_hash=prompt_hash(r["prompt"]), model_a=r["model_a"],
+                                      model_b=r["model_b"], winner=r["winner"], soft_label=r.get("soft_label"),
+                                      source="fixture", judge=r.get("judge")))
+    version = train_router(settings, seed=0, max_iter=60, progress=False).model_version
+    registry.approve(settings.router_model_name, version, approved_by="test", settings=settings)
+    return version
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _golden_scenario(settings, tmp_path: Path) -> dict[str, Path]:  # noqa: ANN001
+    """A golden set on which the champion routes the 6 lowest-scored of 12 prompts to weak at the live
+    alpha, and the recorded weak answer is right exactly there (strong always right): baseline PGR 1.
+    Category A = score ranks 0-2 and 6-8, B = ranks 3-5 and 9-11. The drifted weak answers A's prompts
+    wrong: PGR (0.75 - 0.25) / (1 - 0.25) = 0.667 overall and 0.5 in A (regressions at tolerance 0.1),
+    1.0 in B (none)."""
+    from monitoring.golden import score_prompts
+    from monitoring.replay import load_live_router
+    from routerops.alpha import propose_alpha
+    from routerops.db import session_scope
+
+    prompts = list(dict.fromkeys(json.loads(line)["prompt"] for line in ROUTER_PREFS.read_text().splitlines()))
+    prompts = prompts[:N_PROMPTS]
+    scores = score_prompts(load_live_router(settings), prompts, settings)
+    order = sorted(range(N_PROMPTS), key=lambda i: scores[i])
+    lo, hi = scores[order[5]], scores[order[6]]
+    assert lo < hi, "the router scores two of the prompts alike; pick other prompts"
+    with session_scope(settings) as session:  # the operator's alpha: the 6 lowest scores go to weak
+        propose_alpha(session, settings, float((lo + hi) / 2), reason="test", source="manual", max_step=1.0)
+    rank = {i: r for r, i in enumerate(order)}
+    category = {i: "A" if rank[i] % 6 < 3 else "B" for i in range(N_PROMPTS)}
+    gold = {i: f"gold{i:02d}" for i in range(N_PROMPTS)}
+    wrong = "I do not know."
+    _write_jsonl(tmp_path / "prompts.jsonl", [{"trace_id": f"t{i:02d}", "category": category[i], "prompt": prompts[i],
+                                               "gold_answer": gold[i]} for i in range(N_PROMPTS)])
+    out = {"prompts": tmp_path / "prompts.jsonl"}
+    weak_now = {"recorded": lambda i: gold[i] if rank[i] < 6 else wrong,
+                "drifted": lambda i: gold[i] if rank[i] < 6 and category[i] == "B" else wrong}
+    for name, answer in weak_now.items():
+        out[f"weak_{name}"] = _write_jsonl(tmp_path / f"weak_{name}.jsonl", [
+            {"prompt": prompts[i], "output": f"The answer is {answer(i)}", "model": WEAK} for i in range(N_PROMPTS)])
+    out["strong"] = _write_jsonl(tmp_path / "strong.jsonl", [
+        {"prompt": prompts[i], "output": f"It is {gold[i]}.", "model": STRONG} for i in range(N_PROMPTS)])
+    return out
+
+
+def _use_pair(monkeypatch: pytest.MonkeyPatch, weak_file: Path, strong_file: Path):  # noqa: ANN202
+    env = {"WEAK_BACKEND": "replay", "WEAK_MODEL": WEAK, "WEAK_REPLAY_FILE": str(weak_file),
+           "STRONG_BACKEND": "replay", "STRONG_MODEL": STRONG, "STRONG_REPLAY_FILE": str(strong_file),
+           "API_KEYS": API_KEY, "RELOAD_INTERVAL_S": "0.5", "CATEGORY_MIN_TRACES": "3"}
+    for k, v in env.items():
+        monkeypatch.setenv(f"ROUTEROPS_{k}", v)
     from routerops.settings import get_settings
+
+    return get_settings()
+
+
+def test_a_monitor_run_that_regresses_fires_in_prometheus_and_clears(settings, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from orchestration.cli import cli
     from serving.app import create_app
 
-    binary("prometheus")  # fail first, before starting anything
-    s = get_settings(weak_backend="replay", strong_backend="replay", weak_model=WEAK, strong_model=STRONG,
-                     replay_file=RECORDED_PAIR, api_keys=[API_KEY], reload_interval_s=0.5)
+    binary("prometheus")  # fail first, before training anything
+    # the replay pair under the names the router knows (its files are written next)
+    s = _use_pair(monkeypatch, tmp_path / "weak_recorded.jsonl", tmp_path / "strong.jsonl")
+    _train_champion(s)
+    files = _golden_scenario(s, tmp_path)
+    golden = tmp_path / "golden.jsonl"
+    rec = CliRunner().invoke(cli, ["golden", "record", "--prompts", str(files["prompts"]), "--output", str(golden)])
+    assert rec.exit_code == 0 and f"wrote {N_PROMPTS} traces" in rec.output, rec.output
+
+    def monitor(weak_file: Path) -> str:
+        _use_pair(monkeypatch, weak_file, files["strong"])
+        out = CliRunner().invoke(cli, ["monitor", "run", "--golden", str(golden), "--no-dashboards",
+                                       "--no-recalibrate"])
+        assert out.exit_code == 0, out.output
+        return out.output
+
     with running_server(create_app(s)) as api, \
             running_prometheus(scrape_config(api, API_KEY, tmp_path), tmp_path, free_port()) as prom:
         # Prometheus scrapes the API (with the key) and the rules load inactive
@@ -107,42 +185,31 @@ def test_pgr_regression_fires_in_prometheus_and_clears(settings, tmp_path: Path)
         states = wait_for(lambda: (st := _rule_states(prom)) and len(st) >= 8 and st, timeout_s=30)
         assert states["RouterOpsPGRRegression"] == "inactive" and states["RouterOpsCategoryRegression"] == "inactive"
 
-        # A monitor run that regressed, through the monitor's own alert code (alerts + monitor_runs rows)
-        cats = per_category(CATS, SCORES, WQ, SQ, WQ_REF, SQ_REF, alpha=0.5, min_traces=3)
-        pgr_cond = pgr_regression_condition("pgr_regression:golden.jsonl:e2e", 0.42, 0.72, s.pgr_tolerance,
-                                            alpha=0.5, golden_name="golden.jsonl", payload={"pgr": 0.42})
-        cat_conds = [category_regression_condition("golden.jsonl:e2e", c, s.pgr_tolerance, alpha=0.5,
-                                                   golden_name="golden.jsonl", min_traces=3) for c in cats]
-        assert [c.active for c in cat_conds] == [True, None, None]  # A regressed; B too small; C null
-        with session_scope(s) as session:
-            session.add(MonitorRun(golden_set="golden.jsonl", n_traces=10, alpha=0.5, pgr=0.42, baseline_pgr=0.72,
-                                   strong_share=0.6, status="ok", finished_at=datetime.now(UTC),
-                                   metrics={"pgr_tolerance": s.pgr_tolerance,
-                                            "categories": {"min_traces": 3, "rows": [c.to_dict() for c in cats]}}))
-            opened = process_conditions(session, s, [pgr_cond, *cat_conds])
-        assert [a.kind for a in opened] == ["pgr_regression", "category_regression"]
+        same = monitor(files["weak_recorded"])  # nothing drifted: PGR = baseline = 1
+        assert "PGR at alpha" in same and ": 1.000 (baseline 1.000)" in same and "ALERTS" not in same
+        drifted = monitor(files["weak_drifted"])  # weak now wrong on category A
+        assert ": 0.667 (baseline 1.000)" in drifted and "ALERTS opened" in drifted, drifted
+        assert "category regression (PGR below baseline by > 0.1): A" in drifted
 
         (alert,) = wait_for(lambda: _firing(prom, "RouterOpsPGRRegression"), timeout_s=30)
         assert alert["labels"] == {"alertname": "RouterOpsPGRRegression", "kind": "pgr_regression",
                                    "severity": "critical"}
-        assert alert["value"] in ("1e+00", "1")
-        assert "PGR (0.420) is more than the tolerance (0.1) below its baseline (0.720)" in \
+        assert float(alert["value"]) == 1.0
+        assert "PGR (0.667) is more than the tolerance (0.1) below its baseline (1.000)" in \
             alert["annotations"]["description"]
         (cat_alert,) = wait_for(lambda: _firing(prom, "RouterOpsCategoryRegression"), timeout_s=30)
         assert cat_alert["annotations"]["description"].startswith("Regressed categories: A ")
         assert _rule_states(prom)["RouterOpsPGRRegression"] == "firing"
-        # the per-category gauges behind it, as Prometheus stored them
+        # the per-category gauges behind it, as Prometheus stored them from /metrics
         q = httpx.get(f"{prom}/api/v1/query", params={"query": "routerops_category_pgr"}, timeout=5).json()
-        assert {r["metric"]["category"]: float(r["value"][1]) for r in q["data"]["result"]} == {"A": 0.5}
+        assert {r["metric"]["category"]: round(float(r["value"][1]), 3) for r in q["data"]["result"]} == \
+            {"A": 0.5, "B": 1.0}
         _save_evidence(prom)
 
-        # the regression recovers: the monitor resolves its alert and Prometheus stops firing
-        fine = pgr_regression_condition("pgr_regression:golden.jsonl:e2e", 0.70, 0.72, s.pgr_tolerance,
-                                        alpha=0.5, golden_name="golden.jsonl", payload={"pgr": 0.70})
-        with session_scope(s) as session:
-            process_conditions(session, s, [fine])
-        wait_for(lambda: not _firing(prom, "RouterOpsPGRRegression"), timeout_s=30)
-        assert _firing(prom, "RouterOpsCategoryRegression")  # its own key: still open
+        # the provider reverts: the next run resolves both alerts and Prometheus stops firing
+        assert ": 1.000 (baseline 1.000)" in monitor(files["weak_recorded"])
+        wait_for(lambda: not _firing(prom, "RouterOpsPGRRegression")
+                 and not _firing(prom, "RouterOpsCategoryRegression"), timeout_s=30)
 
 
 def _save_evidence(prom: str) -> None:
