@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Kinds whose gauge always exists on /metrics (0 when none is open); an open alert of any other kind
-# (e.g. live_drift) gets its gauge too while it is open.
+# Kinds whose gauge always exists on /metrics (0 when none is open); any other kind (e.g. live_drift)
+# gets its gauge from its first alert on (active_alert_gauges).
 KINDS = ("pgr_regression", "category_regression", "drift")
 
 

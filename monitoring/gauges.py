@@ -10,6 +10,7 @@ alerting rule can fire on it); routerops_monitor_pgr_defined says whether PGR wa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -41,7 +42,9 @@ def read_monitor_gauges(session: Session) -> MonitorGauges:
     run = _latest_run(session)
     if run is not None:
         m = run.metrics or {}
-        latest["routerops_monitor_last_run_timestamp_seconds"] = run.finished_at.timestamp()
+        finished = run.finished_at  # SQLite hands back naive datetimes; they are stored in UTC
+        finished = finished if finished.tzinfo else finished.replace(tzinfo=UTC)
+        latest["routerops_monitor_last_run_timestamp_seconds"] = finished.timestamp()
         latest["routerops_monitor_pgr_defined"] = float(run.pgr is not None)
         for name, value in (("pgr", run.pgr), ("baseline_pgr", run.baseline_pgr), ("strong_share", run.strong_share),
                             ("alpha", run.alpha), ("pgr_tolerance", m.get("pgr_tolerance"))):
