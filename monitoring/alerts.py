@@ -134,6 +134,16 @@ def category_regression_condition(golden_key: str, figures: CategoryFigures, tol
     return Condition("category_regression", key, regressed, message=message, payload=payload)
 
 
+def category_conditions(golden_key: str, rows: list[CategoryFigures], tolerance: float, *, alpha: float,
+                        golden_name: str, min_traces: int, run_id: str | None = None) -> list[Condition]:
+    """One condition per category; none for a set with a single category (its figures are the whole
+    set's, and the PGR alert already covers them: one regression, one alert)."""
+    if len(rows) < 2:
+        return []
+    return [category_regression_condition(golden_key, r, tolerance, alpha=alpha, golden_name=golden_name,
+                                          min_traces=min_traces, run_id=run_id) for r in rows]
+
+
 def process_conditions(session: Session, settings: Settings, conditions: list[Condition],
                        monitor_run_id: str | None = None) -> list[Alert]:
     """Open, keep or resolve one alert per condition; returns the alerts opened by this call."""

@@ -281,10 +281,9 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
             payload={"run_id": run_id, "pgr": pgr_now, "baseline_pgr": baseline, "alpha": alpha,
                      "golden_set": str(path)})
         regression = bool(pgr_cond.active)
-        # One category is the whole set: its figures are the aggregate's, whose alert already covers it.
-        cat_conds = [alerts_mod.category_regression_condition(
-            key, c, settings.pgr_tolerance, alpha=alpha, golden_name=path.name,
-            min_traces=settings.category_min_traces, run_id=run_id) for c in cats] if len(cats) > 1 else []
+        cat_conds = alerts_mod.category_conditions(key, cats, settings.pgr_tolerance, alpha=alpha,
+                                                   golden_name=path.name, min_traces=settings.category_min_traces,
+                                                   run_id=run_id)
         m["category_regressions"] = [c.payload["category"] for c in cat_conds if c.active]
         conditions = [
             pgr_cond,

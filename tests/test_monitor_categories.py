@@ -78,6 +78,12 @@ def test_category_regression_alert_per_category_with_the_aggregate_tolerance(set
         process_conditions(s, settings, conds(0.6))  # A within tolerance now: resolved
         assert s.scalars(select(Alert.status)).all() == ["resolved"]
         assert active_alert_gauges(s)["routerops_category_regression_active"] == 0.0
+    # the set's conditions: one per category, none when one category is the whole set
+    from monitoring.alerts import category_conditions
+
+    assert [c.active for c in category_conditions("g:1", rows, 0.1, alpha=0.5, golden_name="g", min_traces=3)] == \
+        [True, None, None]
+    assert category_conditions("g:1", rows[:1], 0.1, alpha=0.5, golden_name="g", min_traces=3) == []
     long = CategoryFigures("x" * 300, 5, 5, True, pgr=0.1, baseline_pgr=0.9)
     (cond,) = conds(0.1, [long])
     assert cond.active and len(cond.dedupe_key) <= 200 and cond.payload["category"] == "x" * 300
