@@ -10,13 +10,14 @@ monitor also writes the same gauges to a Prometheus textfile (node-exporter text
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -24,9 +25,14 @@ from sqlalchemy.orm import Session
 from routerops.db.models import Alert
 from routerops.settings import Settings
 
+if TYPE_CHECKING:
+    from monitoring.categories import CategoryFigures
+
 log = logging.getLogger(__name__)
 
-KINDS = ("pgr_regression", "drift", "live_drift", "strong_share_shift")
+# Kinds whose gauge always exists on /metrics (0 when none is open); any other kind gets its gauge
+# from its first alert on (active_alert_gauges).
+KINDS = ("pgr_regression", "category_regression", "drift", "live_drift", "strong_share_shift")
 
 
 @dataclass
@@ -93,17 +99,49 @@ def _deliver(alert: Alert, settings: Settings) -> None:
     alert.last_error = result.error
 
 
+def _regressed(pgr: float | None, baseline: float | None, tolerance: float) -> bool | None:
+    """PGR below its baseline by more than `tolerance`; None when either is undefined (null or NaN)."""
+    if pgr is None or baseline is None or not (math.isfinite(pgr) and math.isfinite(baseline)):
+        return None
+    return pgr < baseline - tolerance
+
+
 def pgr_regression_condition(dedupe_key: str, pgr: float | None, baseline: float | None, tolerance: float,
                              *, alpha: float, golden_name: str, payload: dict[str, Any]) -> Condition:
     """PGR below its baseline by more than `tolerance`. A PGR that cannot be computed (None: strong
     not better than weak, or no labels) is never a regression: the condition is unmeasurable
     (active None), so it neither opens nor resolves an alert."""
-    if pgr is None or baseline is None or not (math.isfinite(pgr) and math.isfinite(baseline)):
-        return Condition("pgr_regression", dedupe_key, None, payload=payload)
-    regressed = pgr < baseline - tolerance
+    regressed = _regressed(pgr, baseline, tolerance)
     message = (f"PGR at alpha {alpha:.3f} is {pgr:.3f}, baseline {baseline:.3f} (tolerance {tolerance}) "
                f"on {golden_name}") if regressed else ""
     return Condition("pgr_regression", dedupe_key, regressed, message=message, payload=payload)
+
+
+def category_regression_condition(golden_key: str, figures: CategoryFigures, tolerance: float, *, alpha: float,
+                                  golden_name: str, min_traces: int, run_id: str | None = None) -> Condition:
+    """One category's PGR below its baseline by more than `tolerance` (the aggregate rule), keyed per
+    category. A category under `min_traces` labelled traces (not reported) or with a null PGR or
+    baseline is unmeasurable (active None): it neither opens nor resolves that category's alert."""
+    f = figures
+    regressed = _regressed(f.pgr, f.baseline_pgr, tolerance) if f.reported else None
+    message = (f"category {f.category!r}: PGR at alpha {alpha:.3f} is {f.pgr:.3f}, baseline {f.baseline_pgr:.3f} "
+               f"(tolerance {tolerance}, {f.n_labelled} labelled traces) on {golden_name}") if regressed else ""
+    payload = {"run_id": run_id, "category": f.category, "pgr": f.pgr, "baseline_pgr": f.baseline_pgr,
+               "n_labelled": f.n_labelled, "min_traces": min_traces, "alpha": alpha, "golden_set": golden_name}
+    key = f"category_regression:{golden_key}:{f.category}"
+    if len(key) > 200:  # alerts.dedupe_key is VARCHAR(200): a long category name goes in as its hash
+        key = f"category_regression:{golden_key}:sha1-{hashlib.sha1(f.category.encode()).hexdigest()}"
+    return Condition("category_regression", key, regressed, message=message, payload=payload)
+
+
+def category_conditions(golden_key: str, rows: list[CategoryFigures], tolerance: float, *, alpha: float,
+                        golden_name: str, min_traces: int, run_id: str | None = None) -> list[Condition]:
+    """One condition per category; none for a set with a single category (its figures are the whole
+    set's, and the PGR alert already covers them: one regression, one alert)."""
+    if len(rows) < 2:
+        return []
+    return [category_regression_condition(golden_key, r, tolerance, alpha=alpha, golden_name=golden_name,
+                                          min_traces=min_traces, run_id=run_id) for r in rows]
 
 
 def process_conditions(session: Session, settings: Settings, conditions: list[Condition],
@@ -140,9 +178,19 @@ def process_conditions(session: Session, settings: Settings, conditions: list[Co
 
 def active_alert_gauges(session: Session) -> dict[str, float]:
     """Prometheus gauges for serving's /metrics: routerops_<kind>_active = 1.0 while an alert of that
-    kind is open, else 0.0 (one entry per known kind, so the series always exist)."""
-    kinds = set(session.scalars(select(Alert.kind).where(Alert.status == "open")))
-    return {f"routerops_{kind}_active": 1.0 if kind in kinds else 0.0 for kind in KINDS}
+    kind is open, else 0.0: every kind in KINDS (those series always exist) and every other kind that
+    ever had an alert (so a resolved live_drift reads 0, not a missing series)."""
+    open_kinds = set(session.scalars(select(Alert.kind).where(Alert.status == "open")))
+    seen = set(session.scalars(select(Alert.kind).distinct()))
+    return {f"routerops_{kind}_active": 1.0 if kind in open_kinds else 0.0
+            for kind in (*KINDS, *sorted(seen - set(KINDS)))}
+
+
+def open_category_regressions(session: Session) -> list[str]:
+    """Categories with an open category_regression alert (any golden set), sorted."""
+    payloads = session.scalars(select(Alert.payload).where(Alert.kind == "category_regression",
+                                                            Alert.status == "open"))
+    return sorted({str(p["category"]) for p in payloads if p and p.get("category") is not None})
 
 
 def write_textfile(session: Session, settings: Settings, extra: dict[str, float] | None = None) -> Path:

@@ -141,6 +141,11 @@ def monitor_run(golden_path: Path | None, judge_annotations: tuple[Path, ...], n
     d = m["drift"]
     click.echo(f"  drift: {'YES' if d['drift_detected'] else 'no'} (share {d['drift_share']:.2f}"
                + (f"; {', '.join(d['drifted_columns'])}" if d["drifted_columns"] else "") + ")")
+    if m.get("category_regressions"):
+        click.echo(f"  category regression (PGR below baseline by > {m['pgr_tolerance']}): "
+                   f"{', '.join(m['category_regressions'])}")
+    if m.get("recalibration_skipped"):
+        click.echo(f"  alpha not recalibrated: {m['recalibration_skipped']}")
     rec = m.get("recalibration") or {}
     if rec.get("change_id"):
         click.echo(f"  alpha {rec['live']:.4f} -> {rec['recommended']:.4f}: {rec['status']} (change {rec['change_id']})")

@@ -11,9 +11,11 @@ Per run (one monitor_runs row, id = run id):
 - baseline PGR: the same router at the same alpha on the RECORDED outputs and labels, i.e. what PGR
   would be had nothing drifted. A drop below it by more than `pgr_tolerance` is a regression;
 - per category of the golden set (monitoring.categories): quality, PGR, baseline and strong share,
-  for categories with at least `category_min_traces` labelled traces;
+  for categories with at least `category_min_traces` labelled traces; a category whose PGR drops
+  below its baseline by more than `pgr_tolerance` is a category regression (one alert per category);
 - distribution drift (Evidently, monitoring.drift) of router scores and output statistics;
-then alerts (monitoring.alerts), alpha recalibration (monitoring.recalibrate), an Evidently snapshot
+then alerts (monitoring.alerts), alpha recalibration (monitoring.recalibrate; skipped, with the reason
+in the metrics' `recalibration_skipped`, while PGR is null), an Evidently snapshot
 (monitoring.dashboards) and an MLflow run with figures (monitoring.reporting).
 """
 
@@ -280,8 +282,13 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
             payload={"run_id": run_id, "pgr": pgr_now, "baseline_pgr": baseline, "alpha": alpha,
                      "golden_set": str(path)})
         regression = bool(pgr_cond.active)
+        cat_conds = alerts_mod.category_conditions(key, cats, settings.pgr_tolerance, alpha=alpha,
+                                                   golden_name=path.name, min_traces=settings.category_min_traces,
+                                                   run_id=run_id)
+        m["category_regressions"] = [c.payload["category"] for c in cat_conds if c.active]
         conditions = [
             pgr_cond,
+            *cat_conds,
             alerts_mod.Condition(
                 "drift", f"drift:{key}", drift.drift_detected,
                 message=(f"drift in {', '.join(drift.drifted_columns)} on {path.name}"
@@ -293,7 +300,12 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
             opened = alerts_mod.process_conditions(s, settings, conditions, monitor_run_id=run_id)
             opened_ids = [a.id for a in opened]
             recal = None
-            if recalibrate_alpha and labelled:
+            if recalibrate_alpha and pgr_now is None:
+                # No defined PGR (no quality gap on the replay, or no labels): the labels cannot tell a
+                # better alpha from a worse one, so the live alpha stays as it is.
+                m["recalibration_skipped"] = f"PGR is null: {pgr_reason}"
+                log.warning("alpha recalibration skipped: PGR is null (%s)", pgr_reason)
+            elif recalibrate_alpha:
                 idx = np.asarray(labelled)
                 recal = recalibrate(s, settings, scores=scores[idx], weak_q=np.asarray([ok[i].q_weak for i in idx]),
                                     strong_q=np.asarray([ok[i].q_strong for i in idx]), router_version=live_version,

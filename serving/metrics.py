@@ -2,10 +2,66 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 ROUTING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+
+
+class MonitorSnapshot(Protocol):  # monitoring.gauges.MonitorGauges (serving only reads it)
+    category_alerts: dict[str, float]
+    latest: dict[str, float]
+    categories: dict[str, dict[str, float]]
+
+
+_LATEST_HELP = {
+    "routerops_monitor_pgr": "PGR at the live alpha in the latest monitor run (absent when null)",
+    "routerops_monitor_baseline_pgr": "Baseline PGR (recorded answers) of the latest monitor run (absent when null)",
+    "routerops_monitor_pgr_defined": "1 if the latest monitor run's PGR was defined, 0 if null",
+    "routerops_monitor_pgr_tolerance": "PGR drop below baseline tolerated by the latest monitor run",
+    "routerops_monitor_strong_share": "Strong-call share at the live alpha in the latest monitor run",
+    "routerops_monitor_alpha": "Alpha of the latest monitor run",
+    "routerops_monitor_last_run_timestamp_seconds": "When the latest successful monitor run finished (Unix time)",
+}
+_CATEGORY_HELP = {
+    "pgr": "PGR of this golden-set category in the latest monitor run (reported categories, absent when null)",
+    "baseline_pgr": "Baseline PGR of this category in the latest monitor run (absent when null)",
+    "strong_share": "Strong-call share of this category in the latest monitor run",
+    "n_labelled": "Labelled traces of this category in the latest monitor run",
+}
+
+
+class MonitorCollector:
+    """The latest monitor figures as they were read at the last scrape: a sample exists only for a
+    defined figure, and categories of an older run disappear (a Gauge would keep them)."""
+
+    def __init__(self) -> None:
+        self.snapshot: MonitorSnapshot | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot
+        if snap is None:
+            return
+        for name, value in snap.latest.items():
+            family = GaugeMetricFamily(name, _LATEST_HELP.get(name, name))
+            family.add_metric([], value)
+            yield family
+        cat = GaugeMetricFamily("routerops_category_regression_active",
+                                "1 while a category_regression alert of this golden-set category is open",
+                                labels=["category"])
+        for category, value in sorted(snap.category_alerts.items()):
+            cat.add_metric([category], value)
+        yield cat
+        for figure, help_text in _CATEGORY_HELP.items():
+            suffix = "labelled_traces" if figure == "n_labelled" else figure
+            family = GaugeMetricFamily(f"routerops_category_{suffix}", help_text, labels=["category"])
+            for category, value in sorted(snap.categories.get(figure, {}).items()):
+                family.add_metric([category], value)
+            yield family
 
 
 class ServingMetrics:
@@ -40,7 +96,7 @@ class ServingMetrics:
         self.spec_acceptance_last = Gauge("routerops_speculative_acceptance_rate_last",
                                           "Acceptance rate of the latest speculative request", registry=r)
         self.alert_active = Gauge("routerops_alert_active",
-                                  "1 while a monitoring alert of this kind is open (PGR regression, drift)",
+                                  "1 while a monitoring alert of this kind is open (pgr_regression, category_regression, drift, ...)",
                                   ["kind"], registry=r)
         self.failovers = Counter("routerops_failovers_total",
                                  "Requests served by the other model because this backend was unavailable",
@@ -54,8 +110,11 @@ class ServingMetrics:
         self.stream_errors = Counter("routerops_stream_errors_total",
                                      "Streams ended with an error event after their first token",
                                      ["backend"], registry=r)
+        self.monitor = MonitorCollector()
+        r.register(self.monitor)
         self._counts = {"weak": 0, "strong": 0, "cascade": 0, "escalated": 0}
         self._live_version: str | None = None
+        self._alert_kinds: set[str] = set()
 
     def observe_route(self, role: str, seconds: float, cached: bool | None = None) -> None:
         self.routed.labels(role).inc()
@@ -86,8 +145,15 @@ class ServingMetrics:
         self.alpha.set(alpha)
 
     def set_alert_gauges(self, gauges: dict[str, float]) -> None:
-        for name, value in gauges.items():  # "routerops_<kind>_active" -> label kind=<kind>
-            self.alert_active.labels(name.removeprefix("routerops_").removesuffix("_active")).set(value)
+        kinds = {name.removeprefix("routerops_").removesuffix("_active"): value for name, value in gauges.items()}
+        for kind in self._alert_kinds - kinds.keys():  # a kind no longer reported reads 0, never a stale 1
+            self.alert_active.labels(kind).set(0.0)
+        for kind, value in kinds.items():  # "routerops_<kind>_active" -> label kind=<kind>
+            self.alert_active.labels(kind).set(value)
+        self._alert_kinds |= kinds.keys()
+
+    def set_monitor(self, snapshot: MonitorSnapshot) -> None:
+        self.monitor.snapshot = snapshot
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -85,3 +85,17 @@ def test_failed_delivery_is_retried_on_the_next_run(settings, monkeypatch):
             row = session.scalars(select(Alert)).one()
             assert row.delivered  # ...but the undelivered one went out now
         assert len(live.received) == 1
+
+
+def test_gauges_cover_every_known_kind_and_any_other_kind_once_seen(settings):
+    with session_scope(settings) as session:
+        gauges = active_alert_gauges(session)
+        assert gauges == {"routerops_pgr_regression_active": 0.0, "routerops_category_regression_active": 0.0,
+                          "routerops_drift_active": 0.0, "routerops_live_drift_active": 0.0,
+                          "routerops_strong_share_shift_active": 0.0}
+        # a kind a later release (or a plug-in check) adds: its gauge appears with its first alert
+        cond = Condition("latency_slo", "latency_slo:api", True, message="p99 above the SLO")
+        process_conditions(session, settings, [cond])
+        assert active_alert_gauges(session)["routerops_latency_slo_active"] == 1.0
+        process_conditions(session, settings, [Condition("latency_slo", "latency_slo:api", False)])
+        assert active_alert_gauges(session)["routerops_latency_slo_active"] == 0.0  # resolved: 0, still there

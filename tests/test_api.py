@@ -256,6 +256,61 @@ def test_metrics_show_open_monitoring_alerts(api) -> None:
             session.query(Alert).filter(Alert.dedupe_key == "test:pgr").delete()
 
 
+def test_metrics_show_the_latest_monitor_run_and_category_alerts(api) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from routerops.db import session_scope
+    from routerops.db.models import Alert, MonitorRun
+
+    base_url, settings = api
+    headers = {"Authorization": f"Bearer {USER_KEY}"}
+    before = httpx.get(f"{base_url}/metrics", headers=headers).text
+    assert 'routerops_alert_active{kind="category_regression"} 0.0' in before
+    assert "routerops_monitor_pgr " not in before  # no monitor run yet: no figures at all
+    now = datetime.now(UTC)
+    rows = [{"category": "coding", "n": 12, "n_labelled": 12, "reported": True, "strong_share": 0.5,
+             "pgr": 0.31, "baseline_pgr": 0.8},
+            {"category": "math", "n": 11, "n_labelled": 11, "reported": True, "strong_share": 1.0,
+             "pgr": None, "pgr_null_reason": "no gap", "baseline_pgr": 0.7},
+            {"category": "tiny", "n": 2, "n_labelled": 2, "reported": False}]
+    with session_scope(settings) as session:
+        session.add(MonitorRun(golden_set="old.jsonl", status="ok", finished_at=now - timedelta(hours=1),
+                               pgr=0.99, baseline_pgr=0.99, metrics={"categories": {"rows": [
+                                   {"category": "gone", "n_labelled": 20, "reported": True, "pgr": 0.9}]}}))
+        session.add(MonitorRun(golden_set="g.jsonl", status="ok", finished_at=now, pgr=None, baseline_pgr=0.72,
+                               strong_share=0.6, alpha=0.4, metrics={"pgr_tolerance": 0.1,
+                                                                     "categories": {"rows": rows}}))
+        session.add(MonitorRun(golden_set="g.jsonl", status="failed", finished_at=now + timedelta(minutes=1)))
+        session.add(Alert(kind="category_regression", dedupe_key="test:cat:coding", message="coding fell",
+                          payload={"category": "coding"}))
+        session.add(Alert(kind="live_drift", dedupe_key="test:live", message="live drift"))  # a kind not in KINDS
+    try:
+        after = httpx.get(f"{base_url}/metrics", headers=headers).text
+        assert 'routerops_alert_active{kind="category_regression"} 1.0' in after
+        assert 'routerops_alert_active{kind="live_drift"} 1.0' in after
+        assert 'routerops_category_regression_active{category="coding"} 1.0' in after
+        assert 'routerops_category_regression_active{category="math"} 0.0' in after
+        # the latest successful run: a null PGR has no sample, its baseline does
+        assert "routerops_monitor_pgr " not in after and "routerops_monitor_pgr_defined 0.0" in after
+        assert metric_value(after, "routerops_monitor_baseline_pgr") == 0.72
+        assert metric_value(after, "routerops_monitor_pgr_tolerance") == 0.1
+        assert metric_value(after, "routerops_monitor_strong_share") == 0.6
+        assert metric_value(after, "routerops_monitor_last_run_timestamp_seconds") == pytest.approx(now.timestamp())
+        assert metric_value(after, 'routerops_category_pgr{category="coding"}') == 0.31
+        assert 'routerops_category_pgr{category="math"}' not in after  # null
+        assert metric_value(after, 'routerops_category_baseline_pgr{category="math"}') == 0.7
+        assert 'routerops_category_pgr{category="tiny"}' not in after  # under the minimum count
+        assert metric_value(after, 'routerops_category_labelled_traces{category="tiny"}') == 2.0
+        assert 'category="gone"' not in after  # an older run's categories are not shown
+    finally:
+        with session_scope(settings) as session:
+            session.query(Alert).filter(Alert.dedupe_key.like("test:%")).delete()
+            session.query(MonitorRun).delete()
+    cleared = httpx.get(f"{base_url}/metrics", headers=headers).text
+    # a resolved (here: deleted) kind reads 0, not a stale 1 that would keep a Prometheus rule firing
+    assert 'routerops_alert_active{kind="live_drift"} 0.0' in cleared and "routerops_category_pgr{" not in cleared
+
+
 def test_mlflow_going_away_keeps_last_good_router(store: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from routerops import registry

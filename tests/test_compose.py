@@ -65,7 +65,9 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert quiet.returncode == 0, quiet.stderr
     vllm = compose(cwd, "--profile", "vllm", "config", "--quiet")
     assert vllm.returncode == 0, vllm.stderr
-    full = compose(cwd, "--profile", "vllm", "config", "--format", "json")
+    prom = compose(cwd, "--profile", "prometheus", "config", "--quiet")
+    assert prom.returncode == 0, prom.stderr
+    full = compose(cwd, "--profile", "vllm", "--profile", "prometheus", "config", "--format", "json")
     assert full.returncode == 0, full.stderr
     return json.loads(full.stdout)
 
@@ -87,6 +89,7 @@ def test_compose_has_the_stack_and_its_order(config: dict) -> None:
             assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
     # The vLLM servers only come with their profile.
     assert services["vllm-weak"]["profiles"] == ["vllm"]
+    assert services["prometheus"]["profiles"] == ["prometheus"]
     assert "profiles" not in services["api"]
 
 
@@ -438,3 +441,57 @@ def test_postgres_init_script_creates_mlflows_own_role_and_database(postgres_url
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             conn.execute(text(f'DROP ROLE IF EXISTS "{name}"'))
         admin.dispose()
+
+
+def test_prometheus_profile_scrapes_the_api_with_the_shipped_rules(config: dict, tmp_path: Path) -> None:
+    import yaml
+
+    svc = config["services"]["prometheus"]
+    assert svc["image"] == "prom/prometheus:v2.53.0"
+    assert svc["depends_on"]["api"]["condition"] == "service_healthy"
+    mounts = {v["target"]: v for v in svc["volumes"]}
+    assert Path(mounts["/etc/prometheus"]["source"]).name == "prometheus" and mounts["/etc/prometheus"]["read_only"]
+    assert mounts["/prometheus"]["source"] == "prometheus-data"
+    assert [p["target"] for p in svc["ports"]] == [9090]
+    (command,) = svc["command"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in command and "--web.listen-address=:9090" in command
+    # what prometheus.yml scrapes is the api service's port, with a bearer key from a file
+    prom = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    (job,) = prom["scrape_configs"]
+    api_cmd = config["services"]["api"]["command"]
+    assert job["static_configs"] == [{"targets": [f"api:{api_cmd[api_cmd.index('--port') + 1]}"]}]
+    assert job["metrics_path"] == "/metrics" and job["authorization"]["type"] == "Bearer"
+    assert job["authorization"]["credentials_file"] in command  # the file the command writes
+    for rule_file in prom["rule_files"]:
+        assert (ROOT / "deploy/prometheus" / rule_file).is_file()
+    # the profile is optional: the default stack has no prometheus; the image can be replaced
+    default = _config_with(tmp_path / "default", "")["services"]
+    assert "prometheus" not in default
+    other = compose(project_dir(tmp_path / "other", filled_env() + "PROMETHEUS_IMAGE=localhost/prom:2\n"),
+                    "--profile", "prometheus", "config", "--format", "json")
+    assert json.loads(other.stdout)["services"]["prometheus"]["image"] == "localhost/prom:2"
+
+
+def test_prometheus_command_writes_the_first_api_key_for_the_scrape(config: dict, tmp_path: Path) -> None:
+    (command,) = config["services"]["prometheus"]["command"]
+    setup, _, rest = command.replace("$$", "$").partition(" && exec ")  # what the container's sh runs
+    assert rest.startswith("/bin/prometheus ")
+    key_file = tmp_path / "key"
+    run = subprocess.run(["sh", "-c", setup.replace("/tmp/routerops-api-key", str(key_file))],
+                         env={"PATH": os.environ["PATH"], "ROUTEROPS_API_KEYS": "first-key,second-key"},
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert key_file.read_text() == "first-key"  # no newline: Prometheus sends the file's bytes as the token
+    assert key_file.stat().st_mode & 0o077 == 0
+
+
+def test_readme_documents_every_alerting_rule_and_links_the_screenshot() -> None:
+    import yaml
+
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/rules.yml").read_text())
+    readme = (ROOT / "README.md").read_text()
+    for rule in (r for g in rules["groups"] for r in g["rules"]):
+        assert f"| `{rule['alert']}` |" in readme, f"README's alert table lacks {rule['alert']}"
+    assert "`category_regression`" in readme and "`ROUTEROPS_CATEGORY_MIN_TRACES` (default 10)" in readme
+    shot = "docs/screenshots/prometheus-alert-firing.png"
+    assert f"]({shot})" in readme and (ROOT / shot).is_file()

@@ -45,3 +45,45 @@ def test_per_category_bad_input():
     with pytest.raises(ValueError, match="differ in length"):
         per_category(CATS[:-1], SCORES, WQ, SQ, WQ_REF, SQ_REF, alpha=0.5, min_traces=3)
     assert mlflow_metrics([CategoryFigures("a/b c!", 1, 1, False)]) == {"category.a_b c_.n_labelled": 1.0}
+
+
+def test_category_regression_alert_per_category_with_the_aggregate_tolerance(settings):
+    from sqlalchemy import select
+
+    from monitoring.alerts import active_alert_gauges, category_regression_condition, process_conditions
+    from routerops.db import session_scope
+    from routerops.db.models import Alert
+
+    rows = per_category(CATS, SCORES, WQ, SQ, WQ_REF, SQ_REF, alpha=0.5, min_traces=3)
+
+    def conds(tolerance: float, figures=rows):  # noqa: ANN001, ANN202
+        return [category_regression_condition("g.jsonl:abcd", r, tolerance, alpha=0.5, golden_name="g.jsonl",
+                                              min_traces=3, run_id="r1") for r in figures]
+
+    a, b, c = conds(0.1)
+    # A: PGR 0.5 vs baseline 1.0 (drop 0.5 > 0.1); B: under the minimum count; C: null PGR
+    assert (a.kind, a.dedupe_key, a.active) == ("category_regression", "category_regression:g.jsonl:abcd:A", True)
+    assert a.message == ("category 'A': PGR at alpha 0.500 is 0.500, baseline 1.000 (tolerance 0.1, 4 labelled "
+                         "traces) on g.jsonl")
+    assert a.payload["category"] == "A" and a.payload["n_labelled"] == 4 and a.payload["min_traces"] == 3
+    assert b.active is None and c.active is None
+    assert [x.active for x in conds(0.5)] == [False, None, None]  # a drop of exactly the tolerance is not one
+    with session_scope(settings) as s:
+        assert len(process_conditions(s, settings, conds(0.1))) == 1  # only A opens
+        assert process_conditions(s, settings, conds(0.1)) == []  # still regressed: one alert
+        assert active_alert_gauges(s)["routerops_category_regression_active"] == 1.0
+        # B and C have no measurable condition: they never touch an open alert
+        process_conditions(s, settings, conds(0.1)[1:])
+        assert s.scalars(select(Alert.status)).all() == ["open"]
+        process_conditions(s, settings, conds(0.6))  # A within tolerance now: resolved
+        assert s.scalars(select(Alert.status)).all() == ["resolved"]
+        assert active_alert_gauges(s)["routerops_category_regression_active"] == 0.0
+    # the set's conditions: one per category, none when one category is the whole set
+    from monitoring.alerts import category_conditions
+
+    assert [c.active for c in category_conditions("g:1", rows, 0.1, alpha=0.5, golden_name="g", min_traces=3)] == \
+        [True, None, None]
+    assert category_conditions("g:1", rows[:1], 0.1, alpha=0.5, golden_name="g", min_traces=3) == []
+    long = CategoryFigures("x" * 300, 5, 5, True, pgr=0.1, baseline_pgr=0.9)
+    (cond,) = conds(0.1, [long])
+    assert cond.active and len(cond.dedupe_key) <= 200 and cond.payload["category"] == "x" * 300

@@ -1,5 +1,5 @@
 """PGR on a golden set with no quality gap (strong worse than weak) is null with its reason, in every
-place a run is reported, and is never alerted on; recording such a set warns.
+place a run is reported, is never alerted on and does not move alpha; recording such a set warns.
 
 The fixture (tests/fixtures/monitoring/no_gap) is replayed by the replay backend: weak answers 4/6
 gold answers right, strong 2/6. With no champion every call goes to strong, where the old ratio
@@ -18,7 +18,7 @@ from sqlalchemy import select
 from monitoring.alerts import pgr_regression_condition, process_conditions
 from monitoring.golden import load_golden, recorded_quality_gap
 from routerops.db import session_scope
-from routerops.db.models import Alert, MonitorRun
+from routerops.db.models import Alert, AlphaChange, MonitorRun
 
 NO_GAP = FIXTURES / "monitoring/no_gap"
 REASON = "PGR is undefined: strong quality 0.3333 is below weak quality 0.6667"
@@ -66,6 +66,8 @@ def test_monitor_reports_null_pgr_with_its_reason_everywhere(replay_pair, monkey
     assert f"PGR null: {REASON}" in out and "(not alerted on)" in out
     assert "baseline PGR null" not in out  # the same reason is said once
     assert "ALERTS" not in out
+    # no recalibration on a null PGR (the default target_strong_share would otherwise move alpha)
+    assert f"alpha not recalibrated: PGR is null: {REASON}" in out
     # per category: arithmetic weak 3/3, strong 1/3; geography 1/3 each (equal: no gap either)
     assert "per category (figures from >= 3 labelled traces):" in out
     arith = next(ln for ln in out.splitlines() if ln.strip().startswith("arithmetic"))
@@ -79,6 +81,10 @@ def test_monitor_reports_null_pgr_with_its_reason_everywhere(replay_pair, monkey
         assert row.metrics["routing"] == "all-strong"
         assert "evidently_error" not in row.metrics and "mlflow_error" not in row.metrics
         assert session.scalars(select(Alert)).all() == []
+        assert row.metrics["recalibration"] is None and s.target_strong_share is not None
+        assert row.metrics["recalibration_skipped"].startswith(f"PGR is null: {REASON}")
+        assert session.scalars(select(AlphaChange)).all() == []
+        assert row.metrics["category_regressions"] == []  # both categories null: never alerted
         cats = {c["category"]: c for c in row.metrics["categories"]["rows"]}
         assert row.metrics["categories"]["min_traces"] == 3 and set(cats) == {"arithmetic", "geography"}
         assert cats["geography"]["pgr"] is None and "are equal" in cats["geography"]["pgr_null_reason"]

@@ -1,4 +1,4 @@
-"""GET /healthz (no auth) and GET /metrics (Prometheus, with the monitor's active alerts as gauges)."""
+"""GET /healthz (no auth) and GET /metrics (Prometheus, with the monitor's active alerts and latest run as gauges)."""
 
 from __future__ import annotations
 
@@ -42,15 +42,17 @@ async def healthz(state: StateDep) -> dict:
 async def prometheus(state: StateDep, _principal: Principal = user) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST
 
-    from monitoring.alerts import active_alert_gauges
+    from monitoring.gauges import MonitorGauges, read_monitor_gauges
     from routerops.db import session_scope
 
-    def read_alerts() -> dict[str, float]:
+    def read_monitor() -> MonitorGauges:
         with session_scope(state.settings) as session:
-            return active_alert_gauges(session)
+            return read_monitor_gauges(session)
 
-    try:  # the monitor writes alerts to the shared database; /metrics shows them as gauges
-        state.metrics.set_alert_gauges(await run_in_threadpool(read_alerts))
+    try:  # the monitor writes alerts and runs to the shared database; /metrics shows them as gauges
+        gauges = await run_in_threadpool(read_monitor)
+        state.metrics.set_alert_gauges(gauges.alerts)
+        state.metrics.set_monitor(gauges)
     except Exception as exc:  # noqa: BLE001 - metrics must still render if the DB hiccups
         log.warning("could not read alert gauges: %s", exc)
     if state.guard is not None:  # breakers change state inside requests; read them now
