@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from monitoring.drift import quiet_evidently
 from routerops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,8 @@ def add_run_snapshots(settings: Settings, result, drift) -> dict[str, Any]:  # n
     row = summary_row(result)
     meta = {"monitor_run_id": result.run_id, "router_version": str(result.metrics.get("router_version"))}
     summary = Report([MeanValue(column=c) for c in row], tags=["summary"], metadata=meta)
-    snap = summary.run(current_data=pd.DataFrame([row]), timestamp=now)
+    with quiet_evidently():
+        snap = summary.run(current_data=pd.DataFrame([row]), timestamp=now)
     ids = {"summary": str(ws.add_run(project.id, snap).id)}  # add_run returns a SnapshotRef
     if drift.snapshot is not None:  # tagged "drift" by monitoring.replay
         ids["drift"] = str(ws.add_run(project.id, drift.snapshot).id)
@@ -189,8 +191,9 @@ def add_live_snapshots(settings: Settings, result, drift) -> dict[str, Any]:  # 
     now = datetime.now(UTC).replace(tzinfo=None)
     row = live_row(result)
     meta = {"live_drift_run_id": result.run_id, "router_version": str(result.router_version)}
-    snap = Report([MeanValue(column=c) for c in row], tags=["live"], metadata=meta).run(
-        current_data=pd.DataFrame([row]), timestamp=now)
+    with quiet_evidently():
+        snap = Report([MeanValue(column=c) for c in row], tags=["live"], metadata=meta).run(
+            current_data=pd.DataFrame([row]), timestamp=now)
     ids = {"live": str(ws.add_run(project.id, snap).id)}
     if drift.snapshot is not None:  # tagged "live-drift" by monitoring.live_drift
         ids["live-drift"] = str(ws.add_run(project.id, drift.snapshot).id)

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +38,15 @@ class DriftResult:
                 "dataset_test_passed": self.dataset_test_passed}
 
 
+@contextmanager
+def quiet_evidently() -> Iterator[None]:
+    """Evidently's dataset summary divides by zero on a one-row or all-NaN column (a null PGR) and
+    prints a RuntimeWarning per column to every monitor run's output; the results are unaffected."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
 def output_stats(text: str) -> tuple[int, int]:
     return len(text.split()), text.count("\n") + 1
 
@@ -51,8 +63,9 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, timestamp=None,
     if not cols:
         raise ValueError("no common columns to compare")
     report = Report([DataDriftPreset(columns=cols)], include_tests=True)
-    snapshot = report.run(current_data=current[cols], reference_data=reference[cols], timestamp=timestamp,
-                          metadata=metadata or {}, tags=tags or [])
+    with quiet_evidently():
+        snapshot = report.run(current_data=current[cols], reference_data=reference[cols], timestamp=timestamp,
+                              metadata=metadata or {}, tags=tags or [])
     d = snapshot.dict()
     columns: dict[str, dict[str, Any]] = {}
     for m in d["metrics"]:

@@ -50,7 +50,17 @@ shot() {
   echo "wrote $OUT/$1"
 }
 
-rops alpha set 0.5 --reason "screenshots" --force
+# alpha for PGR 0.8 on the recorded set, as an operator calibrates after recording (tests/test_monitor.py)
+ALPHA=$("$REPO/.venv/bin/python" - <<'PY'
+import numpy as np
+from monitoring.golden import load_golden
+from routerops import metrics
+t = load_golden("golden.jsonl")
+s = np.array([x.router_score for x in t]); w = np.array([x.label.p_weak_wins for x in t])
+print(metrics.alpha_for_pgr(s, w, 1 - w, 0.8))
+PY
+)
+rops alpha set "$ALPHA" --reason "calibrated to PGR 0.8 on the recorded set" --force
 rops monitor run --golden golden.jsonl --no-recalibrate | tee "$OUT/monitor-normal.txt"
 shot evidently-after-normal-run.png
 pair Mixtral-8x7B-Instruct-v0.1_concise
