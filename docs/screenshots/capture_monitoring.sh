@@ -45,7 +45,7 @@ export ROUTEROPS_EVIDENTLY_URL="http://127.0.0.1:$PORT"
 PROJECT=$(curl -fs "http://127.0.0.1:$PORT/api/projects" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
 
 shot() {
-  chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1600,2200 \
+  chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1600,4400 \
     --virtual-time-budget=15000 --screenshot="$OUT/$1" "http://127.0.0.1:$PORT/projects/$PROJECT" 2>/dev/null
   echo "wrote $OUT/$1"
 }
