@@ -40,7 +40,10 @@ def get_engine(url: str | None = None, settings: Settings | None = None) -> Engi
             engine = create_engine(url, connect_args={"timeout": 30})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            # an unreachable host must fail a connection attempt in seconds, not hang a worker thread
+            timeout = url.startswith("postgresql") and "connect_timeout" not in url
+            args = {"connect_args": {"connect_timeout": 10}} if timeout else {}
+            engine = create_engine(url, pool_pre_ping=True, **args)
         _engines[url] = engine
     return engine
 
