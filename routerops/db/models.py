@@ -191,7 +191,7 @@ class MonitorRun(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running | ok | failed
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | ok | failed | interrupted
     golden_set: Mapped[str] = mapped_column(Text)
     n_traces: Mapped[int] = mapped_column(Integer, default=0)
     weak_model: Mapped[str | None] = mapped_column(String(200))
