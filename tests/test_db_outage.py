@@ -1,0 +1,140 @@
+"""PostgreSQL stopped and started under a serving API (a real throwaway cluster, tests/pg_cluster.py).
+
+While the database is down: chat completions are still served (the request-log rows wait in the
+bounded buffer, the oldest dropped when it is full, all counted on /metrics), feedback answers 503 in
+the OpenAI error format and stores nothing. Once it is back: the buffer is flushed by the retry timer
+(no new request needed) and feedback is recorded again, including on a request served during the
+outage.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pg_cluster import PgCluster, pg_bin
+from serving_helpers import RECORDED_PAIR, STRONG, WEAK, free_port, running_server, wait_for
+
+KEY = "db-outage-key-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+PROMPT = "What's a fun fact about cats?"
+BUFFER = 3
+
+
+@pytest.fixture
+def cluster() -> Iterator[PgCluster]:
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL server binaries (pg_ctl) not installed")
+    pg = PgCluster(free_port()).init()
+    pg.start()
+    yield pg
+    from routerops.db import dispose_engines
+
+    dispose_engines()
+    pg.destroy()
+
+
+@pytest.fixture
+def api(cluster: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    from routerops.db import migrate
+    from routerops.settings import Settings
+    from serving.app import create_app
+
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(data_dir=tmp_path / "data", database_url=cluster.url,
+                        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                        weak_backend="replay", strong_backend="replay", weak_model=WEAK, strong_model=STRONG,
+                        replay_file=RECORDED_PAIR, api_keys=[KEY], reload_interval_s=60,
+                        request_log_buffer_size=BUFFER, request_log_retry_interval_s=0.3)
+    settings.ensure_data_dir()
+    migrate.upgrade("head", settings=settings)
+    with running_server(create_app(settings)) as base:
+        yield base, settings
+
+
+def chat(base: str, stream: bool = False) -> tuple[str, float]:
+    t0 = time.perf_counter()
+    r = httpx.post(f"{base}/v1/chat/completions", headers=AUTH, timeout=30,
+                   json={"model": WEAK, "messages": [{"role": "user", "content": PROMPT}], "stream": stream})
+    assert r.status_code == 200, r.text
+    if stream:
+        assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text
+        return r.headers["x-routerops-request-id"], time.perf_counter() - t0
+    assert r.json()["choices"][0]["message"]["content"] == "Cats sleep a lot."
+    return r.json()["routerops"]["request_id"], time.perf_counter() - t0
+
+
+def feedback(base: str, request_id: str) -> httpx.Response:
+    return httpx.post(f"{base}/v1/feedback", headers=AUTH, timeout=30,
+                      json={"request_id": request_id, "thumbs": "up", "comment": "outage test"})
+
+
+def metric(base: str, name: str, labels: str = "") -> float:
+    text = httpx.get(f"{base}/metrics", headers=AUTH, timeout=30).text
+    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def stored(settings, ids: list[str]) -> set[str]:  # noqa: ANN001
+    from sqlalchemy import select
+
+    from routerops.db import session_scope
+    from routerops.db.models import RequestLog
+
+    with session_scope(settings) as s:
+        return set(s.scalars(select(RequestLog.id).where(RequestLog.id.in_(ids))))
+
+
+def test_postgres_stopped_and_started_while_serving(api, cluster: PgCluster, caplog) -> None:  # noqa: ANN001
+    from sqlalchemy import func, select
+
+    from routerops.db import session_scope
+    from routerops.db.models import PreferenceLog
+
+    base, settings = api
+    caplog.set_level(logging.WARNING, logger="serving")
+    before, _ = chat(base)
+    assert feedback(base, before).status_code == 201
+    assert stored(settings, [before]) == {before}
+
+    cluster.stop()
+    during = []
+    for i in range(BUFFER + 2):  # two more than the buffer holds
+        rid, seconds = chat(base, stream=i == 0)
+        during.append(rid)
+        assert seconds < 5, f"request {i} took {seconds:.1f}s with the database down"
+    assert metric(base, "routerops_request_log_write_failures_total", '{error="OperationalError"}') >= 1
+    assert metric(base, "routerops_request_log_buffered") == BUFFER
+    assert metric(base, "routerops_request_log_dropped_total", '{reason="buffer_full"}') == 2
+    for rid in (before, during[-1]):  # a stored request and a buffered one: nothing can be recorded
+        r = feedback(base, rid)
+        assert r.status_code == 503, r.text
+        err = r.json()["error"]
+        assert err["type"] == "service_unavailable" and err["code"] == "database_unavailable"
+        assert err["message"].startswith("feedback not recorded:") and r.headers["retry-after"] == "5"
+    assert metric(base, "routerops_feedback_unavailable_total") == 2
+    assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
+
+    cluster.start()
+    wait_for(lambda: metric(base, "routerops_request_log_buffered") == 0, timeout_s=30)  # the timer flushed
+    assert stored(settings, during) == set(during[2:])  # the two oldest were dropped, the rest kept
+    assert metric(base, "routerops_request_log_flushed_total") == BUFFER
+    r = feedback(base, during[-1])  # served during the outage, recorded now
+    assert r.status_code == 201, r.text
+    assert r.json()["recorded"] == "preference"  # a thumbs-up on a weak answer
+    assert feedback(base, before).status_code == 201
+    after, _ = chat(base)
+    assert stored(settings, [after]) == {after}
+    with session_scope(settings) as s:  # one row per 201, none for the 503s
+        assert s.scalar(select(func.count(PreferenceLog.id)).where(PreferenceLog.source == "feedback")) == 3
+
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "request log writes failing (OperationalError" in logged
+    assert "request log buffer full (3 rows): dropping the oldest" in logged
+    assert f"{BUFFER} buffered row(s) written after the database came back" in logged
+    assert "feedback on" in logged and "not recorded" in logged
