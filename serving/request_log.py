@@ -78,6 +78,11 @@ class LogEntry:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _text(value: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL (a prompt or an answer may): stored as U+FFFD."""
+    return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
+
+
 def write_entry(settings: Settings, entry: LogEntry) -> None:
     """Blocking: run in a threadpool."""
     spec = entry.spec or {}
@@ -90,7 +95,7 @@ def write_entry(settings: Settings, entry: LogEntry) -> None:
             write_steps(session, entry.request_id, extra.get("cascade_models") or [s["model"] for s in steps], steps)
         session.add(RequestLog(
             id=entry.request_id, prompt_hash=prompt_hash(entry.prompt),
-            prompt=entry.prompt if settings.store_prompts else None, completion=entry.completion,
+            prompt=_text(entry.prompt) if settings.store_prompts else None, completion=_text(entry.completion),
             strategy=entry.strategy, model_requested=entry.model_requested, model_chosen=entry.model_chosen,
             p_strong_wins=entry.p_strong_wins, alpha=entry.alpha, router_version=entry.router_version,
             latency_ms=entry.latency_ms, routing_latency_ms=entry.routing_latency_ms,
@@ -180,7 +185,7 @@ class RequestLogWriter:
                         continue
                     break
                 except Exception as exc:  # noqa: BLE001
-                    if isinstance(exc, SQLAlchemyError) and _is_connectivity(exc):
+                    if isinstance(exc, SQLAlchemyError) and is_connectivity(exc):
                         self._requeue(entry, attempts + 1)
                         self._note_failure(exc)
                         break
@@ -232,7 +237,7 @@ class RequestLogWriter:
         self.failures += 1
         if self.metrics is not None:
             self.metrics.request_log_failures.labels(type(exc).__name__).inc()
-        if isinstance(exc, SQLAlchemyError) and _is_connectivity(exc):
+        if isinstance(exc, SQLAlchemyError) and is_connectivity(exc):
             self._note_failure(exc)
         else:
             log.warning("request log %s rejected (%s: %s); retried from the buffer", entry.request_id,
@@ -306,7 +311,7 @@ class RequestLogWriter:
             self.metrics.request_log_buffered.set(len(self._buffer))
 
 
-def _is_connectivity(exc: SQLAlchemyError) -> bool:
+def is_connectivity(exc: SQLAlchemyError) -> bool:
     """Errors that say the database is unreachable (retry later), not that it rejected the row."""
     from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, TimeoutError
 

@@ -20,7 +20,7 @@ from serving.api.deps import ServingState, StateDep, user
 from serving.auth import Principal
 from serving.errors import ApiError, error_body, validation_message
 from serving.request_log import LogEntry, RequestLogWriter
-from serving.schemas import ChatCompletionRequest, RouterOpsInfo
+from serving.schemas import ChatCompletionRequest, RouterOpsInfo, openapi_body
 from serving.strategies import Outcome, Strategy, StrategyUnavailable
 
 log = logging.getLogger("serving.app")  # the logger name the server log has always used
@@ -132,7 +132,7 @@ def observe(state: ServingState, out: Outcome, seconds: float) -> None:
         metrics.observe_speculative(out.spec.get("acceptance_rate"))
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=openapi_body(ChatCompletionRequest))
 async def chat_completions(request: Request, state: StateDep, principal: Principal = user) -> Response:
     t0 = time.perf_counter()
     metrics = state.metrics

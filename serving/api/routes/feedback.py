@@ -17,14 +17,15 @@ from starlette.concurrency import run_in_threadpool
 from serving.api.deps import StateDep, user
 from serving.auth import Principal
 from serving.errors import ApiError, validation_message
-from serving.schemas import FeedbackRequest
+from serving.request_log import is_connectivity
+from serving.schemas import FeedbackRequest, openapi_body
 
 log = logging.getLogger(__name__)
 
 router = APIRouter()
 
 
-@router.post("/v1/feedback")
+@router.post("/v1/feedback", openapi_extra=openapi_body(FeedbackRequest))
 async def feedback(request: Request, state: StateDep, principal: Principal = user) -> JSONResponse:
     from serving.feedback import FeedbackError, record_feedback
 
@@ -50,6 +51,8 @@ async def feedback(request: Request, state: StateDep, principal: Principal = use
     except FeedbackError as exc:
         raise ApiError(exc.status, exc.message, param=exc.param) from None
     except SQLAlchemyError as exc:  # nothing was committed: the client must not take it as recorded
+        if not is_connectivity(exc):
+            raise  # not an outage: the generic handler answers 500 and logs the trace
         log.warning("feedback on %s not recorded: %s: %s", fb.request_id, type(exc).__name__,
                     str(exc).splitlines()[0][:300] if str(exc) else "")
         state.metrics.feedback_unavailable.inc()
