@@ -138,3 +138,32 @@ def test_postgres_stopped_and_started_while_serving(api, cluster: PgCluster, cap
     assert "request log buffer full (3 rows): dropping the oldest" in logged
     assert f"{BUFFER} buffered row(s) written after the database came back" in logged
     assert "feedback on" in logged and "not recorded" in logged
+
+
+def test_a_row_the_database_refuses_is_dropped_not_retried_forever(postgres_url: str, tmp_path: Path) -> None:
+    """A non-connectivity failure (PostgreSQL refuses the value) is retried a few times, then dropped
+    and counted; it never blocks the rows behind it."""
+    from routerops.db import migrate
+    from routerops.db.models import new_id
+    from routerops.settings import Settings
+    from serving.metrics import ServingMetrics
+    from serving.request_log import LogEntry, RequestLogWriter
+
+    settings = Settings(data_dir=tmp_path / "data", database_url=postgres_url)
+    migrate.upgrade("head", settings=settings)
+    metrics = ServingMetrics()
+    writer = RequestLogWriter(settings, metrics, capacity=10, retry_interval_s=0.05, max_attempts=3)
+
+    def entry(strategy: str) -> LogEntry:
+        return LogEntry(new_id(), "p", "a", strategy, WEAK, WEAK, None, None, None, 1.0, None, 1, 1, 0.0, "t")
+
+    bad, good = entry("s" * 41), entry("direct")  # strategy is a String(40)
+    assert writer.write(bad) is False and writer.pending(bad.request_id)
+    assert writer.write(good) is True  # not in failing mode: a refused value is not an outage
+    for _ in range(3):
+        writer.flush()
+    assert not writer.pending(bad.request_id) and len(writer) == 0
+    assert stored(settings, [bad.request_id, good.request_id]) == {good.request_id}
+    text = metrics.render().decode()
+    assert 'routerops_request_log_dropped_total{reason="rejected"} 1.0' in text
+    assert 'routerops_request_log_write_failures_total{error="DataError"} 1.0' in text
