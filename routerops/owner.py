@@ -1,4 +1,4 @@
-"""Who runs a job (host:pid), and whether that process is gone: a job killed midway (SIGKILL, OOM,
+"""Who runs a job (host:pid[:tag]), and whether that process is gone: a job killed midway (SIGKILL, OOM,
 a node lost) leaves its row "running"; the next run of the job marks it interrupted."""
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ def owner_gone(who: str | None, started_at: datetime | None, now: datetime | Non
         started = started_at if started_at.tzinfo else started_at.replace(tzinfo=UTC)
         if now - started > STALE_AFTER:
             return True
-    if not who or ":" not in who:
+    parts = (who or "").split(":")  # host:pid, or host:pid:tag (the scheduler's lease holders)
+    if len(parts) < 2:
         return False
-    host, _, pid = who.rpartition(":")
+    host, pid = parts[0], parts[1]
     if host != socket.gethostname() or not pid.isdigit():
         return False
     return not _pid_alive(int(pid))

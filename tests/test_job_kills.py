@@ -5,8 +5,8 @@ at a named checkpoint (routerops/checkpoint.py) and writes a marker file, then t
 - training: killed before the model is logged, and between the registry write and the challenger
   alias: no version appears in the first case, a complete one (all its tags) in the second; the
   dead runs end KILLED in MLflow and the next training registers the challenger;
-- monitor: killed inside its final transaction: no "ok" row, no alert, no alpha change; the next run
-  marks the dead one interrupted and records itself.
+- monitor (as the scheduler runs it): killed inside its final transaction: no "ok" row, no alert, no
+  alpha change; the next run marks the dead monitor run and job run interrupted and records itself.
 """
 
 from __future__ import annotations
@@ -105,12 +105,13 @@ def test_training_killed_midway_leaves_no_half_registered_version(settings, trai
 
 def test_monitor_killed_in_its_final_transaction_records_nothing(settings, tmp_path) -> None:  # noqa: ANN001
     from routerops.db import session_scope
-    from routerops.db.models import Alert, AlphaChange, MonitorRun
+    from routerops.db.models import Alert, AlphaChange, JobRun, MonitorRun
 
     outputs = str(NO_GAP / "outputs.jsonl")
     env = _env(settings, {f"ROUTEROPS_{r}_{k}": v for r in ("WEAK", "STRONG") for k, v in
-                          (("BACKEND", "replay"), ("MODEL", f"{r.lower()}-fixture"), ("REPLAY_FILE", outputs))})
-    args = ["monitor", "run", "--golden", str(NO_GAP / "golden.jsonl")]
+                          (("BACKEND", "replay"), ("MODEL", f"{r.lower()}-fixture"), ("REPLAY_FILE", outputs))}
+               | {"ROUTEROPS_GOLDEN_SET": str(NO_GAP / "golden.jsonl")})
+    args = ["scheduler", "--once", "monitor"]  # as the scheduler runs it: a job_runs row too
 
     def counts() -> tuple[int, int]:
         with session_scope(settings) as s:
@@ -125,7 +126,7 @@ def test_monitor_killed_in_its_final_transaction_records_nothing(settings, tmp_p
     assert counts() == before
 
     out = _run(env, args, tmp_path)
-    assert "PGR at alpha" in out
+    assert "monitor: ok" in out
     with session_scope(settings) as s:
         rows = {r.id: r for r in s.scalars(select(MonitorRun))}
         assert rows[dead.id].status == "interrupted" and rows[dead.id].finished_at is not None
@@ -133,6 +134,10 @@ def test_monitor_killed_in_its_final_transaction_records_nothing(settings, tmp_p
         (done,) = [r for r in rows.values() if r.id != dead.id]
         assert done.status == "ok" and done.n_traces == 6 and done.metrics["routing"] == "all-strong"
         assert "mlflow_run_id" in done.metrics  # the follow-up links were written after the commit
+        jobs = s.scalars(select(JobRun).where(JobRun.job == "monitor").order_by(JobRun.id)).all()
+        assert [j.status for j in jobs] == ["interrupted", "ok"]
+        assert "ended before the job finished" in jobs[0].error
+        assert jobs[1].details["monitor_run_id"] == done.id
 
 
 def test_a_live_or_foreign_running_row_is_left_alone(settings) -> None:  # noqa: ANN001
