@@ -1,6 +1,7 @@
 """PostgreSQL stopped and started under a serving API (a real throwaway cluster, tests/pg_cluster.py).
 
-While the database is down: chat completions are still served (the request-log rows wait in the
+While the database is down: chat completions are still served, the cascade with the last config it
+read (the request-log rows wait in the
 bounded buffer, the oldest dropped when it is full, all counted on /metrics), feedback answers 503 in
 the OpenAI error format and stores nothing. Once it is back: the buffer is flushed by the retry timer
 (no new request needed) and feedback is recorded again, including on a request served during the
@@ -39,8 +40,11 @@ def cluster() -> Iterator[PgCluster]:
     pg.destroy()
 
 
+RELOAD_S = 0.5  # the cascade re-reads its config (and the router its alpha) at this pace
+
+
 @pytest.fixture
-def api(cluster: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+def api(cluster: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, static_embedder_dir: Path):  # noqa: ANN201
     from routerops.db import migrate
     from routerops.settings import Settings
     from serving.app import create_app
@@ -49,19 +53,44 @@ def api(cluster: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  #
     settings = Settings(data_dir=tmp_path / "data", database_url=cluster.url,
                         mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
                         weak_backend="replay", strong_backend="replay", weak_model=WEAK, strong_model=STRONG,
-                        replay_file=RECORDED_PAIR, api_keys=[KEY], reload_interval_s=60,
+                        replay_file=RECORDED_PAIR, api_keys=[KEY], reload_interval_s=RELOAD_S,
                         request_log_buffer_size=BUFFER, request_log_retry_interval_s=0.3)
     settings.ensure_data_dir()
     migrate.upgrade("head", settings=settings)
+    calibrate_cascade(settings, static_embedder_dir, tmp_path / "probe")
     with running_server(create_app(settings)) as base:
         yield base, settings
 
 
-def chat(base: str, stream: bool = False) -> tuple[str, float]:
+def calibrate_cascade(settings, embedder_dir: Path, probe_dir: Path) -> None:  # noqa: ANN001
+    """A stored cascade config (weak, then strong) with a real text probe on the static embedder."""
+    from sklearn.linear_model import LogisticRegression
+
+    from routerops.backends.replay import read_records
+    from routerops.db import session_scope
+    from routerops.embedders.static import StaticEmbedder
+    from serving.cascade import CascadeConfig, save_cascade_config
+    from training.probes.features import text_features
+    from training.probes.model import DeferralProbe
+
+    weak = {r["prompt"]: r["output"] for r in read_records(RECORDED_PAIR) if r["model"] == WEAK}
+    prompts = sorted(weak)
+    X = text_features(StaticEmbedder(embedder_dir), prompts, [weak[p] for p in prompts])
+    pipeline = LogisticRegression().fit(X, [i % 2 for i in range(len(prompts))])
+    DeferralProbe(pipeline, {"kind": "text", "feature_key": "text", "embedding_backend": "static",
+                             "embedding_model": str(embedder_dir)}).save(probe_dir)
+    with session_scope(settings) as session:
+        save_cascade_config(session, CascadeConfig(models=[WEAK, STRONG], thresholds=[0.5], probe_uri=str(probe_dir)))
+
+
+def chat(base: str, stream: bool = False, model: str = WEAK) -> tuple[str, float]:
     t0 = time.perf_counter()
     r = httpx.post(f"{base}/v1/chat/completions", headers=AUTH, timeout=30,
-                   json={"model": WEAK, "messages": [{"role": "user", "content": PROMPT}], "stream": stream})
+                   json={"model": model, "messages": [{"role": "user", "content": PROMPT}], "stream": stream})
     assert r.status_code == 200, r.text
+    if model == "cascade":
+        assert r.json()["routerops"]["strategy"] == "cascade"
+        return r.json()["routerops"]["request_id"], time.perf_counter() - t0
     if stream:
         assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text
         return r.headers["x-routerops-request-id"], time.perf_counter() - t0
@@ -100,11 +129,13 @@ def test_postgres_stopped_and_started_while_serving(api, cluster: PgCluster, cap
     caplog.set_level(logging.WARNING, logger="serving")
     before, _ = chat(base)
     assert feedback(base, before).status_code == 201
-    assert stored(settings, [before]) == {before}
+    cascaded, _ = chat(base, model="cascade")  # loads the cascade config
+    assert stored(settings, [before, cascaded]) == {before, cascaded}
 
     cluster.stop()
-    during = []
-    for i in range(BUFFER + 2):  # two more than the buffer holds
+    time.sleep(RELOAD_S + 0.2)  # the cascade's config is due for a re-read, which fails
+    during = [chat(base, model="cascade")[0]]  # served with the last config it loaded
+    for i in range(BUFFER + 1):  # with the cascade's row: two more than the buffer holds
         rid, seconds = chat(base, stream=i == 0)
         during.append(rid)
         assert seconds < 5, f"request {i} took {seconds:.1f}s with the database down"
@@ -138,6 +169,7 @@ def test_postgres_stopped_and_started_while_serving(api, cluster: PgCluster, cap
     assert "request log buffer full (3 rows): dropping the oldest" in logged
     assert f"{BUFFER} buffered row(s) written after the database came back" in logged
     assert "feedback on" in logged and "not recorded" in logged
+    assert "cascade config unreadable (OperationalError); serving the last one loaded" in logged
 
 
 def test_a_row_the_database_refuses_is_dropped_not_retried_forever(postgres_url: str, tmp_path: Path) -> None:
