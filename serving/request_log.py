@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from routerops.db import session_scope
 from routerops.db.models import RequestLog
+from routerops.db.session import is_connectivity
 from routerops.model_names import ModelCatalog, load_catalog
 from routerops.settings import Settings
 from routerops.text import prompt_hash
@@ -309,11 +310,3 @@ class RequestLogWriter:
     def _set_gauge(self) -> None:
         if self.metrics is not None:
             self.metrics.request_log_buffered.set(len(self._buffer))
-
-
-def is_connectivity(exc: SQLAlchemyError) -> bool:
-    """Errors that say the database is unreachable (retry later), not that it rejected the row."""
-    from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, TimeoutError
-
-    return isinstance(exc, OperationalError | InterfaceError | DisconnectionError | TimeoutError) or \
-        bool(getattr(exc, "connection_invalidated", False))

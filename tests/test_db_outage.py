@@ -23,6 +23,7 @@ from serving_helpers import RECORDED_PAIR, STRONG, WEAK, free_port, running_serv
 
 KEY = "db-outage-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+ADMIN = {"Authorization": "Bearer db-outage-admin-key-0123456789"}
 PROMPT = "What's a fun fact about cats?"
 BUFFER = 3
 
@@ -54,6 +55,7 @@ def api(cluster: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sta
                         mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
                         weak_backend="replay", strong_backend="replay", weak_model=WEAK, strong_model=STRONG,
                         replay_file=RECORDED_PAIR, api_keys=[KEY], reload_interval_s=RELOAD_S,
+                        admin_api_keys=[ADMIN["Authorization"].removeprefix("Bearer ")],
                         request_log_buffer_size=BUFFER, request_log_retry_interval_s=0.3)
     settings.ensure_data_dir()
     migrate.upgrade("head", settings=settings)
@@ -150,6 +152,8 @@ def test_postgres_stopped_and_started_while_serving(api, cluster: PgCluster, cap
         assert err["message"].startswith("feedback not recorded:") and r.headers["retry-after"] == "5"
     assert metric(base, "routerops_feedback_unavailable_total") == 2
     assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
+    r = httpx.get(f"{base}/admin/feedback", headers=ADMIN, timeout=30)  # any route reading the database
+    assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable", r.text
 
     cluster.start()
     wait_for(lambda: metric(base, "routerops_request_log_buffered") == 0, timeout_s=30)  # the timer flushed

@@ -67,3 +67,19 @@ def session_scope(settings: Settings | None = None, url: str | None = None) -> I
         raise
     finally:
         session.close()
+
+
+def is_connectivity(exc: BaseException) -> bool:
+    """Errors that say the database is unreachable (retry later), not that it rejected the row."""
+    from sqlalchemy.exc import (
+        DisconnectionError,
+        InterfaceError,
+        OperationalError,
+        SQLAlchemyError,
+        TimeoutError,
+    )
+
+    if not isinstance(exc, SQLAlchemyError):
+        return False
+    return isinstance(exc, OperationalError | InterfaceError | DisconnectionError | TimeoutError) or \
+        bool(getattr(exc, "connection_invalidated", False))

@@ -14,10 +14,10 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from routerops.db.session import is_connectivity
 from serving.api.deps import StateDep, user
 from serving.auth import Principal
 from serving.errors import ApiError, validation_message
-from serving.request_log import is_connectivity
 from serving.schemas import FeedbackRequest, openapi_body
 
 log = logging.getLogger(__name__)
