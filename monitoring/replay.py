@@ -38,7 +38,9 @@ from monitoring.drift import drift_report, output_stats
 from monitoring.golden import GoldenTrace, load_golden, score_prompts
 from monitoring.quality import Judge, gold_match
 from routerops import metrics
+from routerops.checkpoint import checkpoint
 from routerops.jsonsafe import json_safe
+from routerops.owner import owner, owner_gone
 from routerops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -204,13 +206,15 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
     if isinstance(router, str) and router == "live":
         router = load_live_router(settings)
     with session_scope(settings) as s:
+        mark_interrupted(s)
         alpha = live_alpha(s, settings, router if hasattr(router, "alpha_for_share") else None).alpha
         row = MonitorRun(golden_set=str(path), n_traces=len(traces), weak_model=getattr(weak, "name", None),
                          strong_model=getattr(strong, "name", None), alpha=alpha,
-                         router_version=getattr(router, "version", None))
+                         router_version=getattr(router, "version", None), metrics={"owner": owner()})
         s.add(row)
         s.flush()
         run_id = row.id
+    recorded = False  # set once the run's outcome (row, alerts, alpha) is committed
     try:
         results = replay_traces(traces, weak, strong, judge, progress)
         ok = [r for r in results if r.error is None]
@@ -296,6 +300,9 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
                 payload={"run_id": run_id, "drifted_columns": drift.drifted_columns,
                          "drift_share": drift.drift_share, "golden_set": str(path)}),
         ]
+        # One transaction records the outcome: the alerts, the recalibrated alpha and the row's figures
+        # with status ok. A process killed before its commit leaves none of them, only the "running"
+        # row, which the next run marks interrupted.
         with session_scope(settings) as s:
             opened = alerts_mod.process_conditions(s, settings, conditions, monitor_run_id=run_id)
             opened_ids = [a.id for a in opened]
@@ -323,6 +330,15 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
                 gauges["routerops_monitor_pgr"] = pgr_now
             if baseline is not None:
                 gauges["routerops_monitor_baseline_pgr"] = baseline
+            m["wall_s"] = time.perf_counter() - t0
+            row = s.get(MonitorRun, run_id)
+            row.status, row.finished_at = "ok", datetime.now(UTC)
+            row.n_traces, row.pgr, row.baseline_pgr, row.strong_share = len(ok), pgr_now, baseline, share
+            row.drift_detected, row.drift_share = drift.drift_detected, drift.drift_share
+            row.metrics = json_safe({"owner": owner(), **m})
+            checkpoint("monitor-commit")
+        recorded = True
+        with session_scope(settings) as s:  # after the commit: the textfile shows only what is stored
             alerts_mod.write_textfile(s, settings, gauges)
         result = MonitorResult(run_id, "ok", len(ok), pgr_now, baseline, share, alpha, drift.drift_detected,
                                drift.drift_share, regression, m, opened_ids, recal,
@@ -345,16 +361,35 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
                 m["mlflow_error"] = f"{type(exc).__name__}: {exc}"
         result.wall_s = time.perf_counter() - t0
         m["wall_s"] = result.wall_s
-        with session_scope(settings) as s:
+        with session_scope(settings) as s:  # the links to the dashboard snapshot and the MLflow run
             row = s.get(MonitorRun, run_id)
-            row.status, row.finished_at = "ok", datetime.now(UTC)
-            row.n_traces, row.pgr, row.baseline_pgr, row.strong_share = len(ok), pgr_now, baseline, share
-            row.drift_detected, row.drift_share = drift.drift_detected, drift.drift_share
-            row.metrics = json_safe(m)
+            row.metrics = json_safe({"owner": owner(), **m})
         return result
     except Exception as exc:
+        if recorded:  # the run's outcome is stored; only a follow-up (textfile, links) failed
+            log.exception("monitor run %s recorded; a follow-up step failed", run_id)
+            raise
         with session_scope(settings) as s:
             row = s.get(MonitorRun, run_id)
             row.status, row.finished_at, row.error = "failed", datetime.now(UTC), f"{type(exc).__name__}: {exc}"
         raise
+
+
+def mark_interrupted(session) -> list[str]:  # noqa: ANN001 - a SQLAlchemy Session
+    """Mark "running" rows whose process is gone (killed midway) as interrupted; returns their ids.
+    Such a run committed nothing but its row (see run_monitor's final transaction)."""
+    from sqlalchemy import select
+
+    from routerops.db.models import MonitorRun
+
+    marked = []
+    for row in session.scalars(select(MonitorRun).where(MonitorRun.status == "running")):
+        who = (row.metrics or {}).get("owner")
+        if owner_gone(who, row.started_at):
+            row.status, row.finished_at = "interrupted", datetime.now(UTC)
+            row.error = (f"the run's process ({who or 'unknown'}) ended before the run finished; "
+                         "nothing it measured was recorded")
+            marked.append(row.id)
+            log.warning("monitor run %s was interrupted (process %s gone): marked interrupted", row.id, who)
+    return marked
 

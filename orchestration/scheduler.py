@@ -134,6 +134,20 @@ def lease_holder(settings: Settings, name: str = LEASE_NAME) -> str | None:
 
 
 # --- running one job --------------------------------------------------------------------------------
+def mark_interrupted_jobs(session, job: str) -> list[int]:  # noqa: ANN001 - a SQLAlchemy Session
+    """This job's "running" rows whose process is gone (killed midway) become "interrupted"."""
+    from routerops.owner import owner_gone
+
+    marked = []
+    for row in session.scalars(select(JobRun).where(JobRun.job == job, JobRun.status == "running")):
+        if owner_gone(row.host, row.started_at):
+            row.status, row.finished_at = "interrupted", datetime.now(UTC)
+            row.error = f"the job's process ({row.host}) ended before the job finished"
+            marked.append(row.id)
+            log.warning("job %s run %s was interrupted (process %s gone): marked interrupted", job, row.id, row.host)
+    return marked
+
+
 def run_job(name: str, ref: str, holder: str | None = None, lease_name: str = LEASE_NAME) -> str:
     """Run one job and record it in job_runs; never raises. With a holder, the job runs only while
     that holder has the lease. Returns the final status."""
@@ -144,6 +158,7 @@ def run_job(name: str, ref: str, holder: str | None = None, lease_name: str = LE
         log.warning("job %s not started: %s no longer holds the scheduler lease", name, holder)
         return "not-leader"
     with session_scope(settings) as s:
+        mark_interrupted_jobs(s, name)
         row = JobRun(job=name, status="running", host=holder or f"{socket.gethostname()}:{os.getpid()}:once")
         s.add(row)
         s.flush()

@@ -138,6 +138,14 @@ class Settings(BaseSettings):
     max_prompt_chars: int = 32_000
     store_prompts: bool = True
     reload_interval_s: float = 15.0
+    # the API's calls to an MLflow server: retries and timeout per call (MLflow's own default retries
+    # for ~4 minutes, which held API start-up and every reload while MLflow was down)
+    serving_registry_retries: int = Field(default=1, ge=0)
+    serving_registry_timeout_s: float = Field(default=10.0, gt=0.0)
+    # request-log rows whose write failed (database down) wait in memory, oldest dropped when full,
+    # and are retried every request_log_retry_interval_s (and on the next successful write)
+    request_log_buffer_size: int = Field(default=10_000, ge=0)
+    request_log_retry_interval_s: float = Field(default=2.0, gt=0.0)
     # With no API key configured anywhere (env or `routerops keys create`), requests are refused
     # unless this is set: anonymous access is for local experiments only (H3).
     allow_anonymous: bool = False

@@ -12,6 +12,7 @@ auth) in serving/api/deps.py; this factory only builds the state and assembles t
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -27,7 +28,7 @@ from serving.auth import Authenticator
 from serving.errors import install_error_handlers
 from serving.failover import Guard
 from serving.metrics import ServingMetrics
-from serving.request_log import Prices
+from serving.request_log import Prices, RequestLogWriter
 from serving.routing import RouterState
 from serving.strategies import ServingContext, build_strategies
 
@@ -36,8 +37,17 @@ __all__ = ["INGEST_MAX_BYTES", "BodyLimitMiddleware", "create_app"]
 log = logging.getLogger(__name__)
 
 
+def bound_registry_calls(settings: Settings) -> None:
+    """MLflow reads its HTTP retry policy from the environment at each call; an operator's explicit
+    MLFLOW_HTTP_REQUEST_* setting wins."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.serving_registry_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, settings.serving_registry_timeout_s))))
+
+
 def create_app(settings: Settings, pair: BackendPair | None = None) -> FastAPI:
     """The API over the configured pair (or `pair`, for callers that built their own backends)."""
+    bound_registry_calls(settings)
     pair = pair or make_pair(settings)
     router_state = RouterState(settings)
     metrics = ServingMetrics()
@@ -47,8 +57,9 @@ def create_app(settings: Settings, pair: BackendPair | None = None) -> FastAPI:
     ctx = ServingContext(settings, pair, router_state, Prices.from_settings(settings, pair.weak.name, pair.strong.name),
                          guard)
     strategies = build_strategies(ctx)
+    request_log = RequestLogWriter(settings, metrics)
     state = ServingState(settings=settings, pair=pair, router_state=router_state, metrics=metrics,
-                         strategies=strategies, auth=Authenticator(settings), guard=guard)
+                         strategies=strategies, auth=Authenticator(settings), guard=guard, request_log=request_log)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -59,10 +70,12 @@ def create_app(settings: Settings, pair: BackendPair | None = None) -> FastAPI:
         # imports behind the strategies' availability checks (torch...) happen here, not in a request
         await run_in_threadpool(lambda: [s.unavailable() for s in strategies.values()])
         router_state.start()
+        request_log.start()
         try:
             yield
         finally:
             router_state.stop()
+            await run_in_threadpool(request_log.stop)
 
     app = FastAPI(title="routerops", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible LLM routing: router, cascade and speculative strategies.")

@@ -7,7 +7,10 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from routerops.db.session import is_connectivity
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(error_body(str(exc.detail), ERROR_TYPES.get(exc.status_code, "api_error")),
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        if not is_connectivity(exc):
+            return await _unexpected(request, exc)
+        log.warning("%s %s: database unreachable: %s", request.method, request.url.path,
+                    str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+        return JSONResponse(error_body(f"the database is unreachable ({type(exc).__name__}); retry later",
+                                       "service_unavailable", None, "database_unavailable"), status_code=503,
+                            headers={"retry-after": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

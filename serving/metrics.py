@@ -112,6 +112,20 @@ class ServingMetrics:
                                      ["backend"], registry=r)
         self.monitor = MonitorCollector()
         r.register(self.monitor)
+        self.request_log_failures = Counter("routerops_request_log_write_failures_total",
+                                            "Request-log writes that failed (the row was buffered)",
+                                            ["error"], registry=r)
+        self.request_log_buffered = Gauge("routerops_request_log_buffered",
+                                          "Request-log rows waiting in memory for the database", registry=r)
+        self.request_log_flushed = Counter("routerops_request_log_flushed_total",
+                                           "Buffered request-log rows written once the database was back",
+                                           registry=r)
+        self.request_log_dropped = Counter("routerops_request_log_dropped_total",
+                                           "Request-log rows lost: buffer full (oldest dropped) or rejected",
+                                           ["reason"], registry=r)
+        self.feedback_unavailable = Counter("routerops_feedback_unavailable_total",
+                                            "Feedback refused with 503 because the database was unreachable",
+                                            registry=r)
         self._counts = {"weak": 0, "strong": 0, "cascade": 0, "escalated": 0}
         self._live_version: str | None = None
         self._alert_kinds: set[str] = set()

@@ -2,18 +2,31 @@
 
 Prices per 1M tokens come from the settings (ROUTEROPS_{WEAK,STRONG}_PRICE_IN/OUT) when either is
 set, else from the model catalog (builtin models and the models table), else zero.
+
+A failed write never fails the request (RequestLogWriter): the entry waits in a bounded in-memory
+buffer and is retried on the next successful write and by a timer; when the buffer is full the oldest
+entry is dropped. Failures, drops and the buffer's size are on /metrics.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
 from routerops.db import session_scope
 from routerops.db.models import RequestLog
+from routerops.db.session import is_connectivity
 from routerops.model_names import ModelCatalog, load_catalog
 from routerops.settings import Settings
 from routerops.text import prompt_hash
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,6 +79,11 @@ class LogEntry:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _text(value: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL (a prompt or an answer may): stored as U+FFFD."""
+    return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
+
+
 def write_entry(settings: Settings, entry: LogEntry) -> None:
     """Blocking: run in a threadpool."""
     spec = entry.spec or {}
@@ -78,7 +96,7 @@ def write_entry(settings: Settings, entry: LogEntry) -> None:
             write_steps(session, entry.request_id, extra.get("cascade_models") or [s["model"] for s in steps], steps)
         session.add(RequestLog(
             id=entry.request_id, prompt_hash=prompt_hash(entry.prompt),
-            prompt=entry.prompt if settings.store_prompts else None, completion=entry.completion,
+            prompt=_text(entry.prompt) if settings.store_prompts else None, completion=_text(entry.completion),
             strategy=entry.strategy, model_requested=entry.model_requested, model_chosen=entry.model_chosen,
             p_strong_wins=entry.p_strong_wins, alpha=entry.alpha, router_version=entry.router_version,
             latency_ms=entry.latency_ms, routing_latency_ms=entry.routing_latency_ms,
@@ -87,3 +105,208 @@ def write_entry(settings: Settings, entry: LogEntry) -> None:
             spec_acceptance_rate=spec.get("acceptance_rate"), spec_tokens_per_pass=spec.get("tokens_per_target_pass"),
             spec_speedup=spec.get("speedup"), api_key_name=entry.api_key_name, extra=extra,
         ))
+
+
+def _stored(settings: Settings, request_id: str) -> bool:
+    with session_scope(settings) as session:
+        return session.get(RequestLog, request_id) is not None
+
+
+class RequestLogWriter:
+    """write_entry that never raises: failed entries wait in a bounded buffer (oldest dropped first)
+    and are written by the next successful write or by the retry timer.
+
+    While the database is failing, writes within `retry_interval_s` of the last failure go straight to
+    the buffer, so an outage costs requests no connection attempt; the timer probes it meanwhile. An
+    entry the database rejects for another reason than connectivity (a constraint, a bad value) is
+    dropped after `max_attempts` so it cannot block the buffer.
+    """
+
+    def __init__(self, settings: Settings, metrics: Any = None, capacity: int | None = None,
+                 retry_interval_s: float | None = None, max_attempts: int = 3):
+        self.settings = settings
+        self.metrics = metrics  # serving.metrics.ServingMetrics (optional: the soak and CLIs pass none)
+        self.capacity = capacity if capacity is not None else settings.request_log_buffer_size
+        self.retry_interval_s = retry_interval_s if retry_interval_s is not None \
+            else settings.request_log_retry_interval_s
+        self.max_attempts = max_attempts
+        self._buffer: deque[tuple[LogEntry, int]] = deque()
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._failing_since: float | None = None
+        self._last_failure = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.failures = self.dropped = self.flushed = 0
+
+    # --- what the API calls ---------------------------------------------------------------------
+    def write(self, entry: LogEntry) -> bool:
+        """Blocking (run in a threadpool). True when stored now, False when buffered. Never raises."""
+        if self._failing_since is not None and time.monotonic() - self._last_failure < self.retry_interval_s:
+            self._buffer_entry(entry, 0, "database failing: buffered without a write attempt")
+            return False
+        try:
+            write_entry(self.settings, entry)
+        except Exception as exc:  # noqa: BLE001 - the request is served; its row waits for the database
+            self._failed(entry, 1, exc)
+            return False
+        self._recovered()
+        if self._buffer:
+            self.flush()
+        return True
+
+    def pending(self, request_id: str) -> bool:
+        """Whether this request's row is still waiting in the buffer."""
+        with self._lock:
+            return request_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    def flush(self) -> int:
+        """Write buffered entries, oldest first, until one fails on connectivity; returns how many were
+        written. Concurrent callers skip while one flushes."""
+        if not self._flush_lock.acquire(blocking=False):
+            return 0
+        written = 0
+        try:
+            while True:
+                with self._lock:
+                    if not self._buffer:
+                        break
+                    entry, attempts = self._buffer.popleft()
+                try:
+                    write_entry(self.settings, entry)
+                except IntegrityError as exc:
+                    if self._already_stored(entry):  # a write that committed although its client saw an error
+                        self._forget(entry)
+                        continue
+                    if not self._retry_or_drop(entry, attempts + 1, exc):
+                        continue
+                    break
+                except Exception as exc:  # noqa: BLE001
+                    if isinstance(exc, SQLAlchemyError) and is_connectivity(exc):
+                        self._requeue(entry, attempts + 1)
+                        self._note_failure(exc)
+                        break
+                    if self._retry_or_drop(entry, attempts + 1, exc):
+                        break
+                    continue
+                self._forget(entry)
+                written += 1
+                self.flushed += 1
+                if self.metrics is not None:
+                    self.metrics.request_log_flushed.inc()
+            if written:
+                self._recovered()
+                log.warning("request log: %d buffered row(s) written after the database came back (%d left)",
+                            written, len(self._buffer))
+        finally:
+            self._set_gauge()
+            self._flush_lock.release()
+        return written
+
+    # --- the retry timer ------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="request-log-retry", daemon=True)
+            self._thread.start()
+
+    def stop(self, flush: bool = True) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        if flush and self._buffer:
+            self.flush()
+        if self._buffer:
+            log.error("request log: %d row(s) still buffered at shutdown are lost (database unreachable)",
+                      len(self._buffer))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.retry_interval_s):
+            if self._buffer:
+                try:
+                    self.flush()
+                except Exception:  # noqa: BLE001 - the timer must survive anything
+                    log.exception("request log retry failed")
+
+    # --- bookkeeping ----------------------------------------------------------------------------
+    def _failed(self, entry: LogEntry, attempts: int, exc: Exception) -> None:
+        self.failures += 1
+        if self.metrics is not None:
+            self.metrics.request_log_failures.labels(type(exc).__name__).inc()
+        if isinstance(exc, SQLAlchemyError) and is_connectivity(exc):
+            self._note_failure(exc)
+        else:
+            log.warning("request log %s rejected (%s: %s); retried from the buffer", entry.request_id,
+                        type(exc).__name__, str(exc)[:300])
+        self._buffer_entry(entry, attempts, f"{type(exc).__name__}: {str(exc)[:200]}")
+
+    def _note_failure(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+            log.warning("request log writes failing (%s: %s); buffering up to %d rows in memory",
+                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "", self.capacity)
+        self._last_failure = now
+
+    def _recovered(self) -> None:
+        if self._failing_since is not None:
+            log.warning("request log writes succeed again after %.1fs", time.monotonic() - self._failing_since)
+            self._failing_since = None
+
+    def _buffer_entry(self, entry: LogEntry, attempts: int, why: str) -> None:
+        dropped = None
+        with self._lock:
+            if self.capacity <= 0:
+                dropped = entry
+            else:
+                if len(self._buffer) >= self.capacity:
+                    dropped = self._buffer.popleft()[0]
+                    self._ids.discard(dropped.request_id)
+                self._buffer.append((entry, attempts))
+                self._ids.add(entry.request_id)
+        if dropped is not None:
+            self._drop(dropped, "buffer_full")
+        log.debug("request log %s buffered: %s", entry.request_id, why)
+        self._set_gauge()
+
+    def _requeue(self, entry: LogEntry, attempts: int) -> None:
+        with self._lock:  # back at the front: the oldest stays the oldest
+            self._buffer.appendleft((entry, attempts))
+
+    def _retry_or_drop(self, entry: LogEntry, attempts: int, exc: Exception) -> bool:
+        """Requeue (True: stop this flush) or drop an entry the database keeps rejecting (False)."""
+        if attempts >= self.max_attempts:
+            log.error("request log %s dropped after %d attempts: %s: %s", entry.request_id, attempts,
+                      type(exc).__name__, str(exc)[:300])
+            self._forget(entry)
+            self._drop(entry, "rejected")
+            return False
+        self._requeue(entry, attempts)
+        return True
+
+    def _already_stored(self, entry: LogEntry) -> bool:
+        try:
+            return _stored(self.settings, entry.request_id)
+        except Exception:  # noqa: BLE001
+            return False
+
+    def _forget(self, entry: LogEntry) -> None:
+        with self._lock:
+            self._ids.discard(entry.request_id)
+
+    def _drop(self, entry: LogEntry, reason: str) -> None:
+        self.dropped += 1
+        if self.metrics is not None:
+            self.metrics.request_log_dropped.labels(reason).inc()
+        if reason == "buffer_full" and (self.dropped == 1 or self.dropped % 1000 == 0):
+            log.error("request log buffer full (%d rows): dropping the oldest (%d dropped so far)",
+                      self.capacity, self.dropped)
+
+    def _set_gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.request_log_buffered.set(len(self._buffer))

@@ -8,7 +8,9 @@ never a mix. If MLflow is unreachable or the new version fails, the last good ro
 and the error is reported at /healthz.
 
 No champion yet (documented behaviour): every `router` request goes to the strong model with reason
-"no champion router: routing to strong".
+"no champion router: routing to strong". With the registry unreachable before any router was loaded
+(MLflow down at start-up) the same happens with reason "model registry unreachable ...: routing to
+strong", and the champion goes live at the first reload that reaches the registry.
 
 Exact repeats of a prompt (retries, templated traffic, the monitor's golden replays) are answered from
 an LRU of scores (`routing_cache_size`), which belongs to one router: a swap starts it afresh.
@@ -35,6 +37,10 @@ log = logging.getLogger(__name__)
 NO_CHAMPION = "no champion router: routing to strong"
 
 
+def registry_unreachable(uri: str) -> str:
+    return f"model registry unreachable ({uri}), no router loaded yet: routing to strong"
+
+
 @dataclass(frozen=True)
 class Snapshot:
     router: object | None  # training.router_model.MFRouter
@@ -43,6 +49,7 @@ class Snapshot:
     alpha_source: str
     loaded_at: str | None = None
     alpha_reason: str = ""
+    no_router_reason: str = NO_CHAMPION  # why every request goes to strong while router is None
 
 
 @dataclass(frozen=True)
@@ -226,12 +233,16 @@ class RouterState:
             current = self.snapshot
             errors: list[str] = []
             router, version, loaded_at = current.router, current.version, current.loaded_at
+            no_router_reason = current.no_router_reason
             try:
                 live = registry.version_by_alias(self.settings.router_model_name, registry.CHAMPION, self.settings)
             except Exception as exc:  # noqa: BLE001 - MLflow down: keep serving, report it
                 errors.append(f"cannot read {self.settings.router_model_name}@champion from "
                               f"{self.settings.resolved_registry_uri}: {type(exc).__name__}: {str(exc)[:300]}")
+                if router is None:  # never loaded one: say why, not "no champion"
+                    no_router_reason = registry_unreachable(self.settings.resolved_registry_uri)
             else:
+                no_router_reason = NO_CHAMPION
                 if live is None:
                     router, version, loaded_at = None, None, None
                 elif live.version != current.version:
@@ -252,13 +263,15 @@ class RouterState:
                 alpha, alpha_source, alpha_reason = live_a.alpha, live_a.source, live_a.reason
             except Exception as exc:  # noqa: BLE001
                 errors.append(f"cannot read the live alpha: {type(exc).__name__}: {str(exc)[:200]}")
-            new = Snapshot(router, version, alpha, alpha_source, loaded_at, alpha_reason)
+            new = Snapshot(router, version, alpha, alpha_source, loaded_at, alpha_reason, no_router_reason)
             changed = (new.version, new.alpha) != (current.version, current.alpha) or new.router is not current.router
             if changed:
                 self.snapshot = new  # one reference assignment: atomic for readers
                 self.reloads += 1
                 for callback in self.on_change:
                     callback(new)
+            elif new.no_router_reason != current.no_router_reason:  # only the reason: no callbacks
+                self.snapshot = new
             self.last_error = "; ".join(errors) or None
             self.last_check = datetime.now(UTC).isoformat()
             return {"changed": changed, "router_version": new.version, "alpha": new.alpha,
@@ -287,7 +300,7 @@ class RouterState:
         t0 = time.perf_counter()
         snap = self.snapshot
         if snap.router is None:
-            return Decision("strong", None, snap.alpha, None, NO_CHAMPION, (time.perf_counter() - t0) * 1000,
+            return Decision("strong", None, snap.alpha, None, snap.no_router_reason, (time.perf_counter() - t0) * 1000,
                             alpha_source=snap.alpha_source)
         try:
             p, cached = self.batcher.score(snap.router, prompt)

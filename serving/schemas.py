@@ -104,16 +104,45 @@ class ChatCompletion(BaseModel):
     routerops: RouterOpsInfo
 
 
+# PostgreSQL text columns cannot hold NUL: such a value is a 400 here, not a database error later
+NO_NUL = r"^[^\x00]*$"
+
+
 class Preference(BaseModel):
     model_config = ConfigDict(extra="forbid")
     winner: Literal["a", "b", "tie"]  # a = the logged (served) answer, b = the other answer
-    other_model: str | None = None
-    other_answer: str | None = None
+    other_model: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_NUL)  # a String(200)
+    other_answer: str | None = Field(default=None, pattern=NO_NUL)
 
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    request_id: str = Field(min_length=1, max_length=64)
+    # the routerops request id, or the completion's id ("chatcmpl-<request id>") as clients see it
+    request_id: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
     preference: Preference | None = None
     thumbs: Literal["up", "down"] | None = None
     comment: str | None = Field(default=None, max_length=2000)
+
+    @field_validator("request_id")
+    @classmethod
+    def _bare_id(cls, v: str) -> str:
+        return v.removeprefix("chatcmpl-") or v
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(defs[ref.rsplit("/", 1)[1]], defs)
+        return {k: _inline(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
+def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
+    """An `openapi_extra` documenting a JSON body a route parses itself (for its own error messages
+    and size checks): the model's schema with its definitions inlined."""
+    schema = model.model_json_schema()
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": _inline(schema, schema.get("$defs", {}))}}}}

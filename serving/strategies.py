@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from routerops.backends.base import Backend, BackendError, GenerationParams, Message
 from routerops.backends.factory import BackendPair
 from routerops.settings import Settings
@@ -271,8 +273,16 @@ class CascadeStrategy(Strategy):
             if self._loaded and time.monotonic() - self._loaded[0] < self.ctx.settings.reload_interval_s:
                 return self._loaded[1]
             settings = self.ctx.settings
-            with session_scope(settings) as session:
-                config = load_cascade_config(session)
+            try:
+                with session_scope(settings) as session:
+                    config = load_cascade_config(session)
+            except SQLAlchemyError as exc:  # database down: the last good config keeps serving
+                if self._loaded:
+                    log.warning("cascade config unreadable (%s); serving the last one loaded", type(exc).__name__)
+                    self._loaded = (time.monotonic(), self._loaded[1])
+                    return self._loaded[1]
+                raise StrategyUnavailable(f"the cascade config cannot be read: the database is unreachable "
+                                          f"({type(exc).__name__})") from None
             if config is None:
                 raise StrategyUnavailable("no cascade config yet: run `routerops cascade calibrate`")
             ladder, roles = [], []

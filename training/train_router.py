@@ -16,10 +16,13 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from routerops.checkpoint import checkpoint
+from routerops.owner import owner, owner_gone
 from routerops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -193,6 +196,28 @@ def prompt_matrix(embeddings: np.ndarray, prompts: list[str], standardizer: dict
     return emb if standardizer is None else np.hstack([emb, features(prompts, standardizer)])
 
 
+def mark_killed_runs(settings: Settings) -> list[str]:
+    """MLflow runs of this job left RUNNING by a process that is gone (killed midway) end as KILLED:
+    the UI then tells them from a live training. Such a run registered no model version."""
+    from routerops import registry
+
+    c = registry.client(settings)
+    experiment = c.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is None:
+        return []
+    killed = []
+    runs = c.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING' and "
+                         "tags.`routerops.kind` = 'mf-router'", max_results=100)
+    for r in runs:
+        started = datetime.fromtimestamp(r.info.start_time / 1000, UTC) if r.info.start_time else None
+        who = r.data.tags.get("routerops.owner")
+        if who and owner_gone(who, started):
+            c.set_terminated(r.info.run_id, status="KILLED")
+            killed.append(r.info.run_id)
+            log.warning("training run %s was killed midway (process %s gone): marked KILLED", r.info.run_id, who)
+    return killed
+
+
 def train_router(
     settings: Settings,
     *,
@@ -286,9 +311,10 @@ def train_router(
               "data_prompts": snap["prompts"], "val_prompts": int(val_mask.sum()),
               "eval_prompts_excluded": len(held_out), "data_created_at_min": snap["created_at_min"],
               "data_created_at_max": snap["created_at_max"]}
+    mark_killed_runs(settings)
     with mlflow.start_run(run_name="mf-router") as run, tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        mlflow.set_tag("routerops.kind", "mf-router")
+        mlflow.set_tags({"routerops.kind": "mf-router", "routerops.owner": owner()})
         mlflow.log_params(params)
         mlflow.log_metrics({f"data_rows_{k}": v for k, v in snap["per_source"].items()})
         mlflow.log_dict(snap, "data_snapshot.json")
@@ -396,6 +422,7 @@ def train_router(
         mlflow.log_metrics({k: v for k, v in results.items() if np.isfinite(v)})
 
         model_dir = router.save(tmp_path / "model")
+        checkpoint("logging-model")
         signature = ModelSignature(
             inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "strong", required=False),
                            ColSpec("string", "weak", required=False)]),
@@ -413,13 +440,12 @@ def train_router(
                 signature=signature,
                 pip_requirements=[f"mlflow=={mlflow.__version__}", "numpy", "pandas", "sentence-transformers",
                                   "routerops"],
-                registered_model_name=settings.router_model_name if register else None,
             )
         version = None
         if register:
-            version = str(info.registered_model_version)
-            registry.set_challenger(settings.router_model_name, version, settings)
-            c = registry.client(settings)
+            # Registered last, in one registry write (the version with all its tags), after every
+            # artifact is logged: a process killed earlier leaves no model version at all; one killed
+            # between this and the alias leaves a complete version that is simply not the challenger.
             tags = {k: f"{results[k]:.4f}" for k in ("val_auc", "val_loss", "val_pref_auc", "loso_apgr_mean",
                                                      "loso_apgr_min") if k in results and np.isfinite(results[k])}
             tags["embedder"] = embedder.name
@@ -428,8 +454,12 @@ def train_router(
                 tags["calibration_pair"] = f"{strong} vs {weak}"
                 for sh, al in zip(calibration["shares"], calibration["alphas"], strict=True):
                     tags[f"alpha_at_share_{sh:.1f}"] = f"{al:.4f}"
-            for k, v in tags.items():
-                c.set_model_version_tag(settings.router_model_name, version, k, v)
+            tags["routerops.run_id"] = run.info.run_id
+            checkpoint("registering")
+            mv = mlflow.register_model(info.model_uri, settings.router_model_name, tags=tags)
+            version = str(mv.version)
+            checkpoint("registered")
+            registry.set_challenger(settings.router_model_name, version, settings)
         results["total_seconds"] = time.perf_counter() - t_start
         run_id = run.info.run_id
     return TrainResult(run_id=run_id, model_version=version, model_uri=f"runs:/{run_id}/{ARTIFACT_NAME}",

@@ -191,7 +191,7 @@ class MonitorRun(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running | ok | failed
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | ok | failed | interrupted
     golden_set: Mapped[str] = mapped_column(Text)
     n_traces: Mapped[int] = mapped_column(Integer, default=0)
     weak_model: Mapped[str | None] = mapped_column(String(200))
@@ -234,7 +234,7 @@ class JobRun(Base):
     job: Mapped[str] = mapped_column(String(100))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running|ok|skipped|failed
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running|ok|skipped|failed|interrupted
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
     host: Mapped[str | None] = mapped_column(String(200))

@@ -40,7 +40,10 @@ def get_engine(url: str | None = None, settings: Settings | None = None) -> Engi
             engine = create_engine(url, connect_args={"timeout": 30})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            # an unreachable host must fail a connection attempt in seconds, not hang a worker thread
+            timeout = url.startswith("postgresql") and "connect_timeout" not in url
+            args = {"connect_args": {"connect_timeout": 10}} if timeout else {}
+            engine = create_engine(url, pool_pre_ping=True, **args)
         _engines[url] = engine
     return engine
 
@@ -64,3 +67,19 @@ def session_scope(settings: Settings | None = None, url: str | None = None) -> I
         raise
     finally:
         session.close()
+
+
+def is_connectivity(exc: BaseException) -> bool:
+    """Errors that say the database is unreachable (retry later), not that it rejected the row."""
+    from sqlalchemy.exc import (
+        DisconnectionError,
+        InterfaceError,
+        OperationalError,
+        SQLAlchemyError,
+        TimeoutError,
+    )
+
+    if not isinstance(exc, SQLAlchemyError):
+        return False
+    return isinstance(exc, OperationalError | InterfaceError | DisconnectionError | TimeoutError) or \
+        bool(getattr(exc, "connection_invalidated", False))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from routerops.backends.factory import BackendPair
@@ -14,6 +15,7 @@ from serving.auth import Authenticator, AuthError, Principal
 from serving.errors import ApiError
 from serving.failover import Guard
 from serving.metrics import ServingMetrics
+from serving.request_log import RequestLogWriter
 from serving.routing import RouterState
 from serving.strategies import Strategy
 
@@ -29,6 +31,7 @@ class ServingState:
     strategies: dict[str, Strategy]
     auth: Authenticator
     guard: Guard | None = None  # failover and the backends' circuit breakers
+    request_log: RequestLogWriter | None = None  # buffered, never-raising request-log writes
 
 
 def get_state(request: Request) -> ServingState:
@@ -49,6 +52,10 @@ def require(scope: str):  # noqa: ANN201
         except AuthError as exc:
             state.metrics.errors.labels(str(exc.status)).inc()
             raise ApiError(exc.status, exc.message, code="invalid_api_key") from None
+        except SQLAlchemyError as exc:  # a database key cannot be checked while the database is down
+            state.metrics.errors.labels("503").inc()
+            raise ApiError(503, f"cannot check the API key: the key store is unreachable ({type(exc).__name__}); "
+                                "retry later", code="auth_unavailable", headers={"retry-after": "5"}) from None
         if scope == "admin" and not principal.is_admin:
             state.metrics.errors.labels("403").inc()
             raise ApiError(403, f"key {principal.name!r} has scope 'user'; this endpoint needs 'admin'",

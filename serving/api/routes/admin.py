@@ -42,7 +42,8 @@ async def admin_feedback(state: StateDep, limit: int = 50, _principal: Principal
     return {"data": await run_in_threadpool(rows)}
 
 
-@router.post("/admin/ingest")
+@router.post("/admin/ingest", openapi_extra={"requestBody": {"required": True, "content": {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def admin_ingest(request: Request, state: StateDep, format: str,  # noqa: A002
                        filename: str = "upload.jsonl", _principal: Principal = admin) -> JSONResponse:
     """Body: the raw file (e.g. curl --data-binary @file). Runs H1's importer in one transaction."""

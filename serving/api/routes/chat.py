@@ -19,8 +19,8 @@ from routerops.db.models import new_id
 from serving.api.deps import ServingState, StateDep, user
 from serving.auth import Principal
 from serving.errors import ApiError, error_body, validation_message
-from serving.request_log import LogEntry, write_entry
-from serving.schemas import ChatCompletionRequest, RouterOpsInfo
+from serving.request_log import LogEntry, RequestLogWriter
+from serving.schemas import ChatCompletionRequest, RouterOpsInfo, openapi_body
 from serving.strategies import Outcome, Strategy, StrategyUnavailable
 
 log = logging.getLogger("serving.app")  # the logger name the server log has always used
@@ -112,11 +112,12 @@ def log_entry(state: ServingState, out: Outcome, req: ChatCompletionRequest, mes
 
 
 async def _write_log(state: ServingState, entry: LogEntry) -> None:
-    """For a stream already ended with an error event: a failed write is logged, never raised into it."""
-    try:
-        await run_in_threadpool(write_entry, state.settings, entry)
-    except Exception as exc:  # noqa: BLE001
-        log.warning("request log write for %s failed: %s", entry.request_id, exc)
+    """Store the request's row; a failed write is buffered and retried (RequestLogWriter), never raised
+    into the request."""
+    writer = state.request_log
+    if writer is None:  # a state built without one (older callers): a plain writer, no retry timer
+        writer = RequestLogWriter(state.settings, state.metrics)
+    await run_in_threadpool(writer.write, entry)
 
 
 def observe(state: ServingState, out: Outcome, seconds: float) -> None:
@@ -131,10 +132,10 @@ def observe(state: ServingState, out: Outcome, seconds: float) -> None:
         metrics.observe_speculative(out.spec.get("acceptance_rate"))
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=openapi_body(ChatCompletionRequest))
 async def chat_completions(request: Request, state: StateDep, principal: Principal = user) -> Response:
     t0 = time.perf_counter()
-    settings, metrics = state.settings, state.metrics
+    metrics = state.metrics
     req = await parse_chat(request, state)
     strategy, messages, params = pick(req, state)
     request_id = new_id()
@@ -156,8 +157,7 @@ async def chat_completions(request: Request, state: StateDep, principal: Princip
     if not req.stream:
         latency = (time.perf_counter() - t0) * 1000
         info = _info(out, request_id)
-        await run_in_threadpool(write_entry, settings,
-                                log_entry(state, out, req, messages, request_id, latency, principal, False))
+        await _write_log(state, log_entry(state, out, req, messages, request_id, latency, principal, False))
         observe(state, out, latency / 1000)
         body = {"id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": created,
                 "model": out.model,
@@ -203,8 +203,7 @@ async def chat_completions(request: Request, state: StateDep, principal: Princip
             await run_in_threadpool(out.finalize, text)
         latency = (time.perf_counter() - t0) * 1000
         final = _info(out, request_id)
-        await run_in_threadpool(write_entry, settings,
-                                log_entry(state, out, req, messages, request_id, latency, principal, True))
+        await _write_log(state, log_entry(state, out, req, messages, request_id, latency, principal, True))
         observe(state, out, latency / 1000)
         usage = {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                  "total_tokens": out.prompt_tokens + out.completion_tokens}

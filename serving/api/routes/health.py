@@ -28,7 +28,7 @@ async def healthz(state: StateDep) -> dict:
         "router_model": state.settings.router_model_name, "router_version": snap.version,
         "router_loaded_at": snap.loaded_at, "alpha": snap.alpha, "alpha_source": snap.alpha_source,
         "alpha_reason": snap.alpha_reason,
-        "routing": "router" if snap.router is not None else "no champion router: routing to strong",
+        "routing": "router" if snap.router is not None else snap.no_router_reason,
         "last_reload_error": router_state.last_error, "last_reload_check": router_state.last_check,
         "backends": {role: {"name": b.name, "kind": type(b).__name__,
                             **({"circuit": breakers[role]} if role in breakers else {})}
