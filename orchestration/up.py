@@ -231,10 +231,11 @@ def _group_alive(pgid: int) -> bool:
 
 
 def prepare_stores(settings: Settings) -> None:
-    """`routerops db upgrade`, the MLflow store's tables and experiment, and the Evidently project,
-    before any child runs, so that the children never race to create them."""
+    """`routerops db upgrade`, the MLflow store's tables and experiment, the Evidently project and the
+    default (static) embedder, before any child runs, so that the children never race to create them."""
     from monitoring.dashboards import ensure_project
     from routerops.db import dispose_engines, migrate
+    from routerops.embeddings import ensure_built_embedder
     from routerops.registry import configure_mlflow
 
     settings.ensure_data_dir()
@@ -242,15 +243,18 @@ def prepare_stores(settings: Settings) -> None:
     dispose_engines()
     configure_mlflow(settings)
     ensure_project(settings)
+    ensure_built_embedder(settings)
 
 
 @click.command("init")
 def init_command() -> None:
-    """Prepare every store: migrations, MLflow experiment, Evidently project (idempotent)."""
+    """Prepare every store: migrations, MLflow experiment, Evidently project, static embedder (idempotent)."""
     settings = get_settings()
     prepare_stores(settings)
     click.echo(f"stores ready: database at head, MLflow experiment {settings.mlflow_experiment!r}, "
-               f"Evidently project in {settings.resolved_evidently_workspace}")
+               f"Evidently project in {settings.resolved_evidently_workspace}"
+               + (f", static embedder at {settings.resolved_static_embedder_path}"
+                  if settings.embedding_backend == "static" else ""))
 
 
 def session_keys(settings: Settings) -> tuple[dict[str, str], list[str]]:

@@ -181,6 +181,23 @@ def load_built_embedder(backend: str, path: Path, threads: int = 1) -> Embedder:
     raise ValueError(f"{backend!r} is not a built embedder backend ({' | '.join(BUILT_BACKENDS)})")
 
 
+def ensure_built_embedder(settings: Settings) -> Path | None:
+    """Build the configured static embedder once if its folder is missing (the default embedder, so a
+    fresh install needs it; `routerops init`, `up` and training call this, never an import). Returns
+    the folder, or None for backends that need no build. ONNX stays an explicit `embedder build onnx`."""
+    if settings.embedding_backend != "static":
+        return None
+    from routerops.embedders.files import manifest_sha
+    from routerops.embedders.static import StaticBuildConfig, build_static
+
+    path = settings.resolved_static_embedder_path
+    if manifest_sha(path) is None:
+        log.warning("building the static embedder at %s (once; a few minutes on 2 cores)", path)
+        # threads=None: the build runs before anything serves, so it may use every core
+        build_static(path, StaticBuildConfig(), threads=None)
+    return path
+
+
 _embedders: dict[tuple, Embedder] = {}
 _lock = threading.Lock()
 

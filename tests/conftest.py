@@ -25,6 +25,28 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# What the `settings` fixture keeps when it clears ROUTEROPS_* from the environment.
+SESSION_ENV = {"ROUTEROPS_SHARED_DATA", "ROUTEROPS_TEST_POSTGRES_URL", "ROUTEROPS_EMBEDDING_STATIC_PATH"}
+
+
+def clean_env() -> dict[str, str]:
+    """os.environ without ROUTEROPS_* settings (those in SESSION_ENV kept), for a child process."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("ROUTEROPS_") or k in SESSION_ENV}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_static_embedder(static_embedder_dir: Path) -> Iterator[Path]:
+    """The default embedder (static) is the session's small build for every test and every process a
+    test starts: the full build takes minutes (its own tests build it where they need it)."""
+    previous = os.environ.get("ROUTEROPS_EMBEDDING_STATIC_PATH")
+    os.environ["ROUTEROPS_EMBEDDING_STATIC_PATH"] = str(static_embedder_dir)
+    yield static_embedder_dir
+    if previous is None:
+        os.environ.pop("ROUTEROPS_EMBEDDING_STATIC_PATH", None)
+    else:
+        os.environ["ROUTEROPS_EMBEDDING_STATIC_PATH"] = previous
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
@@ -40,7 +62,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from routerops.settings import get_settings
 
     for key in list(os.environ):
-        if key.startswith("ROUTEROPS_") and key not in {"ROUTEROPS_SHARED_DATA", "ROUTEROPS_TEST_POSTGRES_URL"}:
+        if key.startswith("ROUTEROPS_") and key not in SESSION_ENV:
             monkeypatch.delenv(key)
     data_dir = tmp_path / "data"
     monkeypatch.setenv("ROUTEROPS_DATA_DIR", str(data_dir))

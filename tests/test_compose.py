@@ -119,7 +119,14 @@ def test_compose_keeps_mlflow_store_apart_and_points_apps_at_it(config: dict) ->
 def test_compose_refuses_to_start_without_secrets(tmp_path: Path) -> None:
     unfilled = compose(project_dir(tmp_path / "a", (ROOT / ".env.example").read_text()), "config", "--quiet")
     assert unfilled.returncode != 0
-    assert "POSTGRES_PASSWORD" in unfilled.stderr
+    # Compose interpolates in no fixed order: the error names whichever empty secret it met first.
+    secrets = ("POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "ROUTEROPS_API_KEYS", "ROUTEROPS_ADMIN_API_KEYS")
+    assert any(f"set {name} in .env" in unfilled.stderr for name in secrets), unfilled.stderr
+    # Each secret on its own is required: fill all but one and the error names that one.
+    for left_empty in secrets:
+        env = "\n".join(f"{name}={'' if name == left_empty else 'x' + name.lower()}" for name in secrets)
+        one = compose(project_dir(tmp_path / left_empty, env + "\n"), "config", "--quiet")
+        assert one.returncode != 0 and f"set {left_empty} in .env" in one.stderr, one.stderr
     missing = compose(project_dir(tmp_path / "b", None), "config", "--quiet")
     assert missing.returncode != 0
 

@@ -124,7 +124,8 @@ def test_static_name_and_settings_backend(settings, static_dir: Path) -> None:  
     assert get_embedder(s) is emb  # once per process
     ref = embedding_ref(emb)
     assert (ref.backend, ref.dim, ref.name) == ("static", 32, emb.name)
-    missing = Settings(data_dir=settings.data_dir, embedding_backend="static")  # default folder: not built
+    missing = Settings(data_dir=settings.data_dir, embedding_backend="static",
+                       embedding_static_path=None)  # default folder: not built
     with pytest.raises(EmbedderFilesError, match="build it with `routerops embedder build static`"):
         get_embedder(missing)
 

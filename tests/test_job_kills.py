@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, clean_env
 from sqlalchemy import func, select
 
 PREFS = FIXTURES / "router" / "prefs.jsonl"
@@ -29,7 +29,7 @@ NO_GAP = FIXTURES / "monitoring" / "no_gap"
 
 
 def _env(settings, extra: dict[str, str]) -> dict[str, str]:  # noqa: ANN001
-    base = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEROPS_")}
+    base = clean_env()
     return base | {"ROUTEROPS_DATA_DIR": str(settings.data_dir), "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
                    "ROUTEROPS_DATABASE_URL": settings.resolved_database_url} | extra
 

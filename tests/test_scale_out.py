@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
+from conftest import clean_env
 from serving_helpers import RECORDED_PAIR, STRONG, WEAK, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +56,7 @@ def store(settings, static_embedder_dir: Path, tmp_path: Path) -> dict[str, str]
 
 def _serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    full = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEROPS_")} | env
+    full = clean_env() | env
     proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "serve", "--port", str(port),
                              "--log-level", "warning"], env=full, cwd=ROOT, stdout=log.open("w"),
                             stderr=subprocess.STDOUT)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import SESSION_ENV
 
 from orchestration.cli import cli
 from routerops.model_names import UnknownModelError
@@ -35,7 +36,7 @@ def trained(tmp_path_factory):  # noqa: ANN001, ANN201
     tmp = tmp_path_factory.mktemp("score")
     with pytest.MonkeyPatch.context() as mp:
         for key in list(os.environ):
-            if key.startswith("ROUTEROPS_") and key not in {"ROUTEROPS_SHARED_DATA", "ROUTEROPS_TEST_POSTGRES_URL"}:
+            if key.startswith("ROUTEROPS_") and key not in SESSION_ENV:
                 mp.delenv(key)
         mp.setenv("ROUTEROPS_DATA_DIR", str(tmp / "data"))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'data' / 'mlflow.db'}")
@@ -122,7 +123,9 @@ def test_loader_and_pyfunc_agree(trained) -> None:  # noqa: ANN001
     assert router.version == "1" and router.run_id == result.run_id
     assert load_router("models:/mf-router/1", settings) is router  # cached per version
     assert router.vocabulary == ["gpt-3.5-turbo-1106", "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"]
-    assert router.embedding_model["model"] == "all-MiniLM-L6-v2" and router.embedding_model["dim"] == 384
+    # the default embedder (static; the session's 32-d build) is recorded with the router
+    assert router.embedding_model["backend"] == "static" and router.embedding_model["dim"] == 32
+    assert router.embedding_model["name"].startswith("static:all-MiniLM-L6-v2-32d:")
     assert router.resolve("gpt4_1106_preview") == router.resolve("gpt-4-1106-preview") == "gpt-4-1106-preview"
     with pytest.raises(UnknownModelError, match="known models: gpt-3.5-turbo-1106"):
         router.resolve("claude-3-opus")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import clean_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +24,7 @@ class Up:
     """`routerops up ARGS` with its output collected line by line."""
 
     def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None):
-        base = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEROPS_")}
+        base = clean_env()
         base.update({"ROUTEROPS_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1",
                      "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1",
                      # the shipped golden set, for a scheduler that replays it

@@ -250,7 +250,7 @@ def train_router(
     from routerops import registry
     from routerops.db import session_scope
     from routerops.embedders.router_files import embedder_artifacts
-    from routerops.embeddings import embed_cached, embedding_ref, get_embedder
+    from routerops.embeddings import embed_cached, embedding_ref, ensure_built_embedder, get_embedder
     from routerops.model_names import load_catalog, name_key
     from routerops.text import prompt_hash
     from training import irt_mf
@@ -268,6 +268,7 @@ def train_router(
     eval_weak = eval_weak or settings.router_eval_weak
     eval_paths = list(eval_sets if eval_sets is not None else settings.router_eval_sets)
     evals = [load_routerbench(p, eval_strong, eval_weak) for p in eval_paths]  # fail fast on bad files
+    ensure_built_embedder(settings)  # the default static embedder, built once, outside any DB session
     # an evaluation set's prompts never train the router that is scored on them
     held_out = {prompt_hash(p) for ev in evals for p in ev.prompts}
 

@@ -61,8 +61,12 @@ def _token_outputs(model, ids: np.ndarray, cls_id: int, sep_id: int, batch_size:
     import torch
 
     out = []
+    t0, reported = time.perf_counter(), 0.0
     with torch.inference_mode():
         for i in range(0, len(ids), batch_size):
+            if time.perf_counter() - t0 - reported >= 15:  # a build takes minutes: show it moving
+                reported = time.perf_counter() - t0
+                log.info("static embedder: %d/%d tokens through the model (%.0fs)", i, len(ids), reported)
             chunk = torch.from_numpy(ids[i : i + batch_size])
             n = len(chunk)
             input_ids = torch.stack([torch.full((n,), cls_id), chunk, torch.full((n,), sep_id)], dim=1)
