@@ -76,6 +76,7 @@ def main() -> None:
               + ", ".join(f"{s} {v:.3f}" for s, v in rb.items()) + f"; mean {np.mean(list(rb.values())):.3f}")
         out[name] = {"config": kwargs, "loso": result.loso.frame().to_dict("records"),
                      "loso_mean": result.loso.mean_apgr, "loso_min": result.loso.min_apgr,
+                     "loso_mean_by_difficulty": result.loso.mean_apgr_difficulty,
                      "routerbench_test": rb, "routerbench_test_mean": float(np.mean(list(rb.values()))),
                      "train_seconds_without_loso": m["total_seconds"] - m.get("loso_seconds", 0.0),
                      "embed_seconds": m["embed_seconds"]}

@@ -159,6 +159,8 @@ class ScoreBatcher:
                 vec = prep.embedder.encode([prompt])
             score = float(router.score_embeddings(vec, prep.strong, prep.weak, prompts=[prompt])[0])
             self.cache.put(router, prompt, score)
+            with self._lock:
+                self.scored += 1  # prompts the router scored, inline or batched
             return score, False
         future: Future = Future()
         self._queue.put((router, prompt, future))

@@ -392,7 +392,7 @@ def test_cascade_escalates_exactly_when_the_probe_doubts(api, tmp_path: Path) ->
     weak_answers = {r["prompt"]: r["output"] for r in read_records(RECORDED_PAIR) if r["model"] == WEAK}
     strong_answers = {r["prompt"]: r["output"] for r in read_records(RECORDED_PAIR) if r["model"] == STRONG}
     prompts = list(WEAK_GOOD)
-    embedder = get_embedder(settings)
+    embedder = get_embedder(settings, backend="sentence-transformers", model="all-MiniLM-L6-v2")
     X = text_features(embedder, prompts, [weak_answers[p] for p in prompts])
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=1.0)).fit(X, [WEAK_GOOD[p] for p in prompts])
     probe = DeferralProbe(pipeline, {"kind": "text", "feature_key": "text", "embedding_backend": "sentence-transformers",

@@ -221,7 +221,11 @@ def test_difficulty_transfers_and_loso_reports_each_source() -> None:
     for row in report.rows:
         assert (row.strong, row.weak, row.mode) == ("s", "w", "pair")
         assert row.prompts == 600 and row.oracle > row.apgr > 0.57, row  # noisy 0/1 outcomes: ~0.6 is the ceiling
+        # routing by difficulty alone also transfers here (one rule for every model), but differs
+        # from the pair's expected gain: it spends strong calls on prompts both models fail
+        assert 0.52 < row.apgr_difficulty < row.oracle and row.apgr_difficulty != row.apgr, row
     assert "held-out source" in report.table() and f"{report.mean_apgr:.3f}" in report.table()
+    assert f"{report.mean_apgr_difficulty:.3f}" in report.table()
 
 
 def test_per_category_apgr_on_held_out_prompts() -> None:

@@ -52,6 +52,9 @@ class LosoRow:
     apgr: float
     oracle: float
     random: float = 0.5
+    # The same prompts routed by the pair-free difficulty alone (strong iff hard), beside the pair's
+    # expected gain above: the two routing rules the router-quality issue asks to compare.
+    apgr_difficulty: float = float("nan")
 
 
 @dataclass
@@ -64,6 +67,10 @@ class LosoReport:
         return float(np.mean([r.apgr for r in self.rows])) if self.rows else float("nan")
 
     @property
+    def mean_apgr_difficulty(self) -> float:
+        return float(np.mean([r.apgr_difficulty for r in self.rows])) if self.rows else float("nan")
+
+    @property
     def min_apgr(self) -> float:
         return float(np.min([r.apgr for r in self.rows])) if self.rows else float("nan")
 
@@ -72,11 +79,12 @@ class LosoReport:
 
     def table(self) -> str:
         lines = [f"{'held-out source':<16} {'strong':<28} {'weak':<28} {'mode':<10} {'prompts':>7} "
-                 f"{'APGR':>6} {'random':>6} {'oracle':>6}"]
+                 f"{'APGR':>6} {'by-dif':>6} {'random':>6} {'oracle':>6}"]
         for r in self.rows:
             lines.append(f"{r.source:<16} {r.strong[:28]:<28} {r.weak[:28]:<28} {r.mode:<10} {r.prompts:>7} "
-                         f"{r.apgr:>6.3f} {r.random:>6.3f} {r.oracle:>6.3f}")
-        lines.append(f"{'mean':<16} {'':<28} {'':<28} {'':<10} {'':>7} {self.mean_apgr:>6.3f} {0.5:>6.3f} "
+                         f"{r.apgr:>6.3f} {r.apgr_difficulty:>6.3f} {r.random:>6.3f} {r.oracle:>6.3f}")
+        lines.append(f"{'mean':<16} {'':<28} {'':<28} {'':<10} {'':>7} {self.mean_apgr:>6.3f} "
+                     f"{self.mean_apgr_difficulty:>6.3f} {0.5:>6.3f} "
                      f"{np.mean([r.oracle for r in self.rows]) if self.rows else float('nan'):>6.3f}")
         return "\n".join(lines)
 
@@ -148,13 +156,12 @@ def prompts_of(data: RouterData, source: str) -> np.ndarray:
 
 def evaluate(params: dict[str, np.ndarray], X: np.ndarray, ev: EvalPair, index: dict[str, int]) -> LosoRow:
     Xs = X[ev.q]
-    if ev.mode == "pair":
-        scores = irt_mf.pair_score(params, Xs, index[ev.strong], index[ev.weak])
-    else:
-        scores = irt_mf.difficulty(params, Xs)
+    by_difficulty = irt_mf.difficulty(params, Xs)
+    scores = irt_mf.pair_score(params, Xs, index[ev.strong], index[ev.weak]) if ev.mode == "pair" else by_difficulty
     return LosoRow(ev.source, ev.strong, ev.weak, ev.mode, len(ev.q),
                    float(rmetrics.apgr(scores, ev.weak_q, ev.strong_q)),
-                   float(rmetrics.oracle_curve(ev.weak_q, ev.strong_q).apgr()))
+                   float(rmetrics.oracle_curve(ev.weak_q, ev.strong_q).apgr()),
+                   apgr_difficulty=float(rmetrics.apgr(by_difficulty, ev.weak_q, ev.strong_q)))
 
 
 def leave_one_source_out(data: RouterData, X: np.ndarray, config: irt_mf.IRTMFConfig, *,

@@ -417,6 +417,7 @@ def train_router(
                 mlflow.log_artifact(str(tmp_path / "loso_apgr.png"), "plots")
                 results["loso_apgr_mean"] = loso_report.mean_apgr
                 results["loso_apgr_min"] = loso_report.min_apgr
+                results["loso_by_difficulty_apgr_mean"] = loso_report.mean_apgr_difficulty
                 results["loso_seconds"] = loso_report.seconds
                 for row in loso_report.rows:
                     results[f"loso_apgr_{row.source}"] = row.apgr
