@@ -253,19 +253,23 @@ class RequestLogWriter:
     # --- spill at shutdown, replay at start ------------------------------------------------------
     def spill(self) -> Path | None:
         """Move the buffered entries to a new spill file (at shutdown, the database unreachable)."""
-        with self._lock:
-            entries = [e for e, _ in self._buffer]
-        if not entries:
-            return None
+        flushing = self._flush_lock.acquire(timeout=30)  # a flush still in flight holds an entry it popped
         try:
-            path = write_spill(self.spill_dir, entries)
-        except OSError as exc:
-            log.error("request log: %d row(s) still buffered at shutdown are lost (database unreachable, and "
-                      "the spill file could not be written: %s)", len(entries), exc)
-            return None
-        with self._lock:
-            self._buffer.clear()
-            self._ids.clear()
+            with self._lock:
+                entries = [e for e, _ in self._buffer]
+                self._buffer.clear()
+                self._ids.clear()
+            if not entries:
+                return None
+            try:
+                path = write_spill(self.spill_dir, entries)
+            except OSError as exc:
+                log.error("request log: %d row(s) still buffered at shutdown are lost (database unreachable, and "
+                          "the spill file could not be written: %s)", len(entries), exc)
+                return None
+        finally:
+            if flushing:
+                self._flush_lock.release()
         self.spilled += len(entries)
         if self.metrics is not None:
             self.metrics.request_log_spilled.inc(len(entries))
@@ -286,6 +290,7 @@ class RequestLogWriter:
             for line, why in bad:
                 log.error("request log spill %s: line %d is not a request-log row (%s); skipped", path.name, line, why)
                 self._drop(None, "spill_unreadable")
+            in_file = 0
             for i in range(0, len(entries), self.REPLAY_CHUNK):
                 try:
                     n = self._replay_chunk(entries[i:i + self.REPLAY_CHUNK])
@@ -294,13 +299,15 @@ class RequestLogWriter:
                         raise
                     self._note_failure(exc)
                     return written  # the file stays; the timer tries again
-                written += n
+                in_file += n
                 self.replayed += n
                 if self.metrics is not None:
                     self.metrics.request_log_replayed.inc(n)
+            written += in_file
             path.unlink(missing_ok=True)
-            log.warning("request log: replayed %s (%d row(s), %d unreadable line(s))", path.name, len(entries),
-                        len(bad))
+            self._recovered()
+            log.warning("request log: replayed %s: %d row(s) written, %d already stored or rejected, %d unreadable "
+                        "line(s)", path.name, in_file, len(entries) - in_file, len(bad))
         self._spills_pending = False
         return written
 

@@ -77,6 +77,7 @@ def test_spilled_at_shutdown_and_replayed_at_the_next_start(postgres_url: str, t
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "4 row(s) the database could not take spilled to" in logged
     assert f"request log spill {spilled.name}: line 5 is not a request-log row" in logged
+    assert f"replayed {spilled.name}: 3 row(s) written, 1 already stored or rejected, 1 unreadable line(s)" in logged
 
 
 def test_a_spill_file_waits_while_the_database_is_unreachable(tmp_path: Path) -> None:
