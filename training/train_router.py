@@ -289,9 +289,10 @@ def train_router(
               "eval_prompts_excluded": len(held_out), "data_created_at_min": snap["created_at_min"],
               "data_created_at_max": snap["created_at_max"]}
     registry.mark_killed_runs(settings, "mf-router")
-    with mlflow.start_run(run_name="mf-router") as run, tempfile.TemporaryDirectory() as tmp:
+    # tagged as the run is created: a kill at any later point leaves a run mark_killed_runs recognises
+    run_tags = {"routerops.kind": "mf-router", registry.OWNER_TAG: owner()}
+    with mlflow.start_run(run_name="mf-router", tags=run_tags) as run, tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        mlflow.set_tags({"routerops.kind": "mf-router", registry.OWNER_TAG: owner()})
         mlflow.log_params(params)
         mlflow.log_metrics({f"data_rows_{k}": v for k, v in snap["per_source"].items()})
         mlflow.log_dict(snap, "data_snapshot.json")
