@@ -319,8 +319,8 @@ class RequestLogWriter:
                 for e in entries:
                     add_entry(session, self.settings, e)
             return len(entries)
-        except SQLAlchemyError as exc:  # some stored already (an earlier replay cut short), or a bad row
-            if is_connectivity(exc):
+        except Exception as exc:  # noqa: BLE001 - some stored already (an earlier replay cut short), or a bad row
+            if isinstance(exc, SQLAlchemyError) and is_connectivity(exc):
                 raise
         n = 0
         for e in entries:
@@ -331,8 +331,8 @@ class RequestLogWriter:
                 if not _stored(self.settings, e.request_id):
                     log.error("request log spill row %s rejected (%s); dropped", e.request_id, str(exc)[:300])
                     self._drop(e, "rejected")
-            except SQLAlchemyError as exc:
-                if is_connectivity(exc):
+            except Exception as exc:  # noqa: BLE001 - a bad value (also a hand-edited line): drop, never block the file
+                if isinstance(exc, SQLAlchemyError) and is_connectivity(exc):
                     raise
                 log.error("request log spill row %s rejected (%s: %s); dropped", e.request_id,
                           type(exc).__name__, str(exc)[:300])

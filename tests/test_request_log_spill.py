@@ -1,6 +1,6 @@
 """Request-log rows still buffered at shutdown (database unreachable) go to a spill file; the next
 writer to start replays it into the database: good rows land (cascade steps and the serving time
-included), a bad line is logged and skipped, a row an interrupted replay already committed is not
+included), a bad line is logged and skipped, a row the database refuses is dropped, a row an interrupted replay already committed is not
 written twice, and the file is removed only once its rows are committed."""
 
 from __future__ import annotations
@@ -41,12 +41,14 @@ def test_spilled_at_shutdown_and_replayed_at_the_next_start(postgres_url: str, t
     entries = [_entry(0, created_at=served_at, extra={"cascade_steps": steps, "cascade_models": [WEAK, "strong"]},
                       spec={"acceptance_rate": 0.5}),
                *[_entry(i) for i in range(1, 4)]]
-    for e in entries:
+    refused = _entry(4)
+    refused.strategy = "s" * 41  # PostgreSQL refuses it (String(40)): dropped at replay, never blocking the file
+    for e in [*entries, refused]:
         assert writer.write(e) is False
     writer.stop()
     (spilled,) = spill_files(spill_dir(data))
-    assert len(spilled.read_text().splitlines()) == 4 and len(writer) == 0
-    assert "routerops_request_log_spilled_total 4.0" in metrics.render().decode()
+    assert len(spilled.read_text().splitlines()) == 5 and len(writer) == 0
+    assert "routerops_request_log_spilled_total 5.0" in metrics.render().decode()
     assert not list(spill_dir(data).glob(".*.tmp"))  # written to a temp file, then renamed
 
     # as if an earlier replay was cut short after committing one row; and one line is garbage
@@ -66,6 +68,7 @@ def test_spilled_at_shutdown_and_replayed_at_the_next_start(postgres_url: str, t
     text = metrics.render().decode()
     assert "routerops_request_log_replayed_total 3.0" in text  # the already-stored row is not written again
     assert 'routerops_request_log_dropped_total{reason="spill_unreadable"} 1.0' in text
+    assert 'routerops_request_log_dropped_total{reason="rejected"} 1.0' in text
     with session_scope(up) as s:
         rows = {r.id: r for r in s.scalars(select(RequestLog))}
         assert set(rows) == {e.request_id for e in entries}
@@ -75,9 +78,10 @@ def test_spilled_at_shutdown_and_replayed_at_the_next_start(postgres_url: str, t
         n_steps = s.scalar(select(func.count(CascadeStepLog.id)).where(CascadeStepLog.request_id == first.id))
         assert n_steps == 2
     logged = "\n".join(r.getMessage() for r in caplog.records)
-    assert "4 row(s) the database could not take spilled to" in logged
-    assert f"request log spill {spilled.name}: line 5 is not a request-log row" in logged
-    assert f"replayed {spilled.name}: 3 row(s) written, 1 already stored or rejected, 1 unreadable line(s)" in logged
+    assert "5 row(s) the database could not take spilled to" in logged
+    assert f"request log spill {spilled.name}: line 6 is not a request-log row" in logged
+    assert f"request log spill row {refused.request_id} rejected (DataError" in logged
+    assert f"replayed {spilled.name}: 3 row(s) written, 2 already stored or rejected, 1 unreadable line(s)" in logged
 
 
 def test_a_spill_file_waits_while_the_database_is_unreachable(tmp_path: Path) -> None:
