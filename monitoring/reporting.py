@@ -63,10 +63,13 @@ def log_monitor_run(settings: Settings, result, ok, scores: np.ndarray) -> str: 
     import mlflow
 
     from monitoring.dashboards import summary_row
-    from routerops.registry import configure_mlflow
+    from routerops.checkpoint import checkpoint
+    from routerops.owner import owner
+    from routerops.registry import OWNER_TAG, configure_mlflow, mark_killed_runs
 
     configure_mlflow(settings)
-    tags = {"routerops.kind": "monitor", "monitor_run_id": result.run_id}
+    mark_killed_runs(settings, "monitor")  # earlier monitor runs killed while logging here
+    tags = {"routerops.kind": "monitor", "monitor_run_id": result.run_id, OWNER_TAG: owner()}
     # A null PGR is logged as no metric (summary_row gives NaN, dropped below) and these tags say why.
     for name, value, reason in (("pgr", result.pgr, result.pgr_null_reason),
                                 ("baseline_pgr", result.baseline_pgr, result.baseline_pgr_null_reason)):
@@ -76,6 +79,7 @@ def log_monitor_run(settings: Settings, result, ok, scores: np.ndarray) -> str: 
     with mlflow.start_run(run_name=f"monitor-{result.run_id[:8]}", tags=tags) as run:
         mlflow.log_metrics({k: float(v) for k, v in summary_row(result).items() if np.isfinite(v)})
         mlflow.log_metrics({"drift_detected": float(result.drift_detected), "regression": float(result.regression)})
+        checkpoint("monitor-mlflow")
         cats = result.metrics.get("categories")
         if cats:
             from monitoring.categories import CategoryFigures, mlflow_metrics

@@ -8,12 +8,15 @@ or the MLflow UI). Nothing in routerops moves `champion` on its own.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from routerops.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -166,3 +169,29 @@ def approve(name: str, version: str | int, approved_by: str | None = None,
         c.set_model_version_tag(name, str(mv.version), "replaced_champion", previous.version)
     c.set_registered_model_alias(name, CHAMPION, str(mv.version))
     return LiveVersion(name=name, version=str(mv.version), run_id=mv.run_id, source=mv.source)
+
+
+OWNER_TAG = "routerops.owner"  # host:pid of the process that started a job's MLflow run (routerops.owner)
+
+
+def mark_killed_runs(settings: Settings, kind: str) -> list[str]:
+    """MLflow runs of a job (tag routerops.kind = `kind`) left RUNNING by a process that is gone
+    (killed midway) end as KILLED, so the UI tells them from a live one; returns their ids. A run
+    of a live process, or of one on another host less than a day old, is left alone."""
+    from routerops.owner import owner_gone
+
+    c = client(settings)
+    experiment = c.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is None:
+        return []
+    killed = []
+    runs = c.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING' and "
+                         f"tags.`routerops.kind` = '{kind}'", max_results=100)
+    for r in runs:
+        started = datetime.fromtimestamp(r.info.start_time / 1000, UTC) if r.info.start_time else None
+        who = r.data.tags.get(OWNER_TAG)
+        if who and owner_gone(who, started):
+            c.set_terminated(r.info.run_id, status="KILLED")
+            killed.append(r.info.run_id)
+            log.warning("%s run %s was killed midway (process %s gone): marked KILLED", kind, r.info.run_id, who)
+    return killed

@@ -18,7 +18,10 @@ non-final step) when the steps need different probes. A scorer with a `score_ste
 generations)` method (training.cascade_scorer's CascadeScorer) is called that way instead, so it sees
 the earlier rungs' answers (agreement signals). With explore=True every rung generates (the logged
 steps then give threshold refits every rung's outcome) while the answer returned is still the one
-the thresholds pick. Backends are anything implementing
+the thresholds pick. With skip_unavailable=True a rung whose backend is unavailable
+(BackendError.unavailable: down, timed out, circuit open) is skipped to the next; when the last
+rung is unavailable the last answer generated is returned although its score was below the
+threshold; only when no rung answers is the error raised. Backends are anything implementing
 routerops.backends.base.Backend; nothing here touches the network or the database by itself except
 load/save_cascade_config, which use the session they are given.
 """
@@ -31,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from routerops.backends.base import Backend, Generation, GenerationParams, Message
+from routerops.backends.base import Backend, BackendError, Generation, GenerationParams, Message
 
 ProbeScorer = Callable[[Sequence[Message], Generation], float]
 CONFIG_KEY = "cascade"
@@ -63,6 +66,12 @@ class CascadeResult:
     cost: float  # USD over every generation made
     answered_step: int = -1  # index of the generation returned (explore runs generate past it)
     explored: bool = False
+    steps: list[int] = field(default_factory=list)  # the ladder rung of each generation
+    skipped: list[tuple[int, BackendError]] = field(default_factory=list)  # rungs that were unavailable
+
+    @property
+    def answered_rung(self) -> int:
+        return self.steps[self.answered_step] if self.steps else self.answered_step
 
     @property
     def generation(self) -> Generation:
@@ -91,8 +100,11 @@ def _score(scorer: ProbeScorer, step: int, messages: Sequence[Message], generati
 
 def run_cascade(messages: Sequence[Message], params: GenerationParams, ladder: Sequence[CascadeStep],
                 probe_scorer: ProbeScorer | Sequence[ProbeScorer], thresholds: Sequence[float],
-                explore: bool = False) -> CascadeResult:
-    """Run the ladder on one request (see the module docstring). Backend errors propagate."""
+                explore: bool = False, skip_unavailable: bool = False,
+                generate: Callable[[int, CascadeStep], Generation] | None = None) -> CascadeResult:
+    """Run the ladder on one request (see the module docstring). Backend errors propagate, unless
+    skip_unavailable and the backend is unavailable. `generate(rung, step)` replaces
+    step.backend.generate (serving passes the circuit breakers' call)."""
     if not ladder:
         raise CascadeConfigError("the cascade ladder is empty")
     if len(thresholds) != len(ladder) - 1:
@@ -104,9 +116,18 @@ def run_cascade(messages: Sequence[Message], params: GenerationParams, ladder: S
     last_score: float | None = None
     last_threshold: float | None = None
     answered: int | None = None
+    steps: list[int] = []
+    skipped: list[tuple[int, BackendError]] = []
     for i, step in enumerate(ladder):
-        gen = step.backend.generate(list(messages), params)
+        try:
+            gen = generate(i, step) if generate is not None else step.backend.generate(list(messages), params)
+        except BackendError as exc:
+            if not (skip_unavailable and exc.unavailable):
+                raise
+            skipped.append((i, exc))
+            continue
         generations.append(gen)
+        steps.append(i)
         cost += step.cost(gen)
         if i == len(ladder) - 1:
             scores.append(None)
@@ -118,14 +139,18 @@ def run_cascade(messages: Sequence[Message], params: GenerationParams, ladder: S
         if answered is None:
             last_score, last_threshold = score, float(thresholds[i])
             if score >= thresholds[i]:
-                answered = i
+                answered = len(generations) - 1
                 if not explore:
                     break
+    if not generations:
+        raise BackendError("every rung of the cascade is unavailable: "
+                           + "; ".join(f"{ladder[i].name}: {exc}" for i, exc in skipped),
+                           unavailable=True, kind=skipped[-1][1].kind)
     answered = len(generations) - 1 if answered is None else answered
-    return CascadeResult(text=generations[answered].text, answered_by=ladder[answered].name,
-                         escalated=answered > 0, probe_score=last_score, threshold=last_threshold,
+    return CascadeResult(text=generations[answered].text, answered_by=ladder[steps[answered]].name,
+                         escalated=steps[answered] > 0, probe_score=last_score, threshold=last_threshold,
                          generations=generations, scores=scores, cost=cost, answered_step=answered,
-                         explored=explore and len(generations) == len(ladder))
+                         explored=explore and len(generations) == len(ladder), steps=steps, skipped=skipped)
 
 
 @dataclass

@@ -80,30 +80,41 @@ class Guard:
     def order(self, role: str) -> list[str]:
         return [role, OTHER[role]] if self.settings.failover == "other" else [role]
 
+    def call(self, role: str, call: Callable[[Backend], T]) -> T:
+        """call(backend) on this role's backend alone, through its breaker: raises CircuitOpen when
+        the circuit is open, and the backend's error (counted against it when `unavailable`)."""
+        backend, breaker = self.pair.by_role(role), self.breakers[role]
+        try:
+            probe = breaker.acquire()
+        except CircuitOpen:
+            if self.metrics is not None:
+                self.metrics.circuit_skips.labels(backend.name).inc()
+            raise
+        try:
+            result = call(backend)
+        except BackendError as exc:
+            if exc.unavailable:
+                breaker.failure(probe, exc)
+            else:
+                breaker.release(probe)
+            raise
+        except BaseException:
+            breaker.release(probe)
+            raise
+        breaker.success(probe)
+        return result
+
     def attempt(self, role: str, call: Callable[[Backend], T]) -> Served:
         failed: list[FailedAttempt] = []
         for r in self.order(role):
-            backend, breaker = self.pair.by_role(r), self.breakers[r]
+            backend = self.pair.by_role(r)
             try:
-                probe = breaker.acquire()
-            except CircuitOpen as exc:
-                failed.append(FailedAttempt(r, backend.name, exc.kind, str(exc)))
-                if self.metrics is not None:
-                    self.metrics.circuit_skips.labels(backend.name).inc()
-                continue
-            try:
-                result = call(backend)
+                result = self.call(r, call)
             except BackendError as exc:
                 if not exc.unavailable:
-                    breaker.release(probe)
                     raise
-                breaker.failure(probe, exc)
                 failed.append(FailedAttempt(r, backend.name, exc.kind, str(exc)))
                 continue
-            except BaseException:
-                breaker.release(probe)
-                raise
-            breaker.success(probe)
             if failed and self.metrics is not None:
                 self.metrics.failovers.labels(failed[0].model, failed[0].kind).inc()
             return Served(r, backend, result, failed)

@@ -121,8 +121,14 @@ class ServingMetrics:
                                            "Buffered request-log rows written once the database was back",
                                            registry=r)
         self.request_log_dropped = Counter("routerops_request_log_dropped_total",
-                                           "Request-log rows lost: buffer full (oldest dropped) or rejected",
-                                           ["reason"], registry=r)
+                                           "Request-log rows lost: buffer full (oldest dropped), rejected, "
+                                           "or an unreadable spill-file line", ["reason"], registry=r)
+        self.request_log_spilled = Counter("routerops_request_log_spilled_total",
+                                           "Buffered request-log rows written to a spill file at shutdown "
+                                           "(database unreachable)", registry=r)
+        self.request_log_replayed = Counter("routerops_request_log_replayed_total",
+                                            "Spilled request-log rows written to the database at a later start",
+                                            registry=r)
         self.feedback_unavailable = Counter("routerops_feedback_unavailable_total",
                                             "Feedback refused with 503 because the database was unreachable",
                                             registry=r)

@@ -5,7 +5,8 @@ set, else from the model catalog (builtin models and the models table), else zer
 
 A failed write never fails the request (RequestLogWriter): the entry waits in a bounded in-memory
 buffer and is retried on the next successful write and by a timer; when the buffer is full the oldest
-entry is dropped. Failures, drops and the buffer's size are on /metrics.
+entry is dropped. Failures, drops and the buffer's size are on /metrics. Entries still buffered at
+shutdown are spilled to a file and replayed by the next start (serving.request_log_spill).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -25,6 +28,7 @@ from routerops.db.session import is_connectivity
 from routerops.model_names import ModelCatalog, load_catalog
 from routerops.settings import Settings
 from routerops.text import prompt_hash
+from serving.request_log_spill import read_spill, spill_dir, spill_files, write_spill
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,8 @@ class LogEntry:
     probe_score: float | None = None
     spec: dict[str, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # when the request was served: a row written later (from the buffer or a spill file) keeps it
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 def _text(value: str | None) -> str | None:
@@ -86,25 +92,29 @@ def _text(value: str | None) -> str | None:
 
 def write_entry(settings: Settings, entry: LogEntry) -> None:
     """Blocking: run in a threadpool."""
+    with session_scope(settings) as session:
+        add_entry(session, settings, entry)
+
+
+def add_entry(session, settings: Settings, entry: LogEntry) -> None:  # noqa: ANN001 - a SQLAlchemy Session
     spec = entry.spec or {}
     extra = dict(entry.extra)
     steps = extra.pop("cascade_steps", None)
-    with session_scope(settings) as session:
-        if steps:
-            from serving.cascade_log import write_steps
+    if steps:
+        from serving.cascade_log import write_steps
 
-            write_steps(session, entry.request_id, extra.get("cascade_models") or [s["model"] for s in steps], steps)
-        session.add(RequestLog(
-            id=entry.request_id, prompt_hash=prompt_hash(entry.prompt),
-            prompt=_text(entry.prompt) if settings.store_prompts else None, completion=_text(entry.completion),
-            strategy=entry.strategy, model_requested=entry.model_requested, model_chosen=entry.model_chosen,
-            p_strong_wins=entry.p_strong_wins, alpha=entry.alpha, router_version=entry.router_version,
-            latency_ms=entry.latency_ms, routing_latency_ms=entry.routing_latency_ms,
-            prompt_tokens=entry.prompt_tokens, completion_tokens=entry.completion_tokens, cost_usd=entry.cost_usd,
-            escalated=entry.escalated, probe_score=entry.probe_score,
-            spec_acceptance_rate=spec.get("acceptance_rate"), spec_tokens_per_pass=spec.get("tokens_per_target_pass"),
-            spec_speedup=spec.get("speedup"), api_key_name=entry.api_key_name, extra=extra,
-        ))
+        write_steps(session, entry.request_id, extra.get("cascade_models") or [s["model"] for s in steps], steps)
+    session.add(RequestLog(
+        id=entry.request_id, created_at=entry.created_at, prompt_hash=prompt_hash(entry.prompt),
+        prompt=_text(entry.prompt) if settings.store_prompts else None, completion=_text(entry.completion),
+        strategy=entry.strategy, model_requested=entry.model_requested, model_chosen=entry.model_chosen,
+        p_strong_wins=entry.p_strong_wins, alpha=entry.alpha, router_version=entry.router_version,
+        latency_ms=entry.latency_ms, routing_latency_ms=entry.routing_latency_ms,
+        prompt_tokens=entry.prompt_tokens, completion_tokens=entry.completion_tokens, cost_usd=entry.cost_usd,
+        escalated=entry.escalated, probe_score=entry.probe_score,
+        spec_acceptance_rate=spec.get("acceptance_rate"), spec_tokens_per_pass=spec.get("tokens_per_target_pass"),
+        spec_speedup=spec.get("speedup"), api_key_name=entry.api_key_name, extra=extra,
+    ))
 
 
 def _stored(settings: Settings, request_id: str) -> bool:
@@ -138,7 +148,9 @@ class RequestLogWriter:
         self._last_failure = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.failures = self.dropped = self.flushed = 0
+        self.failures = self.dropped = self.flushed = self.spilled = self.replayed = 0
+        self.spill_dir = spill_dir(settings.data_dir)
+        self._spills_pending = False
 
     # --- what the API calls ---------------------------------------------------------------------
     def write(self, entry: LogEntry) -> bool:
@@ -209,8 +221,10 @@ class RequestLogWriter:
 
     # --- the retry timer ------------------------------------------------------------------------
     def start(self) -> None:
+        """Start the retry timer; its first pass replays spill files left by earlier processes."""
         if self._thread is None:
             self._stop.clear()
+            self._spills_pending = bool(spill_files(self.spill_dir))
             self._thread = threading.Thread(target=self._loop, name="request-log-retry", daemon=True)
             self._thread.start()
 
@@ -222,16 +236,108 @@ class RequestLogWriter:
         if flush and self._buffer:
             self.flush()
         if self._buffer:
-            log.error("request log: %d row(s) still buffered at shutdown are lost (database unreachable)",
-                      len(self._buffer))
+            self.spill()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.retry_interval_s):
-            if self._buffer:
-                try:
+        first = True
+        while first or not self._stop.wait(self.retry_interval_s):
+            first = False
+            try:
+                if self._spills_pending:
+                    self.replay_spills()
+                if self._buffer:
                     self.flush()
-                except Exception:  # noqa: BLE001 - the timer must survive anything
-                    log.exception("request log retry failed")
+            except Exception:  # noqa: BLE001 - the timer must survive anything
+                log.exception("request log retry failed")
+
+    # --- spill at shutdown, replay at start ------------------------------------------------------
+    def spill(self) -> Path | None:
+        """Move the buffered entries to a new spill file (at shutdown, the database unreachable)."""
+        flushing = self._flush_lock.acquire(timeout=30)  # a flush still in flight holds an entry it popped
+        try:
+            with self._lock:
+                entries = [e for e, _ in self._buffer]
+                self._buffer.clear()
+                self._ids.clear()
+            if not entries:
+                return None
+            try:
+                path = write_spill(self.spill_dir, entries)
+            except OSError as exc:
+                log.error("request log: %d row(s) still buffered at shutdown are lost (database unreachable, and "
+                          "the spill file could not be written: %s)", len(entries), exc)
+                return None
+        finally:
+            if flushing:
+                self._flush_lock.release()
+        self.spilled += len(entries)
+        if self.metrics is not None:
+            self.metrics.request_log_spilled.inc(len(entries))
+        self._set_gauge()
+        log.warning("request log: %d row(s) the database could not take spilled to %s; the next start "
+                    "writes them", len(entries), path)
+        return path
+
+    def replay_spills(self) -> int:
+        """Write the rows of every spill file, removing each file once its rows are committed; returns
+        how many rows were written. Stops, keeping the file, while the database is unreachable."""
+        written = 0
+        for path in spill_files(self.spill_dir):
+            try:
+                entries, bad = read_spill(path)
+            except FileNotFoundError:  # another process replayed it meanwhile
+                continue
+            for line, why in bad:
+                log.error("request log spill %s: line %d is not a request-log row (%s); skipped", path.name, line, why)
+                self._drop(None, "spill_unreadable")
+            in_file = 0
+            for i in range(0, len(entries), self.REPLAY_CHUNK):
+                try:
+                    n = self._replay_chunk(entries[i:i + self.REPLAY_CHUNK])
+                except SQLAlchemyError as exc:
+                    if not is_connectivity(exc):
+                        raise
+                    self._note_failure(exc)
+                    return written  # the file stays; the timer tries again
+                in_file += n
+                self.replayed += n
+                if self.metrics is not None:
+                    self.metrics.request_log_replayed.inc(n)
+            written += in_file
+            path.unlink(missing_ok=True)
+            self._recovered()
+            log.warning("request log: replayed %s: %d row(s) written, %d already stored or rejected, %d unreadable "
+                        "line(s)", path.name, in_file, len(entries) - in_file, len(bad))
+        self._spills_pending = False
+        return written
+
+    REPLAY_CHUNK = 500  # rows per transaction
+
+    def _replay_chunk(self, entries: list[LogEntry]) -> int:
+        try:
+            with session_scope(self.settings) as session:
+                for e in entries:
+                    add_entry(session, self.settings, e)
+            return len(entries)
+        except Exception as exc:  # noqa: BLE001 - some stored already (an earlier replay cut short), or a bad row
+            if isinstance(exc, SQLAlchemyError) and is_connectivity(exc):
+                raise
+        n = 0
+        for e in entries:
+            try:
+                write_entry(self.settings, e)
+                n += 1
+            except IntegrityError as exc:
+                if not _stored(self.settings, e.request_id):
+                    log.error("request log spill row %s rejected (%s); dropped", e.request_id, str(exc)[:300])
+                    self._drop(e, "rejected")
+            except Exception as exc:  # noqa: BLE001 - a bad value (also a hand-edited line): drop, never block the file
+                if isinstance(exc, SQLAlchemyError) and is_connectivity(exc):
+                    raise
+                log.error("request log spill row %s rejected (%s: %s); dropped", e.request_id,
+                          type(exc).__name__, str(exc)[:300])
+                self._drop(e, "rejected")
+        return n
 
     # --- bookkeeping ----------------------------------------------------------------------------
     def _failed(self, entry: LogEntry, attempts: int, exc: Exception) -> None:
@@ -299,7 +405,7 @@ class RequestLogWriter:
         with self._lock:
             self._ids.discard(entry.request_id)
 
-    def _drop(self, entry: LogEntry, reason: str) -> None:
+    def _drop(self, entry: LogEntry | None, reason: str) -> None:
         self.dropped += 1
         if self.metrics is not None:
             self.metrics.request_log_dropped.labels(reason).inc()

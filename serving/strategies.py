@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from routerops.backends.base import Backend, BackendError, GenerationParams, Message
 from routerops.backends.factory import BackendPair
 from routerops.settings import Settings
-from serving.failover import Guard, Served
+from serving.failover import FailedAttempt, Guard, Served
 from serving.request_log import Prices
 from serving.routing import RouterState
 
@@ -320,29 +320,46 @@ class CascadeStrategy(Strategy):
 
         config, ladder, probe, roles = self._load()
         explore = config.explore_rate > 0 and random.random() < config.explore_rate
-        res = run_cascade(messages, params, ladder, probe, config.thresholds, explore=explore)
-        role, gen = roles[res.answered_step], res.generation
+        guard = self.ctx.guard
+        # each rung goes through its backend's circuit breaker; an unavailable rung is skipped to the
+        # next (ROUTEROPS_FAILOVER=other), as the router fails over to the other model
+        res = run_cascade(messages, params, ladder, probe, config.thresholds, explore=explore,
+                          skip_unavailable=self.ctx.settings.failover == "other",
+                          generate=lambda i, _step: guard.call(roles[i], lambda b: b.generate(list(messages), params)))
+        role, gen = roles[res.answered_rung], res.generation
         score, threshold = res.probe_score, res.threshold
         if score is None:
             reason = f"single-step cascade: {res.answered_by}"
-        elif res.escalated:
-            reason = f"probe P(good)={score:.3f} < {threshold:.3f}: escalated to {res.answered_by}"
-        else:
+        elif score >= threshold:
             reason = f"probe P(good)={score:.3f} >= {threshold:.3f}: kept {res.answered_by}'s answer"
+        elif res.answered_rung > res.steps[0]:
+            reason = f"probe P(good)={score:.3f} < {threshold:.3f}: escalated to {res.answered_by}"
+        else:  # the rungs above were unavailable: the doubted answer is the only one there is
+            reason = f"probe P(good)={score:.3f} < {threshold:.3f}, no later rung available: kept {res.answered_by}'s answer"
         out = Outcome("cascade", res.answered_by, role, reason, text=res.text, finish_reason=gen.finish_reason,
                       prompt_tokens=sum(g.prompt_tokens for g in res.generations),
                       completion_tokens=sum(g.completion_tokens for g in res.generations),
                       cost_usd=res.cost, escalated=res.escalated, probe_score=score)
         out.extra.update(threshold=threshold, cascade_models=[s.name for s in ladder], cascade_scores=res.scores,
                          probe_version=getattr(probe, "version", None))
-        # one cascade_steps row per rung (serving.request_log writes them beside the request log row)
+        if res.skipped:
+            failed = [FailedAttempt(roles[i], ladder[i].name, exc.kind, str(exc)) for i, exc in res.skipped]
+            served = Served(role, ladder[res.answered_rung].backend, None, failed)
+            out.reason = served.reason if score is None else f"{served.reason}; {reason}"
+            out.extra["failover"] = {"from_model": failed[0].model, "from_role": failed[0].role,
+                                     "to_model": res.answered_by, "to_role": role, "reason": served.reason,
+                                     "attempts": [f.as_dict() for f in failed]}
+            if guard.metrics is not None:
+                for f in failed:
+                    guard.metrics.failovers.labels(f.model, f.kind).inc()
+        # one cascade_steps row per rung that answered (serving.request_log writes them beside the request log row)
         out.extra["cascade_steps"] = [
-            StepRecord(step=i, model=ladder[i].name, score=res.scores[i],
+            StepRecord(step=i, model=ladder[i].name, score=res.scores[j],
                        threshold=float(config.thresholds[i]) if i < len(config.thresholds) else None,
-                       accepted=i == res.answered_step, cost_usd=ladder[i].cost(g), prompt_tokens=g.prompt_tokens,
+                       accepted=j == res.answered_step, cost_usd=ladder[i].cost(g), prompt_tokens=g.prompt_tokens,
                        completion_tokens=g.completion_tokens, explored=res.explored,
                        scorer_version=getattr(probe, "version", None)).to_dict()
-            for i, g in enumerate(res.generations)]
+            for j, (i, g) in enumerate(zip(res.steps, res.generations, strict=True))]
         snap = self.ctx.router.snapshot
         out.alpha, out.router_version = snap.alpha, snap.version
         return out

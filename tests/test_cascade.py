@@ -197,6 +197,31 @@ def test_cascade_rejects_bad_configuration(ladder):
         run_cascade(msgs(PROMPTS[0]), GenerationParams(), ladder[:2], lambda m, g: math.nan, [0.5])
 
 
+def test_an_unavailable_rung_is_skipped_to_the_next(ladder):
+    """A rung whose backend is down (nothing listens: a real connection refused) is skipped with
+    skip_unavailable; without it the error propagates, as before."""
+    from serving_helpers import free_port
+
+    from routerops.backends.base import BackendError
+    from routerops.backends.openai_http import OpenAIHTTPBackend
+
+    down = CascadeStep(OpenAIHTTPBackend(f"http://127.0.0.1:{free_port()}/v1", "tiny", name="down", timeout_s=2,
+                                         max_retries=1, backoff_s=0.01))
+    probe = ScriptedProbe({("mid", "Paris"): 0.1, ("tiny", "Lyon"): 0.1})
+    with pytest.raises(BackendError) as exc:
+        run_cascade(msgs(PROMPTS[1]), GenerationParams(), [down, ladder[1]], probe, [0.5])
+    assert exc.value.unavailable
+    r = run_cascade(msgs(PROMPTS[1]), GenerationParams(), [down, *ladder[1:]], probe, [0.5, 0.5],
+                    skip_unavailable=True)
+    assert [i for i, _ in r.skipped] == [0] and r.steps == [1, 2] and r.answered_rung == 2
+    assert (r.answered_by, r.text, r.escalated, r.probe_score) == ("big", "Paris", True, 0.1)
+    # the last rung down: the doubted answer below it is the only one there is
+    r = run_cascade(msgs(PROMPTS[1]), GenerationParams(), [ladder[0], down], probe, [0.5], skip_unavailable=True)
+    assert (r.answered_by, r.text, r.escalated, r.steps, r.probe_score) == ("tiny", "Lyon", False, [0], 0.1)
+    with pytest.raises(BackendError, match="every rung of the cascade is unavailable"):
+        run_cascade(msgs(PROMPTS[1]), GenerationParams(), [down, down], probe, [0.5], skip_unavailable=True)
+
+
 # --- stored configuration and CLI ---------------------------------------------------------------
 def test_config_roundtrip_in_serving_state(settings):
     from routerops.db.session import session_scope

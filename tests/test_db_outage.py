@@ -204,3 +204,35 @@ def test_a_row_the_database_refuses_is_dropped_not_retried_forever(postgres_url:
     text = metrics.render().decode()
     assert 'routerops_request_log_dropped_total{reason="rejected"} 1.0' in text
     assert 'routerops_request_log_write_failures_total{error="DataError"} 1.0' in text
+
+
+def test_rows_buffered_at_shutdown_survive_a_restart(cluster: PgCluster, tmp_path: Path) -> None:
+    """The API shut down while PostgreSQL is down spills its buffered rows to a file; the next start,
+    PostgreSQL back, writes every one of them."""
+    from routerops.db import migrate
+    from routerops.settings import Settings
+    from serving.app import create_app
+    from serving.request_log_spill import spill_dir, spill_files
+
+    settings = Settings(data_dir=tmp_path / "data", database_url=cluster.url,
+                        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                        weak_backend="replay", strong_backend="replay", weak_model=WEAK, strong_model=STRONG,
+                        replay_file=RECORDED_PAIR, api_keys=[KEY], request_log_retry_interval_s=0.3)
+    settings.ensure_data_dir()
+    migrate.upgrade("head", settings=settings)
+    first = create_app(settings)
+    with running_server(first) as base:
+        before, _ = chat(base)
+        cluster.stop()
+        during = [chat(base, stream=i == 0)[0] for i in range(3)]
+        assert metric(base, "routerops_request_log_buffered") == 3
+    assert b"routerops_request_log_spilled_total 3.0" in first.state.metrics.render()
+    (spilled,) = spill_files(spill_dir(settings.data_dir))
+    cluster.start()
+    assert stored(settings, [before, *during]) == {before}
+
+    with running_server(create_app(settings)) as base:
+        wait_for(lambda: metric(base, "routerops_request_log_replayed_total") == 3, timeout_s=30)
+        assert not spilled.exists()
+    assert stored(settings, [before, *during]) == {before, *during}
+

@@ -227,6 +227,57 @@ def test_a_request_the_backend_refuses_does_not_fail_over(faulty) -> None:
     assert upstream.state.calls[STRONG] == strong_calls  # a 400 is the request's fault, not weak's health
 
 
+# --- the cascade: an unavailable rung is skipped to the next ----------------------------------------
+def test_cascade_skips_an_unavailable_rung(faulty, static_embedder_dir: Path, tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sqlalchemy import select
+
+    from routerops.db import session_scope
+    from routerops.db.models import CascadeStepLog
+    from routerops.embedders.static import StaticEmbedder
+    from serving.cascade import CascadeConfig, save_cascade_config
+    from training.probes.features import text_features
+    from training.probes.model import DeferralProbe
+
+    api, upstream, settings = faulty
+    prompts = [f"{PROMPT} {i}" for i in range(4)]  # a real text probe on the static embedder
+    X = text_features(StaticEmbedder(static_embedder_dir), prompts, [f"{WEAK} says: {p}" for p in prompts])
+    DeferralProbe(LogisticRegression().fit(X, [0, 1, 0, 1]),
+                  {"kind": "text", "feature_key": "text", "embedding_backend": "static",
+                   "embedding_model": str(static_embedder_dir)}).save(tmp_path / "probe")
+    with session_scope(settings) as s:  # threshold 1: the probe never accepts, weak's answer always escalates
+        save_cascade_config(s, CascadeConfig(models=[WEAK, STRONG], thresholds=[1.0], probe_uri=str(tmp_path / "probe")))
+
+    upstream.state.mode[WEAK] = "500"
+    before = metric(api, "routerops_failovers_total", backend=WEAK, error="HTTP 500")
+    r = chat(api, "cascade")
+    assert r.status_code == 200, r.text
+    info = r.json()["routerops"]
+    assert info["model"] == STRONG and info["strategy"] == "cascade" and info["escalated"] is True
+    assert info["reason"] == "weak unavailable (HTTP 500); served by strong"
+    assert r.headers["x-routerops-failover"] == "weak unavailable (HTTP 500); served by strong"
+    assert info["failover"]["attempts"][0]["error"] == "HTTP 500" and info["failover"]["to_model"] == STRONG
+    assert metric(api, "routerops_failovers_total", backend=WEAK, error="HTTP 500") == before + 1
+    row = log_row(settings, info["request_id"])
+    assert row.model_chosen == STRONG and row.extra["failover"]["from_model"] == WEAK
+    with session_scope(settings) as s:  # only the rung that answered has a cascade_steps row
+        steps = s.scalars(select(CascadeStepLog).where(CascadeStepLog.request_id == info["request_id"])).all()
+        assert [(x.step, x.model, x.accepted) for x in steps] == [(1, STRONG, True)]
+
+    upstream.state.mode.clear()
+    upstream.state.mode[STRONG] = "500"  # weak answers, the probe doubts it, strong is down: weak's answer
+    r = chat(api, "cascade")
+    assert r.status_code == 200, r.text
+    info = r.json()["routerops"]
+    assert info["model"] == WEAK and info["escalated"] is False
+    assert info["reason"].startswith("strong unavailable (HTTP 500); served by weak; probe P(good)=")
+    assert info["reason"].endswith("< 1.000, no later rung available: kept weak-m's answer")
+
+    upstream.state.mode[WEAK] = "500"
+    r = chat(api, "cascade")
+    assert r.status_code == 502 and "every rung of the cascade is unavailable" in r.json()["error"]["message"]
+
+
 # --- streams ----------------------------------------------------------------------------------------
 def test_stream_broken_before_its_first_token_fails_over(faulty) -> None:
     api, upstream, settings = faulty

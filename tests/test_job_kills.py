@@ -6,7 +6,9 @@ at a named checkpoint (routerops/checkpoint.py) and writes a marker file, then t
   alias: no version appears in the first case, a complete one (all its tags) in the second; the
   dead runs end KILLED in MLflow and the next training registers the challenger;
 - monitor (as the scheduler runs it): killed inside its final transaction: no "ok" row, no alert, no
-  alpha change; the next run marks the dead monitor run and job run interrupted and records itself.
+  alpha change; killed while logging to MLflow: its outcome stands, its MLflow run is left RUNNING;
+  the next run marks the dead monitor run and job runs interrupted, the dead MLflow run KILLED, and
+  records itself.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def test_training_killed_midway_leaves_no_half_registered_version(settings, trai
     assert statuses == ["FINISHED", "KILLED", "KILLED"], statuses  # the dead runs no longer look live
 
 
-def test_monitor_killed_in_its_final_transaction_records_nothing(settings, tmp_path) -> None:  # noqa: ANN001
+def test_monitor_killed_midway_records_nothing_half_done(settings, tmp_path) -> None:  # noqa: ANN001
     from routerops.db import session_scope
     from routerops.db.models import Alert, AlphaChange, JobRun, MonitorRun
 
@@ -125,19 +127,36 @@ def test_monitor_killed_in_its_final_transaction_records_nothing(settings, tmp_p
         assert dead.metrics["owner"].rpartition(":")[0] == socket.gethostname()
     assert counts() == before
 
+    # killed again while logging to MLflow (its outcome committed): its MLflow run is left RUNNING
+    _kill_at(env, args, "monitor-mlflow", tmp_path)
+    (running,) = monitor_runs(settings)
+    assert running.info.status == "RUNNING"
+
     out = _run(env, args, tmp_path)
     assert "monitor: ok" in out
     with session_scope(settings) as s:
         rows = {r.id: r for r in s.scalars(select(MonitorRun))}
         assert rows[dead.id].status == "interrupted" and rows[dead.id].finished_at is not None
         assert "ended before the run finished" in rows[dead.id].error
-        (done,) = [r for r in rows.values() if r.id != dead.id]
+        logged = rows[running.data.tags["monitor_run_id"]]  # its outcome stands; only the MLflow link is missing
+        assert logged.status == "ok" and "mlflow_run_id" not in logged.metrics
+        (done,) = [r for r in rows.values() if r.id not in {dead.id, logged.id}]
         assert done.status == "ok" and done.n_traces == 6 and done.metrics["routing"] == "all-strong"
         assert "mlflow_run_id" in done.metrics  # the follow-up links were written after the commit
         jobs = s.scalars(select(JobRun).where(JobRun.job == "monitor").order_by(JobRun.id)).all()
-        assert [j.status for j in jobs] == ["interrupted", "ok"]
+        assert [j.status for j in jobs] == ["interrupted", "interrupted", "ok"]
         assert "ended before the job finished" in jobs[0].error
-        assert jobs[1].details["monitor_run_id"] == done.id
+        assert jobs[2].details["monitor_run_id"] == done.id
+    status = {r.info.run_id: r.info.status for r in monitor_runs(settings)}
+    assert status == {running.info.run_id: "KILLED", done.metrics["mlflow_run_id"]: "FINISHED"}
+
+
+def monitor_runs(settings) -> list:  # noqa: ANN001
+    from routerops import registry
+
+    client = registry.client(settings)
+    exp = client.get_experiment_by_name(settings.mlflow_experiment)
+    return client.search_runs([exp.experiment_id], "tags.`routerops.kind` = 'monitor'")
 
 
 def test_a_live_or_foreign_running_row_is_left_alone(settings) -> None:  # noqa: ANN001

@@ -16,13 +16,12 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from routerops.checkpoint import checkpoint
-from routerops.owner import owner, owner_gone
+from routerops.owner import owner
 from routerops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -196,28 +195,6 @@ def prompt_matrix(embeddings: np.ndarray, prompts: list[str], standardizer: dict
     return emb if standardizer is None else np.hstack([emb, features(prompts, standardizer)])
 
 
-def mark_killed_runs(settings: Settings) -> list[str]:
-    """MLflow runs of this job left RUNNING by a process that is gone (killed midway) end as KILLED:
-    the UI then tells them from a live training. Such a run registered no model version."""
-    from routerops import registry
-
-    c = registry.client(settings)
-    experiment = c.get_experiment_by_name(settings.mlflow_experiment)
-    if experiment is None:
-        return []
-    killed = []
-    runs = c.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING' and "
-                         "tags.`routerops.kind` = 'mf-router'", max_results=100)
-    for r in runs:
-        started = datetime.fromtimestamp(r.info.start_time / 1000, UTC) if r.info.start_time else None
-        who = r.data.tags.get("routerops.owner")
-        if who and owner_gone(who, started):
-            c.set_terminated(r.info.run_id, status="KILLED")
-            killed.append(r.info.run_id)
-            log.warning("training run %s was killed midway (process %s gone): marked KILLED", r.info.run_id, who)
-    return killed
-
-
 def train_router(
     settings: Settings,
     *,
@@ -312,10 +289,11 @@ def train_router(
               "data_prompts": snap["prompts"], "val_prompts": int(val_mask.sum()),
               "eval_prompts_excluded": len(held_out), "data_created_at_min": snap["created_at_min"],
               "data_created_at_max": snap["created_at_max"]}
-    mark_killed_runs(settings)
-    with mlflow.start_run(run_name="mf-router") as run, tempfile.TemporaryDirectory() as tmp:
+    registry.mark_killed_runs(settings, "mf-router")
+    # tagged as the run is created: a kill at any later point leaves a run mark_killed_runs recognises
+    run_tags = {"routerops.kind": "mf-router", registry.OWNER_TAG: owner()}
+    with mlflow.start_run(run_name="mf-router", tags=run_tags) as run, tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        mlflow.set_tags({"routerops.kind": "mf-router", "routerops.owner": owner()})
         mlflow.log_params(params)
         mlflow.log_metrics({f"data_rows_{k}": v for k, v in snap["per_source"].items()})
         mlflow.log_dict(snap, "data_snapshot.json")
