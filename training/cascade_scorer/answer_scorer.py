@@ -11,7 +11,7 @@ Bag-of-token embeddings cannot check reasoning, so one more feature is shared ac
 query-difficulty estimate (ridge regression from q to the mean correctness of all trained models on
 that query; out-of-fold on the training rows, so the per-model fits see it as they will on new ones).
 Then one model per judged model (the rung's model): a standardized logistic regression whose C is
-picked by cross-validated AUROC on the training rows. The scorer records the embedder it was trained with
+picked by cross-validated log loss on the training rows. The scorer records the embedder it was trained with
 (name, dim, and for a built embedder its folder travels with the saved scorer) and refuses any other
 one, as routers do (routerops.embedders.router_files).
 """
@@ -31,7 +31,7 @@ from training.cascade_scorer.features import normalize_answer
 META_FILE = "answer_scorer.json"
 MODELS_FILE = "answer_models.joblib"
 FEATURE = "answer_logit"  # the combiner column this scorer feeds
-C_GRID = (0.00003, 0.0001, 0.0003, 0.001, 0.003)  # 1,000+ features on a few thousand rows: strong L2
+C_GRID = (0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.1)  # 1,000+ features, a few thousand rows: strong L2 wins on RouterBench
 DIFFICULTY_ALPHA = 10.0
 DIFFICULTY_FILE = "difficulty.joblib"
 
@@ -134,7 +134,9 @@ def _fit_one(x: np.ndarray, y: np.ndarray, seed: int, c_grid: Sequence[float]): 
     folds = min(3, int(np.bincount(y).min()))
     if len(c_grid) > 1 and folds >= 2:
         cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-        scores = [cross_val_score(make(c), x, y, cv=cv, scoring="roc_auc").mean() for c in c_grid]
+        # log loss, not AUROC: a C that shrinks every logit to ~0 can rank as well, but its scale is
+        # arbitrary, and the combiner (and out-of-fold scores pooled over folds) need calibrated ones
+        scores = [cross_val_score(make(c), x, y, cv=cv, scoring="neg_log_loss").mean() for c in c_grid]
         c = c_grid[int(np.argmax(scores))]
     return make(c).fit(x, y), c
 
