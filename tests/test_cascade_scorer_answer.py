@@ -164,3 +164,43 @@ def test_routerbench_cross_fit_gives_out_of_fold_scores(embedder):
     fit_c, test_c = SignalCache(data.fit), SignalCache(data.test)
     lf = fit_ladder(("m0", "m1", "m2"), fit_c, test_c, scorer="signals+as", as_fit=oof, as_test=test, grid_size=5)
     assert auroc(data.test.correct["m0"], lf.test_table.score["m0"]) > 0.9
+
+
+def write_routerbench(folder: Path, models: list[str]) -> None:
+    """A tiny RouterBench folder (one dataset, train and test) where each cheap model is right iff its
+    answer carries the marker word; the last model is always right."""
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", 120, 21), ("test", 60, 22)):
+        q, _, _, _ = marker_fixture(n, seed)
+        frame = {"prompt": [repr([p]) for p in q]}
+        for k, m in enumerate(models):
+            _, _, a, y = marker_fixture(n, seed + 10 * (k + 1))
+            last = k == len(models) - 1
+            frame[m] = [1.0] * n if last else y
+            frame[f"{m}|total_cost"] = [10.0 if last else 1.0 + k] * n
+            frame[f"{m}|model_response"] = [repr([x]) for x in a]
+        pd.DataFrame(frame).to_csv(folder / f"toy_{split}.csv.gz", index=False)
+
+
+def test_train_cli_with_the_answer_scorer_registers_a_scorer_that_serves(settings, tmp_path):
+    from click.testing import CliRunner
+
+    from orchestration.cli import cli
+    from training.cascade_scorer.registry import SCORER_MODEL_NAME, load_cascade_scorer
+
+    models = ["toy/cheap", "toy/mid", "toy/strong"]
+    write_routerbench(tmp_path / "rb", models)
+    res = CliRunner().invoke(cli, ["train", "cascade-scorer", "--routerbench", str(tmp_path / "rb"), "--datasets", "toy",
+                                   "--ladder", ",".join(models), "--no-cross-encoder", "--answer-scorer"])
+    assert res.exit_code == 0, res.output
+    assert "answer scorer (static:" in res.output
+    first = float(res.output.split("toy/cheap: test AUROC ")[1].split()[0])
+    assert first > 0.9  # agreement alone cannot see the marker on a first rung: the answer scorer does
+    scorer = load_cascade_scorer(f"models:/{SCORER_MODEL_NAME}@challenger", settings)
+    assert scorer.feature_names[0] == "answer_logit" and scorer.answer_scorer is not None
+    q = "Why does the water matter for the music?"
+    good = scorer.score(0, [StepInput(q, "It matters because of the music.", "toy/cheap")])[0]
+    bad = scorer.score(0, [StepInput(q, "It matters, maybe, for the music.", "toy/cheap")])[0]
+    assert good > 0.7 > 0.3 > bad, (good, bad)
