@@ -137,9 +137,13 @@ def main() -> None:  # noqa: PLR0915 - one linear report
               f"{as_stats['folds']}-fold cross-fit, {as_stats['seconds']:.0f}s (embedding {as_stats['embed_seconds']:.0f}s)")
         from training.cascade_scorer.model import rung_metrics
 
+        tasks = data.test.tasks
         for m in data.models[:-1]:
-            r = rung_metrics(data.test.correct[m], 1 / (1 + np.exp(-as_test[m])))
-            print(f"  alone on test: {short(m):<24} AUROC {r.auroc:.3f}  ECE {r.ece:.3f}")
+            p = 1 / (1 + np.exp(-as_test[m]))
+            r = rung_metrics(data.test.correct[m], p)
+            per_task = ", ".join(f"{t} {rung_metrics(data.test.correct[m][tasks == t], p[tasks == t]).auroc:.3f}"
+                                 for t in sorted(set(tasks)))
+            print(f"  alone on test: {short(m):<24} AUROC {r.auroc:.3f}  ECE {r.ece:.3f}  | {per_task}")
         as_fits = [fit_ladder(lad, fit_c, test_c, scorer="signals+as", as_fit=as_fit, as_test=as_test,
                               grid_size=args.grid_size) for lad in ladders]
         fits = as_fits if args.answer_scorer_only else fits + as_fits

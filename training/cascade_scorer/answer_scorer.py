@@ -30,7 +30,6 @@ from training.cascade_scorer.features import normalize_answer
 
 META_FILE = "answer_scorer.json"
 MODELS_FILE = "answer_models.joblib"
-FEATURE = "answer_logit"  # the combiner column this scorer feeds
 C_GRID = (0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.1)  # 1,000+ features, a few thousand rows: strong L2 wins on RouterBench
 DIFFICULTY_ALPHA = 10.0
 DIFFICULTY_FILE = "difficulty.joblib"
@@ -47,7 +46,8 @@ _WANTS_CODE = re.compile(r"(?i)\b(?:write a (?:python )?function|def |python|pro
 
 
 def _options(query: str) -> dict[str, str]:
-    """The last question's options ("A) text" lines after the last blank line with options)."""
+    """The last question's options: "A) text" lines, read from the end until a letter repeats (a
+    few-shot prompt lists earlier questions' options first)."""
     found = _OPTION.findall(query or "")
     out: dict[str, str] = {}
     for letter, text in reversed(found):  # the last question's options come last
