@@ -4,11 +4,16 @@ oracle cascade (a perfect scorer on the same ladders); one plot logged to MLflow
 
     nice -n 10 python benchmarks/cascade_routerbench.py [--data ../shared/data/routerbench] [--no-mlflow]
         [--no-cross-encoder] [--ce-models m1,m2] [--ce-examples 480] [--ce-max-length 128] [--threads 1]
+        [--answer-scorer [--answer-scorer-only] [--embedder-path DIR]]
 
 Protocol: RouterBench train is cut in two (seeded): part A fine-tunes the cross-encoder, part B fits
 the per-rung combiners and picks the ladder and thresholds; test is only replayed. Cost ratios are
 test mean cost over GPT-4's test mean cost, for the plan chosen on train for "train accuracy >=
 GPT-4's train accuracy" (and 98% of it). The last line is one JSON object.
+
+--answer-scorer adds the static-embedding answer scorer (training.cascade_scorer.answer_scorer),
+cross-fitted on all of train, as one more combiner input ("signals+as", and "signals+as+ce" on the
+cross-encoder's ladders); --answer-scorer-only drops the plans without it, for a clean comparison.
 """
 
 from __future__ import annotations
@@ -91,6 +96,11 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     parser.add_argument("--max-length", type=int, default=4, help="longest ladder")
     parser.add_argument("--grid-size", type=int, default=21)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--answer-scorer", action="store_true", help="add the static-embedding answer scorer")
+    parser.add_argument("--answer-scorer-only", action="store_true",
+                        help="with --answer-scorer: only plans whose combiners read it")
+    parser.add_argument("--embedder-path", type=Path, default=None,
+                        help="built static embedder folder (default: embedding_static_path / data_dir)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -98,6 +108,7 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     from training.cascade_eval import GPT4
     from training.cascade_scorer.routerbench import (
         SignalCache,
+        answer_scorer_logits,
         candidate_ladders,
         choose,
         cross_encoder_logits,
@@ -115,6 +126,27 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     print(f"RouterBench: CE part A {data.ce_train.n}, fit part B {data.fit.n}, test {data.test.n} queries; "
           f"{len(data.models)} models, {len(ladders)} ladders")
     fits = [fit_ladder(lad, fit_c, test_c, grid_size=args.grid_size) for lad in ladders]
+    plain_fits = list(fits)  # agreement only: the "before" of every other scorer on the same ladder
+    as_stats = as_fit = as_test = None
+    if args.answer_scorer:
+        from routerops.embeddings import get_embedder
+
+        embedder = get_embedder(settings, backend="static", model=str(args.embedder_path) if args.embedder_path else None)
+        _, as_fit, as_test, as_stats = answer_scorer_logits(data, data.models, embedder, seed=args.seed)
+        print(f"answer scorer ({embedder.name}): {as_stats['train_rows']} (query, answer) rows of all of train, "
+              f"{as_stats['folds']}-fold cross-fit, {as_stats['seconds']:.0f}s (embedding {as_stats['embed_seconds']:.0f}s)")
+        from training.cascade_scorer.model import rung_metrics
+
+        tasks = data.test.tasks
+        for m in data.models[:-1]:
+            p = 1 / (1 + np.exp(-as_test[m]))
+            r = rung_metrics(data.test.correct[m], p)
+            per_task = ", ".join(f"{t} {rung_metrics(data.test.correct[m][tasks == t], p[tasks == t]).auroc:.3f}"
+                                 for t in sorted(set(tasks)))
+            print(f"  alone on test: {short(m):<24} AUROC {r.auroc:.3f}  ECE {r.ece:.3f}  | {per_task}")
+        as_fits = [fit_ladder(lad, fit_c, test_c, scorer="signals+as", as_fit=as_fit, as_test=as_test,
+                              grid_size=args.grid_size) for lad in ladders]
+        fits = as_fits if args.answer_scorer_only else fits + as_fits
     oracle_fits = [fit_ladder(lad, fit_c, test_c, scorer="oracle") for lad in ladders]
     ce_stats = None
     if not args.no_cross_encoder:
@@ -127,9 +159,13 @@ def main() -> None:  # noqa: PLR0915 - one linear report
               f"{ce_stats.get('scored_pairs', '?')} pairs in {ce_stats.get('score_seconds', float('nan')):.0f}s"
               + (" (cached logits)" if ce_stats.get("cached") else ""))
         ce_ladders = [lad for lad in ladders if set(lad[:-1]) <= set(ce_models)]
-        fits += [fit_ladder(lad, fit_c, test_c, scorer="signals+ce", ce_fit=ce_fit, ce_test=ce_test,
-                            grid_size=args.grid_size) for lad in ce_ladders]
-    by_key = {(f.ladder, f.scorer): f for f in fits + oracle_fits}
+        if not args.answer_scorer_only:
+            fits += [fit_ladder(lad, fit_c, test_c, scorer="signals+ce", ce_fit=ce_fit, ce_test=ce_test,
+                                grid_size=args.grid_size) for lad in ce_ladders]
+        if args.answer_scorer:
+            fits += [fit_ladder(lad, fit_c, test_c, scorer="signals+as+ce", ce_fit=ce_fit, ce_test=ce_test,
+                                as_fit=as_fit, as_test=as_test, grid_size=args.grid_size) for lad in ce_ladders]
+    by_key = {(f.ladder, f.scorer): f for f in plain_fits + fits + oracle_fits}
 
     singles = {m: (float(data.test.correct[m].mean()), float(data.test.cost[m].mean())) for m in data.models}
     g_acc, g_cost = singles[GPT4]
@@ -163,6 +199,10 @@ def main() -> None:  # noqa: PLR0915 - one linear report
         for m, r in rep.items():
             per_task = ", ".join(f"{t} {v['auroc']:.3f} (acc {v['correct_rate']:.2f})" for t, v in r["per_task"].items())
             print(f"    {short(m):<24} AUROC {r['auroc']:.3f}  ECE {r['ece']:.3f}  | {per_task}")
+        if ch.scorer != "signals":
+            base = rung_report(by_key[(ch.ladder, "signals")], data.test.tasks)
+            print("  same ladder, agreement only: " + ", ".join(f"{short(m)} AUROC {r['auroc']:.3f}"
+                                                              for m, r in base.items()))
         # where the money goes, per task: the cascade's test accuracy and cost against GPT-4's
         print("  per task (test): cascade acc vs GPT-4, cost share, share answered by each rung")
         for t in sorted(set(data.test.tasks)):
@@ -218,6 +258,11 @@ def main() -> None:  # noqa: PLR0915 - one linear report
         "oracle_cost_ratio_at_gpt4_accuracy": ratio("gpt4", "oracle"),
         "ladder_at_gpt4_accuracy": results["gpt4"]["choice"].describe() if results["gpt4"]["choice"] else None,
         "cross_encoder_train_seconds": round(ce_stats["train_seconds"], 1) if ce_stats else None,
+        "scorer_at_gpt4_accuracy": results["gpt4"]["choice"].scorer if results["gpt4"]["choice"] else None,
+        "scorer_at_98pct_gpt4_accuracy": results["98pct"]["choice"].scorer if results["98pct"]["choice"] else None,
+        "auroc_by_rung_98pct": {f"{i}:{short(m)}": round(r["auroc"], 4)
+                                for i, (m, r) in enumerate((results["98pct"].get("rungs") or {}).items())},
+        "answer_scorer_seconds": round(as_stats["seconds"], 1) if as_stats else None,
     }
     if not args.no_mlflow:
         import mlflow
@@ -227,6 +272,7 @@ def main() -> None:  # noqa: PLR0915 - one linear report
         registry.configure_mlflow(settings)
         with mlflow.start_run(run_name="cascade-routerbench-scorers") as run, tempfile.TemporaryDirectory() as tmp:
             mlflow.log_params({"ce_models": args.ce_models if not args.no_cross_encoder else "none",
+                               "answer_scorer": as_stats["embedder"] if as_stats else "none",
                                "ce_examples": args.ce_examples, "ce_max_length": args.ce_max_length,
                                "max_length": args.max_length, "seed": args.seed})
             mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int | float) and v is not None

@@ -7,7 +7,8 @@ cross-encoder's logit and the agreement / log-prob signals (training.cascade_sco
 
 Each rung's combiner is a standardized logistic regression (its output is a calibrated probability
 on the data it was fit on; ECE is reported on test). Saved form: `scorer.json` (ladder, feature
-names, metrics), `combiners.joblib`, and the cross-encoder folder `cross_encoder/` when one is used.
+names, metrics), `combiners.joblib`, the cross-encoder folder `cross_encoder/` and the static-embedding
+answer scorer folder `answer_scorer/` (with its embedder) when they are used.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ META_FILE = "scorer.json"
 COMBINERS_FILE = "combiners.joblib"
 CE_DIR = "cross_encoder"
 CE_FEATURE = "ce_logit"
+AS_DIR = "answer_scorer"
+AS_FEATURE = "answer_logit"
 
 
 def make_combiner(c: float = 1.0, seed: int = 0):  # noqa: ANN201 - sklearn Pipeline
@@ -66,27 +69,33 @@ class RungMetrics:
 class CascadeScorer:
     def __init__(self, models: Sequence[str], combiners: Sequence[Any], feature_names: Sequence[str],
                  cross_encoder=None, meta: dict[str, Any] | None = None, *, version: str | None = None,  # noqa: ANN001
-                 uri: str | None = None):
+                 uri: str | None = None, answer_scorer=None):  # noqa: ANN001
         if len(combiners) != len(models) - 1:
             raise ValueError(f"a ladder of {len(models)} models needs {len(models) - 1} rung combiners, "
                              f"got {len(combiners)}")
         if CE_FEATURE in feature_names and cross_encoder is None:
             raise ValueError(f"the combiners read {CE_FEATURE!r} but no cross-encoder was given")
+        if AS_FEATURE in feature_names and answer_scorer is None:
+            raise ValueError(f"the combiners read {AS_FEATURE!r} but no answer scorer was given")
         self.models = list(models)
         self.combiners = list(combiners)
         self.feature_names = list(feature_names)
         self.cross_encoder = cross_encoder
+        self.answer_scorer = answer_scorer
         self.meta = dict(meta or {})
         self.version = version
         self.uri = uri
         self._lock = threading.Lock()
 
     @staticmethod
-    def feature_names_for(use_cross_encoder: bool) -> list[str]:
-        return ([CE_FEATURE] if use_cross_encoder else []) + list(SIGNAL_NAMES)
+    def feature_names_for(use_cross_encoder: bool, use_answer_scorer: bool = False) -> list[str]:
+        return ([CE_FEATURE] if use_cross_encoder else []) + ([AS_FEATURE] if use_answer_scorer else []) + list(SIGNAL_NAMES)
 
     def features(self, steps: Sequence[StepInput]) -> np.ndarray:
         rows = np.array([signals(s) for s in steps], dtype=np.float64).reshape(len(steps), len(SIGNAL_NAMES))
+        if AS_FEATURE in self.feature_names:
+            rows = np.column_stack([self.answer_scorer.logits([s.query for s in steps], [s.model for s in steps],
+                                                              [s.answer for s in steps]), rows])
         if CE_FEATURE in self.feature_names:
             with self._lock:  # one forward at a time on the shared encoder
                 ce = self.cross_encoder.logits([s.query for s in steps], [s.model for s in steps],
@@ -120,13 +129,18 @@ class CascadeScorer:
         joblib.dump(self.combiners, path / COMBINERS_FILE)
         if self.cross_encoder is not None:
             self.cross_encoder.save(path / CE_DIR)
+        if self.answer_scorer is not None:
+            self.answer_scorer.save(path / AS_DIR)
         meta = self.meta | {"models": self.models, "feature_names": self.feature_names,
-                            "cross_encoder": self.cross_encoder is not None}
+                            "cross_encoder": self.cross_encoder is not None,
+                            "answer_scorer": self.answer_scorer is not None}
         (path / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
         return path
 
     @classmethod
-    def from_dir(cls, path: Path | str, **kwargs: Any) -> CascadeScorer:
+    def from_dir(cls, path: Path | str, embedder=None, **kwargs: Any) -> CascadeScorer:  # noqa: ANN001
+        """`embedder`: the answer scorer's embedder (refused unless it is the one it was trained with);
+        default: the answer scorer's own embedder folder."""
         import joblib
 
         path = Path(path)
@@ -138,7 +152,13 @@ class CascadeScorer:
             from training.cascade_scorer.cross_encoder import CrossEncoderScorer
 
             ce = CrossEncoderScorer.load(path / CE_DIR)
-        return cls(meta["models"], joblib.load(path / COMBINERS_FILE), meta["feature_names"], ce, meta, **kwargs)
+        answer_scorer = None
+        if meta.get("answer_scorer"):
+            from training.cascade_scorer.answer_scorer import AnswerScorer
+
+            answer_scorer = AnswerScorer.load(path / AS_DIR, embedder=embedder)
+        return cls(meta["models"], joblib.load(path / COMBINERS_FILE), meta["feature_names"], ce, meta,
+                   answer_scorer=answer_scorer, **kwargs)
 
 
 def rung_metrics(y: np.ndarray, p: np.ndarray) -> RungMetrics:

@@ -1,7 +1,10 @@
 """Cascade scorers on RouterBench: ladder-aware rung scores, thresholds fit on train, figures on test.
 
 RouterBench's train split is cut in two (seeded): part A fine-tunes the cross-encoder, part B fits
-the rung combiners and the thresholds on cross-encoder scores it has never been trained on. Test is
+the rung combiners and the thresholds on cross-encoder scores it has never been trained on. The
+static-embedding answer scorer is cheap enough to learn from all of train: it is cross-fitted (part B
+gets out-of-fold scores from models that never saw those queries, test gets the model fit on all of
+train), so the combiners and thresholds still see scores as they will be on new queries. Test is
 only ever replayed. A rung's score depends on the ladder (agreement with the rung before), so every
 ladder gets its own combiners and its own threshold surface.
 """
@@ -128,8 +131,12 @@ class SignalCache:
 
 
 def ladder_features(cache: SignalCache, ladder: Sequence[str], rung: int,
-                    ce_logits: dict[str, np.ndarray] | None) -> np.ndarray:
+                    ce_logits: dict[str, np.ndarray] | None, as_logits: dict[str, np.ndarray] | None = None
+                    ) -> np.ndarray:
+    """Columns in CascadeScorer.feature_names_for order: [ce_logit], [answer_logit], signals."""
     x = cache.rung_signals(ladder, rung)
+    if as_logits is not None:
+        x = np.column_stack([as_logits[ladder[rung]], x])
     if ce_logits is not None:
         x = np.column_stack([ce_logits[ladder[rung]], x])
     return x
@@ -138,7 +145,7 @@ def ladder_features(cache: SignalCache, ladder: Sequence[str], rung: int,
 @dataclass
 class LadderFit:
     ladder: tuple[str, ...]
-    scorer: str  # "signals" | "signals+ce" | "oracle"
+    scorer: str  # "signals" | "signals+ce" | "signals+as" | "signals+as+ce" | "oracle"
     grids: list[np.ndarray]
     q: np.ndarray  # train-B quality per threshold combination
     c: np.ndarray
@@ -149,6 +156,7 @@ class LadderFit:
 
 def fit_ladder(ladder: Sequence[str], fit: SignalCache, test: SignalCache, *, scorer: str = "signals",
                ce_fit: dict[str, np.ndarray] | None = None, ce_test: dict[str, np.ndarray] | None = None,
+               as_fit: dict[str, np.ndarray] | None = None, as_test: dict[str, np.ndarray] | None = None,
                grid_size: int = 21) -> LadderFit:
     ladder = tuple(ladder)
     fs, ts = fit.split, test.split
@@ -159,9 +167,9 @@ def fit_ladder(ladder: Sequence[str], fit: SignalCache, test: SignalCache, *, sc
         if scorer == "oracle":
             s_fit[m], s_test[m] = fs.correct[m].copy(), ts.correct[m].copy()
             continue
-        use_ce = scorer == "signals+ce"
-        x_fit = ladder_features(fit, ladder, i, ce_fit if use_ce else None)
-        x_test = ladder_features(test, ladder, i, ce_test if use_ce else None)
+        use_ce, use_as = scorer.endswith("+ce"), "+as" in scorer
+        x_fit = ladder_features(fit, ladder, i, ce_fit if use_ce else None, as_fit if use_as else None)
+        x_test = ladder_features(test, ladder, i, ce_test if use_ce else None, as_test if use_as else None)
         comb = fit_combiner(x_fit, fs.correct[m])
         combiners.append(comb)
         s_fit[m], s_test[m] = comb.predict_proba(x_fit)[:, 1], comb.predict_proba(x_test)[:, 1]
@@ -288,6 +296,48 @@ def cross_encoder_logits(data: RouterBenchData, models: Sequence[str], *, exampl
         np.savez(path, stats=json.dumps(stats), **{f"fit::{m}": v for m, v in fit_l.items()},
                  **{f"test::{m}": v for m, v in test_l.items()})
     return fit_l, test_l, stats
+
+
+def answer_scorer_logits(data: RouterBenchData, models: Sequence[str], embedder, *, folds: int = 5,  # noqa: ANN001
+                         seed: int = 0) -> tuple[object, dict[str, np.ndarray], dict[str, np.ndarray], dict]:
+    """Fit the static-embedding answer scorer on all of train (parts A and B, every model in `models`)
+    and cross-fit it: returns (the scorer fit on all of train, out-of-fold logits on part B per model,
+    test logits per model, stats). Each fold's scorer keeps the C the full fit chose per model."""
+    import time
+
+    from training.cascade_scorer.answer_scorer import AnswerScorer, pair_features
+
+    t0 = time.perf_counter()
+    models = list(models)
+    prompts = data.ce_train.prompts + data.fit.prompts
+    n_a, n = data.ce_train.n, data.ce_train.n + data.fit.n
+    x_train = {m: pair_features(embedder, prompts, data.ce_train.answers[m] + data.fit.answers[m]) for m in models}
+    x_test = {m: pair_features(embedder, data.test.prompts, data.test.answers[m]) for m in models}
+    y_train = {m: np.concatenate([data.ce_train.correct[m], data.fit.correct[m]]) for m in models}
+    t_embed = time.perf_counter() - t0
+
+    def rows(idx: np.ndarray) -> tuple[list[str], list[str], list[str], np.ndarray, np.ndarray]:
+        q = [prompts[i] for i in idx] * len(models)
+        judged = [m for m in models for _ in idx]
+        return q, judged, [""] * len(q), np.concatenate([y_train[m][idx] for m in models]), \
+            np.concatenate([x_train[m][idx] for m in models])
+
+    q, judged, blank, y, x = rows(np.arange(n))
+    full = AnswerScorer.fit(embedder, q, judged, blank, y, seed=seed, features=x)
+    test = {m: full.logits([""] * data.test.n, [m] * data.test.n, [""] * data.test.n, features=x_test[m])
+            for m in models}
+    oof = {m: np.zeros(n) for m in models}
+    fold_of = np.random.default_rng(seed).permutation(n) % folds
+    for k in range(folds):
+        q, judged, blank, y, x = rows(np.flatnonzero(fold_of != k))
+        part = AnswerScorer.fit(embedder, q, judged, blank, y, seed=seed, features=x, c_by_model=full.meta["c"])
+        held = np.flatnonzero(fold_of == k)
+        for m in models:
+            oof[m][held] = part.logits([""] * len(held), [m] * len(held), [""] * len(held),
+                                       features=x_train[m][held])
+    stats = {"train_rows": int(n * len(models)), "folds": folds, "embed_seconds": t_embed,
+             "seconds": time.perf_counter() - t0, "c": full.meta.get("c"), "embedder": embedder.name}
+    return full, {m: v[n_a:] for m, v in oof.items()}, test, stats
 
 
 def rung_report(fit: LadderFit, tasks: np.ndarray | None = None) -> dict[str, dict]:
