@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     failover: Literal["other", "none"] = Field(
         default="other", description="When the chosen backend is unavailable (connection error, timeout, "
         "5xx/429 after its retries, a stream broken before its first token): `other` serves the request "
-        "with the other model of the pair, `none` answers 502.")
+        "with the other model of the pair (the cascade skips the rung to the next), `none` answers 502.")
     breaker_fail_max: int = Field(default=5, ge=1, description="Consecutive failures of a backend that "
                                   "open its circuit breaker (requests then skip it).")
     breaker_reset_s: float = Field(default=30.0, gt=0.0, description="Seconds an open circuit skips its "
@@ -145,7 +145,8 @@ class Settings(BaseSettings):
     serving_registry_retries: int = Field(default=1, ge=0)
     serving_registry_timeout_s: float = Field(default=10.0, gt=0.0)
     # request-log rows whose write failed (database down) wait in memory, oldest dropped when full,
-    # and are retried every request_log_retry_interval_s (and on the next successful write)
+    # and are retried every request_log_retry_interval_s (and on the next successful write); those left
+    # at shutdown are spilled under data_dir/request_log_spill and replayed by the next start
     request_log_buffer_size: int = Field(default=10_000, ge=0)
     request_log_retry_interval_s: float = Field(default=2.0, gt=0.0)
     # With no API key configured anywhere (env or `routerops keys create`), requests are refused
