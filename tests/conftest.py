@@ -26,7 +26,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 # What the `settings` fixture keeps when it clears ROUTEROPS_* from the environment.
-SESSION_ENV = {"ROUTEROPS_SHARED_DATA", "ROUTEROPS_TEST_POSTGRES_URL", "ROUTEROPS_EMBEDDING_STATIC_PATH"}
+SESSION_ENV = {"ROUTEROPS_SHARED_DATA", "ROUTEROPS_TEST_POSTGRES_URL", "ROUTEROPS_EMBEDDING_STATIC_PATH",
+               "ROUTEROPS_REQUIRE_SHARED_DATA"}
 
 
 def clean_env() -> dict[str, str]:
@@ -50,6 +51,10 @@ def default_static_embedder(static_embedder_dir: Path) -> Iterator[Path]:
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
+        # CI has the data (.ci/run sets ROUTEROPS_REQUIRE_SHARED_DATA): there its absence is a failure,
+        # so a missing checkout never passes as skipped tests; a contributor's clone may lack it.
+        if os.environ.get("ROUTEROPS_REQUIRE_SHARED_DATA"):
+            pytest.fail(f"shared real data not present at {SHARED_DATA} (ROUTEROPS_REQUIRE_SHARED_DATA is set)")
         pytest.skip(f"shared real data not present at {SHARED_DATA} (only on project machines)")
     return SHARED_DATA
 
