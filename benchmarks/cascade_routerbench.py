@@ -4,7 +4,7 @@ oracle cascade (a perfect scorer on the same ladders); one plot logged to MLflow
 
     nice -n 10 python benchmarks/cascade_routerbench.py [--data ../shared/data/routerbench] [--no-mlflow]
         [--no-cross-encoder] [--ce-models m1,m2] [--ce-examples 480] [--ce-max-length 128] [--threads 1]
-        [--answer-scorer [--answer-scorer-only] [--embedder-path DIR]]
+        [--answer-scorer [--answer-scorer-only] [--embedder-path DIR]] [--second-opinions A+B,C+D | none]
 
 Protocol: RouterBench train is cut in two (seeded): part A fine-tunes the cross-encoder, part B fits
 the per-rung combiners and picks the ladder and thresholds; test is only replayed. Cost ratios are
@@ -14,6 +14,9 @@ GPT-4's train accuracy" (and 98% of it). The last line is one JSON object.
 --answer-scorer adds the static-embedding answer scorer (training.cascade_scorer.answer_scorer),
 cross-fitted on all of train, as one more combiner input ("signals+as", and "signals+as+ce" on the
 cross-encoder's ladders); --answer-scorer-only drops the plans without it, for a clean comparison.
+
+--second-opinions adds first rungs "A+B": model A's answer, paid for with B's as well and scored with
+their agreement (training.cascade_scorer.features.rung_parts); "none" turns them off.
 """
 
 from __future__ import annotations
@@ -37,10 +40,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DEFAULT_CE_MODELS = "mistralai/mixtral-8x7b-chat,zero-one-ai/Yi-34B-Chat,gpt-3.5-turbo-1106"
+# cheap pairs: each costs 5-12% of GPT-4 per query, and the two answers disagree where one is wrong
+DEFAULT_SECOND_OPINIONS = ("mistralai/mixtral-8x7b-chat+zero-one-ai/Yi-34B-Chat,"
+                           "zero-one-ai/Yi-34B-Chat+mistralai/mixtral-8x7b-chat,"
+                           "mistralai/mistral-7b-chat+mistralai/mixtral-8x7b-chat,"
+                           "mistralai/mixtral-8x7b-chat+mistralai/mistral-7b-chat")
 
 
 def short(m: str) -> str:
-    return m.rsplit("/", 1)[-1]
+    from training.cascade_scorer.features import short_rung
+
+    return short_rung(m)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -101,13 +111,18 @@ def main() -> None:  # noqa: PLR0915 - one linear report
                         help="with --answer-scorer: only plans whose combiners read it")
     parser.add_argument("--embedder-path", type=Path, default=None,
                         help="built static embedder folder (default: embedding_static_path / data_dir)")
+    parser.add_argument("--second-opinions", default=DEFAULT_SECOND_OPINIONS,
+                        help='first rungs "A+B" (A checked against B\'s answer), comma separated; "none" for none')
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from routerops.settings import get_settings
     from training.cascade_eval import GPT4
+    from training.cascade_scorer.features import rung_parts
     from training.cascade_scorer.routerbench import (
+        DEFAULT_MODELS,
         SignalCache,
+        alias_rungs,
         answer_scorer_logits,
         candidate_ladders,
         choose,
@@ -119,12 +134,15 @@ def main() -> None:  # noqa: PLR0915 - one linear report
 
     settings = get_settings()
     t0 = time.perf_counter()
-    data = load_data(args.data, args.datasets.split(","), seed=args.seed)
+    opinions = [] if args.second_opinions.strip().lower() == "none" else \
+        [r.strip() for r in args.second_opinions.split(",") if r.strip()]
+    data = load_data(args.data, args.datasets.split(","), models=list(DEFAULT_MODELS) + opinions, seed=args.seed)
+    plain = [m for m in data.models if rung_parts(m)[1] is None]  # the models themselves
     fit_c, test_c = SignalCache(data.fit), SignalCache(data.test)
     mean_cost = {m: float(data.fit.cost[m].mean()) for m in data.models}
     ladders = candidate_ladders(data.models, mean_cost, args.max_length)
     print(f"RouterBench: CE part A {data.ce_train.n}, fit part B {data.fit.n}, test {data.test.n} queries; "
-          f"{len(data.models)} models, {len(ladders)} ladders")
+          f"{len(plain)} models, {len(opinions)} second-opinion rungs, {len(ladders)} ladders")
     fits = [fit_ladder(lad, fit_c, test_c, grid_size=args.grid_size) for lad in ladders]
     plain_fits = list(fits)  # agreement only: the "before" of every other scorer on the same ladder
     as_stats = as_fit = as_test = None
@@ -132,13 +150,14 @@ def main() -> None:  # noqa: PLR0915 - one linear report
         from routerops.embeddings import get_embedder
 
         embedder = get_embedder(settings, backend="static", model=str(args.embedder_path) if args.embedder_path else None)
-        _, as_fit, as_test, as_stats = answer_scorer_logits(data, data.models, embedder, seed=args.seed)
+        _, as_fit, as_test, as_stats = answer_scorer_logits(data, plain, embedder, seed=args.seed)
+        as_fit, as_test = alias_rungs(as_fit, data.models), alias_rungs(as_test, data.models)
         print(f"answer scorer ({embedder.name}): {as_stats['train_rows']} (query, answer) rows of all of train, "
               f"{as_stats['folds']}-fold cross-fit, {as_stats['seconds']:.0f}s (embedding {as_stats['embed_seconds']:.0f}s)")
         from training.cascade_scorer.model import rung_metrics
 
         tasks = data.test.tasks
-        for m in data.models[:-1]:
+        for m in plain[:-1]:
             p = 1 / (1 + np.exp(-as_test[m]))
             r = rung_metrics(data.test.correct[m], p)
             per_task = ", ".join(f"{t} {rung_metrics(data.test.correct[m][tasks == t], p[tasks == t]).auroc:.3f}"
@@ -158,7 +177,8 @@ def main() -> None:  # noqa: PLR0915 - one linear report
               f"{ce_stats['threads']} thread(s): trained in {ce_stats['train_seconds']:.0f}s, scored "
               f"{ce_stats.get('scored_pairs', '?')} pairs in {ce_stats.get('score_seconds', float('nan')):.0f}s"
               + (" (cached logits)" if ce_stats.get("cached") else ""))
-        ce_ladders = [lad for lad in ladders if set(lad[:-1]) <= set(ce_models)]
+        ce_fit, ce_test = alias_rungs(ce_fit, data.models), alias_rungs(ce_test, data.models)
+        ce_ladders = [lad for lad in ladders if {rung_parts(r)[0] for r in lad[:-1]} <= set(ce_models)]
         if not args.answer_scorer_only:
             fits += [fit_ladder(lad, fit_c, test_c, scorer="signals+ce", ce_fit=ce_fit, ce_test=ce_test,
                                 grid_size=args.grid_size) for lad in ce_ladders]
@@ -167,7 +187,21 @@ def main() -> None:  # noqa: PLR0915 - one linear report
                                 as_fit=as_fit, as_test=as_test, grid_size=args.grid_size) for lad in ce_ladders]
     by_key = {(f.ladder, f.scorer): f for f in plain_fits + fits + oracle_fits}
 
-    singles = {m: (float(data.test.correct[m].mean()), float(data.test.cost[m].mean())) for m in data.models}
+    if opinions:  # what a second opinion does for a first rung's scorer: the same answer, scored with and without
+        print("\nsecond opinions: test AUROC of the first rung's scorer in (rung -> gpt-4), per scorer; per task")
+        for r in opinions:
+            primary = rung_parts(r)[0]
+            for scorer in ("signals", "signals+as"):
+                pair = [(by_key.get(((m, GPT4), scorer)), m) for m in (primary, r)]
+                if any(f is None for f, _ in pair):
+                    continue
+                for f, m in pair:
+                    rep = rung_report(f, data.test.tasks)[m]
+                    per_task = ", ".join(f"{t} {v['auroc']:.3f}" for t, v in rep["per_task"].items())
+                    print(f"  {scorer:<11} {short(m):<40} AUROC {rep['auroc']:.3f}  ECE {rep['ece']:.3f}  "
+                          f"cost {data.test.cost[m].mean() / data.test.cost[GPT4].mean():5.1%} | {per_task}")
+
+    singles = {m: (float(data.test.correct[m].mean()), float(data.test.cost[m].mean())) for m in plain}
     g_acc, g_cost = singles[GPT4]
     g_train = float(data.fit.correct[GPT4].mean())
     print(f"\nall GPT-4: test accuracy {g_acc:.4f} at ${g_cost:.6f}/query (train part B accuracy {g_train:.4f})")
@@ -272,6 +306,7 @@ def main() -> None:  # noqa: PLR0915 - one linear report
         registry.configure_mlflow(settings)
         with mlflow.start_run(run_name="cascade-routerbench-scorers") as run, tempfile.TemporaryDirectory() as tmp:
             mlflow.log_params({"ce_models": args.ce_models if not args.no_cross_encoder else "none",
+                               "second_opinions": ",".join(short(r) for r in opinions) or "none",
                                "answer_scorer": as_stats["embedder"] if as_stats else "none",
                                "ce_examples": args.ce_examples, "ce_max_length": args.ce_max_length,
                                "max_length": args.max_length, "seed": args.seed})

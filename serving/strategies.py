@@ -265,7 +265,7 @@ class CascadeStrategy(Strategy):
                 return role
         return None
 
-    def _load(self) -> tuple[Any, list, Any, list[str]]:
+    def _load(self) -> tuple[Any, list, Any, list[str], list[str | None]]:
         from routerops.db import session_scope
         from serving.cascade import CascadeStep, load_cascade_config
 
@@ -285,16 +285,26 @@ class CascadeStrategy(Strategy):
                                           f"({type(exc).__name__})") from None
             if config is None:
                 raise StrategyUnavailable("no cascade config yet: run `routerops cascade calibrate`")
-            ladder, roles = [], []
-            for name in config.models:
-                role = self._role_of(name)
-                if role is None:
-                    raise StrategyUnavailable(
-                        f"the cascade config names {name!r}, which this server does not serve "
-                        f"(weak={self.ctx.pair.weak.name}, strong={self.ctx.pair.strong.name})")
+            from training.cascade_scorer.features import rung_parts
+
+            ladder, roles, partner_roles = [], [], []
+            for rung in config.models:  # "A" or "A+B" (A's answer with a second opinion from B)
+                found = []
+                for name in (m for m in rung_parts(rung) if m is not None):
+                    role = self._role_of(name)
+                    if role is None:
+                        raise StrategyUnavailable(
+                            f"the cascade config names {name!r}, which this server does not serve "
+                            f"(weak={self.ctx.pair.weak.name}, strong={self.ctx.pair.strong.name})")
+                    found.append(role)
+                role, partner = found[0], (found[1] if len(found) > 1 else None)
                 p_in, p_out = self.ctx.prices.by_role[role]
-                ladder.append(CascadeStep(self.ctx.pair.by_role(role), p_in, p_out))
+                q_in, q_out = self.ctx.prices.by_role[partner] if partner else (0.0, 0.0)
+                ladder.append(CascadeStep(self.ctx.pair.by_role(role), p_in, p_out,
+                                          partner=self.ctx.pair.by_role(partner) if partner else None,
+                                          partner_price_in=q_in, partner_price_out=q_out))
                 roles.append(role)
+                partner_roles.append(partner)
             uri = config.scorer_uri or config.probe_uri or f"models:/{settings.probe_model_name}@champion"
             try:
                 if config.scorer_uri:
@@ -310,7 +320,7 @@ class CascadeStrategy(Strategy):
                     probe = load_probe(uri, settings)
             except Exception as exc:  # noqa: BLE001 - no probe: the cascade cannot decide
                 raise StrategyUnavailable(f"deferral probe {uri} not loadable: {str(exc)[:300]}") from None
-            value = (config, ladder, probe, roles)
+            value = (config, ladder, probe, roles, partner_roles)
             self._loaded = (time.monotonic(), value)
             return value
 
@@ -318,14 +328,16 @@ class CascadeStrategy(Strategy):
         from serving.cascade import run_cascade
         from serving.cascade_log import StepRecord
 
-        config, ladder, probe, roles = self._load()
+        config, ladder, probe, roles, partner_roles = self._load()
         explore = config.explore_rate > 0 and random.random() < config.explore_rate
         guard = self.ctx.guard
         # each rung goes through its backend's circuit breaker; an unavailable rung is skipped to the
         # next (ROUTEROPS_FAILOVER=other), as the router fails over to the other model
         res = run_cascade(messages, params, ladder, probe, config.thresholds, explore=explore,
                           skip_unavailable=self.ctx.settings.failover == "other",
-                          generate=lambda i, _step: guard.call(roles[i], lambda b: b.generate(list(messages), params)))
+                          generate=lambda i, _step: guard.call(roles[i], lambda b: b.generate(list(messages), params)),
+                          ask_partner=lambda i, _step, p: guard.call(partner_roles[i],
+                                                                     lambda b: b.generate(list(messages), p)))
         role, gen = roles[res.answered_rung], res.generation
         score, threshold = res.probe_score, res.threshold
         if score is None:
@@ -337,10 +349,13 @@ class CascadeStrategy(Strategy):
         else:  # the rungs above were unavailable: the doubted answer is the only one there is
             reason = f"probe P(good)={score:.3f} < {threshold:.3f}, no later rung available: kept {res.answered_by}'s answer"
         out = Outcome("cascade", res.answered_by, role, reason, text=res.text, finish_reason=gen.finish_reason,
-                      prompt_tokens=sum(g.prompt_tokens for g in res.generations),
-                      completion_tokens=sum(g.completion_tokens for g in res.generations),
+                      prompt_tokens=sum(g.prompt_tokens + g.extra.get("second_opinion", {}).get("prompt_tokens", 0)
+                                        for g in res.generations),
+                      completion_tokens=sum(g.completion_tokens
+                                            + g.extra.get("second_opinion", {}).get("completion_tokens", 0)
+                                            for g in res.generations),
                       cost_usd=res.cost, escalated=res.escalated, probe_score=score)
-        out.extra.update(threshold=threshold, cascade_models=[s.name for s in ladder], cascade_scores=res.scores,
+        out.extra.update(threshold=threshold, cascade_models=list(config.models), cascade_scores=res.scores,
                          probe_version=getattr(probe, "version", None))
         if res.skipped:
             failed = [FailedAttempt(roles[i], ladder[i].name, exc.kind, str(exc)) for i, exc in res.skipped]
@@ -354,11 +369,13 @@ class CascadeStrategy(Strategy):
                     guard.metrics.failovers.labels(f.model, f.kind).inc()
         # one cascade_steps row per rung that answered (serving.request_log writes them beside the request log row)
         out.extra["cascade_steps"] = [
-            StepRecord(step=i, model=ladder[i].name, score=res.scores[j],
+            StepRecord(step=i, model=config.models[i], score=res.scores[j],
                        threshold=float(config.thresholds[i]) if i < len(config.thresholds) else None,
-                       accepted=j == res.answered_step, cost_usd=ladder[i].cost(g), prompt_tokens=g.prompt_tokens,
-                       completion_tokens=g.completion_tokens, explored=res.explored,
-                       scorer_version=getattr(probe, "version", None)).to_dict()
+                       accepted=j == res.answered_step, cost_usd=res.step_costs[j],
+                       prompt_tokens=g.prompt_tokens + g.extra.get("second_opinion", {}).get("prompt_tokens", 0),
+                       completion_tokens=g.completion_tokens
+                       + g.extra.get("second_opinion", {}).get("completion_tokens", 0),
+                       explored=res.explored, scorer_version=getattr(probe, "version", None)).to_dict()
             for j, (i, g) in enumerate(zip(res.steps, res.generations, strict=True))]
         snap = self.ctx.router.snapshot
         out.alpha, out.router_version = snap.alpha, snap.version

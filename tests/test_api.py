@@ -442,6 +442,59 @@ def test_cascade_escalates_exactly_when_the_probe_doubts(api, tmp_path: Path) ->
     assert sum(acc for *_, acc, _ in steps) == len(prompts) + 1  # one answer returned per request
 
 
+def test_cascade_second_sample_is_drawn_paid_for_and_logged(api, tmp_path: Path) -> None:
+    """A first rung "WEAK+WEAK" asks the weak model twice (the second sample at a temperature) and
+    keeps its answer when the two agree; the request and its logged step pay for both."""
+    import numpy as np
+    from sqlalchemy import select
+
+    from routerops.backends.replay import read_records
+    from routerops.db import session_scope
+    from routerops.db.models import CascadeStepLog
+    from serving.cascade import CascadeConfig, save_cascade_config
+    from training.cascade_scorer.features import StepInput, signals
+    from training.cascade_scorer.model import CascadeScorer, fit_combiner
+
+    base_url, settings = api
+    rung = f"{WEAK}+{WEAK}"
+    rng = np.random.default_rng(0)
+    rows, ys = [], []
+    for _ in range(200):  # right exactly when the second sample agrees
+        ans, other = rng.choice(["A", "B"]), rng.choice(["A", "B"])
+        rows.append(signals(StepInput("q", ans, rung, second_sample=other)))
+        ys.append(float(ans == other))
+    scorer = CascadeScorer([rung, STRONG], [fit_combiner(np.array(rows), np.array(ys))],
+                           CascadeScorer.feature_names_for(False), None, {"note": "synthetic"})
+    folder = scorer.save(tmp_path / "scorer")
+    with session_scope(settings) as session:
+        save_cascade_config(session, CascadeConfig(models=[rung, STRONG], thresholds=[0.5], scorer_uri=str(folder)))
+    time.sleep(settings.reload_interval_s + 0.1)
+    prompt = "What's a fun fact about cats?"
+    weak_answer = next(r["output"] for r in read_records(RECORDED_PAIR) if r["model"] == WEAK and r["prompt"] == prompt)
+    raw = ask(base_url, model="cascade", prompt=prompt)
+    completion, info = raw.parse(), raw.parse().model_extra["routerops"]
+    # the replayed second sample repeats the first (a recording ignores the temperature): they agree
+    assert info["escalated"] is False and info["model"] == WEAK and info["probe_score"] > 0.9
+    assert completion.choices[0].message.content == weak_answer
+    usage = completion.usage
+    deadline = time.monotonic() + 10
+    while True:
+        with session_scope(settings) as session:
+            rows_ = [(r.model, r.cost_usd, r.prompt_tokens, r.completion_tokens, r.accepted)
+                     for r in session.scalars(select(CascadeStepLog).where(CascadeStepLog.ladder == [rung, STRONG]))]
+        if rows_ or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(rows_) == 1 and rows_[0][0] == rung and rows_[0][4] is True
+    # both samples are counted: twice the weak answer's tokens, in the usage and in the step's row
+    assert rows_[0][2] == usage.prompt_tokens and rows_[0][3] == usage.completion_tokens
+    assert usage.completion_tokens % 2 == 0 and usage.completion_tokens > 0
+    from serving.request_log import Prices
+
+    paid = Prices.from_settings(settings, WEAK, STRONG).cost("weak", usage.prompt_tokens, usage.completion_tokens)
+    assert paid > 0 and rows_[0][1] == pytest.approx(paid)
+
+
 def test_speculative_needs_a_local_target(api) -> None:
     base_url, _ = api
     with pytest.raises(openai.APIStatusError) as err:

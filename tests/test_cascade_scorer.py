@@ -306,3 +306,122 @@ def test_generation_logprobs_reach_the_scorer():
     x = scorer.features([StepInput("q", "B", "m0", token_logprobs=[-0.2, -0.4])])
     assert x[0, SIGNAL_NAMES.index("has_logprobs")] == 1.0
     assert p == pytest.approx(float(scorer.combiners[0].predict_proba(x)[0, 1]))
+
+
+# --- second opinions ("A+B": A's answer, checked against B's; "A+A": against a second sample) ------
+def test_second_opinion_rung_names():
+    from training.cascade_scorer.features import base_models, rung_parts, short_rung
+
+    assert rung_parts("org/a") == ("org/a", None) and rung_parts("org/a+b") == ("org/a", "b")
+    assert rung_parts("a+a") == ("a", "a")  # a second sample of the same model
+    for bad in ("+b", "a+", "a+b+c"):
+        with pytest.raises(ValueError, match="MODEL\\+OTHER_MODEL"):
+            rung_parts(bad)
+    assert base_models(["a+b", "b", "c", "c+a"]) == ["a", "b", "c"]
+    assert short_rung("mistralai/mixtral+zero-one-ai/Yi") == "mixtral+Yi"
+
+
+def test_second_opinion_rung_in_routerbench_columns_and_signals():
+    from training.cascade_scorer.features import agree, token_overlap
+    from training.cascade_scorer.routerbench import SignalCache, Split, alias_rungs, candidate_ladders
+
+    answers = {"a": ["B", "x = 1", "C"], "b": ["B\n", "x = 2", "A"], "c": ["(B)", "x = 1", "C"]}
+    split = Split(["q1", "q2", "q3"], np.array(["t"] * 3), {"a": np.array([1, 0, 1.]), "b": np.ones(3),
+                                                             "c": np.zeros(3)},
+                  {"a": np.ones(3), "b": np.full(3, 2.0), "c": np.full(3, 4.0)}, answers)
+    split.add_rung("a+b")
+    # the rung's outcome and answer are a's, its cost a's plus b's
+    assert split.correct["a+b"].tolist() == [1, 0, 1] and split.cost["a+b"].tolist() == [3, 3, 3]
+    assert split.answers["a+b"] == answers["a"] and split.take(np.array([2])).partner == {"a+b": "b"}
+    got = SignalCache(split).rung_signals(("a+b", "c"), 0)
+    cols = {name: got[:, i] for i, name in enumerate(SIGNAL_NAMES)}
+    assert cols["has_prev"].tolist() == [0, 0, 0] and cols["has_sample"].tolist() == [1, 1, 1]
+    assert cols["agree_sample"].tolist() == [agree(x, y) for x, y in zip(answers["a"], answers["b"], strict=True)] \
+        == [1.0, 0.0, 0.0]
+    assert cols["overlap_sample"] == pytest.approx([token_overlap(x, y) for x, y in zip(answers["a"], answers["b"],
+                                                                                           strict=True)])
+    for i in range(3):  # the same row serving computes from a second sample
+        assert got[i] == pytest.approx(signals(StepInput(f"q{i + 1}", answers["a"][i], "a+b",
+                                                         second_sample=answers["b"][i])))
+    # text-scorer logits are the primary's
+    assert alias_rungs({"a": np.array([0.5])}, ["a+b", "c"])["a+b"].tolist() == [0.5]
+    # a second opinion is only a first rung, and no ladder calls a model twice
+    ladders = candidate_ladders(["a", "b", "c", "a+b"], {"a": 1, "b": 2, "c": 4, "a+b": 3}, max_length=3, last="c")
+    assert ("a+b", "c") in ladders and all("a+b" not in lad[1:] for lad in ladders)
+    assert not any("a+b" in lad and ("a" in lad or "b" in lad) for lad in ladders)
+
+
+def test_routerbench_loads_second_opinion_rungs(shared_data):
+    from training.cascade_scorer.routerbench import load_data
+
+    a, b = "mistralai/mixtral-8x7b-chat", "zero-one-ai/Yi-34B-Chat"
+    data = load_data(shared_data / "routerbench", ["arc_challenge"], [a, f"{a}+{b}", "gpt-4-1106-preview"])
+    for split in (data.ce_train, data.fit, data.test):
+        assert np.array_equal(split.correct[f"{a}+{b}"], split.correct[a])
+        assert split.cost[f"{a}+{b}"] == pytest.approx(split.cost[a] + split.cost[b])
+        assert split.partner == {f"{a}+{b}": b}
+    with pytest.raises(ValueError, match="one answer per model"):
+        load_data(shared_data / "routerbench", ["arc_challenge"], [f"{a}+{a}", "gpt-4-1106-preview"])
+
+
+def second_opinion_scorer():
+    """Rung 0 ("m0+m1") is right exactly when its answer agrees with the second opinion (and half the
+    time when there is none)."""
+    from training.cascade_scorer.model import CascadeScorer, fit_combiner
+
+    rng = np.random.default_rng(0)
+    rows, ys = [], []
+    for _ in range(300):
+        ans, other = rng.choice(["A", "B"]), rng.choice(["A", "B", None])
+        rows.append(signals(StepInput("q", ans, "m0+m1", second_sample=other)))
+        ys.append(float(ans == other) if other is not None else float(rng.random() < 0.5))
+    return CascadeScorer(["m0+m1", "m2"], [fit_combiner(np.array(rows), np.array(ys))],
+                         CascadeScorer.feature_names_for(False), None, {"note": "synthetic"})
+
+
+def test_run_cascade_takes_a_second_opinion(ladder, tmp_path):
+    m0, m1, m2 = (s.backend for s in ladder)
+    steps = [CascadeStep(m0, 1.0, 2.0, partner=m1, partner_price_in=3.0, partner_price_out=5.0),
+             CascadeStep(m2, 10.0, 20.0)]
+    scorer = second_opinion_scorer()
+    # PROMPTS[0]: m0 says B and m1 agrees: m0's answer is kept, both are paid for
+    r = run_cascade([{"role": "user", "content": PROMPTS[0]}], GenerationParams(), steps, scorer, [0.5])
+    g = r.generation
+    assert r.answered_by == "m0" and r.text == "B" and r.scores[0] > 0.9 and len(r.generations) == 1
+    assert g.extra["second_sample"] == "B" and g.extra["second_opinion"]["model"] == "m1"
+    own = steps[0].cost(g)
+    other = (g.extra["second_opinion"]["prompt_tokens"] * 3.0 + g.extra["second_opinion"]["completion_tokens"] * 5.0) / 1e6
+    assert other > 0 and r.cost == pytest.approx(own + other) == pytest.approx(r.step_costs[0])
+    # PROMPTS[1]: m0 says B, m1 says A: doubted, escalated to m2
+    r = run_cascade([{"role": "user", "content": PROMPTS[1]}], GenerationParams(), steps, scorer, [0.5])
+    assert r.answered_by == "m2" and r.scores[0] < 0.1 and len(r.step_costs) == 2
+    # a partner that cannot answer drops the signal, not the request
+    silent = ReplayBackend(_recording(tmp_path, {"m9": {"unrelated prompt": "A"}}), "m9")
+    lost = [CascadeStep(m0, 1.0, 2.0, partner=silent), steps[1]]
+    r = run_cascade([{"role": "user", "content": PROMPTS[0]}], GenerationParams(), lost, scorer, [0.5])
+    assert "second_sample" not in r.generations[0].extra and [i for i, _ in r.second_opinion_errors] == [0]
+    assert 0.1 < r.scores[0] < 0.9  # no second opinion: the scorer cannot tell
+
+
+def _recording(tmp_path: Path, answers: dict[str, dict[str, str]]) -> Path:
+    path = tmp_path / "other.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": p, "output": a, "model": m})
+                              for m, by_prompt in answers.items() for p, a in by_prompt.items()))
+    return path
+
+
+def test_a_second_sample_of_the_same_model_is_drawn_at_a_temperature(ladder):
+    m0 = ladder[0].backend
+    step = CascadeStep(m0, 1.0, 2.0, partner=m0, partner_price_in=1.0, partner_price_out=2.0)
+    assert step.second_sample and not CascadeStep(m0, partner=ladder[1].backend).second_sample
+    p = step.partner_params(GenerationParams(temperature=0.0, seed=7, max_new_tokens=9))
+    assert p.temperature == pytest.approx(0.7) and p.seed == 8 and p.max_new_tokens == 9
+    assert step.partner_params(GenerationParams(temperature=1.2)).temperature == pytest.approx(1.2)
+    assert CascadeStep(m0, partner=ladder[1].backend).partner_params(GenerationParams()) == GenerationParams()
+    seen = []
+    r = run_cascade([{"role": "user", "content": PROMPTS[0]}], GenerationParams(seed=1), [step, ladder[2]],
+                    second_opinion_scorer(), [0.5],
+                    ask_partner=lambda i, s, params: seen.append((i, params.temperature, params.seed))
+                    or s.partner.generate([{"role": "user", "content": PROMPTS[0]}], params))
+    assert seen == [(0, 0.7, 2)] and r.generation.extra["second_sample"] == "B"
+    assert r.cost == pytest.approx(2 * step.cost(r.generation))

@@ -11,7 +11,7 @@ import click
 @click.command("cascade-scorer")
 @click.option("--routerbench", "routerbench", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="RouterBench folder (per-model answers, correctness and costs).")
-@click.option("--ladder", required=True, help="Comma-separated models, cheapest first; the last is never scored.")
+@click.option("--ladder", required=True, help="Comma-separated models, cheapest first; the last is never scored. A rung A+B returns A's answer, checked against B's (a second opinion).")
 @click.option("--datasets", default="arc_challenge,mbpp,winograde", show_default=True)
 @click.option("--no-cross-encoder", is_flag=True, help="Agreement / log-prob signals only (no fine-tuning).")
 @click.option("--answer-scorer", is_flag=True,

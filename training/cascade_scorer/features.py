@@ -5,6 +5,9 @@ where the endpoint returned them, and the answer's length.
 Every signal has a present-or-missing form: a missing previous answer, second sample or log-prob list
 gives the value 0 plus an indicator 0, so one combiner handles rungs and endpoints with and without
 them (a first rung has no previous answer; RouterBench has no log-probs).
+
+A rung named "A+B" is model A taking a second opinion from model B (see rung_parts); the second
+answer fills the `*_sample` signals as a second sample of A would.
 """
 
 from __future__ import annotations
@@ -29,6 +32,33 @@ _CHOICE_PATTERNS = (
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _CODE_BLOCK = re.compile(r"```[a-zA-Z0-9_+-]*\n(.*?)(?:```|$)", re.DOTALL)
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+|[^\sA-Za-z0-9_]")
+
+
+SECOND_OPINION = "+"  # "A+B": rung A, checked against B's answer; "A+A": against a second sample of A
+
+
+def rung_parts(rung: str) -> tuple[str, str | None]:
+    """("A", "B") for the rung "A+B"; ("A", None) for a plain rung."""
+    primary, sep, partner = rung.partition(SECOND_OPINION)
+    if sep and (not primary or not partner or SECOND_OPINION in partner):
+        raise ValueError(f"rung {rung!r}: a second opinion is written MODEL+OTHER_MODEL "
+                         f"(MODEL+MODEL for a second sample of the same model)")
+    return primary, (partner if sep else None)
+
+
+def base_models(rungs: Sequence[str]) -> list[str]:
+    """Every model the rungs call, in first-seen order."""
+    out: list[str] = []
+    for r in rungs:
+        for m in rung_parts(r):
+            if m is not None and m not in out:
+                out.append(m)
+    return out
+
+
+def short_rung(rung: str) -> str:
+    """A rung's display name: the last path part of each model ("mixtral-8x7b-chat+Yi-34B-Chat")."""
+    return SECOND_OPINION.join(m.rsplit("/", 1)[-1] for m in rung_parts(rung) if m is not None)
 
 
 def normalize_answer(text: str | None) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from training.cascade_scorer.features import SIGNAL_NAMES, StepInput, signals
+from training.cascade_scorer.features import SIGNAL_NAMES, StepInput, rung_parts, signals
 
 META_FILE = "scorer.json"
 COMBINERS_FILE = "combiners.joblib"
@@ -93,13 +93,13 @@ class CascadeScorer:
 
     def features(self, steps: Sequence[StepInput]) -> np.ndarray:
         rows = np.array([signals(s) for s in steps], dtype=np.float64).reshape(len(steps), len(SIGNAL_NAMES))
+        judged = [rung_parts(s.model)[0] for s in steps]  # a second-opinion rung's answer is its primary's
         if AS_FEATURE in self.feature_names:
-            rows = np.column_stack([self.answer_scorer.logits([s.query for s in steps], [s.model for s in steps],
+            rows = np.column_stack([self.answer_scorer.logits([s.query for s in steps], judged,
                                                               [s.answer for s in steps]), rows])
         if CE_FEATURE in self.feature_names:
             with self._lock:  # one forward at a time on the shared encoder
-                ce = self.cross_encoder.logits([s.query for s in steps], [s.model for s in steps],
-                                               [s.answer for s in steps])
+                ce = self.cross_encoder.logits([s.query for s in steps], judged, [s.answer for s in steps])
             rows = np.column_stack([ce, rows])
         return rows
 

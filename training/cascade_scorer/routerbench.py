@@ -7,6 +7,11 @@ gets out-of-fold scores from models that never saw those queries, test gets the 
 train), so the combiners and thresholds still see scores as they will be on new queries. Test is
 only ever replayed. A rung's score depends on the ladder (agreement with the rung before), so every
 ladder gets its own combiners and its own threshold surface.
+
+A rung may take a second opinion (agreement-based cascading, Kolawole et al. 2024): the rung "A+B"
+pays for A and for B, returns A's answer and scores it with A's agreement with B as well (the
+`*_sample` signals). RouterBench holds one answer per model, so a second cheap model stands in for
+the second sample of the same model that serving draws (serving.cascade, CascadeStep.second_sample).
 """
 
 from __future__ import annotations
@@ -34,7 +39,14 @@ from training.cascade_eval import (
     simulate,
     threshold_grid,
 )
-from training.cascade_scorer.features import SIGNAL_NAMES, normalize_answer, token_overlap
+from training.cascade_scorer.features import (
+    SIGNAL_NAMES,
+    base_models,
+    normalize_answer,
+    rung_parts,
+    short_rung,
+    token_overlap,
+)
 from training.cascade_scorer.model import fit_combiner, rung_metrics
 
 log = logging.getLogger(__name__)
@@ -43,6 +55,12 @@ log = logging.getLogger(__name__)
 DEFAULT_MODELS = ("mistralai/mistral-7b-chat", "WizardLM/WizardLM-13B-V1.2", "mistralai/mixtral-8x7b-chat",
                   "meta/code-llama-instruct-34b-chat", "zero-one-ai/Yi-34B-Chat", "claude-instant-v1",
                   "meta/llama-2-70b-chat", "gpt-3.5-turbo-1106", GPT4)
+
+
+def alias_rungs(per_model: dict[str, np.ndarray], rungs: Sequence[str]) -> dict[str, np.ndarray]:
+    """A per-model score dict extended to second-opinion rungs (the answer scored is the primary's)."""
+    return per_model | {r: per_model[rung_parts(r)[0]] for r in rungs if rung_parts(r)[1] is not None
+                        and rung_parts(r)[0] in per_model}
 
 
 @dataclass
@@ -54,10 +72,21 @@ class Split:
     correct: dict[str, np.ndarray]
     cost: dict[str, np.ndarray]
     answers: dict[str, list[str]]
+    partner: dict[str, str] = field(default_factory=dict)  # second-opinion rung -> the model asked
 
     @property
     def n(self) -> int:
         return len(self.prompts)
+
+    def add_rung(self, rung: str) -> None:
+        """Make a second-opinion rung "A+B" a column: A's correctness and answer, A's plus B's cost."""
+        primary, partner = rung_parts(rung)
+        if partner is None or rung in self.correct:
+            return
+        self.correct[rung] = self.correct[primary]
+        self.cost[rung] = self.cost[primary] + self.cost[partner]
+        self.answers[rung] = self.answers[primary]
+        self.partner[rung] = partner
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, models: Sequence[str]) -> Split:
@@ -69,7 +98,7 @@ class Split:
     def take(self, idx: np.ndarray) -> Split:
         return Split([self.prompts[i] for i in idx], self.tasks[idx], {m: v[idx] for m, v in self.correct.items()},
                      {m: v[idx] for m, v in self.cost.items()},
-                     {m: [v[i] for i in idx] for m, v in self.answers.items()})
+                     {m: [v[i] for i in idx] for m, v in self.answers.items()}, dict(self.partner))
 
 
 @dataclass
@@ -82,15 +111,24 @@ class RouterBenchData:
 
 def load_data(folder: Path | str, datasets: Sequence[str] = ROUTERBENCH_SETS, models: Sequence[str] = DEFAULT_MODELS,
               ce_fraction: float = 0.4, seed: int = 0) -> RouterBenchData:
+    """`models` may name second-opinion rungs ("A+B"); they become columns of every split."""
     train, test = load_routerbench(folder, "train", datasets), load_routerbench(folder, "test", datasets)
-    unknown = set(models) - set(train.models)
+    plain = base_models(models)
+    same = [r for r in models if rung_parts(r)[1] == rung_parts(r)[0]]
+    if same:
+        raise ValueError(f"RouterBench holds one answer per model, so it cannot replay a second sample {same}; "
+                         "name a different partner model (A+B)")
+    unknown = set(plain) - set(train.models)
     if unknown:
         raise ValueError(f"RouterBench has no models {sorted(unknown)}; it has {train.models}")
-    full = Split.from_frame(train.frame, models)
+    full, test_split = Split.from_frame(train.frame, plain), Split.from_frame(test.frame, plain)
+    for split in (full, test_split):
+        for rung in models:
+            split.add_rung(rung)
     rng = np.random.default_rng(seed)
     in_a = rng.random(full.n) < ce_fraction
     return RouterBenchData(list(models), full.take(np.flatnonzero(in_a)), full.take(np.flatnonzero(~in_a)),
-                           Split.from_frame(test.frame, models))
+                           test_split)
 
 
 class SignalCache:
@@ -126,6 +164,11 @@ class SignalCache:
             cols["agree_prev"] = self.agree(m, prev)
             cols["overlap_prev"] = self.overlap(m, prev)
             cols["agree_earlier"] = np.mean([self.agree(m, e) for e in ladder[:rung]], axis=0)
+        partner = self.split.partner.get(m)
+        if partner is not None:
+            cols["has_sample"] = np.ones(n)
+            cols["agree_sample"] = self.agree(m, partner)
+            cols["overlap_sample"] = self.overlap(m, partner)
         cols["log_length"] = self.log_length[m]
         return np.column_stack([cols[name] for name in SIGNAL_NAMES])
 
@@ -199,10 +242,9 @@ class Choice:
     test_cost: float
 
     def describe(self) -> str:
-        parts = [self.ladder[0].rsplit("/", 1)[-1]]
+        parts = [short_rung(self.ladder[0])]
         for t, m in zip(self.thresholds, self.ladder[1:], strict=True):
-            parts.append(f"(p<{t:.3f})-> {m.rsplit('/', 1)[-1]}" if math.isfinite(t) else
-                         f"(always)-> {m.rsplit('/', 1)[-1]}")
+            parts.append(f"(p<{t:.3f})-> {short_rung(m)}" if math.isfinite(t) else f"(always)-> {short_rung(m)}")
         return " ".join(parts)
 
 
@@ -233,14 +275,21 @@ def choose(fits: Sequence[LadderFit], *, budget: float | None = None, quality_ta
 
 def candidate_ladders(models: Sequence[str], mean_cost: dict[str, float], max_length: int = 4,
                       last: str | None = GPT4) -> list[tuple[str, ...]]:
-    """Cheaper-first ladders of length 2..max_length (3 for those not ending in `last`)."""
-    ordered = sorted(models, key=lambda m: mean_cost[m])
+    """Cheaper-first ladders of length 2..max_length (3 for those not ending in `last`). A
+    second-opinion rung is only a first rung (it is the cheap tier's check; the cost order does not
+    apply to it), followed by models it does not call; no ladder calls a model twice."""
+    plain = sorted((m for m in models if rung_parts(m)[1] is None), key=lambda m: mean_cost[m])
+    firsts: list[tuple[str, ...]] = [()] + [(m,) for m in models if rung_parts(m)[1] is not None]
     out = []
-    for k in range(2, max_length + 1):
-        for combo in itertools.combinations(ordered, k):
-            if k == max_length and last is not None and combo[-1] != last:
-                continue
-            out.append(combo)
+    for head in firsts:
+        called = {m for r in head for m in rung_parts(r) if m is not None}
+        rest = [m for m in plain if m not in called]
+        for k in range(2, max_length + 1):
+            for tail in itertools.combinations(rest, k - len(head)):
+                combo = head + tail
+                if k == max_length and last is not None and combo[-1] != last:
+                    continue
+                out.append(combo)
     return out
 
 

@@ -1,6 +1,7 @@
 """Train a cascade scorer for one ladder on RouterBench: cross-encoder on train part A, the
 static-embedding answer scorer on all of train (cross-fitted), rung combiners on train part B,
-per-rung AUROC / ECE on test; log and register it (`challenger`)."""
+per-rung AUROC / ECE on test; log and register it (`challenger`). A rung "A+B" takes B's answer as a
+second opinion on A's (training.cascade_scorer.features.rung_parts); the text scorers judge A's answer."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from training.cascade_eval import ROUTERBENCH_SETS
+from training.cascade_scorer.features import rung_parts
 from training.cascade_scorer.model import CascadeScorer, fit_combiner, rung_metrics
 from training.cascade_scorer.routerbench import (
     SignalCache,
+    alias_rungs,
     answer_scorer_logits,
     load_data,
     score_split,
@@ -42,16 +45,21 @@ def train_routerbench_scorer(folder: Path | str, ladder: Sequence[str], *, datas
     ladder = list(ladder)
     if len(ladder) < 2:
         raise ValueError("a cascade scorer needs a ladder of at least two models")
-    if len(set(ladder)) != len(ladder):
-        raise ValueError(f"the ladder names a model twice: {ladder}")
+    called = [m for r in ladder for m in rung_parts(r) if m is not None]
+    if len(set(called)) != len(called):
+        raise ValueError(f"the ladder calls a model twice: {ladder}")
+    if rung_parts(ladder[-1])[1] is not None:
+        raise ValueError(f"the last rung {ladder[-1]!r} is never scored, so a second opinion there only costs")
     data = load_data(folder, datasets, ladder, seed=seed)
     scored = ladder[:-1]
+    judged = list(dict.fromkeys(rung_parts(r)[0] for r in scored))  # the models whose answers the text scorers read
     ce = ce_stats = None
     ce_fit = ce_test = None
     if use_cross_encoder:
-        ce, ce_stats = train_cross_encoder(data.ce_train, scored, examples=ce_examples, max_length=max_length,
+        ce, ce_stats = train_cross_encoder(data.ce_train, judged, examples=ce_examples, max_length=max_length,
                                            threads=threads, seed=seed, progress=progress)
-        ce_fit, ce_test = score_split(ce, data.fit, scored, progress), score_split(ce, data.test, scored, progress)
+        ce_fit, ce_test = score_split(ce, data.fit, judged, progress), score_split(ce, data.test, judged, progress)
+        ce_fit, ce_test = alias_rungs(ce_fit, scored), alias_rungs(ce_test, scored)
     answer_scorer = as_stats = as_fit = as_test = None
     if use_answer_scorer:
         if embedder is None:
@@ -59,7 +67,8 @@ def train_routerbench_scorer(folder: Path | str, ladder: Sequence[str], *, datas
             from routerops.settings import get_settings
 
             embedder = get_embedder(get_settings())
-        answer_scorer, as_fit, as_test, as_stats = answer_scorer_logits(data, scored, embedder, seed=seed)
+        answer_scorer, as_fit, as_test, as_stats = answer_scorer_logits(data, judged, embedder, seed=seed)
+        as_fit, as_test = alias_rungs(as_fit, scored), alias_rungs(as_test, scored)
     fit_c, test_c = SignalCache(data.fit), SignalCache(data.test)
     combiners, per_rung = [], {}
     for i, m in enumerate(scored):
