@@ -126,6 +126,7 @@ def main() -> None:  # noqa: PLR0915 - one linear report
         answer_scorer_logits,
         candidate_ladders,
         choose,
+        choose_per_task,
         cross_encoder_logits,
         fit_ladder,
         load_data,
@@ -249,6 +250,22 @@ def main() -> None:  # noqa: PLR0915 - one linear report
                   f"{c / data.test.cost[GPT4][sel].mean():6.1%}  answered by: "
                   + ", ".join(f"{short(m)} {s:.0%}" for m, s in zip(ch.ladder, shares, strict=True)))
 
+    # what a cascade that knows the query's task would do: one plan per task, chosen together on train
+    print("\n== task-aware plans (one ladder and thresholds per task, chosen jointly on train) ==")
+    for name, frac in (("gpt4", 1.0), ("98pct", 0.98)):
+        tp = choose_per_task(fits, data.fit.tasks, data.test.tasks, quality_target=frac * g_train)
+        results[name]["per_task"] = tp
+        if tp is None:
+            print(f"  {frac:.0%} of GPT-4: no combination reaches it on train")
+            continue
+        print(f"  {frac:.0%} of GPT-4's train accuracy: TEST acc {tp.test_quality:.4f} (GPT-4 {g_acc:.4f}) at "
+              f"{tp.test_cost / g_cost:.1%} of GPT-4's cost (train {tp.train_quality:.4f} at "
+              f"{tp.train_cost / data.fit.cost[GPT4].mean():.1%})")
+        for t, ch in tp.plans.items():
+            sel = data.test.tasks == t
+            print(f"    {t:<14} ({ch.scorer}) {ch.describe()}: test acc {ch.test_quality:.3f} vs GPT-4 "
+                  f"{data.test.correct[GPT4][sel].mean():.3f}, cost {ch.test_cost / data.test.cost[GPT4][sel].mean():.1%}")
+
     budgets = np.geomspace(min(c for _, c in singles.values()), g_cost * 1.05, 24)
     curve, ocurve = [], []
     for b in budgets:
@@ -282,6 +299,14 @@ def main() -> None:  # noqa: PLR0915 - one linear report
         ch = results[key].get(which)
         return None if ch is None else round(ch.test_cost / g_cost, 4)
 
+    def task_ratio(key: str) -> float | None:
+        tp = results[key].get("per_task")
+        return None if tp is None else round(tp.test_cost / g_cost, 4)
+
+    def task_quality(key: str) -> float | None:
+        tp = results[key].get("per_task")
+        return None if tp is None else round(tp.test_quality, 4)
+
     summary = {
         "cost_ratio_at_gpt4_accuracy": ratio("gpt4"),
         "cost_ratio_at_98pct_gpt4_accuracy": ratio("98pct"),
@@ -297,6 +322,10 @@ def main() -> None:  # noqa: PLR0915 - one linear report
         "auroc_by_rung_98pct": {f"{i}:{short(m)}": round(r["auroc"], 4)
                                 for i, (m, r) in enumerate((results["98pct"].get("rungs") or {}).items())},
         "answer_scorer_seconds": round(as_stats["seconds"], 1) if as_stats else None,
+        "task_aware_cost_ratio_at_gpt4_accuracy": task_ratio("gpt4"),
+        "task_aware_cost_ratio_at_98pct_gpt4_accuracy": task_ratio("98pct"),
+        "task_aware_test_accuracy_at_gpt4_target": task_quality("gpt4"),
+        "task_aware_test_accuracy_at_98pct_target": task_quality("98pct"),
     }
     if not args.no_mlflow:
         import mlflow

@@ -425,3 +425,29 @@ def test_a_second_sample_of_the_same_model_is_drawn_at_a_temperature(ladder):
                     or s.partner.generate([{"role": "user", "content": PROMPTS[0]}], params))
     assert seen == [(0, 0.7, 2)] and r.generation.extra["second_sample"] == "B"
     assert r.cost == pytest.approx(2 * step.cost(r.generation))
+
+
+def test_task_aware_plans_pick_the_hand_computed_combination():
+    """Two tasks of 2 queries, weak (cost 1) -> strong (cost 10), thresholds "accept all" (0) or
+    "escalate all" (NEVER). Task x: weak always right; task y: weak always wrong (scored just as
+    high). One plan for both: quality 1 costs 11. Per task: accept on x (q 1, c 1), escalate on y
+    (q 1, c 11): pooled quality 1 at cost 6. On test, x's weak is right once of twice: 0.75 at 6."""
+    from training.cascade_eval import NEVER, OutcomeTable
+    from training.cascade_scorer.routerbench import LadderFit, choose, choose_per_task
+
+    def table(weak_ok: list[float]) -> OutcomeTable:
+        return OutcomeTable(["weak", "strong"], {"weak": np.array(weak_ok), "strong": np.ones(4)},
+                            {"weak": np.ones(4), "strong": np.full(4, 10.0)},
+                            {"weak": np.array([.9, .8, .9, .8]), "strong": np.zeros(4)})
+
+    tasks = np.array(["x", "x", "y", "y"])
+    grids = [np.array([0.0, NEVER])]
+    fit_t, test_t = table([1, 1, 0, 0]), table([1, 0, 0, 0])
+    f = LadderFit(("weak", "strong"), "signals", grids, np.array([0.5, 1.0]), np.array([1.0, 11.0]), fit_t, test_t)
+    pooled = choose([f], quality_target=1.0)
+    assert pooled.train_cost == pytest.approx(11.0)
+    plans = choose_per_task([f], tasks, tasks, quality_target=1.0)
+    assert plans.plans["x"].thresholds == (0.0,) and plans.plans["y"].thresholds == (NEVER,)
+    assert (plans.train_quality, plans.train_cost) == pytest.approx((1.0, 6.0))
+    assert (plans.test_quality, plans.test_cost) == pytest.approx((0.75, 6.0))
+    assert choose_per_task([f], tasks, tasks, quality_target=1.01) is None

@@ -273,6 +273,77 @@ def choose(fits: Sequence[LadderFit], *, budget: float | None = None, quality_ta
     return Choice(f.ladder, thresholds, f.scorer, q, c, tq, tc)
 
 
+@dataclass(frozen=True)
+class TaskPlans:
+    """One plan per task (what a cascade that knows the query's task would run), chosen together so
+    the pooled train quality meets the target at the least pooled train cost; figures pooled over
+    tasks by their query counts."""
+
+    plans: dict[str, Choice]
+    train_quality: float
+    train_cost: float
+    test_quality: float
+    test_cost: float
+
+
+def _front(q: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Indices of the (quality up, cost down) Pareto front, cheapest first."""
+    order = np.lexsort((-q, c))
+    best, keep = -np.inf, []
+    for i in order:
+        if q[i] > best + 1e-12:
+            keep.append(i)
+            best = q[i]
+    return np.array(keep, dtype=np.int64)
+
+
+def choose_per_task(fits: Sequence[LadderFit], fit_tasks: np.ndarray, test_tasks: np.ndarray, *,
+                    quality_target: float) -> TaskPlans | None:
+    """Per task, the Pareto front of every (ladder, scorer, thresholds) on that task's train rows;
+    then the cheapest combination of one front point per task whose count-weighted quality meets
+    the target (fronts merged pairwise and pruned, so this is exact). Replayed on each task's test rows."""
+    tasks = sorted(set(fit_tasks.tolist()))
+    per_task = []  # (weight, q, c, fit index, flat threshold index) on each task's front
+    for t in tasks:
+        idx = np.flatnonzero(fit_tasks == t)
+        qs, cs, fi, fl = [], [], [], []
+        for k, f in enumerate(fits):
+            q, c = _ladder_surface(f.fit_table.subset(idx), f.ladder, f.grids)
+            q, c = np.atleast_1d(q).ravel(), np.atleast_1d(c).ravel()
+            keep = _front(q, c)
+            qs.append(q[keep])
+            cs.append(c[keep])
+            fi.append(np.full(len(keep), k))
+            fl.append(keep)
+        q, c, fi_a, fl_a = (np.concatenate(v) for v in (qs, cs, fi, fl))
+        keep = _front(q, c)
+        per_task.append((len(idx) / len(fit_tasks), q[keep], c[keep], fi_a[keep], fl_a[keep]))
+    # merge the fronts: pooled (q, c) of every pair, pruned to its front, keeping which points made it
+    w0, q0, c0, *_ = per_task[0]
+    pooled_q, pooled_c, picks = w0 * q0, w0 * c0, np.arange(len(q0))[:, None]
+    for w, q, c, *_ in per_task[1:]:
+        pq = (pooled_q[:, None] + w * q[None, :]).ravel()
+        pc = (pooled_c[:, None] + w * c[None, :]).ravel()
+        keep = _front(pq, pc)
+        a, b = np.unravel_index(keep, (len(pooled_q), len(q)))
+        pooled_q, pooled_c, picks = pq[keep], pc[keep], np.column_stack([picks[a], b])
+    ok = np.flatnonzero(pooled_q >= quality_target - 1e-12)
+    if not len(ok):
+        return None
+    best = ok[np.argmin(pooled_c[ok])]
+    plans, tq, tc = {}, 0.0, 0.0
+    for t, (_w, q, c, fi_a, fl_a), j in zip(tasks, per_task, picks[best], strict=True):
+        f = fits[int(fi_a[j])]
+        combo = np.unravel_index(int(fl_a[j]), tuple(len(g) for g in f.grids)) if f.grids else ()
+        thresholds = tuple(float(f.grids[i][k]) for i, k in enumerate(combo))
+        test_idx = np.flatnonzero(test_tasks == t)
+        q_test, c_test = simulate(f.test_table.subset(test_idx), f.ladder, thresholds)
+        plans[str(t)] = Choice(f.ladder, thresholds, f.scorer, float(q[j]), float(c[j]), q_test, c_test)
+        tq += len(test_idx) / len(test_tasks) * q_test
+        tc += len(test_idx) / len(test_tasks) * c_test
+    return TaskPlans(plans, float(pooled_q[best]), float(pooled_c[best]), tq, tc)
+
+
 def candidate_ladders(models: Sequence[str], mean_cost: dict[str, float], max_length: int = 4,
                       last: str | None = GPT4) -> list[tuple[str, ...]]:
     """Cheaper-first ladders of length 2..max_length (3 for those not ending in `last`). A
