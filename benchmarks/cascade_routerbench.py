@@ -130,6 +130,7 @@ def main() -> None:  # noqa: PLR0915 - one linear report
         cross_encoder_logits,
         fit_ladder,
         load_data,
+        predict_tasks,
         rung_report,
     )
 
@@ -251,9 +252,18 @@ def main() -> None:  # noqa: PLR0915 - one linear report
                   + ", ".join(f"{short(m)} {s:.0%}" for m, s in zip(ch.ladder, shares, strict=True)))
 
     # what a cascade that knows the query's task would do: one plan per task, chosen together on train
-    print("\n== task-aware plans (one ladder and thresholds per task, chosen jointly on train) ==")
+    # (each test query gets the plan of the task a classifier on its prompt predicts, as serving would)
+    from routerops.embeddings import get_embedder
+
+    task_embedder = get_embedder(settings, backend="static",
+                                 model=str(args.embedder_path) if args.embedder_path else None)
+    predicted = predict_tasks(task_embedder, data.ce_train.prompts + data.fit.prompts,
+                              np.concatenate([data.ce_train.tasks, data.fit.tasks]), data.test.prompts, seed=args.seed)
+    task_accuracy = float((predicted == data.test.tasks).mean())
+    print(f"\n== task-aware plans (one ladder and thresholds per task, chosen jointly on train; test queries "
+          f"get the plan of their predicted task: classifier accuracy {task_accuracy:.3f}) ==")
     for name, frac in (("gpt4", 1.0), ("98pct", 0.98)):
-        tp = choose_per_task(fits, data.fit.tasks, data.test.tasks, quality_target=frac * g_train)
+        tp = choose_per_task(fits, data.fit.tasks, predicted, quality_target=frac * g_train)
         results[name]["per_task"] = tp
         if tp is None:
             print(f"  {frac:.0%} of GPT-4: no combination reaches it on train")
@@ -262,7 +272,7 @@ def main() -> None:  # noqa: PLR0915 - one linear report
               f"{tp.test_cost / g_cost:.1%} of GPT-4's cost (train {tp.train_quality:.4f} at "
               f"{tp.train_cost / data.fit.cost[GPT4].mean():.1%})")
         for t, ch in tp.plans.items():
-            sel = data.test.tasks == t
+            sel = predicted == t
             print(f"    {t:<14} ({ch.scorer}) {ch.describe()}: test acc {ch.test_quality:.3f} vs GPT-4 "
                   f"{data.test.correct[GPT4][sel].mean():.3f}, cost {ch.test_cost / data.test.cost[GPT4][sel].mean():.1%}")
 
@@ -326,6 +336,7 @@ def main() -> None:  # noqa: PLR0915 - one linear report
         "task_aware_cost_ratio_at_98pct_gpt4_accuracy": task_ratio("98pct"),
         "task_aware_test_accuracy_at_gpt4_target": task_quality("gpt4"),
         "task_aware_test_accuracy_at_98pct_target": task_quality("98pct"),
+        "task_classifier_test_accuracy": round(task_accuracy, 4),
     }
     if not args.no_mlflow:
         import mlflow

@@ -301,7 +301,8 @@ def choose_per_task(fits: Sequence[LadderFit], fit_tasks: np.ndarray, test_tasks
                     quality_target: float) -> TaskPlans | None:
     """Per task, the Pareto front of every (ladder, scorer, thresholds) on that task's train rows;
     then the cheapest combination of one front point per task whose count-weighted quality meets
-    the target (fronts merged pairwise and pruned, so this is exact). Replayed on each task's test rows."""
+    the target (fronts merged pairwise and pruned, so this is exact). Replayed on the test rows of
+    each task as `test_tasks` gives them (pass predicted tasks to replay what serving would do)."""
     tasks = sorted(set(fit_tasks.tolist()))
     per_task = []  # (weight, q, c, fit index, flat threshold index) on each task's front
     for t in tasks:
@@ -344,14 +345,25 @@ def choose_per_task(fits: Sequence[LadderFit], fit_tasks: np.ndarray, test_tasks
     return TaskPlans(plans, float(pooled_q[best]), float(pooled_c[best]), tq, tc)
 
 
+def predict_tasks(embedder, train_prompts: Sequence[str], train_tasks: np.ndarray,  # noqa: ANN001
+                  prompts: Sequence[str], seed: int = 0) -> np.ndarray:
+    """The task of each prompt as a serving cascade would infer it: a logistic regression on the
+    prompts' embeddings, fit on the train prompts' tasks."""
+    from sklearn.linear_model import LogisticRegression
+
+    x_train = np.asarray(embedder.encode(list(train_prompts)), np.float32)
+    clf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(x_train, train_tasks)
+    return clf.predict(np.asarray(embedder.encode(list(prompts)), np.float32))
+
+
 def candidate_ladders(models: Sequence[str], mean_cost: dict[str, float], max_length: int = 4,
                       last: str | None = GPT4) -> list[tuple[str, ...]]:
-    """Cheaper-first ladders of length 2..max_length (3 for those not ending in `last`). A
-    second-opinion rung is only a first rung (it is the cheap tier's check; the cost order does not
-    apply to it), followed by models it does not call; no ladder calls a model twice."""
+    """Every single model, then cheaper-first ladders of length 2..max_length (3 for those not ending
+    in `last`). A second-opinion rung is only a first rung (it is the cheap tier's check; the cost
+    order does not apply to it), followed by models it does not call; no ladder calls a model twice."""
     plain = sorted((m for m in models if rung_parts(m)[1] is None), key=lambda m: mean_cost[m])
     firsts: list[tuple[str, ...]] = [()] + [(m,) for m in models if rung_parts(m)[1] is not None]
-    out = []
+    out: list[tuple[str, ...]] = [(m,) for m in plain]
     for head in firsts:
         called = {m for r in head for m in rung_parts(r) if m is not None}
         rest = [m for m in plain if m not in called]
