@@ -22,10 +22,10 @@ the thresholds pick. A step with a `partner` takes a second opinion (agreement-b
 partner's answer is drawn concurrently with the step's own (the same backend as partner means a
 second sample of it, at SECOND_SAMPLE_TEMPERATURE and another seed), paid for, and handed to the
 scorer as Generation.extra["second_sample"]; the answer returned is still the step's own. A partner
-that fails only drops the signal (the scorer has a missing-sample form). With skip_unavailable=True a rung whose backend is unavailable
-(BackendError.unavailable: down, timed out, circuit open) is skipped to the next; when the last
-rung is unavailable the last answer generated is returned although its score was below the
-threshold; only when no rung answers is the error raised. Backends are anything implementing
+that fails only drops the signal (the scorer has a missing-sample form). With skip_unavailable=True
+a rung whose backend is unavailable (BackendError.unavailable: down, timed out, circuit open) is
+skipped to the next; when the last rung is unavailable the last answer generated is returned
+although its score was below the threshold; only when no rung answers is the error raised. Backends are anything implementing
 routerops.backends.base.Backend; nothing here touches the network or the database by itself except
 load/save_cascade_config, which use the session they are given.
 """
@@ -237,6 +237,16 @@ class CascadeConfig:
     def __post_init__(self) -> None:
         if not self.models:
             raise CascadeConfigError("a cascade needs at least one model")
+        from training.cascade_scorer.features import rung_parts
+
+        for rung in self.models:
+            try:
+                rung_parts(rung)
+            except ValueError as exc:
+                raise CascadeConfigError(str(exc)) from None
+        if rung_parts(self.models[-1])[1] is not None:
+            raise CascadeConfigError(f"the last rung {self.models[-1]!r} is never scored: a second opinion "
+                                     "there would only cost")
         if len(self.thresholds) != len(self.models) - 1:
             raise CascadeConfigError(f"{len(self.models)} models need {len(self.models) - 1} thresholds, "
                                      f"got {len(self.thresholds)}")

@@ -267,7 +267,7 @@ class CascadeStrategy(Strategy):
 
     def _load(self) -> tuple[Any, list, Any, list[str], list[str | None]]:
         from routerops.db import session_scope
-        from serving.cascade import CascadeStep, load_cascade_config
+        from serving.cascade import CascadeConfigError, CascadeStep, load_cascade_config
 
         with self._lock:
             if self._loaded and time.monotonic() - self._loaded[0] < self.ctx.settings.reload_interval_s:
@@ -276,6 +276,8 @@ class CascadeStrategy(Strategy):
             try:
                 with session_scope(settings) as session:
                     config = load_cascade_config(session)
+            except CascadeConfigError as exc:
+                raise StrategyUnavailable(f"the stored cascade config is invalid: {exc}") from None
             except SQLAlchemyError as exc:  # database down: the last good config keeps serving
                 if self._loaded:
                     log.warning("cascade config unreadable (%s); serving the last one loaded", type(exc).__name__)

@@ -451,3 +451,14 @@ def test_task_aware_plans_pick_the_hand_computed_combination():
     assert (plans.train_quality, plans.train_cost) == pytest.approx((1.0, 6.0))
     assert (plans.test_quality, plans.test_cost) == pytest.approx((0.75, 6.0))
     assert choose_per_task([f], tasks, tasks, quality_target=1.01) is None
+
+
+def test_cascade_config_checks_second_opinion_rungs():
+    from serving.cascade import CascadeConfigError
+
+    ok = CascadeConfig(models=["weak+weak", "strong"], thresholds=[0.5])
+    assert CascadeConfig.from_dict(ok.to_dict()).models == ["weak+weak", "strong"]
+    with pytest.raises(CascadeConfigError, match="MODEL\\+OTHER_MODEL"):
+        CascadeConfig(models=["weak+", "strong"], thresholds=[0.5])
+    with pytest.raises(CascadeConfigError, match="last rung 'strong\\+weak' is never scored"):
+        CascadeConfig(models=["weak", "strong+weak"], thresholds=[0.5])
