@@ -270,7 +270,8 @@ def train_router(
     standardizer = fit_standardizer(raw_features(data.prompts)) if prompt_stats else None
     X = prompt_matrix(emb, data.prompts, standardizer)
     features_s = time.perf_counter() - t0
-    snap = snapshot(data, pd.concat([outcomes["created_at"], prefs["created_at"]]))
+    stamps = [s for s in (outcomes["created_at"], prefs["created_at"]) if len(s)]  # pandas warns on empty parts
+    snap = snapshot(data, pd.concat(stamps) if stamps else None)
     snap["dropped"] = data.dropped
     val_mask = split_prompts(len(data.prompts), val_fraction, seed)
 
