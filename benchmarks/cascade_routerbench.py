@@ -62,7 +62,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return out
 
 
-def plot(path: Path, singles: dict, cascade: list, oracle: list, gpt4: tuple[float, float]) -> Path:
+def plot(path: Path, singles: dict, cascade: list, oracle: list, gpt4: tuple[float, float],
+         task_aware: list | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,6 +76,9 @@ def plot(path: Path, singles: dict, cascade: list, oracle: list, gpt4: tuple[flo
     ax.scatter(gpt4[1], gpt4[0], s=90, marker="*", color="C3", label="all GPT-4", zorder=5)
     if cascade:
         ax.plot([p[0] for p in cascade], [p[1] for p in cascade], "o-", color="C0", label="cascade, learned scorer (test)")
+    if task_aware:
+        ax.plot([p[0] for p in task_aware], [p[1] for p in task_aware], "^-", color="C1",
+                label="task-aware plans, one per task (test)")
     if oracle:
         ax.plot([p[0] for p in oracle], [p[1] for p in oracle], "s--", color="C2", alpha=0.7,
                 label="oracle cascade: perfect scorer (test)")
@@ -132,6 +136,7 @@ def main() -> None:  # noqa: PLR0915 - one linear report
         load_data,
         predict_tasks,
         rung_report,
+        task_fronts,
     )
 
     settings = get_settings()
@@ -262,8 +267,9 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     task_accuracy = float((predicted == data.test.tasks).mean())
     print(f"\n== task-aware plans (one ladder and thresholds per task, chosen jointly on train; test queries "
           f"get the plan of their predicted task: classifier accuracy {task_accuracy:.3f}) ==")
+    fronts = task_fronts(fits, data.fit.tasks)
     for name, frac in (("gpt4", 1.0), ("98pct", 0.98)):
-        tp = choose_per_task(fits, data.fit.tasks, predicted, quality_target=frac * g_train)
+        tp = choose_per_task(fits, data.fit.tasks, predicted, quality_target=frac * g_train, fronts=fronts)
         results[name]["per_task"] = tp
         if tp is None:
             print(f"  {frac:.0%} of GPT-4: no combination reaches it on train")
@@ -292,6 +298,13 @@ def main() -> None:  # noqa: PLR0915 - one linear report
             continue
         seen.add(desc)
         print(f"  {c / g_cost:6.1%} -> {q:.4f}   {desc}")
+    task_curve = []  # task-aware plans at a sweep of train quality targets, replayed on test
+    for target in np.linspace(float(fronts.pooled_q.min()), float(fronts.pooled_q.max()), 24):
+        tp = choose_per_task(fits, data.fit.tasks, predicted, quality_target=float(target), fronts=fronts)
+        if tp is not None:
+            task_curve.append((tp.test_cost, tp.test_quality))
+    print("task-aware plans at a sweep of train targets (test cost as share of GPT-4 -> test accuracy): "
+          + ", ".join(f"{c / g_cost:.1%} -> {q:.4f}" for c, q in pareto_front(task_curve)))
     front = pareto_front([(c, q) for c, q, _ in curve])
     ofront = pareto_front([(c, q) for c, q, _ in ocurve])
     reach = [c for c, q in front if q >= g_acc - 1e-12]
@@ -353,7 +366,8 @@ def main() -> None:  # noqa: PLR0915 - one linear report
             mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int | float) and v is not None
                                 and math.isfinite(float(v))}
                                | {f"auroc_rung{k.split(':')[0]}": v for k, v in auroc_by_rung.items()})
-            mlflow.log_artifact(str(plot(Path(tmp) / "cascade_pareto.png", singles, front, ofront, (g_acc, g_cost))),
+            mlflow.log_artifact(str(plot(Path(tmp) / "cascade_pareto.png", singles, front, ofront, (g_acc, g_cost),
+                                            pareto_front(task_curve))),
                                 "plots")
             mlflow.log_text(json.dumps(summary, indent=1), "summary.json")
             print(f"MLflow run {run.info.run_id} (plots/cascade_pareto.png)")

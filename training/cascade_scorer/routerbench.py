@@ -297,14 +297,20 @@ def _front(q: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.array(keep, dtype=np.int64)
 
 
-def choose_per_task(fits: Sequence[LadderFit], fit_tasks: np.ndarray, test_tasks: np.ndarray, *,
-                    quality_target: float) -> TaskPlans | None:
-    """Per task, the Pareto front of every (ladder, scorer, thresholds) on that task's train rows;
-    then the cheapest combination of one front point per task whose count-weighted quality meets
-    the target (fronts merged pairwise and pruned, so this is exact). Replayed on the test rows of
-    each task as `test_tasks` gives them (pass predicted tasks to replay what serving would do)."""
+@dataclass(frozen=True)
+class TaskFronts:
+    """Each task's train Pareto front over every (ladder, scorer, thresholds), and their exact merge."""
+
+    tasks: list[str]
+    per_task: list[tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]  # weight, q, c, fit, flat index
+    pooled_q: np.ndarray
+    pooled_c: np.ndarray
+    picks: np.ndarray  # (front point, task) -> index into that task's front
+
+
+def task_fronts(fits: Sequence[LadderFit], fit_tasks: np.ndarray) -> TaskFronts:
     tasks = sorted(set(fit_tasks.tolist()))
-    per_task = []  # (weight, q, c, fit index, flat threshold index) on each task's front
+    per_task = []
     for t in tasks:
         idx = np.flatnonzero(fit_tasks == t)
         qs, cs, fi, fl = [], [], [], []
@@ -328,6 +334,19 @@ def choose_per_task(fits: Sequence[LadderFit], fit_tasks: np.ndarray, test_tasks
         keep = _front(pq, pc)
         a, b = np.unravel_index(keep, (len(pooled_q), len(q)))
         pooled_q, pooled_c, picks = pq[keep], pc[keep], np.column_stack([picks[a], b])
+    return TaskFronts([str(t) for t in tasks], per_task, pooled_q, pooled_c, picks)
+
+
+def choose_per_task(fits: Sequence[LadderFit], fit_tasks: np.ndarray, test_tasks: np.ndarray, *,
+                    quality_target: float, fronts: TaskFronts | None = None) -> TaskPlans | None:
+    """Per task, the Pareto front of every (ladder, scorer, thresholds) on that task's train rows;
+    then the cheapest combination of one front point per task whose count-weighted quality meets
+    the target (fronts merged pairwise and pruned, so this is exact). Replayed on the test rows of
+    each task as `test_tasks` gives them (pass predicted tasks to replay what serving would do).
+    `fronts` (task_fronts of the same fits) saves recomputing them for each target."""
+    fronts = fronts or task_fronts(fits, fit_tasks)
+    tasks, per_task, pooled_q, pooled_c, picks = (fronts.tasks, fronts.per_task, fronts.pooled_q,
+                                                  fronts.pooled_c, fronts.picks)
     ok = np.flatnonzero(pooled_q >= quality_target - 1e-12)
     if not len(ok):
         return None
