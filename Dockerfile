@@ -60,7 +60,7 @@ ENV ROUTEROPS_EMBEDDING_STATIC_PATH=/opt/routerops/embedders/static-all-MiniLM-L
 COPY --from=source /src/routerops /tmp/embedder-build/routerops
 RUN cd /tmp/embedder-build \
     && python -c "import logging, os; logging.basicConfig(level=logging.INFO); \
-from routerops.embedders.static import build_static; \
+from routerops.models.embedders.static import build_static; \
 print(build_static(os.environ['ROUTEROPS_EMBEDDING_STATIC_PATH'], threads=None)['build_seconds'], 's')" \
     && rm -rf /tmp/embedder-build
 # ROUTEROPS_GOLDEN_SET defaults to golden_traces/default.jsonl under /app.

@@ -28,7 +28,7 @@ def fresh_store(data_dir: Path | None, prefix: str) -> tuple[Any, Path]:
 
 def import_shared_preferences(settings: Any, shared: Path) -> None:
     """Every AlpacaEval annotation file and the Arena-Hard battles from ../shared/data."""
-    from training.importers.core import import_file
+    from routerops.importers.core import import_file
 
     for path in sorted((shared / "alpaca_eval" / "annotations").glob("*.jsonl.gz")):
         import_file(settings, "alpaca-eval", path, progress=False)
@@ -41,7 +41,7 @@ def import_all_shared(settings: Any, shared: Path) -> dict[str, float]:
     (its test splits are the held-out evaluation). Returns seconds per file group."""
     import time
 
-    from training.importers.core import import_file
+    from routerops.importers.core import import_file
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

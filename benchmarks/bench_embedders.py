@@ -7,7 +7,7 @@ batched; training-time embedding of all ../shared/data prompts reported per embe
 Per embedder:
 - cold start: a fresh process imports routerops, loads the embedder and embeds one prompt (wall
   seconds, peak RSS);
-- one decision: the serving path (serving.routing.ScoreBatcher.score with the routing cache off) on
+- one decision: the serving path (routerops.serving.routing.ScoreBatcher.score with the routing cache off) on
   prompts never seen before, embedding included, one at a time: p50/p99;
 - batched decisions/s: MFRouter.score on one list of unseen prompts;
 - embed all: every distinct prompt in ../shared/data (scores/, alpaca_eval, arena_hard, routerbench,
@@ -71,7 +71,7 @@ def shared_prompts(shared: Path) -> list[str]:
 COLD = """
 import json, sys, time
 t0 = time.perf_counter()
-from routerops.embeddings import SentenceTransformerEmbedder, load_built_embedder
+from routerops.models.embeddings import SentenceTransformerEmbedder, load_built_embedder
 kind, path, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 if kind == "minilm":
     import torch; torch.set_num_threads(threads)
@@ -96,8 +96,8 @@ def cold_start(kind: str, path: str, threads: int) -> dict:
 
 
 def random_router(embedder, seed: int = 0):  # noqa: ANN001, ANN201
-    from routerops.embeddings import embedding_ref
-    from training.router_model import MFRouter
+    from routerops.models.embeddings import embedding_ref
+    from routerops.models.router import MFRouter
 
     rng = np.random.default_rng(seed)
     dim = 16
@@ -115,7 +115,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def measure(kind: str, embedder, prompts: list[str], args: argparse.Namespace, total: int) -> dict:  # noqa: ANN001
-    from serving.routing import ScoreBatcher
+    from routerops.serving.routing import ScoreBatcher
 
     router = random_router(embedder)
     batcher = ScoreBatcher("strong", "weak", cache_size=0)
@@ -175,7 +175,7 @@ def main() -> int:
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     import torch
 
-    from routerops.embeddings import SentenceTransformerEmbedder, load_built_embedder
+    from routerops.models.embeddings import SentenceTransformerEmbedder, load_built_embedder
 
     torch.set_num_threads(args.threads)
     results: dict[str, dict] = {}

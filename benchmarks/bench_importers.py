@@ -17,11 +17,11 @@ from pathlib import Path
 from routerops.db import migrate
 from routerops.db.models import ImportBatch, PreferenceLog
 from routerops.db.session import session_scope
+from routerops.importers import import_file
+from routerops.importers.alpaca_eval import parse
+from routerops.importers.records import ImportOptions, Pair
 from routerops.model_names import load_catalog
 from routerops.text import prompt_hash
-from training.importers import import_file
-from training.importers.alpaca_eval import parse
-from training.importers.records import ImportOptions, Pair
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval" / "annotations"
 

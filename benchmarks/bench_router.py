@@ -41,9 +41,9 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from routerops.local_models import minilm_path
-    from training.eval_sets import load_routerbench
-    from training.router_model import load_router
-    from training.train_router import train_router
+    from routerops.models.router import load_router
+    from routerops.training.eval_sets import load_routerbench
+    from routerops.training.train_router import train_router
 
     shared = args.shared_data
     from routerops.db import session_scope

@@ -58,7 +58,7 @@ def prepare(data_dir: Path, embedder: str = "static", static_path: str | None = 
     from routerops.db.models import PreferenceLog
     from routerops.settings import Settings
     from routerops.text import prompt_hash
-    from training.train_router import train_router
+    from routerops.training.train_router import train_router
 
     outputs = SHARED / "alpaca_eval" / "model_outputs"
     if (outputs / "gpt4_1106_preview.json.gz").is_file():
@@ -164,7 +164,7 @@ def main() -> int:
         port = 18000 + os.getpid() % 1000
         server_env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEROPS_")} | env
         log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "serve", "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "routerops.orchestration.cli", "serve", "--port", str(port),
                                  "--log-level", "warning"], env=server_env, stdout=log, stderr=log)
         base_url = f"http://127.0.0.1:{port}"
         try:

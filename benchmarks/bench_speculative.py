@@ -32,7 +32,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
-from serving.speculative import (  # noqa: E402
+from routerops.serving.speculative import (  # noqa: E402
     EarlyExitDraft,
     ModelDraft,
     PromptLookupDraft,
@@ -40,7 +40,7 @@ from serving.speculative import (  # noqa: E402
     encode_prompt,
     expected_speedup,
 )
-from serving.speculative.decoder import eos_ids  # noqa: E402
+from routerops.serving.speculative.decoder import eos_ids  # noqa: E402
 
 PROMPTS = [
     "Fix the spelling mistakes in this paragraph and return the corrected paragraph: The comittee met on "
@@ -96,7 +96,7 @@ def hf_generate(model: torch.nn.Module, ids: list[int], new_tokens: int, **kwarg
 def pass_cost_curve(model: torch.nn.Module, ids: list[int], max_n: int, reps: int = 5) -> dict[int, float]:
     """Seconds of one target pass over n new tokens after `ids`, n = 1..max_n (best of 2 sweeps of
     per-n medians, so a busy moment does not bend the curve)."""
-    from serving.speculative.kv import crop_to, forward_logits
+    from routerops.serving.speculative.kv import crop_to, forward_logits
 
     cache = DynamicCache()
     forward_logits(model, ids, cache, "cpu", last_only=True)
@@ -120,7 +120,7 @@ def lookup_ceiling(prompts: list[list[int]], refs: list[list[int]], curve: dict[
 
     best[p] = min over g of r(g + 1) + best[p + min(g, acc(p)) + 1], acc(p) = how many of the lookup's
     proposal at position p the greedy output confirms. Loop overhead and lookup time are left out."""
-    from serving.speculative.drafts import lookup_continuation
+    from routerops.serving.speculative.drafts import lookup_continuation
 
     base = cost = passes = 0.0
     for ids, ref in zip(prompts, refs, strict=True):
@@ -182,8 +182,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from routerops.local_models import LLMSpec, load_llm
+    from routerops.models.exit_head import default_head_path, load_head
     from routerops.settings import get_settings
-    from serving.speculative.exit_head import default_head_path, load_head
 
     loaded = load_llm(LLMSpec.resolve("smollm2-135m-instruct"))
     model, tok = loaded.model, loaded.tokenizer

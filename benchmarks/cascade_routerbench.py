@@ -11,12 +11,12 @@ the per-rung combiners and picks the ladder and thresholds; test is only replaye
 test mean cost over GPT-4's test mean cost, for the plan chosen on train for "train accuracy >=
 GPT-4's train accuracy" (and 98% of it). The last line is one JSON object.
 
---answer-scorer adds the static-embedding answer scorer (training.cascade_scorer.answer_scorer),
+--answer-scorer adds the static-embedding answer scorer (routerops.models.cascade_scorer.answer_scorer),
 cross-fitted on all of train, as one more combiner input ("signals+as", and "signals+as+ce" on the
 cross-encoder's ladders); --answer-scorer-only drops the plans without it, for a clean comparison.
 
 --second-opinions adds first rungs "A+B": model A's answer, paid for with B's as well and scored with
-their agreement (training.cascade_scorer.features.rung_parts); "none" turns them off.
+their agreement (routerops.models.cascade_scorer.features.rung_parts); "none" turns them off.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ DEFAULT_SECOND_OPINIONS = ("mistralai/mixtral-8x7b-chat+zero-one-ai/Yi-34B-Chat,
 
 
 def short(m: str) -> str:
-    from training.cascade_scorer.features import short_rung
+    from routerops.models.cascade_scorer.features import short_rung
 
     return short_rung(m)
 
@@ -120,10 +120,10 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from routerops.models.cascade_scorer.features import rung_parts
     from routerops.settings import get_settings
-    from training.cascade_eval import GPT4
-    from training.cascade_scorer.features import rung_parts
-    from training.cascade_scorer.routerbench import (
+    from routerops.training.cascade_eval import GPT4
+    from routerops.training.cascade_scorer.routerbench import (
         DEFAULT_MODELS,
         SignalCache,
         alias_rungs,
@@ -154,14 +154,14 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     plain_fits = list(fits)  # agreement only: the "before" of every other scorer on the same ladder
     as_stats = as_fit = as_test = None
     if args.answer_scorer:
-        from routerops.embeddings import get_embedder
+        from routerops.models.embeddings import get_embedder
 
         embedder = get_embedder(settings, backend="static", model=str(args.embedder_path) if args.embedder_path else None)
         _, as_fit, as_test, as_stats = answer_scorer_logits(data, plain, embedder, seed=args.seed)
         as_fit, as_test = alias_rungs(as_fit, data.models), alias_rungs(as_test, data.models)
         print(f"answer scorer ({embedder.name}): {as_stats['train_rows']} (query, answer) rows of all of train, "
               f"{as_stats['folds']}-fold cross-fit, {as_stats['seconds']:.0f}s (embedding {as_stats['embed_seconds']:.0f}s)")
-        from training.cascade_scorer.model import rung_metrics
+        from routerops.models.cascade_scorer.model import rung_metrics
 
         tasks = data.test.tasks
         for m in plain[:-1]:
@@ -258,7 +258,7 @@ def main() -> None:  # noqa: PLR0915 - one linear report
 
     # what a cascade that knows the query's task would do: one plan per task, chosen together on train
     # (each test query gets the plan of the task a classifier on its prompt predicts, as serving would)
-    from routerops.embeddings import get_embedder
+    from routerops.models.embeddings import get_embedder
 
     task_embedder = get_embedder(settings, backend="static",
                                  model=str(args.embedder_path) if args.embedder_path else None)
@@ -376,7 +376,7 @@ def main() -> None:  # noqa: PLR0915 - one linear report
 
 
 def _replay(table, ladder, thresholds) -> tuple[float, float]:  # noqa: ANN001
-    from training.cascade_eval import simulate
+    from routerops.training.cascade_eval import simulate
 
     return simulate(table, ladder, thresholds)
 

@@ -41,12 +41,12 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from routerops.embeddings import get_embedder
     from routerops.local_models import LLMSpec, load_llm
+    from routerops.models.embeddings import get_embedder
+    from routerops.models.probes.features import default_layers, text_features
     from routerops.settings import get_settings
-    from training.probes.dataset import grade_headline, load_headlines
-    from training.probes.features import default_layers, text_features
-    from training.probes.train import ProbeData, evaluate, hidden_probe_data, log_probe
+    from routerops.training.probes.dataset import grade_headline, load_headlines
+    from routerops.training.probes.train import ProbeData, evaluate, hidden_probe_data, log_probe
 
     settings = get_settings()
     t0 = time.perf_counter()

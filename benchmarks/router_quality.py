@@ -5,7 +5,7 @@ or more router configurations, beside random (0.5) and the oracle.
     python benchmarks/router_quality.py [--data-dir DIR] [--config NAME=JSON ...] [--ablate SOURCE ...]
                                         [--json out.json]
 
---config NAME=JSON: keyword arguments of training.train_router.train_router (default: the shipped
+--config NAME=JSON: keyword arguments of routerops.training.train_router.train_router (default: the shipped
 defaults, and RouteLLM's MF term alone, "mf"). --ablate S: also train without source S and print the
 LOSO table of the other sources, so one sees what S buys or costs. The store (imports and the
 embedding cache) lives in --data-dir and is reused on a rerun. Every training run is an MLflow run
@@ -29,7 +29,7 @@ DEFAULT_CONFIGS = {"irt-mf (default)": {}, "mf (RouteLLM term only)": {"formulat
 
 
 def _train(settings, shared: Path, **kwargs):  # noqa: ANN001, ANN202
-    from training.train_router import train_router
+    from routerops.training.train_router import train_router
 
     evals = [shared / "routerbench" / f"{s}_test.csv.gz" for s in SPLITS]
     return train_router(settings, eval_sets=evals, eval_strong=STRONG, eval_weak=WEAK, loso=True,

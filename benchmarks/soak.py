@@ -70,10 +70,10 @@ def prepare(tmp: Path) -> tuple[dict[str, str], Path, list[str]]:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     from routerops.backends.replay import read_records
     from routerops.db import migrate
-    from routerops.embedders.static import StaticBuildConfig, build_static
+    from routerops.importers.core import import_file
+    from routerops.models.embedders.static import StaticBuildConfig, build_static
     from routerops.settings import Settings
-    from training.importers.core import import_file
-    from training.train_router import train_router
+    from routerops.training.train_router import train_router
 
     data_dir = tmp / "data"
     outputs = SHARED / "alpaca_eval" / "model_outputs"
@@ -215,7 +215,7 @@ def main() -> int:  # noqa: C901
         wait_http(f"http://127.0.0.1:{mlflow_port}/health", 180, mlflow_proc, mlflow_log)
         server_env = {k: v for k, v in os.environ.items() if not k.startswith(("ROUTEROPS_", "MLFLOW_"))} | env | {
             "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", "MLFLOW_DISABLE_TELEMETRY": "true"}
-        api = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "serve", "--port", str(api_port),
+        api = subprocess.Popen([sys.executable, "-m", "routerops.orchestration.cli", "serve", "--port", str(api_port),
                                 "--log-level", "warning"], env=server_env, cwd=ROOT, stdout=api_log.open("w"),
                                stderr=subprocess.STDOUT, start_new_session=True)
         base = f"http://127.0.0.1:{api_port}"

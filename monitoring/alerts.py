@@ -23,16 +23,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from routerops.db.models import Alert
+from routerops.db.monitor_gauges import KINDS, active_alert_gauges, open_category_regressions  # noqa: F401
 from routerops.settings import Settings
 
 if TYPE_CHECKING:
-    from monitoring.categories import CategoryFigures
+    from routerops.monitoring.categories import CategoryFigures
 
 log = logging.getLogger(__name__)
 
 # Kinds whose gauge always exists on /metrics (0 when none is open); any other kind gets its gauge
 # from its first alert on (active_alert_gauges).
-KINDS = ("pgr_regression", "category_regression", "drift", "live_drift", "strong_share_shift")
 
 
 @dataclass
@@ -174,23 +174,6 @@ def process_conditions(session: Session, settings: Settings, conditions: list[Co
             log.info("alert resolved: %s", cond.dedupe_key)
     session.flush()
     return opened
-
-
-def active_alert_gauges(session: Session) -> dict[str, float]:
-    """Prometheus gauges for serving's /metrics: routerops_<kind>_active = 1.0 while an alert of that
-    kind is open, else 0.0: every kind in KINDS (those series always exist) and every other kind that
-    ever had an alert (so a resolved live_drift reads 0, not a missing series)."""
-    open_kinds = set(session.scalars(select(Alert.kind).where(Alert.status == "open")))
-    seen = set(session.scalars(select(Alert.kind).distinct()))
-    return {f"routerops_{kind}_active": 1.0 if kind in open_kinds else 0.0
-            for kind in (*KINDS, *sorted(seen - set(KINDS)))}
-
-
-def open_category_regressions(session: Session) -> list[str]:
-    """Categories with an open category_regression alert (any golden set), sorted."""
-    payloads = session.scalars(select(Alert.payload).where(Alert.kind == "category_regression",
-                                                            Alert.status == "open"))
-    return sorted({str(p["category"]) for p in payloads if p and p.get("category") is not None})
 
 
 def write_textfile(session: Session, settings: Settings, extra: dict[str, float] | None = None) -> Path:

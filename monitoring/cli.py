@@ -39,9 +39,9 @@ def golden_record(output: Path, prompts_path: Path | None, max_new_tokens: int |
                   from_alpaca_eval: bool, weak_outputs: Path | None, strong_outputs: Path | None,
                   annotations: tuple[Path, ...], limit: int | None) -> None:
     """Record a golden set against the configured pair (or from AlpacaEval recordings)."""
-    from monitoring import golden as g
-    from monitoring.replay import load_live_router
     from routerops.model_names import UnknownModelError
+    from routerops.monitoring import golden as g
+    from routerops.monitoring.replay import load_live_router
 
     settings = _settings()
     router = None if no_router else load_live_router(settings)
@@ -99,10 +99,10 @@ def monitor() -> None:
 def monitor_run(golden_path: Path | None, judge_annotations: tuple[Path, ...], no_recalibrate: bool,
                 no_dashboards: bool, as_json: bool) -> None:
     """Replay the golden set once and record the run (monitor_runs)."""
-    from monitoring.golden import GoldenFormatError
-    from monitoring.quality import RecordedJudge
-    from monitoring.replay import run_monitor
     from routerops.jsonsafe import json_safe
+    from routerops.monitoring.golden import GoldenFormatError
+    from routerops.monitoring.quality import RecordedJudge
+    from routerops.monitoring.replay import run_monitor
 
     settings = _settings()
     judge = RecordedJudge(judge_annotations) if judge_annotations else None
@@ -130,7 +130,7 @@ def monitor_run(golden_path: Path | None, judge_annotations: tuple[Path, ...], n
         click.echo(f"  quality: weak {q['weak']:.3f}, strong {q['strong']:.3f}, routed {q['routed']:.3f}")
     cats = m.get("categories")
     if cats and cats["rows"]:
-        from monitoring.categories import CategoryFigures, table
+        from routerops.monitoring.categories import CategoryFigures, table
 
         for line in table([CategoryFigures(**row) for row in cats["rows"]], cats["min_traces"]):
             click.echo(f"  {line}")
@@ -158,8 +158,8 @@ def monitor_run(golden_path: Path | None, judge_annotations: tuple[Path, ...], n
 @click.option("--json", "as_json", is_flag=True, help="Print the full metrics as JSON.")
 def monitor_live(no_dashboards: bool, as_json: bool) -> None:
     """Live traffic vs the live router's training reference: drift and strong-call share."""
-    from monitoring.live_drift import run_live_drift
     from routerops.jsonsafe import json_safe
+    from routerops.monitoring.live_drift import run_live_drift
 
     settings = _settings()
     r = run_live_drift(settings, write_dashboards=not no_dashboards)
@@ -191,8 +191,8 @@ def monitor_live(no_dashboards: bool, as_json: bool) -> None:
 @click.option("--port", type=int, default=8001, show_default=True)
 def monitor_ui(host: str, port: int) -> None:
     """Run the Evidently UI on the workspace, after creating the project it must watch."""
-    from monitoring.dashboards import ensure_project
     from routerops.console_scripts import console_script
+    from routerops.monitoring.dashboards import ensure_project
 
     settings = _settings()
     project_id = ensure_project(settings)
@@ -211,9 +211,9 @@ def alpha() -> None:
 
 @alpha.command("show")
 def alpha_show() -> None:
-    from monitoring.replay import load_live_router
     from routerops.alpha import live_alpha
     from routerops.db import session_scope
+    from routerops.monitoring.replay import load_live_router
 
     settings = _settings()
     try:  # the champion's calibration can be the live alpha

@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from monitoring.drift import quiet_evidently
+from routerops.monitoring.drift import quiet_evidently
 from routerops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def category_column(category: str) -> str:
     return "cat_" + "".join(c if c.isalnum() else "_" for c in category.lower())
 
 
-def summary_row(result) -> dict[str, float]:  # noqa: ANN001 - monitoring.replay.MonitorResult
+def summary_row(result) -> dict[str, float]:  # noqa: ANN001 - routerops.monitoring.replay.MonitorResult
     od = result.metrics["output_drift"]
     q = result.metrics.get("quality") or {}
     nan = float("nan")
@@ -174,7 +174,7 @@ def add_run_snapshots(settings: Settings, result, drift) -> dict[str, Any]:  # n
     with quiet_evidently():
         snap = summary.run(current_data=pd.DataFrame([row]), timestamp=now)
     ids = {"summary": str(ws.add_run(project.id, snap).id)}  # add_run returns a SnapshotRef
-    if drift.snapshot is not None:  # tagged "drift" by monitoring.replay
+    if drift.snapshot is not None:  # tagged "drift" by routerops.monitoring.replay
         ids["drift"] = str(ws.add_run(project.id, drift.snapshot).id)
     return {"workspace": str(settings.resolved_evidently_workspace), "project_id": str(project.id),
             "snapshots": ids, "ui_reloaded": notify_ui(settings, str(project.id))}
@@ -185,7 +185,7 @@ def add_live_snapshots(settings: Settings, result, drift) -> dict[str, Any]:  # 
     from evidently import Report
     from evidently.metrics import MeanValue
 
-    from monitoring.live_drift import summary_row as live_row
+    from routerops.monitoring.live_drift import summary_row as live_row
 
     ws, project = get_project(settings)
     now = datetime.now(UTC).replace(tzinfo=None)
@@ -195,7 +195,7 @@ def add_live_snapshots(settings: Settings, result, drift) -> dict[str, Any]:  # 
         snap = Report([MeanValue(column=c) for c in row], tags=["live"], metadata=meta).run(
             current_data=pd.DataFrame([row]), timestamp=now)
     ids = {"live": str(ws.add_run(project.id, snap).id)}
-    if drift.snapshot is not None:  # tagged "live-drift" by monitoring.live_drift
+    if drift.snapshot is not None:  # tagged "live-drift" by routerops.monitoring.live_drift
         ids["live-drift"] = str(ws.add_run(project.id, drift.snapshot).id)
     return {"workspace": str(settings.resolved_evidently_workspace), "project_id": str(project.id),
             "snapshots": ids, "ui_reloaded": notify_ui(settings, str(project.id))}

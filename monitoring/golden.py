@@ -192,8 +192,8 @@ class QualityGap:
 def recorded_quality_gap(traces: Sequence[GoldenTrace]) -> QualityGap:
     """The quality gap of the recorded answers (gold match, or the judge's P(weak wins)). A set with
     no gap gives a null PGR on every replay of it, whatever the router does."""
-    from monitoring.quality import gold_match
     from routerops.metrics import quality_gap_problem
+    from routerops.monitoring.quality import gold_match
 
     weak_q, strong_q = [], []
     for t in traces:
@@ -254,7 +254,7 @@ def score_prompts(router, prompts: Sequence[str], settings):  # noqa: ANN001, AN
     import numpy as np
 
     from routerops.db import session_scope
-    from routerops.embeddings import embed_cached
+    from routerops.models.embeddings import embed_cached
 
     strong, weak = router.pair(settings.strong_router_name, settings.weak_router_name)  # unknown name: fail first
     with session_scope(settings) as session:

@@ -105,8 +105,8 @@ def _fmt(v: float | None) -> str:
 
 
 def golden_slice(settings: Settings) -> EvalSlice | None:
-    from monitoring.golden import load_golden
-    from monitoring.quality import gold_match
+    from routerops.monitoring.golden import load_golden
+    from routerops.monitoring.quality import gold_match
 
     if not settings.golden_set.is_file():
         return None
@@ -152,7 +152,7 @@ def holdout_slice(settings: Settings, router) -> EvalSlice | None:  # noqa: ANN0
 
 
 def _evaluate(router, sl: EvalSlice, settings: Settings, alpha: float) -> dict[str, float | None]:  # noqa: ANN001
-    from monitoring.golden import score_prompts
+    from routerops.monitoring.golden import score_prompts
 
     scores = score_prompts(router, sl.prompts, settings)
     q_router, share = metrics.routed_quality(scores, sl.weak_q, sl.strong_q, alpha)
@@ -168,7 +168,7 @@ def compare_challenger(settings: Settings, challenger_version: str | int) -> dic
     """Score challenger and champion, tag the challenger version, log the summary; returns the dict."""
     from routerops.alpha import live_alpha
     from routerops.db import session_scope
-    from training.router_model import load_router
+    from routerops.models.router import load_router
 
     name = settings.router_model_name
     client = registry.client(settings)

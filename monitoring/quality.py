@@ -59,7 +59,7 @@ class RecordedJudge:
 
     def p_weak_wins(self, prompt: str, weak_model: str, weak_output: str, strong_model: str,
                     strong_output: str) -> float | None:
-        from monitoring.golden import read_judge_labels
+        from routerops.monitoring.golden import read_judge_labels
 
         key = (weak_model, strong_model)
         if key not in self._pairs:

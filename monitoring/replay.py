@@ -3,20 +3,20 @@
 Per run (one monitor_runs row, id = run id):
 - output drift per model: exact-match rate vs the recorded output, mean difflib similarity ratio,
   relative change of the mean length in words;
-- quality on the labels for weak, strong and routed answers (monitoring.quality), label coverage;
+- quality on the labels for weak, strong and routed answers (routerops.monitoring.quality), label coverage;
 - PGR at the live alpha with the live router (`champion`); without a champion every prompt goes to
   strong (PGR 1 by definition) and the run says so (`router: null`, `routing: "all-strong"`);
   PGR is null, with `pgr_null_reason`, when strong is not better than weak on the replay (no gap to
-  recover) or nothing is labelled: it is then never alerted on (monitoring.alerts);
+  recover) or nothing is labelled: it is then never alerted on (routerops.monitoring.alerts);
 - baseline PGR: the same router at the same alpha on the RECORDED outputs and labels, i.e. what PGR
   would be had nothing drifted. A drop below it by more than `pgr_tolerance` is a regression;
-- per category of the golden set (monitoring.categories): quality, PGR, baseline and strong share,
+- per category of the golden set (routerops.monitoring.categories): quality, PGR, baseline and strong share,
   for categories with at least `category_min_traces` labelled traces; a category whose PGR drops
   below its baseline by more than `pgr_tolerance` is a category regression (one alert per category);
-- distribution drift (Evidently, monitoring.drift) of router scores and output statistics;
-then alerts (monitoring.alerts), alpha recalibration (monitoring.recalibrate; skipped, with the reason
+- distribution drift (Evidently, routerops.monitoring.drift) of router scores and output statistics;
+then alerts (routerops.monitoring.alerts), alpha recalibration (routerops.monitoring.recalibrate; skipped, with the reason
 in the metrics' `recalibration_skipped`, while PGR is null), an Evidently snapshot
-(monitoring.dashboards) and an MLflow run with figures (monitoring.reporting).
+(routerops.monitoring.dashboards) and an MLflow run with figures (routerops.monitoring.reporting).
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from monitoring.categories import per_category
-from monitoring.drift import drift_report, output_stats
-from monitoring.golden import GoldenTrace, load_golden, score_prompts
-from monitoring.quality import Judge, gold_match
 from routerops import metrics
 from routerops.checkpoint import checkpoint
 from routerops.jsonsafe import json_safe
+from routerops.monitoring.categories import per_category
+from routerops.monitoring.drift import drift_report, output_stats
+from routerops.monitoring.golden import GoldenTrace, load_golden, score_prompts
+from routerops.monitoring.quality import Judge, gold_match
 from routerops.owner import owner, owner_gone
 from routerops.settings import Settings
 
@@ -85,14 +85,14 @@ def golden_key(path: Path) -> str:
     return f"{path.name}:{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
 
 
-def load_live_router(settings: Settings):  # noqa: ANN201 - training.router_model.MFRouter | None
+def load_live_router(settings: Settings):  # noqa: ANN201 - routerops.models.router.MFRouter | None
     """The `champion` router, or None when no version holds the alias."""
     from routerops import registry
 
     live = registry.version_by_alias(settings.router_model_name, registry.CHAMPION, settings)
     if live is None:
         return None
-    from training.router_model import load_router
+    from routerops.models.router import load_router
 
     return load_router(live.uri, settings)
 
@@ -189,11 +189,11 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
                 write_dashboards: bool = True, log_mlflow: bool = True, progress: bool = True) -> MonitorResult:
     """Replay, measure, alert, recalibrate, record. `weak`/`strong` default to the configured pair;
     `router="live"` loads the champion (None: no router, all-strong routing)."""
-    from monitoring import alerts as alerts_mod
-    from monitoring.recalibrate import recalibrate
     from routerops.alpha import live_alpha
     from routerops.db import session_scope
     from routerops.db.models import MonitorRun
+    from routerops.monitoring import alerts as alerts_mod
+    from routerops.monitoring.recalibrate import recalibrate
 
     t0 = time.perf_counter()
     path = Path(golden or settings.golden_set)
@@ -274,7 +274,7 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
             drift = drift_report(ref_df, cur_df, timestamp=datetime.now(UTC).replace(tzinfo=None), tags=["drift"],
                                  metadata={"monitor_run_id": run_id, "router_version": str(live_version)})
         else:  # every statistic constant and unchanged on both sides: nothing drifted
-            from monitoring.drift import DriftResult
+            from routerops.monitoring.drift import DriftResult
 
             drift = DriftResult(False, 0.0, [], {}, True)
         m["drift"] = drift.to_dict()
@@ -345,7 +345,7 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
                                pgr_null_reason=pgr_reason, baseline_pgr_null_reason=baseline_reason)
         if write_dashboards:
             try:
-                from monitoring.dashboards import add_run_snapshots
+                from routerops.monitoring.dashboards import add_run_snapshots
 
                 m["evidently"] = add_run_snapshots(settings, result, drift)
             except Exception as exc:  # noqa: BLE001 - the measurement stands even if the UI store fails
@@ -353,7 +353,7 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
                 m["evidently_error"] = f"{type(exc).__name__}: {exc}"
         if log_mlflow:
             try:
-                from monitoring.reporting import log_monitor_run
+                from routerops.monitoring.reporting import log_monitor_run
 
                 m["mlflow_run_id"] = log_monitor_run(settings, result, ok, scores)
             except Exception as exc:  # noqa: BLE001

@@ -62,8 +62,8 @@ def _plots(result, ok, scores: np.ndarray, out: Path) -> list[Path]:  # noqa: AN
 def log_monitor_run(settings: Settings, result, ok, scores: np.ndarray) -> str:  # noqa: ANN001
     import mlflow
 
-    from monitoring.dashboards import summary_row
     from routerops.checkpoint import checkpoint
+    from routerops.monitoring.dashboards import summary_row
     from routerops.owner import owner
     from routerops.registry import OWNER_TAG, configure_mlflow, mark_killed_runs
 
@@ -82,7 +82,7 @@ def log_monitor_run(settings: Settings, result, ok, scores: np.ndarray) -> str: 
         checkpoint("monitor-mlflow")
         cats = result.metrics.get("categories")
         if cats:
-            from monitoring.categories import CategoryFigures, mlflow_metrics
+            from routerops.monitoring.categories import CategoryFigures, mlflow_metrics
 
             mlflow.log_metrics(mlflow_metrics([CategoryFigures(**row) for row in cats["rows"]]))
             mlflow.log_param("category_min_traces", cats["min_traces"])

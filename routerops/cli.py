@@ -1,5 +1,5 @@
 """The base's own commands, `routerops db ...` and `routerops approve`: they import nothing above the
-base. The entry point that assembles every command is orchestration.cli."""
+base. The entry point that assembles every command is routerops.orchestration.cli."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Endpoints: POST /v1/chat/completions (streaming included), GET /v1/models, POST /v1/feedback,
 GET /healthz (no auth), GET /metrics, and admin: POST /admin/reload, POST /admin/ingest,
 GET /admin/feedback. Every chat response carries the `routerops` field and x-routerops-* headers
-(see serving.schemas.RouterOpsInfo). Blocking work (models, database, MLflow) runs in a threadpool.
+(see routerops.serving.schemas.RouterOpsInfo). Blocking work (models, database, MLflow) runs in a threadpool.
 
 The routes live in serving/api/routes (one module per resource), their shared dependencies (state,
 auth) in serving/api/deps.py; this factory only builds the state and assembles them.
@@ -20,17 +20,17 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from routerops.backends.factory import BackendPair, make_pair
+from routerops.serving.api.deps import ServingState
+from routerops.serving.api.main import api_router
+from routerops.serving.api.middleware import INGEST_MAX_BYTES, BodyLimitMiddleware
+from routerops.serving.auth import Authenticator
+from routerops.serving.errors import install_error_handlers
+from routerops.serving.failover import Guard
+from routerops.serving.metrics import ServingMetrics
+from routerops.serving.request_log import Prices, RequestLogWriter
+from routerops.serving.routing import RouterState
+from routerops.serving.strategies import ServingContext, build_strategies
 from routerops.settings import Settings
-from serving.api.deps import ServingState
-from serving.api.main import api_router
-from serving.api.middleware import INGEST_MAX_BYTES, BodyLimitMiddleware
-from serving.auth import Authenticator
-from serving.errors import install_error_handlers
-from serving.failover import Guard
-from serving.metrics import ServingMetrics
-from serving.request_log import Prices, RequestLogWriter
-from serving.routing import RouterState
-from serving.strategies import ServingContext, build_strategies
 
 __all__ = ["INGEST_MAX_BYTES", "BodyLimitMiddleware", "create_app"]
 

@@ -3,11 +3,11 @@ escalate to the next model only when the probe doubts the answer.
 
 Interface for the API (the `cascade` strategy)::
 
-    from serving.cascade import CascadeStep, run_cascade, load_cascade_config
+    from routerops.serving.cascade import CascadeStep, run_cascade, load_cascade_config
 
     config = load_cascade_config(session)            # CascadeConfig | None (None: not calibrated yet)
     ladder = [CascadeStep(backends[name], price_in, price_out) for name in config.models]
-    probe = training.probes.model.load_probe(config.probe_uri or "models:/deferral-probe@champion", settings)
+    probe = routerops.models.probes.model.load_probe(config.probe_uri or "models:/deferral-probe@champion", settings)
     result = run_cascade(messages, params, ladder, probe, config.thresholds)
     result.text, result.answered_by, result.escalated, result.probe_score, result.threshold, result.cost
 
@@ -15,7 +15,7 @@ Rule: at step i (all but the last), the probe gives P(answer good) for that step
 is returned iff P >= thresholds[i], otherwise the next step generates. The last step's answer is
 always returned. `probe_scorer` is any callable (messages, Generation) -> float; pass a list (one per
 non-final step) when the steps need different probes. A scorer with a `score_step(step, messages,
-generations)` method (training.cascade_scorer's CascadeScorer) is called that way instead, so it sees
+generations)` method (routerops.training.cascade_scorer's CascadeScorer) is called that way instead, so it sees
 the earlier rungs' answers (agreement signals). With explore=True every rung generates (the logged
 steps then give threshold refits every rung's outcome) while the answer returned is still the one
 the thresholds pick. A step with a `partner` takes a second opinion (agreement-based cascading): the
@@ -41,11 +41,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from routerops.backends.base import Backend, BackendError, Generation, GenerationParams, Message
+from routerops.models.cascade_config import (  # noqa: F401 - serving's callers read them here
+    CONFIG_KEY,
+    CascadeConfig,
+    CascadeConfigError,
+    load_cascade_config,
+    save_cascade_config,
+)
 
 log = logging.getLogger(__name__)
 
 ProbeScorer = Callable[[Sequence[Message], Generation], float]
-CONFIG_KEY = "cascade"
 SECOND_SAMPLE_TEMPERATURE = 0.7  # a greedy second sample of the same model would only repeat the first
 
 
@@ -105,10 +111,6 @@ class CascadeResult:
     @property
     def generation(self) -> Generation:
         return self.generations[self.answered_step]
-
-
-class CascadeConfigError(ValueError):
-    pass
 
 
 def _scorer_for(probe_scorer: ProbeScorer | Sequence[ProbeScorer], step: int) -> ProbeScorer:
@@ -215,77 +217,3 @@ def run_cascade(messages: Sequence[Message], params: GenerationParams, ladder: S
                          generations=generations, scores=scores, cost=cost, answered_step=answered,
                          explored=explore and len(generations) == len(ladder), steps=steps, skipped=skipped,
                          step_costs=step_costs, second_opinion_errors=partner_errors)
-
-
-@dataclass
-class CascadeConfig:
-    """What `routerops cascade calibrate` decides and serving reads: the ordered models and the
-    acceptance thresholds (len(models) - 1), plus how they were chosen and what they promise."""
-
-    models: list[str]
-    thresholds: list[float]
-    probe_uri: str | None = None
-    scorer_uri: str | None = None  # a registered cascade scorer (ladder-aware); wins over probe_uri
-    explore_rate: float = 0.0  # share of requests that run the whole ladder (outcomes for refits)
-    objective: str = "manual"  # "max_quality_under_budget" | "min_cost_at_quality" | "manual"
-    budget: float | None = None  # USD per query
-    quality_target: float | None = None
-    expected: dict[str, float] = field(default_factory=dict)  # e.g. train/test accuracy and cost
-    source: str | None = None  # the data it was calibrated on
-    calibrated_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
-
-    def __post_init__(self) -> None:
-        if not self.models:
-            raise CascadeConfigError("a cascade needs at least one model")
-        from training.cascade_scorer.features import rung_parts
-
-        for rung in self.models:
-            try:
-                rung_parts(rung)
-            except ValueError as exc:
-                raise CascadeConfigError(str(exc)) from None
-        if rung_parts(self.models[-1])[1] is not None:
-            raise CascadeConfigError(f"the last rung {self.models[-1]!r} is never scored: a second opinion "
-                                     "there would only cost")
-        if len(self.thresholds) != len(self.models) - 1:
-            raise CascadeConfigError(f"{len(self.models)} models need {len(self.models) - 1} thresholds, "
-                                     f"got {len(self.thresholds)}")
-        if not 0.0 <= float(self.explore_rate) <= 1.0:
-            raise CascadeConfigError(f"explore_rate {self.explore_rate} is not in [0, 1]")
-        for t in self.thresholds:
-            if not (0.0 <= float(t) <= 1.0 + 1e-5) and not math.isinf(t):
-                raise CascadeConfigError(f"threshold {t} is not a probability in [0, 1]")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        # JSON has no infinity: "always escalate" is stored as a threshold just above 1
-        d["thresholds"] = [min(float(t), 1.0 + 1e-6) for t in self.thresholds]
-        return d
-
-    @classmethod
-    def from_dict(cls, value: dict[str, Any]) -> CascadeConfig:
-        known = {k: value[k] for k in cls.__dataclass_fields__ if k in value}
-        missing = {"models", "thresholds"} - set(known)
-        if missing:
-            raise CascadeConfigError(f"stored cascade config lacks {sorted(missing)}")
-        return cls(**known)
-
-
-def save_cascade_config(session, config: CascadeConfig) -> None:  # noqa: ANN001
-    """Upsert the config under serving_state key "cascade" (committed by the caller's transaction)."""
-    from routerops.db.models import ServingState
-
-    row = session.get(ServingState, CONFIG_KEY)
-    if row is None:
-        session.add(ServingState(key=CONFIG_KEY, value=config.to_dict()))
-    else:
-        row.value = config.to_dict()
-        row.updated_at = datetime.now(UTC)
-    session.flush()
-
-
-def load_cascade_config(session) -> CascadeConfig | None:  # noqa: ANN001
-    from routerops.db.models import ServingState
-
-    row = session.get(ServingState, CONFIG_KEY)
-    return None if row is None else CascadeConfig.from_dict(dict(row.value))

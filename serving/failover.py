@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 from routerops.backends.base import Backend, BackendError
 from routerops.backends.factory import BackendPair
+from routerops.serving.breaker import STATE_VALUE, BackendBreaker, CircuitOpen
 from routerops.settings import Settings
-from serving.breaker import STATE_VALUE, BackendBreaker, CircuitOpen
 
 T = TypeVar("T")
 OTHER = {"weak": "strong", "strong": "weak"}

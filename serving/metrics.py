@@ -12,7 +12,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 ROUTING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 
 
-class MonitorSnapshot(Protocol):  # monitoring.gauges.MonitorGauges (serving only reads it)
+class MonitorSnapshot(Protocol):  # routerops.db.monitor_gauges.MonitorGauges (serving only reads it)
     category_alerts: dict[str, float]
     latest: dict[str, float]
     categories: dict[str, dict[str, float]]

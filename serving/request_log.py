@@ -6,7 +6,7 @@ set, else from the model catalog (builtin models and the models table), else zer
 A failed write never fails the request (RequestLogWriter): the entry waits in a bounded in-memory
 buffer and is retried on the next successful write and by a timer; when the buffer is full the oldest
 entry is dropped. Failures, drops and the buffer's size are on /metrics. Entries still buffered at
-shutdown are spilled to a file and replayed by the next start (serving.request_log_spill).
+shutdown are spilled to a file and replayed by the next start (routerops.serving.request_log_spill).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from routerops.db import session_scope
 from routerops.db.models import RequestLog
 from routerops.db.session import is_connectivity
 from routerops.model_names import ModelCatalog, load_catalog
+from routerops.serving.request_log_spill import read_spill, spill_dir, spill_files, write_spill
 from routerops.settings import Settings
 from routerops.text import prompt_hash
-from serving.request_log_spill import read_spill, spill_dir, spill_files, write_spill
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def add_entry(session, settings: Settings, entry: LogEntry) -> None:  # noqa: AN
     extra = dict(entry.extra)
     steps = extra.pop("cascade_steps", None)
     if steps:
-        from serving.cascade_log import write_steps
+        from routerops.models.cascade_log import write_steps
 
         write_steps(session, entry.request_id, extra.get("cascade_models") or [s["model"] for s in steps], steps)
     session.add(RequestLog(
@@ -135,7 +135,7 @@ class RequestLogWriter:
     def __init__(self, settings: Settings, metrics: Any = None, capacity: int | None = None,
                  retry_interval_s: float | None = None, max_attempts: int = 3):
         self.settings = settings
-        self.metrics = metrics  # serving.metrics.ServingMetrics (optional: the soak and CLIs pass none)
+        self.metrics = metrics  # routerops.serving.metrics.ServingMetrics (optional: the soak and CLIs pass none)
         self.capacity = capacity if capacity is not None else settings.request_log_buffer_size
         self.retry_interval_s = retry_interval_s if retry_interval_s is not None \
             else settings.request_log_retry_interval_s

@@ -43,7 +43,7 @@ def registry_unreachable(uri: str) -> str:
 
 @dataclass(frozen=True)
 class Snapshot:
-    router: object | None  # training.router_model.MFRouter
+    router: object | None  # routerops.models.router.MFRouter
     version: str | None
     alpha: float
     alpha_source: str
@@ -221,7 +221,7 @@ class RouterState:
 
     # --- reload ---------------------------------------------------------------------------------
     def _load(self, version: str):  # noqa: ANN202
-        from training.router_model import load_router
+        from routerops.models.router import load_router
 
         uri = f"models:/{self.settings.router_model_name}/{version}"
         router = load_router(uri, self.settings)

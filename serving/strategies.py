@@ -19,10 +19,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from routerops.backends.base import Backend, BackendError, GenerationParams, Message
 from routerops.backends.factory import BackendPair
+from routerops.serving.failover import FailedAttempt, Guard, Served
+from routerops.serving.request_log import Prices
+from routerops.serving.routing import RouterState
 from routerops.settings import Settings
-from serving.failover import FailedAttempt, Guard, Served
-from serving.request_log import Prices
-from serving.routing import RouterState
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def _stop_filtered(deltas: Iterator[str], stops: tuple[str, ...]) -> Iterator[st
 class CascadeStrategy(Strategy):
     """Generate with the weak model, score the answer with the deferral probe, escalate if unsure.
 
-    The mechanism and its calibrated config live in serving.cascade (issue 4): the ladder and the
+    The mechanism and its calibrated config live in routerops.serving.cascade (issue 4): the ladder and the
     thresholds come from the stored config (`routerops cascade calibrate`), the probe from its
     probe_uri or models:/<probe_model_name>@champion. Config and probe are re-read every
     reload_interval_s, so a new calibration or an approved probe goes live without a restart.
@@ -251,9 +251,9 @@ class CascadeStrategy(Strategy):
 
     def unavailable(self) -> str | None:
         try:
-            import serving.cascade  # noqa: F401
+            import routerops.serving.cascade  # noqa: F401
         except ImportError as exc:
-            return f"serving.cascade is not installed ({exc})"
+            return f"routerops.serving.cascade is not installed ({exc})"
         return None
 
     def _role_of(self, name: str) -> str | None:
@@ -267,7 +267,7 @@ class CascadeStrategy(Strategy):
 
     def _load(self) -> tuple[Any, list, Any, list[str], list[str | None]]:
         from routerops.db import session_scope
-        from serving.cascade import CascadeConfigError, CascadeStep, load_cascade_config
+        from routerops.serving.cascade import CascadeConfigError, CascadeStep, load_cascade_config
 
         with self._lock:
             if self._loaded and time.monotonic() - self._loaded[0] < self.ctx.settings.reload_interval_s:
@@ -287,7 +287,7 @@ class CascadeStrategy(Strategy):
                                           f"({type(exc).__name__})") from None
             if config is None:
                 raise StrategyUnavailable("no cascade config yet: run `routerops cascade calibrate`")
-            from training.cascade_scorer.features import rung_parts
+            from routerops.models.cascade_scorer.features import rung_parts
 
             ladder, roles, partner_roles = [], [], []
             for rung in config.models:  # "A" or "A+B" (A's answer with a second opinion from B)
@@ -310,14 +310,14 @@ class CascadeStrategy(Strategy):
             uri = config.scorer_uri or config.probe_uri or f"models:/{settings.probe_model_name}@champion"
             try:
                 if config.scorer_uri:
-                    from training.cascade_scorer.registry import load_cascade_scorer
+                    from routerops.models.cascade_scorer.registry import load_cascade_scorer
 
                     probe = load_cascade_scorer(uri, settings)
                     if len(probe.models) != len(config.models):
                         raise ValueError(f"the scorer was trained for the ladder {probe.models}, "
                                          f"the config names {config.models}")
                 else:
-                    from training.probes.model import load_probe
+                    from routerops.models.probes.model import load_probe
 
                     probe = load_probe(uri, settings)
             except Exception as exc:  # noqa: BLE001 - no probe: the cascade cannot decide
@@ -327,8 +327,8 @@ class CascadeStrategy(Strategy):
             return value
 
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
-        from serving.cascade import run_cascade
-        from serving.cascade_log import StepRecord
+        from routerops.models.cascade_log import StepRecord
+        from routerops.serving.cascade import run_cascade
 
         config, ladder, probe, roles, partner_roles = self._load()
         explore = config.explore_rate > 0 and random.random() < config.explore_rate
@@ -369,7 +369,7 @@ class CascadeStrategy(Strategy):
             if guard.metrics is not None:
                 for f in failed:
                     guard.metrics.failovers.labels(f.model, f.kind).inc()
-        # one cascade_steps row per rung that answered (serving.request_log writes them beside the request log row)
+        # one cascade_steps row per rung that answered (routerops.serving.request_log writes them beside the request log row)
         out.extra["cascade_steps"] = [
             StepRecord(step=i, model=config.models[i], score=res.scores[j],
                        threshold=float(config.thresholds[i]) if i < len(config.thresholds) else None,
@@ -385,17 +385,17 @@ class CascadeStrategy(Strategy):
 
 
 class SpeculativeStrategy(Strategy):
-    """Exact speculative decoding of the local target model (issue 5), via serving.speculative."""
+    """Exact speculative decoding of the local target model (issue 5), via routerops.serving.speculative."""
 
     name = "speculative"
 
     def unavailable(self) -> str | None:
         try:
-            import serving.speculative as spec
+            import routerops.serving.speculative as spec
         except ImportError as exc:
-            return f"serving.speculative is not installed ({exc})"
+            return f"routerops.serving.speculative is not installed ({exc})"
         if not hasattr(spec, "serve_generate"):
-            return "serving.speculative does not expose serve_generate yet"
+            return "routerops.serving.speculative does not expose serve_generate yet"
         settings = self.ctx.settings
         if settings.strong_backend != "local" and getattr(settings, "speculative_target", None) is None:
             return (f"speculative decoding needs a local target model; the strong backend is "
@@ -423,7 +423,7 @@ class SpeculativeStrategy(Strategy):
                        f"exact speculative decoding of {self._target()} (draft: {draft})")
 
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
-        from serving.speculative import serve_generate
+        from routerops.serving.speculative import serve_generate
 
         res = serve_generate(messages, params, self.ctx)
         out = self._outcome()
@@ -433,7 +433,7 @@ class SpeculativeStrategy(Strategy):
         return out
 
     def stream(self, messages: list[Message], params: GenerationParams) -> tuple[Outcome, Iterator[str]]:
-        from serving.speculative import serve_stream
+        from routerops.serving.speculative import serve_stream
 
         spec_stream = serve_stream(messages, params, self.ctx)
         out = self._outcome()

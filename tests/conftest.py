@@ -108,7 +108,7 @@ def postgres_url() -> Iterator[str]:
 def static_embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A static embedder built by the real distillation on MiniLM's 3,000 most frequent tokens (32-d):
     the full build takes minutes, this one seconds."""
-    from routerops.embedders.static import StaticBuildConfig, build_static
+    from routerops.models.embedders.static import StaticBuildConfig, build_static
 
     out = tmp_path_factory.mktemp("static-embedder") / "static-small"
     build_static(out, StaticBuildConfig(dim=32, vocab_limit=3000))

@@ -7,9 +7,15 @@ import pytest
 from monitoring_helpers import Receiver
 from sqlalchemy import select
 
-from monitoring.alerts import Condition, active_alert_gauges, process_conditions, send_webhook, write_textfile
 from routerops.db import session_scope
 from routerops.db.models import Alert
+from routerops.monitoring.alerts import (
+    Condition,
+    active_alert_gauges,
+    process_conditions,
+    send_webhook,
+    write_textfile,
+)
 
 
 @pytest.fixture

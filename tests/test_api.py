@@ -43,7 +43,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from routerops.db import migrate, session_scope
     from routerops.db.models import PreferenceLog
     from routerops.text import prompt_hash
-    from training.train_router import train_router
+    from routerops.training.train_router import train_router
 
     root = tmp_path_factory.mktemp("api")
     mp = pytest.MonkeyPatch()
@@ -67,7 +67,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def api(store: Path):  # noqa: ANN201
-    from serving.app import create_app
+    from routerops.serving.app import create_app
 
     settings = make_settings(store)
     with running_server(create_app(settings)) as base_url:
@@ -84,7 +84,7 @@ def ask(base_url: str, model: str = "router", prompt: str = PROMPT, **kw):  # no
 
 
 def approve(store: Path, version: str) -> None:
-    from orchestration.cli import cli
+    from routerops.orchestration.cli import cli
 
     env = {"ROUTEROPS_DATA_DIR": str(store), "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}"}
     result = CliRunner().invoke(cli, ["approve", version, "--by", "test"], env=env)
@@ -151,8 +151,8 @@ def test_unknown_model_names_the_valid_ones(api) -> None:
 
 # --- routing and hot reload --------------------------------------------------------------------
 def test_no_champion_routes_everything_to_strong(store: Path) -> None:
-    from serving.app import create_app
-    from serving.routing import NO_CHAMPION
+    from routerops.serving.app import create_app
+    from routerops.serving.routing import NO_CHAMPION
 
     settings = make_settings(store, router_model_name="router-never-approved")
     with running_server(create_app(settings)) as base_url:
@@ -207,8 +207,8 @@ def metric_value(text: str, series: str) -> float:
 
 def test_routing_cache_is_per_router_and_bounded(store: Path) -> None:
     """Exact repeats skip the embedder; a new router starts with an empty cache; the LRU keeps `size`."""
-    from serving.routing import ScoreBatcher
-    from training.router_model import load_router
+    from routerops.models.router import load_router
+    from routerops.serving.routing import ScoreBatcher
 
     settings = make_settings(store)
     pair = (settings.strong_router_name, settings.weak_router_name)
@@ -237,9 +237,9 @@ def test_routing_cache_is_per_router_and_bounded(store: Path) -> None:
 
 
 def test_metrics_show_open_monitoring_alerts(api) -> None:
-    from monitoring.alerts import KINDS
     from routerops.db import session_scope
     from routerops.db.models import Alert
+    from routerops.monitoring.alerts import KINDS
 
     base_url, settings = api
     headers = {"Authorization": f"Bearer {USER_KEY}"}
@@ -314,7 +314,7 @@ def test_metrics_show_the_latest_monitor_run_and_category_alerts(api) -> None:
 def test_mlflow_going_away_keeps_last_good_router(store: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from routerops import registry
-    from serving.app import create_app
+    from routerops.serving.app import create_app
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
@@ -378,10 +378,10 @@ def test_cascade_escalates_exactly_when_the_probe_doubts(api, tmp_path: Path) ->
 
     from routerops.backends.replay import read_records
     from routerops.db import session_scope
-    from routerops.embeddings import get_embedder
-    from serving.cascade import CascadeConfig, save_cascade_config
-    from training.probes.features import text_features
-    from training.probes.model import DeferralProbe
+    from routerops.models.embeddings import get_embedder
+    from routerops.models.probes.features import text_features
+    from routerops.models.probes.model import DeferralProbe
+    from routerops.serving.cascade import CascadeConfig, save_cascade_config
 
     base_url, settings = api
     with pytest.raises(openai.APIStatusError) as err:  # not calibrated yet: a clear 503
@@ -451,9 +451,9 @@ def test_cascade_second_sample_is_drawn_paid_for_and_logged(api, tmp_path: Path)
     from routerops.backends.replay import read_records
     from routerops.db import session_scope
     from routerops.db.models import CascadeStepLog
-    from serving.cascade import CascadeConfig, save_cascade_config
-    from training.cascade_scorer.features import StepInput, signals
-    from training.cascade_scorer.model import CascadeScorer, fit_combiner
+    from routerops.models.cascade_scorer.features import StepInput, signals
+    from routerops.models.cascade_scorer.model import CascadeScorer, fit_combiner
+    from routerops.serving.cascade import CascadeConfig, save_cascade_config
 
     base_url, settings = api
     rung = f"{WEAK}+{WEAK}"
@@ -489,7 +489,7 @@ def test_cascade_second_sample_is_drawn_paid_for_and_logged(api, tmp_path: Path)
     # both samples are counted: twice the weak answer's tokens, in the usage and in the step's row
     assert rows_[0][2] == usage.prompt_tokens and rows_[0][3] == usage.completion_tokens
     assert usage.completion_tokens % 2 == 0 and usage.completion_tokens > 0
-    from serving.request_log import Prices
+    from routerops.serving.request_log import Prices
 
     paid = Prices.from_settings(settings, WEAK, STRONG).cost("weak", usage.prompt_tokens, usage.completion_tokens)
     assert paid > 0 and rows_[0][1] == pytest.approx(paid)
@@ -522,7 +522,7 @@ def test_auth_failures_and_scopes(api) -> None:
 
 
 def test_stored_keys_create_use_revoke(api, store: Path) -> None:
-    from serving.cli import keys
+    from routerops.serving.cli import keys
 
     base_url, _ = api
     env = {"ROUTEROPS_DATA_DIR": str(store)}
@@ -545,7 +545,7 @@ def test_stored_keys_create_use_revoke(api, store: Path) -> None:
 
 def test_no_keys_configured_refuses_unless_anonymous_allowed(tmp_path: Path) -> None:
     from routerops.db import migrate
-    from serving.app import create_app
+    from routerops.serving.app import create_app
 
     settings = make_settings(tmp_path / "data", api_keys=[], admin_api_keys=[],
                              router_model_name="router-never-approved")
@@ -659,7 +659,7 @@ def test_admin_ingest_runs_the_importer(api) -> None:
 @pytest.mark.slow
 def test_local_smollm2_pair_serves_router_and_models(tmp_path: Path) -> None:
     from routerops.db import migrate
-    from serving.app import create_app
+    from routerops.serving.app import create_app
 
     settings = make_settings(tmp_path / "data", weak_backend="local", strong_backend="local",
                              weak_model="smollm2-135m-instruct", strong_model="smollm2-135m-instruct",
@@ -697,10 +697,10 @@ def test_target_strong_share_end_to_end(tmp_path: Path) -> None:
     from routerops import registry
     from routerops.db import migrate, session_scope
     from routerops.db.models import PreferenceLog
+    from routerops.models.router import load_router
+    from routerops.serving.app import create_app
     from routerops.text import prompt_hash
-    from serving.app import create_app
-    from training.router_model import load_router
-    from training.train_router import train_router
+    from routerops.training.train_router import train_router
 
     rows = [json.loads(line) for line in ROUTER_FIXTURE.read_text().splitlines()]
     prompts = sorted({r["prompt"] for r in rows})

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from click.testing import CliRunner
 
-from orchestration.cli import cli
+from routerops.orchestration.cli import cli
 
 MODEL = "mf-router"
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from routerops.backends.base import GenerationParams
 from routerops.backends.replay import ReplayBackend
-from serving.cascade import (
+from routerops.serving.cascade import (
     CascadeConfig,
     CascadeConfigError,
     CascadeStep,
@@ -23,7 +23,7 @@ from serving.cascade import (
     run_cascade,
     save_cascade_config,
 )
-from training.cascade_eval import (
+from routerops.training.cascade_eval import (
     NEVER,
     OutcomeTable,
     candidate_ladders,
@@ -253,8 +253,8 @@ def table_csv(path: Path) -> Path:
 
 
 def test_cli_calibrate_stores_what_serving_reads(settings, tmp_path):
-    from orchestration.cli import cli
     from routerops.db.session import session_scope
+    from routerops.orchestration.cli import cli
 
     path = table_csv(tmp_path / "outcomes.csv")
     runner = CliRunner()
@@ -273,7 +273,7 @@ def test_cli_calibrate_stores_what_serving_reads(settings, tmp_path):
 
 
 def test_cli_calibrate_reports_bad_input(settings, tmp_path):
-    from orchestration.cli import cli
+    from routerops.orchestration.cli import cli
 
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"weak": [1, 0], "weak|total_cost": [1, 1]}).to_csv(bad, index=False)

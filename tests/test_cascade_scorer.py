@@ -15,14 +15,20 @@ from click.testing import CliRunner
 
 from routerops.backends.base import Generation, GenerationParams
 from routerops.backends.replay import ReplayBackend
-from serving.cascade import CascadeConfig, CascadeStep, load_cascade_config, run_cascade, save_cascade_config
-from training.cascade_scorer.features import (
+from routerops.models.cascade_scorer.features import (
     SIGNAL_NAMES,
     StepInput,
     agree,
     normalize_answer,
     signals,
     token_overlap,
+)
+from routerops.serving.cascade import (
+    CascadeConfig,
+    CascadeStep,
+    load_cascade_config,
+    run_cascade,
+    save_cascade_config,
 )
 
 
@@ -58,7 +64,7 @@ def test_agreement_and_overlap_on_hand_made_answers():
 
 
 def test_vectorized_signals_match_row_by_row():
-    from training.cascade_scorer.routerbench import SignalCache, Split
+    from routerops.training.cascade_scorer.routerbench import SignalCache, Split
 
     answers = {"a": ["B", "x = 1", "C"], "b": ["B\n", "x = 2", "A"], "c": ["(B)", "x = 1", "C"]}
     split = Split(["q1", "q2", "q3"], np.array(["t"] * 3), {m: np.ones(3) for m in answers},
@@ -88,8 +94,8 @@ def separable_fixture(n: int, seed: int) -> tuple[list[str], list[str], list[flo
 
 
 def test_cross_encoder_fine_tuning_learns_a_separable_rule(tmp_path):
-    from training.cascade_scorer.cross_encoder import CrossEncoderScorer, TrainConfig
-    from training.probes.probe import auroc
+    from routerops.models.cascade_scorer.cross_encoder import CrossEncoderScorer, TrainConfig
+    from routerops.models.probes.probe import auroc
 
     q, a, y = separable_fixture(64, seed=1)
     qt, at, yt = separable_fixture(32, seed=2)
@@ -109,7 +115,7 @@ def test_cross_encoder_fine_tuning_learns_a_separable_rule(tmp_path):
 # --- the scorer: combiners, MLflow, run_cascade -------------------------------------------------
 def agreement_scorer():
     """A 3-rung ladder's scorer fit on synthetic steps where agreeing with the rung before means correct."""
-    from training.cascade_scorer.model import CascadeScorer, fit_combiner
+    from routerops.models.cascade_scorer.model import CascadeScorer, fit_combiner
 
     rng = np.random.default_rng(0)
     combiners = []
@@ -128,7 +134,8 @@ def agreement_scorer():
 
 def test_scorer_registers_as_challenger_and_loads_back(settings):
     from routerops import registry
-    from training.cascade_scorer.registry import SCORER_MODEL_NAME, load_cascade_scorer, log_cascade_scorer
+    from routerops.models.cascade_scorer.registry import SCORER_MODEL_NAME, load_cascade_scorer
+    from routerops.training.cascade_scorer.register import log_cascade_scorer
 
     scorer = agreement_scorer()
     agreeing = [StepInput("q", "B", "m1", previous=["B"])]
@@ -179,8 +186,8 @@ def test_request_log_writes_one_row_per_step(settings):
 
     from routerops.db import session_scope
     from routerops.db.models import CascadeStepLog, RequestLog
-    from serving.cascade_log import StepRecord
-    from serving.request_log import LogEntry, write_entry
+    from routerops.models.cascade_log import StepRecord
+    from routerops.serving.request_log import LogEntry, write_entry
 
     steps = [StepRecord(0, "m0", 0.3, 0.5, False, 0.001).to_dict(), StepRecord(1, "m1", None, None, True, 0.01).to_dict()]
     write_entry(settings, LogEntry("r1", "p", "answer", "cascade", "cascade", "m1", None, None, None, 1.0, None, 3, 4,
@@ -202,7 +209,7 @@ LOGGED = [(0.9, 1, 1), (0.6, 1, 1), (0.4, 0, 1), (0.2, 0, 0)]
 
 def log_requests(settings, live: CascadeConfig, *, explored: bool = True, prefix: str = "e") -> None:  # noqa: ANN001
     from routerops.db import session_scope
-    from serving.cascade_log import StepRecord, label_steps, write_steps
+    from routerops.models.cascade_log import StepRecord, label_steps, write_steps
 
     with session_scope(settings) as s:
         for i, (score, _weak_ok, _strong_ok) in enumerate(LOGGED):
@@ -228,7 +235,7 @@ def live_config(settings) -> CascadeConfig:  # noqa: ANN001
 
 
 def test_refit_picks_the_hand_computed_thresholds(settings):
-    from training.cascade_refit import RefitError, refit_cascade_thresholds
+    from routerops.training.cascade_refit import RefitError, refit_cascade_thresholds
 
     live = live_config(settings)
     log_requests(settings, live)
@@ -249,10 +256,10 @@ def test_refit_picks_the_hand_computed_thresholds(settings):
 
 
 def test_refit_job_registers_a_challenger_and_never_touches_the_live_config(settings):
-    from orchestration.cli import cli
     from routerops import registry
     from routerops.db import session_scope
-    from training.cascade_refit import CONFIG_MODEL_NAME, load_registered_config, refit_cascade_job
+    from routerops.orchestration.cli import cli
+    from routerops.training.cascade_refit import CONFIG_MODEL_NAME, load_registered_config, refit_cascade_job
 
     assert refit_cascade_job(settings)["status"] == "skipped"  # no live config yet
     live = live_config(settings)
@@ -279,10 +286,10 @@ def test_refit_job_registers_a_challenger_and_never_touches_the_live_config(sett
 
 
 def test_label_cli_attaches_outcomes_and_names_bad_rows(settings, tmp_path):
-    from orchestration.cli import cli
     from routerops.db import session_scope
     from routerops.db.models import CascadeStepLog
-    from serving.cascade_log import StepRecord, write_steps
+    from routerops.models.cascade_log import StepRecord, write_steps
+    from routerops.orchestration.cli import cli
 
     with session_scope(settings) as s:
         write_steps(s, "r1", ["weak", "strong"], [StepRecord(0, "weak", 0.8, 0.5, True, 1.0).to_dict()])
@@ -310,7 +317,7 @@ def test_generation_logprobs_reach_the_scorer():
 
 # --- second opinions ("A+B": A's answer, checked against B's; "A+A": against a second sample) ------
 def test_second_opinion_rung_names():
-    from training.cascade_scorer.features import base_models, rung_parts, short_rung
+    from routerops.models.cascade_scorer.features import base_models, rung_parts, short_rung
 
     assert rung_parts("org/a") == ("org/a", None) and rung_parts("org/a+b") == ("org/a", "b")
     assert rung_parts("a+a") == ("a", "a")  # a second sample of the same model
@@ -322,8 +329,13 @@ def test_second_opinion_rung_names():
 
 
 def test_second_opinion_rung_in_routerbench_columns_and_signals():
-    from training.cascade_scorer.features import agree, token_overlap
-    from training.cascade_scorer.routerbench import SignalCache, Split, alias_rungs, candidate_ladders
+    from routerops.models.cascade_scorer.features import agree, token_overlap
+    from routerops.training.cascade_scorer.routerbench import (
+        SignalCache,
+        Split,
+        alias_rungs,
+        candidate_ladders,
+    )
 
     answers = {"a": ["B", "x = 1", "C"], "b": ["B\n", "x = 2", "A"], "c": ["(B)", "x = 1", "C"]}
     split = Split(["q1", "q2", "q3"], np.array(["t"] * 3), {"a": np.array([1, 0, 1.]), "b": np.ones(3),
@@ -352,7 +364,7 @@ def test_second_opinion_rung_in_routerbench_columns_and_signals():
 
 
 def test_routerbench_loads_second_opinion_rungs(shared_data):
-    from training.cascade_scorer.routerbench import load_data
+    from routerops.training.cascade_scorer.routerbench import load_data
 
     a, b = "mistralai/mixtral-8x7b-chat", "zero-one-ai/Yi-34B-Chat"
     data = load_data(shared_data / "routerbench", ["arc_challenge"], [a, f"{a}+{b}", "gpt-4-1106-preview"])
@@ -367,7 +379,7 @@ def test_routerbench_loads_second_opinion_rungs(shared_data):
 def second_opinion_scorer():
     """Rung 0 ("m0+m1") is right exactly when its answer agrees with the second opinion (and half the
     time when there is none)."""
-    from training.cascade_scorer.model import CascadeScorer, fit_combiner
+    from routerops.models.cascade_scorer.model import CascadeScorer, fit_combiner
 
     rng = np.random.default_rng(0)
     rows, ys = [], []
@@ -432,8 +444,8 @@ def test_task_aware_plans_pick_the_hand_computed_combination():
     "escalate all" (NEVER). Task x: weak always right; task y: weak always wrong (scored just as
     high). One plan for both: quality 1 costs 11. Per task: accept on x (q 1, c 1), escalate on y
     (q 1, c 11): pooled quality 1 at cost 6. On test, x's weak is right once of twice: 0.75 at 6."""
-    from training.cascade_eval import NEVER, OutcomeTable
-    from training.cascade_scorer.routerbench import LadderFit, choose, choose_per_task
+    from routerops.training.cascade_eval import NEVER, OutcomeTable
+    from routerops.training.cascade_scorer.routerbench import LadderFit, choose, choose_per_task
 
     def table(weak_ok: list[float]) -> OutcomeTable:
         return OutcomeTable(["weak", "strong"], {"weak": np.array(weak_ok), "strong": np.ones(4)},
@@ -454,7 +466,7 @@ def test_task_aware_plans_pick_the_hand_computed_combination():
 
 
 def test_cascade_config_checks_second_opinion_rungs():
-    from serving.cascade import CascadeConfigError
+    from routerops.serving.cascade import CascadeConfigError
 
     ok = CascadeConfig(models=["weak+weak", "strong"], thresholds=[0.5])
     assert CascadeConfig.from_dict(ok.to_dict()).models == ["weak+weak", "strong"]

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from routerops.embedders.router_files import EmbedderMismatchError
-from routerops.embedders.static import StaticEmbedder
-from training.cascade_scorer.answer_scorer import STAT_NAMES, AnswerScorer, answer_stats, answer_view
-from training.cascade_scorer.features import StepInput
-from training.probes.probe import auroc
+from routerops.models.cascade_scorer.answer_scorer import STAT_NAMES, AnswerScorer, answer_stats, answer_view
+from routerops.models.cascade_scorer.features import StepInput
+from routerops.models.embedders.router_files import EmbedderMismatchError
+from routerops.models.embedders.static import StaticEmbedder
+from routerops.models.probes.probe import auroc
 
 TOPICS = ["water", "music", "city", "school", "river", "money", "house", "game", "family", "world"]
 
@@ -42,7 +42,7 @@ def embedder(static_embedder_dir: Path) -> StaticEmbedder:
 @pytest.fixture(scope="module")
 def other_embedder(tmp_path_factory: pytest.TempPathFactory) -> StaticEmbedder:
     """Another real build (16-d, 1,000 tokens): a different name, and a different dimension."""
-    from routerops.embedders.static import StaticBuildConfig, build_static
+    from routerops.models.embedders.static import StaticBuildConfig, build_static
 
     out = tmp_path_factory.mktemp("other-static") / "static-other"
     build_static(out, StaticBuildConfig(dim=16, vocab_limit=1000))
@@ -103,8 +103,9 @@ def test_answer_scorer_travels_with_its_embedder_and_refuses_another(trained, em
 
 def test_cascade_scorer_carries_the_answer_scorer_through_mlflow(trained, embedder, other_embedder, settings,
                                                                   tmp_path):
-    from training.cascade_scorer.model import AS_FEATURE, CascadeScorer, fit_combiner
-    from training.cascade_scorer.registry import SCORER_MODEL_NAME, load_cascade_scorer, log_cascade_scorer
+    from routerops.models.cascade_scorer.model import AS_FEATURE, CascadeScorer, fit_combiner
+    from routerops.models.cascade_scorer.registry import SCORER_MODEL_NAME, load_cascade_scorer
+    from routerops.training.cascade_scorer.register import log_cascade_scorer
 
     q, judged, a, y = marker_fixture(120, seed=4)
     names = CascadeScorer.feature_names_for(False, True)
@@ -133,7 +134,7 @@ def test_cascade_scorer_carries_the_answer_scorer_through_mlflow(trained, embedd
 
 
 def test_routerbench_cross_fit_gives_out_of_fold_scores(embedder):
-    from training.cascade_scorer.routerbench import (
+    from routerops.training.cascade_scorer.routerbench import (
         RouterBenchData,
         SignalCache,
         Split,
@@ -187,8 +188,8 @@ def write_routerbench(folder: Path, models: list[str]) -> None:
 def test_train_cli_with_the_answer_scorer_registers_a_scorer_that_serves(settings, tmp_path):
     from click.testing import CliRunner
 
-    from orchestration.cli import cli
-    from training.cascade_scorer.registry import SCORER_MODEL_NAME, load_cascade_scorer
+    from routerops.models.cascade_scorer.registry import SCORER_MODEL_NAME, load_cascade_scorer
+    from routerops.orchestration.cli import cli
 
     models = ["toy/cheap", "toy/mid", "toy/strong"]
     write_routerbench(tmp_path / "rb", models)

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import pytest
 
-from orchestration.cli import LAZY_COMMANDS, LAZY_ROUTER_COMMANDS, LAZY_TRAIN_COMMANDS, cli
+from routerops.orchestration.cli import LAZY_COMMANDS, LAZY_ROUTER_COMMANDS, LAZY_TRAIN_COMMANDS, cli
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "mlflow", "sentence_transformers", "transformers", "evidently", "sklearn")
@@ -20,7 +20,7 @@ GROUPS = {(): LAZY_COMMANDS, ("router",): LAZY_ROUTER_COMMANDS, ("train",): LAZY
 # In a fresh interpreter: run the CLI's help, then report its output and which heavy modules it loaded.
 PROBE = """
 import contextlib, io, json, os, sys
-from orchestration.cli import cli
+from routerops.orchestration.cli import cli
 buf = io.StringIO()
 with contextlib.redirect_stdout(buf):
     try:

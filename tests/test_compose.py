@@ -143,7 +143,7 @@ def test_no_secret_values_in_the_repo() -> None:
 
 def _resolve_routerops(args: list[str]) -> click.Command:
     """Walk `routerops ARGS` through the real CLI groups and parse the options, without running it."""
-    from orchestration.cli import cli
+    from routerops.orchestration.cli import cli
 
     cmd: click.Command = cli
     path = ["routerops"]
@@ -168,7 +168,7 @@ def _console_script_help(name: str, *args: str) -> str:
 
 
 def test_every_service_command_exists(config: dict) -> None:
-    from orchestration.cli import LAZY_COMMANDS
+    from routerops.orchestration.cli import LAZY_COMMANDS
 
     checked = set()
     for name, svc in config["services"].items():

@@ -20,9 +20,9 @@ from conftest import FIXTURES
 from serving_helpers import free_port, wait_for
 from sqlalchemy import select
 
-from monitoring.dashboards import PANELS, PROJECT_NAME
 from routerops.db import session_scope
 from routerops.db.models import MonitorRun
+from routerops.monitoring.dashboards import PANELS, PROJECT_NAME
 
 NO_GAP = FIXTURES / "monitoring/no_gap"
 
@@ -48,13 +48,13 @@ def _snapshot_ids(ui: str, project_id: str) -> set[str]:
 
 
 def test_running_ui_lists_the_project_and_every_new_snapshot(settings, monkeypatch, tmp_path):
-    from orchestration.cli import cli
+    from routerops.orchestration.cli import cli
 
     _replay_pair_env(monkeypatch)
     port = free_port()
     ui = f"http://127.0.0.1:{port}"
     log = (tmp_path / "ui.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "monitor", "ui", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "routerops.orchestration.cli", "monitor", "ui", "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
         wait_for(lambda: _ok(ui), timeout_s=120)

@@ -48,8 +48,8 @@ RELOAD_S = 0.5  # the cascade re-reads its config (and the router its alpha) at 
 @pytest.fixture
 def api(cluster: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, static_embedder_dir: Path):  # noqa: ANN201
     from routerops.db import migrate
+    from routerops.serving.app import create_app
     from routerops.settings import Settings
-    from serving.app import create_app
 
     monkeypatch.chdir(tmp_path)
     settings = Settings(data_dir=tmp_path / "data", database_url=cluster.url,
@@ -71,10 +71,10 @@ def calibrate_cascade(settings, embedder_dir: Path, probe_dir: Path) -> None:  #
 
     from routerops.backends.replay import read_records
     from routerops.db import session_scope
-    from routerops.embedders.static import StaticEmbedder
-    from serving.cascade import CascadeConfig, save_cascade_config
-    from training.probes.features import text_features
-    from training.probes.model import DeferralProbe
+    from routerops.models.embedders.static import StaticEmbedder
+    from routerops.models.probes.features import text_features
+    from routerops.models.probes.model import DeferralProbe
+    from routerops.serving.cascade import CascadeConfig, save_cascade_config
 
     weak = {r["prompt"]: r["output"] for r in read_records(RECORDED_PAIR) if r["model"] == WEAK}
     prompts = sorted(weak)
@@ -182,9 +182,9 @@ def test_a_row_the_database_refuses_is_dropped_not_retried_forever(postgres_url:
     and counted; it never blocks the rows behind it."""
     from routerops.db import migrate
     from routerops.db.models import new_id
+    from routerops.serving.metrics import ServingMetrics
+    from routerops.serving.request_log import LogEntry, RequestLogWriter
     from routerops.settings import Settings
-    from serving.metrics import ServingMetrics
-    from serving.request_log import LogEntry, RequestLogWriter
 
     settings = Settings(data_dir=tmp_path / "data", database_url=postgres_url)
     migrate.upgrade("head", settings=settings)
@@ -210,9 +210,9 @@ def test_rows_buffered_at_shutdown_survive_a_restart(cluster: PgCluster, tmp_pat
     """The API shut down while PostgreSQL is down spills its buffered rows to a file; the next start,
     PostgreSQL back, writes every one of them."""
     from routerops.db import migrate
+    from routerops.serving.app import create_app
+    from routerops.serving.request_log_spill import spill_dir, spill_files
     from routerops.settings import Settings
-    from serving.app import create_app
-    from serving.request_log_spill import spill_dir, spill_files
 
     settings = Settings(data_dir=tmp_path / "data", database_url=cluster.url,
                         mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from routerops.db import session_scope
 from routerops.db.models import EmbeddingCache
-from routerops.embeddings import (
+from routerops.models.embeddings import (
     EmbeddingAPIError,
     OpenAIEmbedder,
     SentenceTransformerEmbedder,

@@ -115,7 +115,7 @@ def make_settings(data_dir: Path, weak_url: str, strong_url: str, **overrides): 
 @pytest.fixture(scope="module")
 def faulty(data_dir: Path):  # noqa: ANN201
     """One upstream for both models, its fault set per model; the API with a breaker that never trips."""
-    from serving.app import create_app
+    from routerops.serving.app import create_app
 
     upstream = upstream_app()
     with running_server(upstream) as up:
@@ -234,10 +234,10 @@ def test_cascade_skips_an_unavailable_rung(faulty, static_embedder_dir: Path, tm
 
     from routerops.db import session_scope
     from routerops.db.models import CascadeStepLog
-    from routerops.embedders.static import StaticEmbedder
-    from serving.cascade import CascadeConfig, save_cascade_config
-    from training.probes.features import text_features
-    from training.probes.model import DeferralProbe
+    from routerops.models.embedders.static import StaticEmbedder
+    from routerops.models.probes.features import text_features
+    from routerops.models.probes.model import DeferralProbe
+    from routerops.serving.cascade import CascadeConfig, save_cascade_config
 
     api, upstream, settings = faulty
     prompts = [f"{PROMPT} {i}" for i in range(4)]  # a real text probe on the static embedder
@@ -317,7 +317,7 @@ def test_stream_broken_after_its_first_token_ends_with_an_error_event(faulty) ->
 # --- failover off -----------------------------------------------------------------------------------
 def test_failover_none_answers_502(faulty) -> None:
     from routerops.backends.factory import make_pair
-    from serving.failover import BackendsUnavailable, Guard
+    from routerops.serving.failover import BackendsUnavailable, Guard
 
     _, upstream, settings = faulty
     upstream.state.mode[WEAK] = "500"
@@ -337,7 +337,7 @@ def _params():  # noqa: ANN202
 
 # --- circuit breaker: a weak backend with nothing listening, which later comes up ----------------------
 def test_breaker_opens_skips_probes_and_closes(data_dir: Path) -> None:
-    from serving.app import create_app
+    from routerops.serving.app import create_app
 
     weak_port = free_port()  # nothing listens here until the end of the test
     upstream = upstream_app()
@@ -386,7 +386,7 @@ def test_breaker_opens_skips_probes_and_closes(data_dir: Path) -> None:
 
 def test_breaker_lets_exactly_one_probe_through() -> None:
     from routerops.backends.base import BackendError
-    from serving.breaker import BackendBreaker, CircuitOpen
+    from routerops.serving.breaker import BackendBreaker, CircuitOpen
 
     changes: list[str] = []
     breaker = BackendBreaker("m", fail_max=2, reset_s=0.2, on_change=lambda _name, state: changes.append(state))

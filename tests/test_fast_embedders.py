@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from routerops.embedders.files import EmbedderFilesError
+from routerops.models.embedders.files import EmbedderFilesError
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFS = Path(__file__).resolve().parent / "fixtures" / "router" / "prefs.jsonl"
@@ -27,7 +27,7 @@ PROMPTS = ["What is the capital of France?", "Write a Python function that rever
 
 
 def _build(kind: str, out: Path, *extra: str) -> dict:
-    from orchestration.cli import cli
+    from routerops.orchestration.cli import cli
 
     result = CliRunner().invoke(cli, ["embedder", "build", kind, "--out", str(out), *extra])
     assert result.exit_code == 0, result.output
@@ -52,7 +52,7 @@ def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _vectors_in_subprocess(kind: str, path: Path, out: Path) -> np.ndarray:
-    code = ("import sys, numpy as np; from routerops.embeddings import load_built_embedder; "
+    code = ("import sys, numpy as np; from routerops.models.embeddings import load_built_embedder; "
             f"e = load_built_embedder({kind!r}, sys.argv[1]); "
             f"np.save(sys.argv[2], e.encode({PROMPTS!r})); print(e.name)")
     proc = subprocess.run([sys.executable, "-c", code, str(path), str(out)], capture_output=True, text=True,
@@ -64,7 +64,7 @@ def _vectors_in_subprocess(kind: str, path: Path, out: Path) -> np.ndarray:
 @pytest.mark.parametrize("kind", ["static", "onnx"])
 def test_built_embedder_loads_offline_and_is_deterministic(kind: str, static_dir: Path, onnx_dir: Path,
                                                            tmp_path: Path) -> None:
-    from routerops.embeddings import load_built_embedder
+    from routerops.models.embeddings import load_built_embedder
 
     path = static_dir if kind == "static" else onnx_dir
     emb = load_built_embedder(kind, path)
@@ -88,7 +88,7 @@ def test_built_embedder_loads_offline_and_is_deterministic(kind: str, static_dir
 
 
 def test_static_keeps_the_end_of_long_prompts(static_dir: Path) -> None:
-    from routerops.embedders.static import StaticEmbedder
+    from routerops.models.embedders.static import StaticEmbedder
 
     emb = StaticEmbedder(static_dir)
     body = " ".join(f"the answer is {i % 4}." for i in range(200))  # 1,000 tokens: over the 512 kept
@@ -100,7 +100,7 @@ def test_static_keeps_the_end_of_long_prompts(static_dir: Path) -> None:
 
 
 def test_changed_or_missing_files_fail_clearly(static_dir: Path, tmp_path: Path) -> None:
-    from routerops.embedders.static import StaticEmbedder
+    from routerops.models.embedders.static import StaticEmbedder
 
     with pytest.raises(EmbedderFilesError, match="routerops embedder build static"):
         StaticEmbedder(tmp_path / "nowhere")
@@ -114,7 +114,7 @@ def test_changed_or_missing_files_fail_clearly(static_dir: Path, tmp_path: Path)
 
 
 def test_static_name_and_settings_backend(settings, static_dir: Path) -> None:  # noqa: ANN001
-    from routerops.embeddings import embedding_ref, get_embedder
+    from routerops.models.embeddings import embedding_ref, get_embedder
     from routerops.settings import Settings
 
     s = Settings(data_dir=settings.data_dir, embedding_backend="static", embedding_static_path=static_dir)
@@ -131,18 +131,18 @@ def test_static_name_and_settings_backend(settings, static_dir: Path) -> None:  
 
 
 def _train(settings_obj) -> str:  # noqa: ANN001
-    from training.importers.core import import_file
-    from training.train_router import train_router
+    from routerops.importers.core import import_file
+    from routerops.training.train_router import train_router
 
     import_file(settings_obj, "native", PREFS, progress=False)
     return train_router(settings_obj, max_iter=60, progress=False).model_version
 
 
 def test_router_ships_its_embedder_and_refuses_another(settings, static_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
-    from routerops.embedders.router_files import EmbedderMismatchError
-    from routerops.embeddings import get_embedder
+    from routerops.models.embedders.router_files import EmbedderMismatchError
+    from routerops.models.embeddings import get_embedder
+    from routerops.models.router import MFRouter, load_router
     from routerops.settings import Settings
-    from training.router_model import MFRouter, load_router
 
     own = tmp_path / "trained-with"
     shutil.copytree(static_dir, own)
@@ -154,7 +154,7 @@ def test_router_ships_its_embedder_and_refuses_another(settings, static_dir: Pat
     # serving: this server's own static folder is gone; the router brings its embedder with it
     shutil.rmtree(own)
     serving = Settings(data_dir=settings.data_dir)
-    router = load_router(f"models:/{serving.router_model_name}/{version}", serving)
+    router = load_router(f"models:/{routerops.serving.router_model_name}/{version}", serving)
     assert router.embedding_model["name"] == trained_name
     assert router.embedder.name == trained_name
     np.testing.assert_array_equal(router.embedder.encode(PROMPTS[:2]), expected)

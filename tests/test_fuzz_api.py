@@ -38,8 +38,8 @@ DESIGNED_5XX = {502: ("backend_error", "no recorded output for prompt"),
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, postgres_url: str):  # noqa: ANN201
     from routerops.db import dispose_engines, migrate
+    from routerops.serving.app import create_app
     from routerops.settings import Settings
-    from serving.app import create_app
 
     root = tmp_path_factory.mktemp("fuzz")
     mp = pytest.MonkeyPatch()
@@ -156,7 +156,7 @@ def test_regressions_found_by_fuzzing(api) -> None:  # noqa: ANN001
     import httpx
 
     from routerops.db.models import new_id
-    from serving.request_log import LogEntry, write_entry
+    from routerops.serving.request_log import LogEntry, write_entry
 
     base, app = api
     user = IDENTITIES["user"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from monitoring.golden import (
+from routerops.monitoring.golden import (
     Decoding,
     GoldenFormatError,
     GoldenTrace,
@@ -21,7 +21,7 @@ from monitoring.golden import (
     record_from_alpaca_eval,
     write_golden,
 )
-from monitoring.quality import RecordedJudge, gold_match, normalize_answer
+from routerops.monitoring.quality import RecordedJudge, gold_match, normalize_answer
 from routerops.text import prompt_hash
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ def test_record_from_alpaca_eval_orients_labels_to_the_weak_model(shared_data):
 
 
 def test_cli_record_from_alpaca_eval(settings, shared_data, tmp_path):
-    from orchestration.cli import cli
+    from routerops.orchestration.cli import cli
 
     ae = shared_data / "alpaca_eval"
     out = tmp_path / "ae.jsonl"
@@ -144,7 +144,7 @@ def test_shipped_golden_set():
     assert len({t.seed for t in traces}) == len(traces)  # fixed, distinct seeds
     weak_q = sum(gold_match(t.weak.output, t.label.gold_answer) for t in traces)
     strong_q = sum(gold_match(t.strong.output, t.label.gold_answer) for t in traces)
-    # The two sides differ; PGR is defined only if strong is the better one (monitoring.golden.
+    # The two sides differ; PGR is defined only if strong is the better one (routerops.monitoring.golden.
     # recorded_quality_gap; the monitor reports PGR null otherwise, tests/test_monitor_no_gap.py).
     assert weak_q != strong_q
     assert strong_q > weak_q  # a gap to recover: PGR is defined on the shipped set

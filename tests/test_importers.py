@@ -16,10 +16,10 @@ from sqlalchemy import func, select
 
 from routerops.db.models import ImportBatch, Model, OutcomeLog, PreferenceLog
 from routerops.db.session import session_scope
+from routerops.importers import ImportFailed, ImportOptions, import_file
+from routerops.importers.judgment_scores import soft_label as score_soft_label
+from routerops.importers.store import load_outcomes, load_preferences
 from routerops.text import prompt_hash
-from training.importers import ImportFailed, ImportOptions, import_file
-from training.importers.judgment_scores import soft_label as score_soft_label
-from training.importers.store import load_outcomes, load_preferences
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "importers"
 
@@ -264,7 +264,7 @@ def test_missing_file_and_unknown_format(settings, tmp_path):
 # --- CLI ----------------------------------------------------------------------------------------
 
 def test_cli_ingest_summary_reason_table_and_failures(settings, tmp_path):
-    from orchestration.cli import cli
+    from routerops.orchestration.cli import cli
 
     runner = CliRunner()
     good = FIX / "alpaca_malformed.jsonl"

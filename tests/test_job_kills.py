@@ -37,7 +37,7 @@ def _env(settings, extra: dict[str, str]) -> dict[str, str]:  # noqa: ANN001
 
 
 def _run(env: dict[str, str], args: list[str], cwd: Path, timeout_s: float = 300) -> str:
-    proc = subprocess.run([sys.executable, "-m", "orchestration.cli", *args], env=env, cwd=cwd,
+    proc = subprocess.run([sys.executable, "-m", "routerops.orchestration.cli", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout_s)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -48,7 +48,7 @@ def _kill_at(env: dict[str, str], args: list[str], point: str, tmp: Path, timeou
     marker = tmp / f"paused-{point}"
     log = tmp / f"{point}.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", *args], cwd=tmp, stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", "routerops.orchestration.cli", *args], cwd=tmp, stdout=out,
                                 stderr=subprocess.STDOUT,
                                 env=env | {"ROUTEROPS_DEBUG_PAUSE_AT": point, "ROUTEROPS_DEBUG_PAUSE_MARKER": str(marker)})
     try:
@@ -67,8 +67,8 @@ def _kill_at(env: dict[str, str], args: list[str], point: str, tmp: Path, timeou
 @pytest.fixture
 def train_env(settings, static_embedder_dir: Path, tmp_path: Path) -> dict[str, str]:  # noqa: ANN001
     """The router fixture's preferences in the store; training on the (fast) static embedder."""
+    from routerops.importers.core import import_file
     from routerops.settings import Settings
-    from training.importers.core import import_file
 
     own = tmp_path / "embedder"
     shutil.copytree(static_embedder_dir, own)
@@ -163,9 +163,9 @@ def test_a_live_or_foreign_running_row_is_left_alone(settings) -> None:  # noqa:
     """Only a dead local process (or a day-old row) counts as interrupted."""
     from datetime import UTC, datetime, timedelta
 
-    from monitoring.replay import mark_interrupted
     from routerops.db import session_scope
     from routerops.db.models import MonitorRun
+    from routerops.monitoring.replay import mark_interrupted
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -153,7 +153,7 @@ def prompts_file(tmp_path: Path) -> Path:
 
 
 def run_cli(*args: str):  # noqa: ANN201
-    from orchestration.cli import cli
+    from routerops.orchestration.cli import cli
 
     return CliRunner().invoke(cli, ["label", *args, "--no-progress"], catch_exceptions=False)
 
@@ -165,7 +165,7 @@ def stored(settings, source: str) -> dict[str, PreferenceLog]:  # noqa: ANN001
 
 
 def test_parse_verdict_takes_the_final_tag() -> None:
-    from training.labeling import parse_verdict
+    from routerops.training.labeling import parse_verdict
 
     assert parse_verdict("A misses the carry. [[B]]") == "B"
     assert parse_verdict("Both are fine: [[C]]") == "tie"
@@ -203,7 +203,7 @@ def test_honest_judge_labels_by_correctness_and_rerun_adds_nothing(pair_env, jud
 
 def test_position_biased_judge_ends_in_order_swap_ties(pair_env, judge, prompts_file) -> None:  # noqa: ANN001
     from routerops.backends.openai_http import OpenAIHTTPBackend
-    from training.labeling import PairwiseJudge, run_labeling
+    from routerops.training.labeling import PairwiseJudge, run_labeling
 
     judge.mode = "biased"  # "[[A]]" whatever is shown first
     backend = OpenAIHTTPBackend(judge.base_url, "biased-judge", JUDGE_KEY)
@@ -222,8 +222,8 @@ def test_position_biased_judge_ends_in_order_swap_ties(pair_env, judge, prompts_
 
 
 def test_from_requests_reuses_logged_answers(pair_env, judge, monkeypatch) -> None:  # noqa: ANN001
-    from serving.request_log import LogEntry, write_entry
-    from training.labeling import LabelError
+    from routerops.serving.request_log import LogEntry, write_entry
+    from routerops.training.labeling import LabelError
 
     def log(request_id: str, prompt: str, completion: str, role: str, model: str, store: bool = True) -> None:
         entry = LogEntry(request_id=request_id, prompt=prompt, completion=completion, strategy="router",
@@ -249,7 +249,7 @@ def test_from_requests_reuses_logged_answers(pair_env, judge, monkeypatch) -> No
     assert "2 from the request log, 4 generated" in result.output
     assert "prompt not stored in the request log: 1" in result.output
     with pytest.raises(LabelError, match="exactly one"):
-        from training.labeling import PairwiseJudge, run_labeling
+        from routerops.training.labeling import PairwiseJudge, run_labeling
 
         with session_scope(pair_env) as session:
             run_labeling(session, pair_env, PairwiseJudge(None), "j")  # type: ignore[arg-type]

@@ -20,17 +20,17 @@ from click.testing import CliRunner
 from serving_helpers import STRONG, WEAK, running_server
 from sqlalchemy import select
 
-from monitoring.drift import DriftResult
-from monitoring.live_drift import decide, expected_share
 from routerops.db import session_scope
 from routerops.db.models import Alert, LiveDriftRun
+from routerops.monitoring.drift import DriftResult
+from routerops.monitoring.live_drift import decide, expected_share
 
 PREFS = Path(__file__).resolve().parent / "fixtures" / "router" / "prefs.jsonl"
 KEY = "live-drift-key-0123456789"
 
 
 def _cli(*args: str) -> str:
-    from orchestration.cli import cli
+    from routerops.orchestration.cli import cli
 
     result = CliRunner().invoke(cli, list(args))
     assert result.exit_code == 0, result.output
@@ -45,10 +45,10 @@ def _code_prompt(i: int) -> str:
 
 @pytest.fixture
 def live_api(settings, static_embedder_dir: Path, tmp_path: Path, monkeypatch):  # noqa: ANN201
+    from routerops.importers.core import import_file
+    from routerops.serving.app import create_app
     from routerops.settings import Settings, get_settings
-    from serving.app import create_app
-    from training.importers.core import import_file
-    from training.train_router import train_router
+    from routerops.training.train_router import train_router
 
     own = tmp_path / "embedder"
     shutil.copytree(static_embedder_dir, own)
@@ -126,7 +126,7 @@ def test_live_traffic_drift_and_strong_share_against_the_router_reference(live_a
     assert 'routerops_alert_active{kind="live_drift"} 1.0' in metrics
 
     # the dashboard has the live panels and the runs' snapshots
-    from monitoring.dashboards import LIVE_PANELS, get_project
+    from routerops.monitoring.dashboards import LIVE_PANELS, get_project
 
     ws, project = get_project(settings)
     titles = {p.title for p in project.dashboard.model().panels}

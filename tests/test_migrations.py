@@ -52,7 +52,7 @@ def test_migrations_postgres(postgres_url):
 def test_cli_db_upgrade(settings, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from orchestration.cli import cli
+    from routerops.orchestration.cli import cli
 
     monkeypatch.setenv("ROUTEROPS_DATA_DIR", str(tmp_path / "fresh"))
     result = CliRunner().invoke(cli, ["db", "upgrade"])

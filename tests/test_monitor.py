@@ -1,7 +1,7 @@
 """The monitor on a real drift scenario from the shared AlpacaEval data.
 
 Golden traces: gpt4_1106_preview (strong) and Mixtral-8x7B-Instruct-v0.1 (weak) answers with GPT-4
-Turbo judge labels; the router is a real MF router trained (training.train_router) on the AlpacaEval
+Turbo judge labels; the router is a real MF router trained (routerops.training.train_router) on the AlpacaEval
 judgements (alpaca_eval_gpt4_turbo_fn: ~9 models against gpt4_1106_preview) of the golden prompts and
 approved as champion: a router that learned where the old Mixtral was good enough (in-sample on
 purpose: it keeps the test fast, and a stale router is exactly what provider drift exposes).
@@ -29,12 +29,12 @@ from click.testing import CliRunner
 from monitoring_helpers import STRONG, WEAK, Receiver, insert_judgements
 from sqlalchemy import select
 
-from monitoring.golden import load_golden, record_from_alpaca_eval, write_golden
-from monitoring.quality import RecordedJudge
-from monitoring.replay import load_live_router, run_monitor
 from routerops import metrics
 from routerops.db import session_scope
 from routerops.db.models import Alert, AlphaChange, MonitorRun
+from routerops.monitoring.golden import load_golden, record_from_alpaca_eval, write_golden
+from routerops.monitoring.quality import RecordedJudge
+from routerops.monitoring.replay import load_live_router, run_monitor
 
 DRIFTED = "Mixtral-8x7B-Instruct-v0.1_concise"
 N_TRACES = 150
@@ -44,7 +44,7 @@ N_TRACES = 150
 def champion(settings, shared_data):
     """A real MF router trained on the judge's verdicts and approved as champion."""
     from routerops import registry
-    from training.train_router import train_router
+    from routerops.training.train_router import train_router
 
     with gzip.open(shared_data / f"alpaca_eval/model_outputs/{STRONG}.json.gz", "rt") as fh:
         prompts = {r["instruction"] for r in json.load(fh)[:N_TRACES]}  # the golden prompts (file order)
@@ -138,7 +138,7 @@ def test_drift_scenario_alerts_once_and_recalibrates(settings, shared_data, gold
                                      else "pending")
 
         # the same drifted pair again, as an operator runs it (CLI): still drifted, no new alert
-        from orchestration.cli import cli
+        from routerops.orchestration.cli import cli
 
         out = CliRunner().invoke(cli, ["monitor", "run", "--golden", str(golden_file), "--judge-annotations",
                                        str(shared_data / "alpaca_eval/annotations/weighted_alpaca_eval_gpt4_turbo.jsonl.gz")])
@@ -157,8 +157,8 @@ def test_drift_scenario_alerts_once_and_recalibrates(settings, shared_data, gold
         assert {a.kind for a in open_alerts} >= {"drift"}
 
     # Every run left an Evidently snapshot pair in the workspace and an MLflow run with its plots.
-    from monitoring.dashboards import get_project
     from routerops import registry
+    from routerops.monitoring.dashboards import get_project
 
     assert "evidently_error" not in runs[-1].metrics and "mlflow_error" not in runs[-1].metrics
     ws, project = get_project(s)
@@ -173,7 +173,7 @@ def test_drift_scenario_alerts_once_and_recalibrates(settings, shared_data, gold
 
 
 def test_alpha_cli_bounded_step_and_approval(settings, monkeypatch):
-    from orchestration.cli import cli
+    from routerops.orchestration.cli import cli
 
     monkeypatch.setenv("ROUTEROPS_USER", "ops")
     run = CliRunner().invoke
@@ -201,7 +201,7 @@ def test_shipped_golden_set_replays_end_to_end(settings):
     router yet (fresh install: all calls go to strong), through the CLI. Wall time is printed."""
     import time
 
-    from orchestration.cli import cli
+    from routerops.orchestration.cli import cli
 
     golden = Path(__file__).resolve().parent.parent / "golden_traces/default.jsonl"
     t0 = time.perf_counter()
@@ -214,7 +214,7 @@ def test_shipped_golden_set_replays_end_to_end(settings):
     assert m["n_replayed"] == n and m["n_failed"] == 0
     assert m["routing"] == "all-strong" and m["router_version"] is None
     assert m["strong_share"] == 1.0
-    from monitoring.golden import recorded_quality_gap
+    from routerops.monitoring.golden import recorded_quality_gap
 
     gap = recorded_quality_gap(load_golden(golden))
     if gap.problem is None:  # strong beats weak: all-strong routing recovers the whole gap

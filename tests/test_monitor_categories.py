@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from monitoring.categories import CategoryFigures, mlflow_metrics, per_category, table
+from routerops.monitoring.categories import CategoryFigures, mlflow_metrics, per_category, table
 
 # A: 5 traces, 4 labelled now. alpha .5 sends the first two to strong.
 #    now:      weak 0 1 1 0, strong 1 1 1 1 -> q_weak .5, q_strong 1, routed 1 1 1 0 = .75, PGR .5
@@ -50,9 +50,13 @@ def test_per_category_bad_input():
 def test_category_regression_alert_per_category_with_the_aggregate_tolerance(settings):
     from sqlalchemy import select
 
-    from monitoring.alerts import active_alert_gauges, category_regression_condition, process_conditions
     from routerops.db import session_scope
     from routerops.db.models import Alert
+    from routerops.monitoring.alerts import (
+        active_alert_gauges,
+        category_regression_condition,
+        process_conditions,
+    )
 
     rows = per_category(CATS, SCORES, WQ, SQ, WQ_REF, SQ_REF, alpha=0.5, min_traces=3)
 
@@ -79,7 +83,7 @@ def test_category_regression_alert_per_category_with_the_aggregate_tolerance(set
         assert s.scalars(select(Alert.status)).all() == ["resolved"]
         assert active_alert_gauges(s)["routerops_category_regression_active"] == 0.0
     # the set's conditions: one per category, none when one category is the whole set
-    from monitoring.alerts import category_conditions
+    from routerops.monitoring.alerts import category_conditions
 
     assert [c.active for c in category_conditions("g:1", rows, 0.1, alpha=0.5, golden_name="g", min_traces=3)] == \
         [True, None, None]

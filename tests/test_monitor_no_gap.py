@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from conftest import FIXTURES
 from sqlalchemy import select
 
-from monitoring.alerts import pgr_regression_condition, process_conditions
-from monitoring.golden import load_golden, recorded_quality_gap
 from routerops.db import session_scope
 from routerops.db.models import Alert, AlphaChange, MonitorRun
+from routerops.monitoring.alerts import pgr_regression_condition, process_conditions
+from routerops.monitoring.golden import load_golden, recorded_quality_gap
 
 NO_GAP = FIXTURES / "monitoring/no_gap"
 REASON = "PGR is undefined: strong quality 0.3333 is below weak quality 0.6667"
@@ -37,7 +37,7 @@ def replay_pair(settings, monkeypatch):
 
 
 def test_recording_a_set_with_no_gap_warns(replay_pair, tmp_path):
-    from orchestration.cli import cli
+    from routerops.orchestration.cli import cli
 
     out = tmp_path / "g.jsonl"
     result = CliRunner().invoke(cli, ["golden", "record", "--prompts", str(NO_GAP / "prompts.jsonl"),
@@ -52,7 +52,7 @@ def test_recording_a_set_with_no_gap_warns(replay_pair, tmp_path):
 
 
 def test_monitor_reports_null_pgr_with_its_reason_everywhere(replay_pair, monkeypatch):
-    from orchestration.cli import cli
+    from routerops.orchestration.cli import cli
 
     monkeypatch.setenv("ROUTEROPS_CATEGORY_MIN_TRACES", "3")  # the fixture has 3 traces per category
     from routerops.settings import get_settings
@@ -111,7 +111,7 @@ def test_monitor_reports_null_pgr_with_its_reason_everywhere(replay_pair, monkey
     assert float(samples["routerops_pgr_regression_active"]) == 0.0
 
     # Evidently: the summary snapshot says PGR is undefined (NaN PGR, pgr_defined 0) on its own panel
-    from monitoring.dashboards import get_project
+    from routerops.monitoring.dashboards import get_project
 
     ws, project = get_project(s)
     titles = {p.title for p in project.dashboard.model().panels}

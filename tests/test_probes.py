@@ -11,16 +11,16 @@ import pytest
 from click.testing import CliRunner
 
 from routerops.backends.base import Generation
-from training.probes.dataset import (
+from routerops.models.probes.features import logprob_baselines, parse_confidence, parse_feature_key
+from routerops.models.probes.probe import auroc, ece, reliability, select_probe, stratified_split
+from routerops.training.probes.dataset import (
     DatasetError,
     examples_from_logs,
     grade_headline,
     headline_text,
     load_headlines,
 )
-from training.probes.features import logprob_baselines, parse_confidence, parse_feature_key
-from training.probes.probe import auroc, ece, reliability, select_probe, stratified_split
-from training.probes.train import ProbeData, evaluate, log_probe
+from routerops.training.probes.train import ProbeData, evaluate, log_probe
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "probes"
 
@@ -94,7 +94,7 @@ def synthetic_probe_data() -> ProbeData:
 
 def test_train_log_register_and_load(settings):
     from routerops import registry
-    from training.probes.model import load_probe
+    from routerops.models.probes.model import load_probe
 
     data = synthetic_probe_data()
     report = evaluate(data)
@@ -174,9 +174,9 @@ def test_examples_from_logs(settings):
 
 
 def test_cli_text_probe_from_logs(settings):
-    from orchestration.cli import cli
     from routerops import registry
     from routerops.db.session import session_scope
+    from routerops.orchestration.cli import cli
 
     with session_scope(settings) as s:
         add_logs(s, 30)
@@ -204,9 +204,9 @@ def smollm():
 
 @pytest.mark.slow
 def test_real_hidden_state_probe(smollm, settings):
-    from training.probes.features import answer_features
-    from training.probes.model import load_probe
-    from training.probes.train import hidden_probe_data
+    from routerops.models.probes.features import answer_features
+    from routerops.models.probes.model import load_probe
+    from routerops.training.probes.train import hidden_probe_data
 
     examples = load_headlines(FIXTURES / "headlines_tiny.csv")[:10]
     layers = [3, 30]

@@ -88,7 +88,7 @@ def _train_champion(settings) -> str:  # noqa: ANN001
     from routerops.db import session_scope
     from routerops.db.models import PreferenceLog
     from routerops.text import prompt_hash
-    from training.train_router import train_router
+    from routerops.training.train_router import train_router
 
     with session_scope(settings) as session:
         for line in ROUTER_PREFS.read_text().splitlines():
@@ -112,10 +112,10 @@ def _golden_scenario(settings, tmp_path: Path) -> dict[str, Path]:  # noqa: ANN0
     Category A = score ranks 0-2 and 6-8, B = ranks 3-5 and 9-11. The drifted weak answers A's prompts
     wrong: PGR (0.75 - 0.25) / (1 - 0.25) = 0.667 overall and 0.5 in A (regressions at tolerance 0.1),
     1.0 in B (none)."""
-    from monitoring.golden import score_prompts
-    from monitoring.replay import load_live_router
     from routerops.alpha import propose_alpha
     from routerops.db import session_scope
+    from routerops.monitoring.golden import score_prompts
+    from routerops.monitoring.replay import load_live_router
 
     prompts = list(dict.fromkeys(json.loads(line)["prompt"] for line in ROUTER_PREFS.read_text().splitlines()))
     prompts = prompts[:N_PROMPTS]
@@ -157,8 +157,8 @@ def test_a_monitor_run_that_regresses_fires_in_prometheus_and_clears(settings, t
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from orchestration.cli import cli
-    from serving.app import create_app
+    from routerops.orchestration.cli import cli
+    from routerops.serving.app import create_app
 
     binary("prometheus")  # fail first, before training anything
     # the replay pair under the names the router knows (its files are written next)

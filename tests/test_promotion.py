@@ -11,18 +11,18 @@ from click.testing import CliRunner
 from monitoring_helpers import STRONG, WEAK, insert_judgements
 from sqlalchemy import select
 
-from monitoring.golden import record_from_alpaca_eval, write_golden
 from routerops import registry
 from routerops.db import session_scope
 from routerops.db.models import JobRun
+from routerops.monitoring.golden import record_from_alpaca_eval, write_golden
 
 N_PROMPTS = 60
 
 
 @pytest.mark.slow
 def test_retrain_job_compares_challenger_and_promotes_nothing(settings, shared_data, monkeypatch):
-    from orchestration.cli import cli
-    from training.train_router import train_router
+    from routerops.orchestration.cli import cli
+    from routerops.training.train_router import train_router
 
     ae = shared_data / "alpaca_eval"
     with gzip.open(ae / f"model_outputs/{STRONG}.json.gz", "rt") as fh:

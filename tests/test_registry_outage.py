@@ -26,9 +26,9 @@ PROMPT = "What's a fun fact about cats?"
 def champion(settings, static_embedder_dir: Path, tmp_path: Path) -> str:  # noqa: ANN001
     """A router (static embedder, shipped with it) approved as champion in the sqlite MLflow store."""
     from routerops import registry
+    from routerops.importers.core import import_file
     from routerops.settings import Settings
-    from training.importers.core import import_file
-    from training.train_router import train_router
+    from routerops.training.train_router import train_router
 
     own = tmp_path / "embedder"
     shutil.copytree(static_embedder_dir, own)
@@ -49,8 +49,8 @@ def route(base: str) -> dict:
 
 def test_api_starts_without_mlflow_and_picks_up_the_champion(settings, champion: str, tmp_path: Path,  # noqa: ANN001
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from routerops.serving.app import create_app
     from routerops.settings import Settings
-    from serving.app import create_app
 
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)  # the API's own bounds apply...
@@ -70,7 +70,7 @@ def test_api_starts_without_mlflow_and_picks_up_the_champion(settings, champion:
         reason = f"model registry unreachable ({uri}), no router loaded yet: routing to strong"
         assert health["status"] == "degraded" and health["router_version"] is None
         assert health["routing"] == reason
-        assert f"cannot read {serving.router_model_name}@champion from {uri}" in health["last_reload_error"]
+        assert f"cannot read {routerops.serving.router_model_name}@champion from {uri}" in health["last_reload_error"]
         info = route(base)
         assert (info["model"], info["reason"], info["router_version"], info["p_strong_wins"]) == \
             (STRONG, reason, None, None)

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 def _entry(n: int, **kw):  # noqa: ANN003, ANN202
     from routerops.db.models import new_id
-    from serving.request_log import LogEntry
+    from routerops.serving.request_log import LogEntry
 
     return LogEntry(new_id(), f"prompt {n}", f"answer {n}", "router", "router", WEAK, 0.4, 0.5, "3", 10.0, 1.0,
                     3, 4, 0.001, "t", **kw)
@@ -24,11 +24,11 @@ def _entry(n: int, **kw):  # noqa: ANN003, ANN202
 def test_spilled_at_shutdown_and_replayed_at_the_next_start(postgres_url: str, tmp_path: Path, caplog) -> None:  # noqa: ANN001
     from routerops.db import migrate, session_scope
     from routerops.db.models import CascadeStepLog, RequestLog
+    from routerops.models.cascade_log import StepRecord
+    from routerops.serving.metrics import ServingMetrics
+    from routerops.serving.request_log import RequestLogWriter, write_entry
+    from routerops.serving.request_log_spill import spill_dir, spill_files
     from routerops.settings import Settings
-    from serving.cascade_log import StepRecord
-    from serving.metrics import ServingMetrics
-    from serving.request_log import RequestLogWriter, write_entry
-    from serving.request_log_spill import spill_dir, spill_files
 
     caplog.set_level(logging.WARNING, logger="serving")
     data = tmp_path / "data"
@@ -86,9 +86,9 @@ def test_spilled_at_shutdown_and_replayed_at_the_next_start(postgres_url: str, t
 
 
 def test_a_spill_file_waits_while_the_database_is_unreachable(tmp_path: Path) -> None:
+    from routerops.serving.request_log import RequestLogWriter
+    from routerops.serving.request_log_spill import spill_dir, write_spill
     from routerops.settings import Settings
-    from serving.request_log import RequestLogWriter
-    from serving.request_log_spill import spill_dir, write_spill
 
     down = Settings(data_dir=tmp_path, database_url=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x")
     path = write_spill(spill_dir(tmp_path), [_entry(1)])

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from orchestration.cli import cli
 from routerops import metrics
+from routerops.orchestration.cli import cli
 
 FIX = Path(__file__).parent / "fixtures" / "router_eval"
 B_SCORES = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
@@ -163,9 +163,9 @@ def test_calibrate_set_records_alpha_with_bounded_step(settings):
 def _register_tiny_router(tmp_path: Path, settings) -> str:  # noqa: ANN001
     import mlflow
 
+    from routerops.models import router as router_model
+    from routerops.models.router import ARTIFACT_NAME, MFRouter
     from routerops.registry import configure_mlflow
-    from training import router_model
-    from training.router_model import ARTIFACT_NAME, MFRouter
 
     rng = np.random.default_rng(7)
     p = rng.normal(size=(2, 8)).astype(np.float32)
@@ -193,7 +193,7 @@ def _register_tiny_router(tmp_path: Path, settings) -> str:  # noqa: ANN001
 def test_eval_and_calibrate_with_registered_router(tmp_path, settings):
     import mlflow
 
-    from training.router_model import load_router
+    from routerops.models.router import load_router
 
     uri = _register_tiny_router(tmp_path, settings)
     out = tmp_path / "model_report.json"

@@ -24,7 +24,7 @@ KEY = "scale-out-key-0123456789"
 
 
 def _cli(env: dict[str, str], *args: str) -> str:
-    from orchestration.cli import cli
+    from routerops.orchestration.cli import cli
 
     result = CliRunner().invoke(cli, list(args), env=env)
     assert result.exit_code == 0, result.output
@@ -35,9 +35,9 @@ def _cli(env: dict[str, str], *args: str) -> str:
 def store(settings, static_embedder_dir: Path, tmp_path: Path) -> dict[str, str]:  # noqa: ANN001
     """A router trained on the static embedder, approved as champion, alpha set live; returns the
     servers' environment. The embedder folder it was trained with is deleted: it ships with the router."""
+    from routerops.importers.core import import_file
     from routerops.settings import Settings
-    from training.importers.core import import_file
-    from training.train_router import train_router
+    from routerops.training.train_router import train_router
 
     own = tmp_path / "embedder"
     shutil.copytree(static_embedder_dir, own)
@@ -57,7 +57,7 @@ def store(settings, static_embedder_dir: Path, tmp_path: Path) -> dict[str, str]
 def _serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     full = clean_env() | env
-    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "routerops.orchestration.cli", "serve", "--port", str(port),
                              "--log-level", "warning"], env=full, cwd=ROOT, stdout=log.open("w"),
                             stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{port}"

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from orchestration.scheduler import JobSpec, LeaseLock, RouterOpsScheduler, run_job
 from routerops.db import session_scope
 from routerops.db.models import JobRun, PreferenceLog
+from routerops.orchestration.scheduler import JobSpec, LeaseLock, RouterOpsScheduler, run_job
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "monitoring"))  # "sched_jobs:..." job refs
 
@@ -111,7 +111,7 @@ def test_job_does_not_start_without_the_lease(settings):
 
 
 def test_retrain_waits_for_enough_new_rows(settings, monkeypatch):
-    from orchestration.cli import cli
+    from routerops.orchestration.cli import cli
 
     monkeypatch.setenv("ROUTEROPS_RETRAIN_MIN_NEW_ROWS", "5")
     with session_scope(settings) as s:
@@ -137,10 +137,10 @@ def test_sigterm_stops_the_scheduler_process_cleanly(settings):
 
     from sqlalchemy import text
 
-    from orchestration.scheduler import lease_holder
     from routerops.db import get_engine
+    from routerops.orchestration.scheduler import lease_holder
 
-    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "scheduler"], env=dict(os.environ),
+    proc = subprocess.Popen([sys.executable, "-m", "routerops.orchestration.cli", "scheduler"], env=dict(os.environ),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert _wait_for(lambda: lease_holder(settings) is not None, 60), "scheduler never took the lease"

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import SESSION_ENV
 
-from orchestration.cli import cli
 from routerops.model_names import UnknownModelError
+from routerops.orchestration.cli import cli
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "router"
 PROMPTS = [
@@ -29,9 +29,9 @@ PROMPTS = [
 def trained(tmp_path_factory):  # noqa: ANN001, ANN201
     """An isolated data dir (SQLite DB + MLflow store) with the fixture imported and a router trained."""
     from routerops.db import dispose_engines, migrate
+    from routerops.importers.core import import_file
     from routerops.settings import get_settings
-    from training.importers.core import import_file
-    from training.train_router import train_router
+    from routerops.training.train_router import train_router
 
     tmp = tmp_path_factory.mktemp("score")
     with pytest.MonkeyPatch.context() as mp:
@@ -116,7 +116,7 @@ def test_loader_and_pyfunc_agree(trained) -> None:  # noqa: ANN001
     import mlflow
     import pandas as pd
 
-    from training.router_model import load_router
+    from routerops.models.router import load_router
 
     settings, result, _ = trained
     router = load_router("models:/mf-router@challenger", settings)

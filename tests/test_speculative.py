@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from scipy.stats import chisquare
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from serving.speculative import (
+from routerops.serving.speculative import (
     AdaptiveGamma,
     EarlyExitDraft,
     ModelDraft,
@@ -30,10 +30,10 @@ from serving.speculative import (
     exact_accept,
     expected_speedup,
 )
-from serving.speculative.adaptive import PassCost
-from serving.speculative.drafts import lookup_continuation, lookup_with_match
-from serving.speculative.kv import crop_to, forward_logits
-from serving.speculative.sampling import sample
+from routerops.serving.speculative.adaptive import PassCost
+from routerops.serving.speculative.drafts import lookup_continuation, lookup_with_match
+from routerops.serving.speculative.kv import crop_to, forward_logits
+from routerops.serving.speculative.sampling import sample
 
 # --- a tiny model family with a real KV cache, for the statistical tests --------------------------
 V = 5  # vocabulary of the toy models; 3 generated tokens -> 125 outcomes
@@ -436,9 +436,9 @@ def test_greedy_small_model_draft_is_identical(smollm2) -> None:  # noqa: ANN001
 
 @pytest.mark.slow
 def test_exit_head_training_job_and_self_draft_with_head(smollm2, settings, shared_data) -> None:  # noqa: ANN001
-    from orchestration.cli import cli
-    from serving.speculative import build_from_settings
-    from serving.speculative.exit_head import default_head_path
+    from routerops.models.exit_head import default_head_path
+    from routerops.orchestration.cli import cli
+    from routerops.serving.speculative import build_from_settings
 
     loaded, refs = smollm2
     result = CliRunner().invoke(cli, ["train", "exit-head", "--layers", "10", "--texts", "5", "--max-tokens", "48",
@@ -462,7 +462,7 @@ def test_exit_head_training_job_and_self_draft_with_head(smollm2, settings, shar
 
 
 def test_bad_settings_are_named(settings) -> None:  # noqa: ANN001
-    from serving.speculative import build_draft
+    from routerops.serving.speculative import build_draft
 
     with pytest.raises(ValueError, match="SPECULATIVE_DRAFT_MODEL"):
         build_draft(settings.model_copy(update={"speculative_draft": "model"}), toy_target())

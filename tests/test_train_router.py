@@ -12,9 +12,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from routerops.models.mf import MFModel, pair_direction
 from routerops.text import prompt_hash
-from training.mf_model import MFModel, pair_direction
-from training.router_data import Weighting, build_router_data, row_weights, split_prompts
+from routerops.training.router_data import Weighting, build_router_data, row_weights, split_prompts
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "router"
 PREFS = FIXTURES / "prefs.jsonl"
@@ -91,7 +91,7 @@ def test_pair_direction_equals_the_torch_model() -> None:
 
 
 def _ingest(settings) -> None:  # noqa: ANN001
-    from training.importers.core import import_file
+    from routerops.importers.core import import_file
 
     report = import_file(settings, "native", PREFS, progress=False)
     assert report.accepted == 220
@@ -101,7 +101,7 @@ def test_train_registers_challenger_and_leaves_champion(settings) -> None:  # no
     import mlflow
 
     from routerops import registry
-    from training.train_router import train_router
+    from routerops.training.train_router import train_router
 
     _ingest(settings)
     first = train_router(settings, eval_sets=[EVAL], eval_strong="gpt-4-1106-preview",
@@ -137,7 +137,7 @@ def test_train_registers_challenger_and_leaves_champion(settings) -> None:  # no
 
 
 def test_source_filters_and_empty_store(settings) -> None:  # noqa: ANN001
-    from orchestration.cli import cli
+    from routerops.orchestration.cli import cli
 
     runner = CliRunner()
     result = runner.invoke(cli, ["train", "router", "--no-progress"])
@@ -155,7 +155,7 @@ def test_source_filters_and_empty_store(settings) -> None:  # noqa: ANN001
 
 
 def test_bad_eval_set_fails_before_training(settings, tmp_path) -> None:  # noqa: ANN001
-    from training.train_router import train_router
+    from routerops.training.train_router import train_router
 
     bad = tmp_path / "bad.csv"
     bad.write_text("prompt,gpt-4-1106-preview\nhello,1\n")
@@ -178,8 +178,8 @@ def _synthetic(rng: np.random.Generator, n: int, source: str, strong_better: boo
 
 
 def _fit_and_score(outcomes: pd.DataFrame, vectors: dict, weighting: Weighting, on: list[str]) -> np.ndarray:
-    from training import irt_mf
-    from training.router_data import fit_data
+    from routerops.models import irt_mf
+    from routerops.training.router_data import fit_data
 
     data = build_router_data(outcomes, None, weighting)
     X = np.stack([vectors[p] for p in data.prompts])
@@ -207,8 +207,8 @@ def test_small_source_keeps_its_influence() -> None:
 def test_difficulty_transfers_and_loso_reports_each_source() -> None:
     """Two sources with disjoint prompts and the same rule (harder prompts: strong gains most in the
     middle): a router fit on one routes the other far above random."""
-    from training import irt_mf
-    from training.router_loso import leave_one_source_out
+    from routerops.models import irt_mf
+    from routerops.training.router_loso import leave_one_source_out
 
     rng = np.random.default_rng(1)
     a, ax = _synthetic(rng, 600, "alpha", strong_better=True)
@@ -229,9 +229,9 @@ def test_difficulty_transfers_and_loso_reports_each_source() -> None:
 
 
 def test_per_category_apgr_on_held_out_prompts() -> None:
-    from training import irt_mf
-    from training.router_data import fit_data
-    from training.train_router import per_category_apgr
+    from routerops.models import irt_mf
+    from routerops.training.router_data import fit_data
+    from routerops.training.train_router import per_category_apgr
 
     rng = np.random.default_rng(2)
     frame, vectors = _synthetic(rng, 800, "src", strong_better=True)

@@ -33,7 +33,7 @@ class Up:
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestration.cli", "up", *args], cwd=tmp_path, env=base,
+            [sys.executable, "-m", "routerops.orchestration.cli", "up", *args], cwd=tmp_path, env=base,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -282,7 +282,7 @@ def score_routerbench(folder: Path | str, embedder, cache_dir: Path, datasets: S
     """Text probes per model on the train split; out-of-fold scores on train, fitted-probe scores on test."""
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    from training.probes.probe import auroc, make_probe
+    from routerops.models.probes.probe import auroc, make_probe
 
     train, test = load_routerbench(folder, "train", datasets), load_routerbench(folder, "test", datasets)
     models = train.models
@@ -400,7 +400,7 @@ def run_routerbench_eval(folder: Path | str, settings, *, datasets: Sequence[str
     """Score with text probes, evaluate pooled and per dataset; log figures and the Pareto plot."""
     import tempfile
 
-    from routerops.embeddings import get_embedder
+    from routerops.models.embeddings import get_embedder
 
     embedder = get_embedder(settings)
     scored = score_routerbench(folder, embedder, settings.data_dir / "cascade_eval" / "embeddings", datasets,

@@ -31,7 +31,7 @@ class RefitError(RuntimeError):
 
 @dataclass
 class RefitResult:
-    config: object  # serving.cascade.CascadeConfig (the challenger)
+    config: object  # routerops.serving.cascade.CascadeConfig (the challenger)
     n_requests: int
     skipped: dict[str, int]
     live_thresholds: list[float]
@@ -71,7 +71,7 @@ def load_registered_config(version_or_alias: str, settings: Settings, name: str 
     import mlflow
 
     from routerops import registry
-    from serving.cascade import CascadeConfig
+    from routerops.models.cascade_config import CascadeConfig
 
     uri = f"models:/{name}/{version_or_alias}" if version_or_alias.isdigit() else f"models:/{name}@{version_or_alias}"
     pinned = registry.pin_model_uri(uri, "cascade config", settings)
@@ -90,9 +90,9 @@ def refit_cascade_thresholds(settings: Settings, *, budget: float | None = None,
     target quality (min cost); without either, the live config's own objective. Registers the new
     config as `cascade-config@challenger`; the live config is read, never written."""
     from routerops.db import session_scope
-    from serving.cascade import CascadeConfig, load_cascade_config
-    from serving.cascade_log import logged_table
-    from training.cascade_eval import search, threshold_grid
+    from routerops.models.cascade_config import CascadeConfig, load_cascade_config
+    from routerops.training.cascade_eval import search, threshold_grid
+    from routerops.training.cascade_logged import logged_table
 
     if budget is not None and quality_target is not None:
         raise RefitError("give at most one of budget or quality_target")

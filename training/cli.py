@@ -45,8 +45,8 @@ def train_router(sources: tuple[str, ...], exclude_sources: tuple[str, ...], for
                  no_progress: bool) -> None:
     """Train the router on the store's outcomes and preferences; register it as `challenger`."""
     from routerops.settings import get_settings
-    from training.train_router import EmptyStoreError
-    from training.train_router import train_router as run
+    from routerops.training.train_router import EmptyStoreError
+    from routerops.training.train_router import train_router as run
 
     settings = get_settings()
     try:
@@ -112,8 +112,8 @@ def score(model_uri: str, strong: str | None, weak: str | None, input_path: Path
     from tqdm.auto import tqdm
 
     from routerops.model_names import UnknownModelError
+    from routerops.models.router import load_router
     from routerops.settings import get_settings
-    from training.router_model import load_router
 
     rows, problems = _read_prompts(input_path)
     for problem in problems:

@@ -42,7 +42,7 @@ def label(judge_base_url: str, judge_model: str, prompts_file: Path | None, from
     from routerops.backends.openai_http import OpenAIHTTPBackend
     from routerops.db import session_scope
     from routerops.settings import get_settings
-    from training.labeling import LabelError, LabelReport, PairwiseJudge, run_labeling
+    from routerops.training.labeling import LabelError, LabelReport, PairwiseJudge, run_labeling
 
     if (prompts_file is None) == (not from_requests):
         raise click.UsageError("give exactly one of --prompts FILE or --from-requests")

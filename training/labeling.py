@@ -178,8 +178,8 @@ class LabelReport:
 def prompts_from_file(path: Path) -> Iterator[LabelItem | tuple[int, str]]:
     """JSONL / JSON array / CSV (gzipped or not) with a `prompt` (or `instruction`, `question`, arena
     `turns`) per record. Yields LabelItems, or (line, reason) for records without a usable prompt."""
-    from training.importers.readers import is_csv, iter_csv_records, iter_json_records, question_text
-    from training.importers.records import ImportFailed, Reject
+    from routerops.importers.readers import is_csv, iter_csv_records, iter_json_records, question_text
+    from routerops.importers.records import ImportFailed, Reject
 
     if not path.is_file():
         raise LabelError(f"prompts file not found: {path}")

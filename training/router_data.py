@@ -158,7 +158,7 @@ def build_router_data(outcomes: pd.DataFrame | None, prefs: pd.DataFrame | None,
 
 def fit_data(data: RouterData, X: np.ndarray, prompt_mask: np.ndarray | None = None):  # noqa: ANN201
     """irt_mf.FitData over the rows whose prompt is in prompt_mask (all when None)."""
-    from training.irt_mf import FitData
+    from routerops.models.irt_mf import FitData
 
     o, p = data.outcomes, data.pairs
     if prompt_mask is not None:

@@ -148,7 +148,7 @@ def load_outcomes(path: Path, strong_column: str | None = None, weak_column: str
     if (strong_column is None) != (weak_column is None):
         raise click.ClickException("give both --strong-column and --weak-column (or neither)")
     if strong_column is not None:
-        from training.eval_sets import find_column
+        from routerops.training.eval_sets import find_column
 
         try:
             s_col, w_col = find_column(columns, strong_column), find_column(columns, weak_column)
@@ -158,7 +158,9 @@ def load_outcomes(path: Path, strong_column: str | None = None, weak_column: str
     else:
         s_col, w_col, id_col = "strong_quality", "weak_quality", id_column or "id"
     _require(path, columns, [id_col, w_col, s_col])
-    from training.eval_sets import _prompt_text  # RouterBench stores some prompts as a list of turns
+    from routerops.training.eval_sets import (
+        _prompt_text,  # RouterBench stores some prompts as a list of turns
+    )
 
     ids, prompts, weak, strong, where = [], [], [], [], []
     for loc, rec in rows:
@@ -230,8 +232,8 @@ def _router_scores(model_uri: str, strong: str | None, weak: str | None, prompts
                    ) -> tuple[np.ndarray, str | None, tuple[str, str]]:
     """P(strong wins) for `prompts` from a registered router; (scores, router version, pair)."""
     from routerops.model_names import UnknownModelError
+    from routerops.models.router import load_router  # lazy: torch and the embedder load only here
     from routerops.settings import get_settings
-    from training.router_model import load_router  # lazy: torch and the embedder load only here
 
     try:
         router = load_router(model_uri, get_settings())
@@ -489,7 +491,7 @@ def _log_to_mlflow(report: EvalReport, data: dict[str, Any], curve: metrics.PGRC
 def _load_prompts(path: Path, id_column: str | None) -> tuple[list[str], list[str], list[Skipped]]:
     columns, rows, skipped = read_records(path)
     _require(path, columns, ["prompt"])
-    from training.eval_sets import _prompt_text
+    from routerops.training.eval_sets import _prompt_text
 
     id_col = id_column or ("sample_id" if "sample_id" in columns else "id")
     ids, prompts = [], []

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from routerops import metrics as rmetrics
-from training import irt_mf
-from training.router_data import RouterData, fit_data
+from routerops.models import irt_mf
+from routerops.training.router_data import RouterData, fit_data
 
 log = logging.getLogger(__name__)
 MIN_PROMPTS = 30

@@ -40,7 +40,7 @@ class TrainResult:
     model_uri: str
     metrics: dict[str, float] = field(default_factory=dict)
     vocabulary: list[str] = field(default_factory=list)
-    loso: object | None = None  # training.router_loso.LosoReport when asked for
+    loso: object | None = None  # routerops.training.router_loso.LosoReport when asked for
 
 
 REFERENCE_PROMPTS = 2000  # prompts kept with the router to find the alpha for a strong share
@@ -144,8 +144,8 @@ def per_category_apgr(data, X: np.ndarray, params: dict[str, np.ndarray], mask: 
     """APGR on the prompts in `mask` per (source, category), each with its source's evaluation pair
     (the leave-one-source-out rule, training/router_loso.py)."""
     from routerops import metrics as rmetrics
-    from training import irt_mf
-    from training.router_loso import eval_pair
+    from routerops.models import irt_mf
+    from routerops.training.router_loso import eval_pair
 
     index = {m: i for i, m in enumerate(data.vocabulary)}
     known = set(range(len(data.vocabulary)))
@@ -189,7 +189,7 @@ def _loso_plot(frame, path: Path) -> None:  # noqa: ANN001
 
 
 def prompt_matrix(embeddings: np.ndarray, prompts: list[str], standardizer: dict | None) -> np.ndarray:
-    from training.prompt_features import features
+    from routerops.models.prompt_features import features
 
     emb = np.asarray(embeddings, dtype=np.float32)
     return emb if standardizer is None else np.hstack([emb, features(prompts, standardizer)])
@@ -226,17 +226,17 @@ def train_router(
     from routerops import metrics as rmetrics
     from routerops import registry
     from routerops.db import session_scope
-    from routerops.embedders.router_files import embedder_artifacts
-    from routerops.embeddings import embed_cached, embedding_ref, ensure_built_embedder, get_embedder
+    from routerops.importers.store import load_outcomes, load_preferences
     from routerops.model_names import load_catalog, name_key
+    from routerops.models import irt_mf
+    from routerops.models.embedders.router_files import embedder_artifacts
+    from routerops.models.embeddings import embed_cached, embedding_ref, ensure_built_embedder, get_embedder
+    from routerops.models.prompt_features import fit_standardizer, raw_features
+    from routerops.models.router import ARTIFACT_NAME, FORMAT_V2, MFRouter
     from routerops.text import prompt_hash
-    from training import irt_mf
-    from training.eval_sets import load_routerbench
-    from training.importers.store import load_outcomes, load_preferences
-    from training.prompt_features import fit_standardizer, raw_features
-    from training.router_data import Weighting, build_router_data, fit_data, snapshot, split_prompts
-    from training.router_loso import leave_one_source_out
-    from training.router_model import ARTIFACT_NAME, FORMAT_V2, MFRouter
+    from routerops.training.eval_sets import load_routerbench
+    from routerops.training.router_data import Weighting, build_router_data, fit_data, snapshot, split_prompts
+    from routerops.training.router_loso import leave_one_source_out
 
     config = irt_mf.IRTMFConfig(formulation=formulation, pair_link=pair_link, rank=rank, l2_prompt=l2_prompt, l2_model=l2_model,
                                 max_iter=max_iter, seed=seed)

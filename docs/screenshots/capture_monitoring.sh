@@ -53,7 +53,7 @@ shot() {
 # alpha for PGR 0.8 on the recorded set, as an operator calibrates after recording (tests/test_monitor.py)
 ALPHA=$("$REPO/.venv/bin/python" - <<'PY'
 import numpy as np
-from monitoring.golden import load_golden
+from routerops.monitoring.golden import load_golden
 from routerops import metrics
 t = load_golden("golden.jsonl")
 s = np.array([x.router_score for x in t]); w = np.array([x.label.p_weak_wins for x in t])

@@ -7,13 +7,13 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-import migrations
+import routerops.migrations
 from routerops.db.session import normalize_url
 from routerops.settings import Settings, get_settings
 
 
 def alembic_config(url: str | None = None, settings: Settings | None = None) -> Config:
-    here = Path(migrations.__file__).parent
+    here = Path(routerops.migrations.__file__).parent
     cfg = Config(str(here / "alembic.ini"))
     cfg.set_main_option("script_location", str(here))
     # '%' is ConfigParser interpolation syntax; URLs may contain it (encoded passwords).

@@ -10,14 +10,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from routerops.backends.factory import BackendPair
+from routerops.serving.auth import Authenticator, AuthError, Principal
+from routerops.serving.errors import ApiError
+from routerops.serving.failover import Guard
+from routerops.serving.metrics import ServingMetrics
+from routerops.serving.request_log import RequestLogWriter
+from routerops.serving.routing import RouterState
+from routerops.serving.strategies import Strategy
 from routerops.settings import Settings
-from serving.auth import Authenticator, AuthError, Principal
-from serving.errors import ApiError
-from serving.failover import Guard
-from serving.metrics import ServingMetrics
-from serving.request_log import RequestLogWriter
-from serving.routing import RouterState
-from serving.strategies import Strategy
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from serving.api.routes import admin, chat, feedback, health, models
+from routerops.serving.api.routes import admin, chat, feedback, health, models
 
 api_router = APIRouter()
 api_router.include_router(chat.router)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 
-from serving.errors import error_body
+from routerops.serving.errors import error_body
 
 INGEST_MAX_BYTES = 512 * 1024 * 1024
 

@@ -1,6 +1,6 @@
 """Exact speculative decoding (issue 5): same output distribution as the target alone, fewer target passes.
 
-    from serving.speculative import SpeculativeGenerator, PromptLookupDraft
+    from routerops.serving.speculative import SpeculativeGenerator, PromptLookupDraft
     gen = SpeculativeGenerator(load_llm(LLMSpec.resolve("smollm2-135m-instruct")), PromptLookupDraft())
     res = gen.generate(messages, max_new_tokens=64, temperature=0.0)      # SpecResult
     stream = gen.stream(messages, max_new_tokens=64); "".join(stream); stream.result
@@ -14,9 +14,16 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from serving.speculative.adaptive import AdaptiveGamma, best_gamma, expected_speedup, expected_tokens_per_pass
-from serving.speculative.decoder import SpecResult, SpecStream, SpeculativeGenerator, encode_prompt
-from serving.speculative.drafts import (
+from routerops.models.exit_head import target_name as _target_name
+from routerops.models.exit_head import target_spec as _target_spec
+from routerops.serving.speculative.adaptive import (
+    AdaptiveGamma,
+    best_gamma,
+    expected_speedup,
+    expected_tokens_per_pass,
+)
+from routerops.serving.speculative.decoder import SpecResult, SpecStream, SpeculativeGenerator, encode_prompt
+from routerops.serving.speculative.drafts import (
     Draft,
     DraftState,
     EarlyExitDraft,
@@ -24,7 +31,7 @@ from serving.speculative.drafts import (
     PromptLookupDraft,
     Proposal,
 )
-from serving.speculative.sampling import Verdict, Warp, exact_accept, greedy_accept
+from routerops.serving.speculative.sampling import Verdict, Warp, exact_accept, greedy_accept
 
 __all__ = [
     "AdaptiveGamma", "Draft", "DraftState", "EarlyExitDraft", "ModelDraft", "PromptLookupDraft", "Proposal",
@@ -35,21 +42,6 @@ __all__ = [
 
 _built: dict[tuple, SpeculativeGenerator] = {}
 _lock = threading.Lock()
-
-
-def _target_spec(settings: Any):  # noqa: ANN202
-    from routerops.local_models import LLMSpec
-
-    if settings.strong_backend != "local" and settings.speculative_target is None:
-        raise ValueError(f"speculative decoding needs a local target model; the strong backend is "
-                         f"{settings.strong_backend!r}: set ROUTEROPS_SPECULATIVE_TARGET to a local model")
-    model = settings.speculative_target or settings.strong_model
-    gguf = settings.strong_gguf_file if settings.speculative_target is None else None
-    return LLMSpec.resolve(model, gguf, settings.device)
-
-
-def _target_name(settings: Any) -> str:
-    return settings.speculative_target or settings.strong_model
 
 
 def build_draft(settings: Any, target: Any) -> Draft:
@@ -64,7 +56,7 @@ def build_draft(settings: Any, target: Any) -> Draft:
         vocab = target.model.get_output_embeddings().weight.shape[0]
         return ModelDraft.load(settings.speculative_draft_model, vocab, device=settings.device)
     if kind == "self":
-        from serving.speculative.exit_head import default_head_path, load_head
+        from routerops.models.exit_head import default_head_path, load_head
 
         layers, head = settings.speculative_draft_layers, None
         path = settings.speculative_exit_head or default_head_path(settings.data_dir, _target_name(settings), layers)

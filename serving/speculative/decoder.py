@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from serving.speculative.adaptive import AdaptiveGamma, PassCost, expected_speedup
-from serving.speculative.drafts import Draft
-from serving.speculative.kv import crop_to, forward_logits
-from serving.speculative.sampling import (
+from routerops.serving.speculative.adaptive import AdaptiveGamma, PassCost, expected_speedup
+from routerops.serving.speculative.drafts import Draft
+from routerops.serving.speculative.kv import crop_to, forward_logits
+from routerops.serving.speculative.sampling import (
     AcceptRule,
     Warp,
     exact_accept,

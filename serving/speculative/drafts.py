@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from serving.speculative.kv import cache_len, crop_to, forward_logits, share_prefix_layers
-from serving.speculative.sampling import Warp, sample
+from routerops.serving.speculative.kv import cache_len, crop_to, forward_logits, share_prefix_layers
+from routerops.serving.speculative.sampling import Warp, sample
 
 
 @dataclass

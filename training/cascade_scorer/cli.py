@@ -30,7 +30,7 @@ def train_cascade_scorer(routerbench: Path, ladder: str, datasets: str, no_cross
     `routerops approve --model cascade-scorer N`; serving uses it once the cascade config's scorer_uri
     names it)."""
     from routerops.settings import get_settings
-    from training.cascade_scorer.train import log_report, train_routerbench_scorer
+    from routerops.training.cascade_scorer.train import log_report, train_routerbench_scorer
 
     models = [m.strip() for m in ladder.split(",") if m.strip()]
     sets = [d.strip() for d in datasets.split(",") if d.strip()]

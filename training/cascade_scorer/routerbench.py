@@ -11,7 +11,7 @@ ladder gets its own combiners and its own threshold surface.
 A rung may take a second opinion (agreement-based cascading, Kolawole et al. 2024): the rung "A+B"
 pays for A and for B, returns A's answer and scores it with A's agreement with B as well (the
 `*_sample` signals). RouterBench holds one answer per model, so a second cheap model stands in for
-the second sample of the same model that serving draws (serving.cascade, CascadeStep.second_sample).
+the second sample of the same model that serving draws (routerops.serving.cascade, CascadeStep.second_sample).
 """
 
 from __future__ import annotations
@@ -28,7 +28,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.cascade_eval import (
+from routerops.models.cascade_scorer.features import (
+    SIGNAL_NAMES,
+    base_models,
+    normalize_answer,
+    rung_parts,
+    short_rung,
+    token_overlap,
+)
+from routerops.models.cascade_scorer.model import fit_combiner, rung_metrics
+from routerops.training.cascade_eval import (
     GPT4,
     NEVER,
     ROUTERBENCH_SETS,
@@ -39,15 +48,6 @@ from training.cascade_eval import (
     simulate,
     threshold_grid,
 )
-from training.cascade_scorer.features import (
-    SIGNAL_NAMES,
-    base_models,
-    normalize_answer,
-    rung_parts,
-    short_rung,
-    token_overlap,
-)
-from training.cascade_scorer.model import fit_combiner, rung_metrics
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +404,7 @@ def ce_cache_key(data: RouterBenchData, models: Sequence[str], config: dict) -> 
 def train_cross_encoder(split: Split, models: Sequence[str], *, examples: int, max_length: int,
                         threads: int | None, seed: int = 0, progress: bool = True):  # noqa: ANN201
     """Fine-tune on up to `examples` (query, model, answer) pairs drawn from `split` over `models`."""
-    from training.cascade_scorer.cross_encoder import CrossEncoderScorer, TrainConfig
+    from routerops.models.cascade_scorer.cross_encoder import CrossEncoderScorer, TrainConfig
 
     rng = np.random.default_rng(seed)
     pairs = [(i, m) for i in range(split.n) for m in models]
@@ -456,7 +456,7 @@ def answer_scorer_logits(data: RouterBenchData, models: Sequence[str], embedder,
     test logits per model, stats). Each fold's scorer keeps the C the full fit chose per model."""
     import time
 
-    from training.cascade_scorer.answer_scorer import AnswerScorer, pair_features
+    from routerops.models.cascade_scorer.answer_scorer import AnswerScorer, pair_features
 
     t0 = time.perf_counter()
     models = list(models)

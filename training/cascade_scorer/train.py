@@ -1,7 +1,7 @@
 """Train a cascade scorer for one ladder on RouterBench: cross-encoder on train part A, the
 static-embedding answer scorer on all of train (cross-fitted), rung combiners on train part B,
 per-rung AUROC / ECE on test; log and register it (`challenger`). A rung "A+B" takes B's answer as a
-second opinion on A's (training.cascade_scorer.features.rung_parts); the text scorers judge A's answer."""
+second opinion on A's (routerops.models.cascade_scorer.features.rung_parts); the text scorers judge A's answer."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from training.cascade_eval import ROUTERBENCH_SETS
-from training.cascade_scorer.features import rung_parts
-from training.cascade_scorer.model import CascadeScorer, fit_combiner, rung_metrics
-from training.cascade_scorer.routerbench import (
+from routerops.models.cascade_scorer.features import rung_parts
+from routerops.models.cascade_scorer.model import CascadeScorer, fit_combiner, rung_metrics
+from routerops.training.cascade_eval import ROUTERBENCH_SETS
+from routerops.training.cascade_scorer.routerbench import (
     SignalCache,
     alias_rungs,
     answer_scorer_logits,
@@ -63,7 +63,7 @@ def train_routerbench_scorer(folder: Path | str, ladder: Sequence[str], *, datas
     answer_scorer = as_stats = as_fit = as_test = None
     if use_answer_scorer:
         if embedder is None:
-            from routerops.embeddings import get_embedder
+            from routerops.models.embeddings import get_embedder
             from routerops.settings import get_settings
 
             embedder = get_embedder(get_settings())
@@ -89,7 +89,7 @@ def train_routerbench_scorer(folder: Path | str, ladder: Sequence[str], *, datas
 
 
 def log_report(report: ScorerReport, settings, params: dict, register: bool = True) -> ScorerReport:  # noqa: ANN001
-    from training.cascade_scorer.registry import log_cascade_scorer
+    from routerops.training.cascade_scorer.register import log_cascade_scorer
 
     metrics: dict[str, float] = {}
     for i, r in enumerate(report.per_rung.values()):

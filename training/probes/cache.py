@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.probes.dataset import ProbeExample
-from training.probes.features import AnsweredBatch, generate_with_features
+from routerops.models.probes.features import AnsweredBatch, generate_with_features
+from routerops.training.probes.dataset import ProbeExample
 
 log = logging.getLogger(__name__)
 

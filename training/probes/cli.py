@@ -33,7 +33,12 @@ def train_probe(task: str | None, data_path: Path | None, test_path: Path | None
                 no_verbalize: bool, batch_size: int, no_register: bool) -> None:
     """Train the deferral probe (P(weak answer is good)) and register it as `deferral-probe@challenger`."""
     from routerops.settings import get_settings
-    from training.probes.dataset import DatasetError, examples_from_logs, grade_headline, load_headlines
+    from routerops.training.probes.dataset import (
+        DatasetError,
+        examples_from_logs,
+        grade_headline,
+        load_headlines,
+    )
 
     settings = get_settings()
     if task is None and not from_logs:
@@ -65,7 +70,7 @@ def train_probe(task: str | None, data_path: Path | None, test_path: Path | None
                                    "runs the local weak model (ROUTEROPS_WEAK_BACKEND=local)")
     data = _build(settings, kind, train_ex, test_ex, layers, max_new_tokens, not no_verbalize, batch_size,
                   grade_headline)
-    from training.probes.train import evaluate, log_probe
+    from routerops.training.probes.train import evaluate, log_probe
 
     try:
         report = evaluate(data)
@@ -86,11 +91,11 @@ def train_probe(task: str | None, data_path: Path | None, test_path: Path | None
 
 def _build(settings, kind, train_ex, test_ex, layers, max_new_tokens, verbalize, batch_size, grade):  # noqa: ANN001, ANN202
     from routerops.local_models import LLMSpec, load_llm
-    from training.probes.features import default_layers
-    from training.probes.train import hidden_probe_data, text_probe_data
+    from routerops.models.probes.features import default_layers
+    from routerops.training.probes.train import hidden_probe_data, text_probe_data
 
     if kind == "text" and not any(e.answer is None for e in train_ex + test_ex):
-        from routerops.embeddings import get_embedder
+        from routerops.models.embeddings import get_embedder
 
         return text_probe_data(get_embedder(settings), train_ex, test_ex)
     llm = load_llm(LLMSpec.resolve(settings.weak_model, settings.weak_gguf_file, settings.device))
@@ -111,8 +116,8 @@ def _build(settings, kind, train_ex, test_ex, layers, max_new_tokens, verbalize,
     if kind == "hidden":
         return data
     # text probe over the local model's answers: same labels and baselines, MiniLM features
-    from routerops.embeddings import embedding_ref, get_embedder
-    from training.probes.features import text_features
+    from routerops.models.embeddings import embedding_ref, get_embedder
+    from routerops.models.probes.features import text_features
 
     embedder = get_embedder(settings)
     data.features = {"text": text_features(embedder, data.prompts, data.answers)}

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from routerops.models.probes.features import parse_feature_key
+from routerops.models.probes.probe import Selection, auroc, ece, reliability, select_probe, stratified_split
 from routerops.settings import Settings
-from training.probes.features import parse_feature_key
-from training.probes.probe import Selection, auroc, ece, reliability, select_probe, stratified_split
 
 log = logging.getLogger(__name__)
 PYFUNC_CODE = Path(__file__).with_name("probe_pyfunc.py")
@@ -163,7 +163,7 @@ def log_probe(report: ProbeReport, data: ProbeData, settings: Settings, *, regis
     from mlflow.types import ColSpec, Schema
 
     from routerops import registry
-    from training.probes.model import META_FILE, PIPELINE_FILE, DeferralProbe
+    from routerops.models.probes.model import META_FILE, PIPELINE_FILE, DeferralProbe
 
     registry.configure_mlflow(settings)
     sel = report.selection
@@ -227,8 +227,8 @@ def hidden_probe_data(llm, train_examples, test_examples, *, cache_root: Path, l
                       verbalize: bool = True, batch_size: int = 16, grade=None, progress: bool = True) -> ProbeData:
     """Answer every example with the local weak model (cached), grade it, and collect features.
     Examples that already carry an answer (from the logs) are read teacher-forced instead."""
-    from training.probes.cache import answered_cached
-    from training.probes.features import answer_features, logprob_baselines
+    from routerops.models.probes.features import answer_features, logprob_baselines
+    from routerops.training.probes.cache import answered_cached
 
     t0 = time.perf_counter()
     # copies: generated answers and labels are written into these, never into the caller's examples
@@ -279,8 +279,8 @@ def hidden_probe_data(llm, train_examples, test_examples, *, cache_root: Path, l
 
 def text_probe_data(embedder, train_examples, test_examples) -> ProbeData:  # noqa: ANN001
     """Text-embedding probe data for answers that already exist (API weak model, logs)."""
-    from routerops.embeddings import embedding_ref
-    from training.probes.features import text_features
+    from routerops.models.embeddings import embedding_ref
+    from routerops.models.probes.features import text_features
 
     examples = list(train_examples) + list(test_examples)
     missing = [e.id for e in examples if e.answer is None or e.label is None]

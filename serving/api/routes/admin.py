@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from serving.api.deps import StateDep, admin
-from serving.auth import Principal
-from serving.errors import ApiError
+from routerops.serving.api.deps import StateDep, admin
+from routerops.serving.auth import Principal
+from routerops.serving.errors import ApiError
 
 router = APIRouter()
 
@@ -48,7 +48,7 @@ async def admin_ingest(request: Request, state: StateDep, format: str,  # noqa: 
                        filename: str = "upload.jsonl", _principal: Principal = admin) -> JSONResponse:
     """Body: the raw file (e.g. curl --data-binary @file). Runs H1's importer in one transaction."""
     try:
-        from training.importers import FORMATS, ImportFailed, import_file
+        from routerops.importers import FORMATS, ImportFailed, import_file
     except ImportError as exc:
         raise ApiError(503, f"ingestion not available: {exc}", code="ingest_unavailable") from None
     if format not in FORMATS:

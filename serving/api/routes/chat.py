@@ -1,5 +1,5 @@
 """POST /v1/chat/completions (streaming included): every response carries the `routerops` field and
-x-routerops-* headers (see serving.schemas.RouterOpsInfo)."""
+x-routerops-* headers (see routerops.serving.schemas.RouterOpsInfo)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from routerops.backends.base import BackendError, GenerationParams
 from routerops.db.models import new_id
-from serving.api.deps import ServingState, StateDep, user
-from serving.auth import Principal
-from serving.errors import ApiError, error_body, validation_message
-from serving.request_log import LogEntry, RequestLogWriter
-from serving.schemas import ChatCompletionRequest, RouterOpsInfo, openapi_body
-from serving.strategies import Outcome, Strategy, StrategyUnavailable
+from routerops.serving.api.deps import ServingState, StateDep, user
+from routerops.serving.auth import Principal
+from routerops.serving.errors import ApiError, error_body, validation_message
+from routerops.serving.request_log import LogEntry, RequestLogWriter
+from routerops.serving.schemas import ChatCompletionRequest, RouterOpsInfo, openapi_body
+from routerops.serving.strategies import Outcome, Strategy, StrategyUnavailable
 
-log = logging.getLogger("serving.app")  # the logger name the server log has always used
+log = logging.getLogger("routerops.serving.app")  # the logger name the server log has always used
 
 router = APIRouter()
 

@@ -15,10 +15,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from routerops.db.session import is_connectivity
-from serving.api.deps import StateDep, user
-from serving.auth import Principal
-from serving.errors import ApiError, validation_message
-from serving.schemas import FeedbackRequest, openapi_body
+from routerops.serving.api.deps import StateDep, user
+from routerops.serving.auth import Principal
+from routerops.serving.errors import ApiError, validation_message
+from routerops.serving.schemas import FeedbackRequest, openapi_body
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ router = APIRouter()
 
 @router.post("/v1/feedback", openapi_extra=openapi_body(FeedbackRequest))
 async def feedback(request: Request, state: StateDep, principal: Principal = user) -> JSONResponse:
-    from serving.feedback import FeedbackError, record_feedback
+    from routerops.serving.feedback import FeedbackError, record_feedback
 
     try:
         payload = json.loads(await request.body())

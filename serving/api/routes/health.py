@@ -8,10 +8,10 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from serving.api.deps import StateDep, user
-from serving.auth import Principal
+from routerops.serving.api.deps import StateDep, user
+from routerops.serving.auth import Principal
 
-log = logging.getLogger("serving.app")  # the logger name the server log has always used
+log = logging.getLogger("routerops.serving.app")  # the logger name the server log has always used
 
 router = APIRouter()
 
@@ -42,8 +42,8 @@ async def healthz(state: StateDep) -> dict:
 async def prometheus(state: StateDep, _principal: Principal = user) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST
 
-    from monitoring.gauges import MonitorGauges, read_monitor_gauges
     from routerops.db import session_scope
+    from routerops.db.monitor_gauges import MonitorGauges, read_monitor_gauges
 
     def read_monitor() -> MonitorGauges:
         with session_scope(state.settings) as session:

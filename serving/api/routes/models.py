@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from serving.api.deps import StateDep, user
-from serving.auth import Principal
+from routerops.serving.api.deps import StateDep, user
+from routerops.serving.auth import Principal
 
 router = APIRouter()
 

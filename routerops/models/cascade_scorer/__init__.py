@@ -1,0 +1,1 @@
+"""The cascade's per-rung P(correct) scorer, its features and its MLflow pyfunc."""

@@ -1,7 +1,0 @@
-"""MLflow "models from code" entry for the cascade scorer: MLflow runs this file to build the pyfunc."""
-
-import mlflow
-
-from training.cascade_scorer.registry import ScorerPyfunc
-
-mlflow.models.set_model(ScorerPyfunc())

@@ -1,9 +1,0 @@
-"""Importers of preference logs (ours and public ones) into the preference store.
-
-`import_file(session_or_settings, fmt, path, questions=None) -> ImportReport`; CLI: `routerops ingest`.
-"""
-
-from training.importers.core import FORMATS, ImportReport, import_file
-from training.importers.records import ImportFailed, ImportOptions
-
-__all__ = ["FORMATS", "ImportFailed", "ImportOptions", "ImportReport", "import_file"]

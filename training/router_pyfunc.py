@@ -1,7 +1,0 @@
-"""MLflow "models from code" entry for the MF router: MLflow runs this file to build the pyfunc."""
-
-import mlflow
-
-from training.router_model import RouterPyfunc
-
-mlflow.models.set_model(RouterPyfunc())
