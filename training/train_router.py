@@ -23,10 +23,10 @@ import numpy as np
 from routerops.checkpoint import checkpoint
 from routerops.owner import owner
 from routerops.settings import Settings
+from routerops.models.router import PYFUNC_CODE
 
 log = logging.getLogger(__name__)
 
-PYFUNC_CODE = Path(__file__).with_name("router_pyfunc.py")
 
 
 class EmptyStoreError(RuntimeError):

@@ -30,6 +30,9 @@ from routerops.models.prompt_features import features as prompt_features
 from routerops.registry import pyfunc_artifact_dir
 from routerops.settings import Settings, get_settings
 
+# MLflow "models from code": the file MLflow runs to build this model's pyfunc.
+PYFUNC_CODE = Path(__file__).with_name("router_pyfunc.py")
+
 FORMAT_V1 = "routerops.mf-router/1"
 FORMAT_V2 = "routerops.mf-router/2"
 WEIGHTS_FILE = "weights.npz"

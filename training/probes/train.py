@@ -19,9 +19,9 @@ import numpy as np
 from routerops.models.probes.features import parse_feature_key
 from routerops.models.probes.probe import Selection, auroc, ece, reliability, select_probe, stratified_split
 from routerops.settings import Settings
+from routerops.models.probes.model import PYFUNC_CODE
 
 log = logging.getLogger(__name__)
-PYFUNC_CODE = Path(__file__).with_name("probe_pyfunc.py")
 ARTIFACT_NAME = "deferral_probe"
 
 

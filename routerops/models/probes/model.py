@@ -25,6 +25,9 @@ from routerops.models.probes.features import answer_features, parse_feature_key,
 from routerops.registry import pyfunc_artifact_dir
 from routerops.settings import Settings, get_settings
 
+# MLflow "models from code": the file MLflow runs to build this model's pyfunc.
+PYFUNC_CODE = Path(__file__).with_name("probe_pyfunc.py")
+
 PIPELINE_FILE = "probe.joblib"
 META_FILE = "probe.json"
 
