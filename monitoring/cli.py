@@ -41,7 +41,7 @@ def golden_record(output: Path, prompts_path: Path | None, max_new_tokens: int |
     """Record a golden set against the configured pair (or from AlpacaEval recordings)."""
     from routerops.model_names import UnknownModelError
     from routerops.monitoring import golden as g
-    from routerops.monitoring.replay import load_live_router
+    from routerops.monitoring.live_router import load_live_router
 
     settings = _settings()
     router = None if no_router else load_live_router(settings)
@@ -213,7 +213,7 @@ def alpha() -> None:
 def alpha_show() -> None:
     from routerops.alpha import live_alpha
     from routerops.db import session_scope
-    from routerops.monitoring.replay import load_live_router
+    from routerops.monitoring.live_router import load_live_router
 
     settings = _settings()
     try:  # the champion's calibration can be the live alpha

@@ -314,41 +314,6 @@ def read_model_outputs(path: Path | str) -> tuple[str, dict[str, str]]:
     return str(generators.pop()), outputs
 
 
-def read_judge_labels(paths: Sequence[Path | str], weak_model: str, strong_model: str
-                      ) -> dict[str, tuple[float, str]]:
-    """P(weak wins) per prompt hash from AlpacaEval annotation files (.jsonl / .jsonl.gz) for the pair.
-
-    `preference` in [1, 2] means: 1 = generator_1 preferred, 2 = generator_2 preferred (weighted
-    annotators give a float in between). Rows with a null/invalid preference are skipped (counted in
-    the log). The first file that has a row for a prompt wins."""
-    labels: dict[str, tuple[float, str]] = {}
-    skipped = 0
-    for path in paths:
-        path = Path(path)
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for line in fh:
-                row = json.loads(line)
-                g1, g2 = row.get("generator_1"), row.get("generator_2")
-                if {g1, g2} != {weak_model, strong_model} or g1 == g2:
-                    continue
-                pref = row.get("preference")
-                try:
-                    pref = float(pref)
-                except (TypeError, ValueError):
-                    skipped += 1
-                    continue
-                if not 1.0 <= pref <= 2.0:
-                    skipped += 1
-                    continue
-                p_g2 = pref - 1.0  # P(generator_2 preferred)
-                p_weak = p_g2 if g2 == weak_model else 1.0 - p_g2
-                labels.setdefault(prompt_hash(row["instruction"]), (p_weak, str(row.get("annotator") or path.stem)))
-    if skipped:
-        log.warning("skipped %d annotation rows with a missing or invalid preference", skipped)
-    return labels
-
-
 def winner_of(p_weak: float) -> str:
     return "weak" if p_weak > 0.5 else "strong" if p_weak < 0.5 else "tie"
 

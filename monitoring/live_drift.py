@@ -120,7 +120,7 @@ def decide(drift: DriftResult, share_threshold: float) -> bool:
 
 def run_live_drift(settings: Settings, *, write_dashboards: bool = True, router=None) -> LiveDriftResult:  # noqa: ANN001
     """One live-drift check of the champion router; recorded as a live_drift_runs row."""
-    from routerops.monitoring.replay import load_live_router
+    from routerops.monitoring.live_router import load_live_router
 
     router = router if router is not None else load_live_router(settings)
     version = getattr(router, "version", None)
@@ -135,7 +135,7 @@ def run_live_drift(settings: Settings, *, write_dashboards: bool = True, router=
             try:
                 from routerops.monitoring.dashboards import add_live_snapshots
 
-                result.metrics["evidently"] = add_live_snapshots(settings, result, result.metrics.pop("_drift"))
+                result.metrics["evidently"] = add_live_snapshots(settings, result, result.metrics.pop("_drift"), summary_row(result))
             except Exception as exc:  # noqa: BLE001 - the measurement stands even if the UI store fails
                 log.exception("writing live-drift Evidently snapshots failed")
                 result.metrics["evidently_error"] = f"{type(exc).__name__}: {exc}"

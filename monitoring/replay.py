@@ -37,6 +37,7 @@ from routerops import metrics
 from routerops.checkpoint import checkpoint
 from routerops.jsonsafe import json_safe
 from routerops.monitoring.categories import per_category
+from routerops.monitoring.live_router import load_live_router
 from routerops.monitoring.drift import drift_report, output_stats
 from routerops.monitoring.golden import GoldenTrace, load_golden, score_prompts
 from routerops.monitoring.quality import Judge, gold_match
@@ -83,18 +84,6 @@ class MonitorResult:
 def golden_key(path: Path) -> str:
     resolved = str(path.resolve())
     return f"{path.name}:{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
-
-
-def load_live_router(settings: Settings):  # noqa: ANN201 - routerops.models.router.MFRouter | None
-    """The `champion` router, or None when no version holds the alias."""
-    from routerops import registry
-
-    live = registry.version_by_alias(settings.router_model_name, registry.CHAMPION, settings)
-    if live is None:
-        return None
-    from routerops.models.router import load_router
-
-    return load_router(live.uri, settings)
 
 
 def _similarity(a: str, b: str) -> float:

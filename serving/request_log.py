@@ -26,6 +26,7 @@ from routerops.db import session_scope
 from routerops.db.models import RequestLog
 from routerops.db.session import is_connectivity
 from routerops.model_names import ModelCatalog, load_catalog
+from routerops.serving.request_log_entry import LogEntry
 from routerops.serving.request_log_spill import read_spill, spill_dir, spill_files, write_spill
 from routerops.settings import Settings
 from routerops.text import prompt_hash
@@ -58,31 +59,6 @@ class Prices:
     def cost(self, role: str, prompt_tokens: int, completion_tokens: int) -> float:
         p_in, p_out = self.by_role.get(role, (0.0, 0.0))
         return (prompt_tokens * p_in + completion_tokens * p_out) / 1e6
-
-
-@dataclass
-class LogEntry:
-    request_id: str
-    prompt: str
-    completion: str
-    strategy: str
-    model_requested: str
-    model_chosen: str
-    p_strong_wins: float | None
-    alpha: float | None
-    router_version: str | None
-    latency_ms: float
-    routing_latency_ms: float | None
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
-    api_key_name: str | None
-    escalated: bool | None = None
-    probe_score: float | None = None
-    spec: dict[str, float] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    # when the request was served: a row written later (from the buffer or a spill file) keeps it
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 def _text(value: str | None) -> str | None:

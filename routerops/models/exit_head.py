@@ -12,11 +12,8 @@ instead of its logits (49k floats per token) and turned into logits by its lm_he
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
-import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

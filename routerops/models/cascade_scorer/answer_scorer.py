@@ -121,7 +121,7 @@ def _fit_one(x: np.ndarray, y: np.ndarray, seed: int, c_grid: Sequence[float]): 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from routerops.models.cascade_scorer.model import ConstantCombiner
+    from routerops.models.cascade_scorer.combiner import ConstantCombiner
 
     y = np.asarray(y).round().astype(int)
     if len(np.unique(y)) < 2:

@@ -5,7 +5,6 @@ by serving from any models:/, runs:/ URI or a local folder."""
 from __future__ import annotations
 
 import json
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from routerops.models.cascade_scorer.model import META_FILE, CascadeScorer
+from routerops.models.cascade_scorer.model import CascadeScorer
 from routerops.registry import pyfunc_artifact_dir
 from routerops.settings import Settings, get_settings
 

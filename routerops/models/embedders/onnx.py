@@ -92,7 +92,7 @@ def build_onnx(out_dir: Path | str, config: OnnxBuildConfig = OnnxBuildConfig())
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from routerops.local_models import resolve_embedding_model
-    from routerops.models.embeddings import SentenceTransformerEmbedder
+    from routerops.models.embedders.encoders import SentenceTransformerEmbedder
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)

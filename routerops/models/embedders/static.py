@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from routerops.models.embedders.encoders import l2_normalize
 from routerops.models.embedders.files import read_manifest, write_manifest
-from routerops.models.embeddings import l2_normalize
 
 log = logging.getLogger(__name__)
 
