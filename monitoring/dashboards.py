@@ -25,6 +25,7 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pandas as pd
 
 from routerops.monitoring.drift import quiet_evidently
@@ -151,7 +152,6 @@ def notify_ui(settings: Settings, project_id: str) -> bool:
     Best effort: the snapshots are on disk either way, so a UI that is down only logs a warning."""
     if not settings.evidently_url:
         return False
-    import httpx
 
     url = f"{settings.evidently_url.rstrip('/')}/api/projects/{project_id}/reload"
     try:

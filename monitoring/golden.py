@@ -21,6 +21,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from tqdm import tqdm
+
+from routerops.backends.base import GenerationParams
+from routerops.db import session_scope
+from routerops.metrics import quality_gap_problem
+from routerops.models.embeddings import embed_cached
+from routerops.monitoring.quality import gold_match, read_judge_labels  # noqa: F401 - read here by callers
 from routerops.text import prompt_hash
 
 log = logging.getLogger(__name__)
@@ -192,8 +200,6 @@ class QualityGap:
 def recorded_quality_gap(traces: Sequence[GoldenTrace]) -> QualityGap:
     """The quality gap of the recorded answers (gold match, or the judge's P(weak wins)). A set with
     no gap gives a null PGR on every replay of it, whatever the router does."""
-    from routerops.metrics import quality_gap_problem
-    from routerops.monitoring.quality import gold_match
 
     weak_q, strong_q = [], []
     for t in traces:
@@ -251,10 +257,7 @@ def load_prompts(path: Path | str) -> tuple[list[GoldenPrompt], list[str]]:
 def score_prompts(router, prompts: Sequence[str], settings):  # noqa: ANN001, ANN201 - np.ndarray
     """P(strong wins) for the configured pair. Query embeddings go through the database cache, so a
     golden set replayed every hour is embedded once (and prompts seen in training not at all)."""
-    import numpy as np
 
-    from routerops.db import session_scope
-    from routerops.models.embeddings import embed_cached
 
     strong, weak = router.pair(settings.strong_router_name, settings.weak_router_name)  # unknown name: fail first
     with session_scope(settings) as session:
@@ -273,9 +276,7 @@ def record_with_pair(prompts: Sequence[GoldenPrompt], weak, strong, *, settings,
                      progress: bool = True) -> list[GoldenTrace]:
     """Generate both models' answers with fixed seeds (seed = base_seed + index) and the given
     decoding; the label is the prompt's gold answer."""
-    from tqdm import tqdm
 
-    from routerops.backends.base import GenerationParams
 
     decoding = decoding or Decoding(max_new_tokens=settings.max_new_tokens)
     scores = _score_prompts(router, [p.prompt for p in prompts], settings)

@@ -12,6 +12,9 @@ pair, or the trace counts as unlabelled for quality and PGR (the monitor reports
 
 from __future__ import annotations
 
+import gzip
+import json
+import logging
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -19,6 +22,8 @@ from pathlib import Path
 from typing import Protocol
 
 from routerops.text import prompt_hash
+
+log = logging.getLogger(__name__)
 
 _DIGIT_COMMA = re.compile(r"(?<=\d),(?=\d{3}\b)")
 _NON_WORD = re.compile(r"[^\w]+")

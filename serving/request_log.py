@@ -15,8 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from routerops.db import session_scope
 from routerops.db.models import RequestLog
 from routerops.db.session import is_connectivity
 from routerops.model_names import ModelCatalog, load_catalog
+from routerops.models.cascade_log import write_steps
 from routerops.serving.request_log_entry import LogEntry
 from routerops.serving.request_log_spill import read_spill, spill_dir, spill_files, write_spill
 from routerops.settings import Settings
@@ -77,7 +77,6 @@ def add_entry(session, settings: Settings, entry: LogEntry) -> None:  # noqa: AN
     extra = dict(entry.extra)
     steps = extra.pop("cascade_steps", None)
     if steps:
-        from routerops.models.cascade_log import write_steps
 
         write_steps(session, entry.request_id, extra.get("cascade_models") or [s["model"] for s in steps], steps)
     session.add(RequestLog(

@@ -15,12 +15,11 @@ import os
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from routerops.jsonsafe import json_safe
 from routerops.owner import owner
+from routerops.serving.request_log_entry import LogEntry
 
-if TYPE_CHECKING:
 SPILL_DIR = "request_log_spill"
 
 

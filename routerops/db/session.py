@@ -7,6 +7,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import (
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+    TimeoutError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from routerops.settings import Settings, get_settings
@@ -71,13 +78,6 @@ def session_scope(settings: Settings | None = None, url: str | None = None) -> I
 
 def is_connectivity(exc: BaseException) -> bool:
     """Errors that say the database is unreachable (retry later), not that it rejected the row."""
-    from sqlalchemy.exc import (
-        DisconnectionError,
-        InterfaceError,
-        OperationalError,
-        SQLAlchemyError,
-        TimeoutError,
-    )
 
     if not isinstance(exc, SQLAlchemyError):
         return False

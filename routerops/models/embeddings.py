@@ -14,7 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import select
+from tqdm.auto import tqdm
 
+from routerops.db.models import EmbeddingCache
 from routerops.models.embedders.encoders import (  # noqa: F401 - the embedders' public names live here too
     Embedder,
     EmbeddingAPIError,
@@ -23,6 +26,9 @@ from routerops.models.embedders.encoders import (  # noqa: F401 - the embedders'
     SentenceTransformerEmbedder,
     l2_normalize,
 )
+from routerops.models.embedders.files import manifest_sha
+from routerops.models.embedders.onnx import OnnxEmbedder
+from routerops.models.embedders.static import StaticBuildConfig, StaticEmbedder, build_static
 from routerops.settings import Settings
 from routerops.text import prompt_hash
 
@@ -41,11 +47,9 @@ def built_embedder_path(settings: Settings, backend: str, model: str | None = No
 
 def load_built_embedder(backend: str, path: Path, threads: int = 1) -> Embedder:
     if backend == "static":
-        from routerops.models.embedders.static import StaticEmbedder
 
         return StaticEmbedder(path)
     if backend == "onnx":
-        from routerops.models.embedders.onnx import OnnxEmbedder
 
         return OnnxEmbedder(path, threads=threads)
     raise ValueError(f"{backend!r} is not a built embedder backend ({' | '.join(BUILT_BACKENDS)})")
@@ -57,8 +61,6 @@ def ensure_built_embedder(settings: Settings) -> Path | None:
     the folder, or None for backends that need no build. ONNX stays an explicit `embedder build onnx`."""
     if settings.embedding_backend != "static":
         return None
-    from routerops.models.embedders.files import manifest_sha
-    from routerops.models.embedders.static import StaticBuildConfig, build_static
 
     path = settings.resolved_static_embedder_path
     if manifest_sha(path) is None:
@@ -86,7 +88,6 @@ def get_embedder(settings: Settings, backend: str | None = None, model: str | No
     elif backend == "sentence-transformers":
         cache_key = (backend, model, settings.embedding_batch_size, truncation_side)
     elif backend in BUILT_BACKENDS:
-        from routerops.models.embedders.files import manifest_sha
 
         path = built_embedder_path(settings, backend, model)
         # the files' hash is part of the key: a rebuilt folder is a different embedder
@@ -121,10 +122,7 @@ def embed_cached(session, embedder: Embedder, prompts: Sequence[str], *, batch_s
 
     New vectors are added to the session (committed by the caller's transaction).
     """
-    from sqlalchemy import select
-    from tqdm.auto import tqdm
 
-    from routerops.db.models import EmbeddingCache
 
     hashes = [prompt_hash(p) for p in prompts]
     text_by_hash: dict[str, str] = {}

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from routerops.local_models import LLMSpec
+
 log = logging.getLogger(__name__)
 
 
@@ -80,7 +82,6 @@ def load_head(path: Path | str, hidden: int | None = None) -> tuple[ExitHead, in
 
 def target_spec(settings: Any):  # noqa: ANN201 - routerops.local_models.LLMSpec
     """The local model speculative decoding targets (and the exit head is trained for)."""
-    from routerops.local_models import LLMSpec
 
     if settings.strong_backend != "local" and settings.speculative_target is None:
         raise ValueError(f"speculative decoding needs a local target model; the strong backend is "

@@ -23,8 +23,11 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from routerops import registry
+from routerops.metrics import alpha_for_strong_share
 from routerops.model_names import ModelCatalog
 from routerops.models import irt_mf
+from routerops.models.embedders.router_files import embedder_from_router_metadata
 from routerops.models.mf import pair_direction
 from routerops.models.prompt_features import features as prompt_features
 from routerops.registry import pyfunc_artifact_dir
@@ -113,7 +116,6 @@ class MFRouter:
     @property
     def embedder(self):  # noqa: ANN201 - routerops.models.embeddings.Embedder
         if self._embedder is None:  # the recorded one, or EmbedderMismatchError naming both
-            from routerops.models.embedders.router_files import embedder_from_router_metadata
 
             self._embedder = embedder_from_router_metadata(self.embedding_model, self.artifact_dir,
                                                            self._settings or get_settings())
@@ -199,7 +201,6 @@ class MFRouter:
         scores = self.reference_scores(strong, weak)
         if scores is None:
             return None
-        from routerops.metrics import alpha_for_strong_share
 
         return alpha_for_strong_share(scores, share)
 
@@ -217,7 +218,6 @@ def _model_dir(local: Path) -> Path:
 def load_router(model_uri: str, settings: Settings | None = None) -> MFRouter:
     """Load a registered or logged router. URIs: models:/NAME@ALIAS, models:/NAME/VERSION,
     runs:/RUN_ID/ARTIFACT_PATH, or a local model folder. Cached per process and model version."""
-    from routerops import registry
 
     settings = settings or get_settings()
     pinned = registry.pin_model_uri(model_uri, "router", settings)

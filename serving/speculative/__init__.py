@@ -14,6 +14,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from routerops.local_models import load_llm
+from routerops.models.exit_head import default_head_path, load_head
 from routerops.models.exit_head import target_name as _target_name
 from routerops.models.exit_head import target_spec as _target_spec
 from routerops.serving.speculative.adaptive import (
@@ -56,7 +58,6 @@ def build_draft(settings: Any, target: Any) -> Draft:
         vocab = target.model.get_output_embeddings().weight.shape[0]
         return ModelDraft.load(settings.speculative_draft_model, vocab, device=settings.device)
     if kind == "self":
-        from routerops.models.exit_head import default_head_path, load_head
 
         layers, head = settings.speculative_draft_layers, None
         path = settings.speculative_exit_head or default_head_path(settings.data_dir, _target_name(settings), layers)
@@ -68,7 +69,6 @@ def build_draft(settings: Any, target: Any) -> Draft:
 
 def build_from_settings(settings: Any) -> SpeculativeGenerator:
     """The configured generator; built once per process per configuration (the target loads once)."""
-    from routerops.local_models import load_llm
 
     key = (str(_target_spec(settings)), settings.speculative_draft, settings.speculative_draft_layers,
            settings.speculative_draft_model, str(settings.speculative_exit_head), str(settings.data_dir),

@@ -20,10 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 
+from routerops.backends.base import last_user_prompt
+from routerops.models.cascade_scorer.answer_scorer import AnswerScorer
 from routerops.models.cascade_scorer.combiner import ConstantCombiner, fit_combiner, make_combiner  # noqa: F401
+from routerops.models.cascade_scorer.cross_encoder import CrossEncoderScorer
 from routerops.models.cascade_scorer.features import SIGNAL_NAMES, StepInput, rung_parts, signals
+from routerops.models.probes.probe import auroc, ece
 
 META_FILE = "scorer.json"
 COMBINERS_FILE = "combiners.joblib"
@@ -87,7 +92,6 @@ class CascadeScorer:
 
     def score_step(self, rung: int, messages: Sequence[dict], generations: Sequence[Any]) -> float:
         """The hook routerops.serving.cascade.run_cascade calls: generations[-1] is rung `rung`'s answer."""
-        from routerops.backends.base import last_user_prompt
 
         gen = generations[-1]
         sample = (gen.extra or {}).get("second_sample") if isinstance(gen.extra, dict) else None
@@ -97,7 +101,6 @@ class CascadeScorer:
         return float(self.score(rung, [step])[0])
 
     def save(self, path: Path | str) -> Path:
-        import joblib
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -116,7 +119,6 @@ class CascadeScorer:
     def from_dir(cls, path: Path | str, embedder=None, **kwargs: Any) -> CascadeScorer:  # noqa: ANN001
         """`embedder`: the answer scorer's embedder (refused unless it is the one it was trained with);
         default: the answer scorer's own embedder folder."""
-        import joblib
 
         path = Path(path)
         if not (path / META_FILE).is_file():
@@ -124,12 +126,10 @@ class CascadeScorer:
         meta = json.loads((path / META_FILE).read_text())
         ce = None
         if meta.get("cross_encoder"):
-            from routerops.models.cascade_scorer.cross_encoder import CrossEncoderScorer
 
             ce = CrossEncoderScorer.load(path / CE_DIR)
         answer_scorer = None
         if meta.get("answer_scorer"):
-            from routerops.models.cascade_scorer.answer_scorer import AnswerScorer
 
             answer_scorer = AnswerScorer.load(path / AS_DIR, embedder=embedder)
         return cls(meta["models"], joblib.load(path / COMBINERS_FILE), meta["feature_names"], ce, meta,
@@ -137,7 +137,6 @@ class CascadeScorer:
 
 
 def rung_metrics(y: np.ndarray, p: np.ndarray) -> RungMetrics:
-    from routerops.models.probes.probe import auroc, ece
 
     y = np.asarray(y).round().astype(int)
     return RungMetrics(auroc(y, p), ece(y, p), len(y), float(y.mean()) if len(y) else float("nan"))

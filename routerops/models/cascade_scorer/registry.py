@@ -12,6 +12,8 @@ from typing import Any
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from routerops import registry
+from routerops.models.cascade_scorer.features import StepInput
 from routerops.models.cascade_scorer.model import CascadeScorer
 from routerops.registry import pyfunc_artifact_dir
 from routerops.settings import Settings, get_settings
@@ -27,7 +29,6 @@ _lock = threading.Lock()
 def load_cascade_scorer(model_uri: str, settings: Settings | None = None) -> CascadeScorer:
     """models:/NAME@ALIAS, models:/NAME/N, runs:/ID/PATH or a folder CascadeScorer.save wrote;
     cached per process and resolved version."""
-    from routerops import registry
 
     settings = settings or get_settings()
     pinned = registry.pin_model_uri(model_uri, "cascade scorer", settings)
@@ -49,7 +50,6 @@ class ScorerPyfunc(PythonModel):
         self.scorer = CascadeScorer.from_dir(Path(context.artifacts["scorer_meta"]).parent)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ANN001
-        from routerops.models.cascade_scorer.features import StepInput
 
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         missing = {"rung", "query", "answer"} - set(df.columns)

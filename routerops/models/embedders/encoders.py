@@ -8,7 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import httpx
 import numpy as np
+
+from routerops.local_models import resolve_embedding_model
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,6 @@ class SentenceTransformerEmbedder:
                  truncation_side: str = "left"):
         from sentence_transformers import SentenceTransformer
 
-        from routerops.local_models import resolve_embedding_model
 
         if truncation_side not in {"left", "right"}:
             raise ValueError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
@@ -80,7 +82,6 @@ class OpenAIEmbedder:
 
     def __init__(self, model: str, base_url: str, api_key: str | None = None, *, batch_size: int = 64,
                  timeout: float = 30.0, max_retries: int = 4, backoff_s: float = 0.5):
-        import httpx
 
         self.model_ref = model
         self.base_url = base_url.rstrip("/")
@@ -100,7 +101,6 @@ class OpenAIEmbedder:
         return self._dim
 
     def _post(self, texts: list[str]) -> np.ndarray:
-        import httpx
 
         url = f"{self.base_url}/embeddings"
         last: str = ""

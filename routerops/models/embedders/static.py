@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
+from routerops.local_models import resolve_embedding_model
 from routerops.models.embedders.encoders import l2_normalize
 from routerops.models.embedders.files import read_manifest, write_manifest
 
@@ -83,7 +85,6 @@ def build_static(out_dir: Path | str, config: StaticBuildConfig = StaticBuildCon
     from sklearn.decomposition import PCA
     from transformers import AutoModel
 
-    from routerops.local_models import resolve_embedding_model
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -143,7 +144,6 @@ class StaticEmbedder:
     batching_pays = False  # per prompt cost is tokenizing + a gather: a batch saves only call overhead
 
     def __init__(self, path: Path | str, verify: bool = True):
-        from tokenizers import Tokenizer
 
         self.path = Path(path)
         self.manifest = read_manifest(self.path, FORMAT, BUILD_HINT, verify=verify)

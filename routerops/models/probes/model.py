@@ -16,11 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from routerops import registry
 from routerops.backends.base import Generation, Message, last_user_prompt
+from routerops.local_models import LLMSpec, load_llm
+from routerops.models.embeddings import get_embedder
 from routerops.models.probes.features import answer_features, parse_feature_key, text_features
 from routerops.registry import pyfunc_artifact_dir
 from routerops.settings import Settings, get_settings
@@ -54,14 +58,12 @@ class DeferralProbe:
 
     @classmethod
     def from_dir(cls, path: Path | str, **kwargs: Any) -> DeferralProbe:
-        import joblib
 
         path = Path(path)
         meta = json.loads((path / META_FILE).read_text())
         return cls(joblib.load(path / PIPELINE_FILE), meta, **kwargs)
 
     def save(self, path: Path | str) -> Path:
-        import joblib
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -75,7 +77,6 @@ class DeferralProbe:
     def features(self, prompts: Sequence[Sequence[Message]], answers: Sequence[str],
                  ended: Sequence[bool] | bool = True) -> np.ndarray:
         if self.kind == "hidden":
-            from routerops.local_models import LLMSpec, load_llm
 
             llm = load_llm(LLMSpec(self.meta["llm_model"], self.meta.get("llm_gguf_file"),
                                    self.meta.get("device", "auto")))
@@ -83,7 +84,6 @@ class DeferralProbe:
             with self._lock:  # one forward at a time on the shared local model
                 feats, _ = answer_features(llm, prompts, answers, layers=[layer], ended=ended)
             return feats[self.key]
-        from routerops.models.embeddings import get_embedder
 
         settings = get_settings()
         # Rebuild exactly the embedder the probe was trained with (truncation side included).
@@ -117,7 +117,6 @@ def _model_dir(local: Path) -> Path:
 def load_probe(model_uri: str, settings: Settings | None = None) -> DeferralProbe:
     """Load a probe: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local folder
     (as DeferralProbe.save writes it). Cached per process and resolved version."""
-    from routerops import registry
 
     settings = settings or get_settings()
     pinned = registry.pin_model_uri(model_uri, "probe", settings)
