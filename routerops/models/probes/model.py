@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from routerops import registry
 from routerops.backends.base import Generation, Message, last_user_prompt
 from routerops.local_models import LLMSpec, load_llm
 from routerops.models.embeddings import get_embedder
+from routerops.models.loader import ProcessCache, load_registered
 from routerops.models.probes.features import answer_features, parse_feature_key, text_features
-from routerops.registry import pyfunc_artifact_dir
+from routerops.registry import PinnedModel, pyfunc_artifact_dir
 from routerops.settings import Settings, get_settings
 
 # MLflow "models from code": the file MLflow runs to build this model's pyfunc.
@@ -106,8 +106,7 @@ class DeferralProbe:
 
 
 # --- loading from MLflow ------------------------------------------------------------------------
-_probes: dict[tuple[str, ...], DeferralProbe] = {}
-_cache_lock = threading.Lock()
+_probes: ProcessCache[DeferralProbe] = ProcessCache()
 
 
 def _model_dir(local: Path) -> Path:
@@ -118,17 +117,12 @@ def load_probe(model_uri: str, settings: Settings | None = None) -> DeferralProb
     """Load a probe: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local folder
     (as DeferralProbe.save writes it). Cached per process and resolved version."""
 
-    settings = settings or get_settings()
-    pinned = registry.pin_model_uri(model_uri, "probe", settings)
-    with _cache_lock:
-        if pinned.cache_key in _probes:
-            return _probes[pinned.cache_key]
-        local = registry.download_model(pinned, "probe", settings)
+    def build(local: Path, pinned: PinnedModel) -> DeferralProbe:
         # a local folder is the probe itself (DeferralProbe.save); a download is a pyfunc model
         folder = local if pinned.local_dir is not None else _model_dir(local)
-        probe = DeferralProbe.from_dir(folder, version=pinned.version, uri=model_uri, run_id=pinned.run_id)
-        _probes[pinned.cache_key] = probe
-        return probe
+        return DeferralProbe.from_dir(folder, version=pinned.version, uri=model_uri, run_id=pinned.run_id)
+
+    return load_registered(_probes, model_uri, "probe", settings, build)
 
 
 class ProbePyfunc(PythonModel):
