@@ -29,7 +29,6 @@ from routerops.settings import get_settings
 
 
 def _settings():  # noqa: ANN202
-
     return get_settings()
 
 
@@ -139,7 +138,6 @@ def monitor_run(golden_path: Path | None, judge_annotations: tuple[Path, ...], n
         click.echo(f"  quality: weak {q['weak']:.3f}, strong {q['strong']:.3f}, routed {q['routed']:.3f}")
     cats = m.get("categories")
     if cats and cats["rows"]:
-
         for line in table([CategoryFigures(**row) for row in cats["rows"]], cats["min_traces"]):
             click.echo(f"  {line}")
     for role in ("weak", "strong"):
@@ -215,7 +213,6 @@ def alpha() -> None:
 
 @alpha.command("show")
 def alpha_show() -> None:
-
     settings = _settings()
     try:  # the champion's calibration can be the live alpha
         router = load_live_router(settings)
@@ -266,8 +263,6 @@ def alpha_approve(change_id: int, approved_by: str | None) -> None:
 @alpha.command("history")
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
 def alpha_history(limit: int) -> None:
-
-
     settings = _settings()
     with session_scope(settings) as s:
         rows = s.scalars(select(AlphaChange).order_by(AlphaChange.id.desc()).limit(limit)).all()

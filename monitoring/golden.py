@@ -258,7 +258,6 @@ def score_prompts(router, prompts: Sequence[str], settings):  # noqa: ANN001, AN
     """P(strong wins) for the configured pair. Query embeddings go through the database cache, so a
     golden set replayed every hour is embedded once (and prompts seen in training not at all)."""
 
-
     strong, weak = router.pair(settings.strong_router_name, settings.weak_router_name)  # unknown name: fail first
     with session_scope(settings) as session:
         emb = embed_cached(session, router.embedder, list(prompts), progress=False)
@@ -276,7 +275,6 @@ def record_with_pair(prompts: Sequence[GoldenPrompt], weak, strong, *, settings,
                      progress: bool = True) -> list[GoldenTrace]:
     """Generate both models' answers with fixed seeds (seed = base_seed + index) and the given
     decoding; the label is the prompt's gold answer."""
-
 
     decoding = decoding or Decoding(max_new_tokens=settings.max_new_tokens)
     scores = _score_prompts(router, [p.prompt for p in prompts], settings)

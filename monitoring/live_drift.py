@@ -134,7 +134,6 @@ def run_live_drift(settings: Settings, *, write_dashboards: bool = True, router=
         result = _measure(settings, run_id, router, version)
         if result.status == "ok" and write_dashboards:
             try:
-
                 result.metrics["evidently"] = add_live_snapshots(settings, result, result.metrics.pop("_drift"), summary_row(result))
             except Exception as exc:  # noqa: BLE001 - the measurement stands even if the UI store fails
                 log.exception("writing live-drift Evidently snapshots failed")

@@ -111,7 +111,6 @@ def _fmt(v: float | None) -> str:
 
 
 def golden_slice(settings: Settings) -> EvalSlice | None:
-
     if not settings.golden_set.is_file():
         return None
     traces = load_golden(settings.golden_set)
@@ -154,7 +153,6 @@ def holdout_slice(settings: Settings, router) -> EvalSlice | None:  # noqa: ANN0
 
 
 def _evaluate(router, sl: EvalSlice, settings: Settings, alpha: float) -> dict[str, float | None]:  # noqa: ANN001
-
     scores = score_prompts(router, sl.prompts, settings)
     q_router, share = metrics.routed_quality(scores, sl.weak_q, sl.strong_q, alpha)
     try:

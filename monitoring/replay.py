@@ -117,8 +117,6 @@ def _label_quality(trace: GoldenTrace, weak_text: str, strong_text: str, weak_mo
 
 def replay_traces(traces: list[GoldenTrace], weak, strong, judge: Judge | None = None,  # noqa: ANN001
                   progress: bool = True) -> list[TraceResult]:
-
-
     results = []
     for t in tqdm(traces, desc="replaying golden", disable=not progress):
         r = TraceResult(t)
@@ -192,7 +190,6 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
     path = Path(golden or settings.golden_set)
     traces = load_golden(path)
     if weak is None or strong is None:
-
         pair = make_pair(settings)
         weak, strong = (weak or pair.weak), (strong or pair.strong)
     if isinstance(router, str) and router == "live":
@@ -266,7 +263,6 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
             drift = drift_report(ref_df, cur_df, timestamp=datetime.now(UTC).replace(tzinfo=None), tags=["drift"],
                                  metadata={"monitor_run_id": run_id, "router_version": str(live_version)})
         else:  # every statistic constant and unchanged on both sides: nothing drifted
-
             drift = DriftResult(False, 0.0, [], {}, True)
         m["drift"] = drift.to_dict()
         m["router_score_compared"] = compare_scores
@@ -336,14 +332,12 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
                                pgr_null_reason=pgr_reason, baseline_pgr_null_reason=baseline_reason)
         if write_dashboards:
             try:
-
                 m["evidently"] = add_run_snapshots(settings, result, drift)
             except Exception as exc:  # noqa: BLE001 - the measurement stands even if the UI store fails
                 log.exception("writing Evidently snapshots failed")
                 m["evidently_error"] = f"{type(exc).__name__}: {exc}"
         if log_mlflow:
             try:
-
                 m["mlflow_run_id"] = log_monitor_run(settings, result, ok, scores)
             except Exception as exc:  # noqa: BLE001
                 log.exception("logging the monitor run to MLflow failed")
@@ -367,7 +361,6 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
 def mark_interrupted(session) -> list[str]:  # noqa: ANN001 - a SQLAlchemy Session
     """Mark "running" rows whose process is gone (killed midway) as interrupted; returns their ids.
     Such a run committed nothing but its row (see run_monitor's final transaction)."""
-
 
     marked = []
     for row in session.scalars(select(MonitorRun).where(MonitorRun.status == "running")):

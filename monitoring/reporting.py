@@ -25,7 +25,6 @@ def _plots(result, ok, scores: np.ndarray, out: Path) -> list[Path]:  # noqa: AN
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(scores, bins=20, range=(0, 1), alpha=0.8, label="router score now")
@@ -68,7 +67,6 @@ def _plots(result, ok, scores: np.ndarray, out: Path) -> list[Path]:  # noqa: AN
 def log_monitor_run(settings: Settings, result, ok, scores: np.ndarray) -> str:  # noqa: ANN001
     import mlflow
 
-
     configure_mlflow(settings)
     mark_killed_runs(settings, "monitor")  # earlier monitor runs killed while logging here
     tags = {"routerops.kind": "monitor", "monitor_run_id": result.run_id, OWNER_TAG: owner()}
@@ -84,7 +82,6 @@ def log_monitor_run(settings: Settings, result, ok, scores: np.ndarray) -> str: 
         checkpoint("monitor-mlflow")
         cats = result.metrics.get("categories")
         if cats:
-
             mlflow.log_metrics(mlflow_metrics([CategoryFigures(**row) for row in cats["rows"]]))
             mlflow.log_param("category_min_traces", cats["min_traces"])
         mlflow.log_dict(_safe(result.metrics), "monitor_metrics.json")
@@ -95,5 +92,4 @@ def log_monitor_run(settings: Settings, result, ok, scores: np.ndarray) -> str: 
 
 
 def _safe(m: dict) -> dict:
-
     return json_safe({k: v for k, v in m.items() if k not in {"evidently", "mlflow_run_id"}})

@@ -48,7 +48,6 @@ def approve(version: str, model_name: str | None, approved_by: str | None) -> No
     """Move alias `champion` to VERSION (what a person does in the MLflow UI)."""
     from mlflow.exceptions import MlflowException
 
-
     settings = get_settings()
     name = model_name or settings.router_model_name
     try:

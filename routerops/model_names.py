@@ -110,7 +110,6 @@ class ModelCatalog:
 def load_catalog(session) -> ModelCatalog:  # noqa: ANN001
     """Builtins plus every model row in the database."""
 
-
     catalog = ModelCatalog.builtin()
     for row in session.scalars(select(Model)):
         catalog.add(row.name, row.aliases or [], row.price_in_per_mtok, row.price_out_per_mtok)
@@ -119,7 +118,6 @@ def load_catalog(session) -> ModelCatalog:  # noqa: ANN001
 
 def save_catalog(session, catalog: ModelCatalog, only: Iterable[str] | None = None) -> None:  # noqa: ANN001
     """Upsert models (all, or the canonical names in `only`) with their aliases into the database."""
-
 
     wanted = set(only) if only is not None else set(catalog.aliases)
     rows = {m.name: m for m in session.scalars(select(Model).where(Model.name.in_(wanted)))}

@@ -78,7 +78,6 @@ def record_feedback(settings: Settings, fb: FeedbackRequest, who: str) -> Feedba
         row.extra = extra
         flag_modified(row, "extra")
         if fb.thumbs is not None and row.strategy == "cascade":  # the outcome of the answer returned
-
             try:
                 label_steps(session, row.id, 1.0 if fb.thumbs == "up" else 0.0, source=f"feedback:{who}")
             except LabelError:  # logged before cascade steps were recorded

@@ -77,7 +77,6 @@ def add_entry(session, settings: Settings, entry: LogEntry) -> None:  # noqa: AN
     extra = dict(entry.extra)
     steps = extra.pop("cascade_steps", None)
     if steps:
-
         write_steps(session, entry.request_id, extra.get("cascade_models") or [s["model"] for s in steps], steps)
     session.add(RequestLog(
         id=entry.request_id, created_at=entry.created_at, prompt_hash=prompt_hash(entry.prompt),

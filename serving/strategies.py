@@ -197,7 +197,6 @@ class RouterStrategy(_BackendStrategy):
     name = "router"
 
     def _decide(self, messages: list[Message]) -> Outcome:
-
         d = self.ctx.router.decide(last_user_prompt(messages))
         backend = self.ctx.pair.by_role(d.role)
         return Outcome("router", backend.name, d.role, d.reason, p_strong_wins=d.p_strong_wins, alpha=d.alpha,
@@ -257,7 +256,6 @@ class CascadeStrategy(Strategy):
         self._lock = threading.Lock()
 
     def _role_of(self, name: str) -> str | None:
-
         catalog = ModelCatalog.builtin()
         for role, backend in (("weak", self.ctx.pair.weak), ("strong", self.ctx.pair.strong)):
             if name == backend.name or catalog.canonicalize(name) == catalog.canonicalize(backend.name):
@@ -265,7 +263,6 @@ class CascadeStrategy(Strategy):
         return None
 
     def _load(self) -> tuple[Any, list, Any, list[str], list[str | None]]:
-
         with self._lock:
             if self._loaded and time.monotonic() - self._loaded[0] < self.ctx.settings.reload_interval_s:
                 return self._loaded[1]
@@ -306,13 +303,11 @@ class CascadeStrategy(Strategy):
             uri = config.scorer_uri or config.probe_uri or f"models:/{settings.probe_model_name}@champion"
             try:
                 if config.scorer_uri:
-
                     probe = load_cascade_scorer(uri, settings)
                     if len(probe.models) != len(config.models):
                         raise ValueError(f"the scorer was trained for the ladder {probe.models}, "
                                          f"the config names {config.models}")
                 else:
-
                     probe = load_probe(uri, settings)
             except Exception as exc:  # noqa: BLE001 - no probe: the cascade cannot decide
                 raise StrategyUnavailable(f"deferral probe {uri} not loadable: {str(exc)[:300]}") from None
@@ -321,7 +316,6 @@ class CascadeStrategy(Strategy):
             return value
 
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
-
         config, ladder, probe, roles, partner_roles = self._load()
         explore = config.explore_rate > 0 and random.random() < config.explore_rate
         guard = self.ctx.guard
@@ -409,7 +403,6 @@ class SpeculativeStrategy(Strategy):
                        f"exact speculative decoding of {self._target()} (draft: {draft})")
 
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
-
         res = serve_generate(messages, params, self.ctx)
         out = self._outcome()
         out.model = getattr(res, "model", None) or out.model
@@ -418,7 +411,6 @@ class SpeculativeStrategy(Strategy):
         return out
 
     def stream(self, messages: list[Message], params: GenerationParams) -> tuple[Outcome, Iterator[str]]:
-
         spec_stream = serve_stream(messages, params, self.ctx)
         out = self._outcome()
 

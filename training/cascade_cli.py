@@ -33,7 +33,6 @@ def cascade() -> None:
 
 
 def _split_table(df, train_frac: float, seed: int):  # noqa: ANN001, ANN202
-
     if "split" in df.columns:
         bad = set(df["split"].astype(str)) - {"train", "test"}
         if bad:
@@ -73,7 +72,6 @@ def calibrate(table_path: Path | None, routerbench: Path | None, datasets: str, 
     store them for the `cascade` serving strategy."""
     import pandas as pd
 
-
     if (table_path is None) == (routerbench is None):
         raise click.UsageError("give exactly one of --table or --routerbench")
     if sum(x is not None for x in (budget, quality_target, match_model)) != 1:
@@ -90,7 +88,6 @@ def calibrate(table_path: Path | None, routerbench: Path | None, datasets: str, 
             raise click.ClickException(f"{table_path}: {exc}") from None
         source = str(table_path)
     else:
-
         sets = [d.strip() for d in datasets.split(",") if d.strip()]
         scored = score_routerbench(routerbench, get_embedder(settings), settings.data_dir / "cascade_eval" / "embeddings",
                                    sets)

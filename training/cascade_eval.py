@@ -254,7 +254,6 @@ class EmbeddingStore:
         self.index = {k: i for i, k in enumerate(self.keys)}
 
     def embed(self, texts: Sequence[str], batch: int = 512, progress: bool = True) -> np.ndarray:
-
         hashes = [hashlib.sha256(t.encode()).hexdigest()[:24] for t in texts]
         todo = list(dict.fromkeys(h for h in hashes if h not in self.index))
         if todo:
@@ -286,7 +285,6 @@ def score_routerbench(folder: Path | str, embedder, cache_dir: Path, datasets: S
                       c: float = 0.05, folds: int = 5, seed: int = 0, progress: bool = True) -> ScoredRouterBench:
     """Text probes per model on the train split; out-of-fold scores on train, fitted-probe scores on test."""
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
 
     train, test = load_routerbench(folder, "train", datasets), load_routerbench(folder, "test", datasets)
     models = train.models
@@ -402,7 +400,6 @@ def run_routerbench_eval(folder: Path | str, settings, *, datasets: Sequence[str
                          per_dataset: bool = True, log_mlflow: bool = True, progress: bool = True
                          ) -> tuple[list[CascadeEvaluation], ScoredRouterBench, str | None]:
     """Score with text probes, evaluate pooled and per dataset; log figures and the Pareto plot."""
-
 
     embedder = get_embedder(settings)
     scored = score_routerbench(folder, embedder, settings.data_dir / "cascade_eval" / "embeddings", datasets,

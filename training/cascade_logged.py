@@ -30,7 +30,6 @@ class LoggedTable:
         return len(self.request_ids)
 
     def outcome_table(self):  # noqa: ANN201 - routerops.training.cascade_eval.OutcomeTable
-
         return OutcomeTable(list(self.models), {m: self.correct[:, i] for i, m in enumerate(self.models)},
                             {m: self.cost[:, i] for i, m in enumerate(self.models)},
                             {m: self.score[:, i] for i, m in enumerate(self.models)})

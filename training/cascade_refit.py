@@ -50,7 +50,6 @@ def register_config(config, settings: Settings, *, tags: dict[str, str] | None =
     import mlflow
     from mlflow.exceptions import MlflowException
 
-
     registry.configure_mlflow(settings)
     c = registry.client(settings)
     with mlflow.start_run(run_name="cascade-config-refit") as run, tempfile.TemporaryDirectory() as tmp:
@@ -73,7 +72,6 @@ def register_config(config, settings: Settings, *, tags: dict[str, str] | None =
 def load_registered_config(version_or_alias: str, settings: Settings, name: str = CONFIG_MODEL_NAME):  # noqa: ANN201
     """The CascadeConfig stored in a registered version (a number or an alias such as champion)."""
     import mlflow
-
 
     uri = f"models:/{name}/{version_or_alias}" if version_or_alias.isdigit() else f"models:/{name}@{version_or_alias}"
     pinned = registry.pin_model_uri(uri, "cascade config", settings)

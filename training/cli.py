@@ -114,7 +114,6 @@ def score(model_uri: str, strong: str | None, weak: str | None, input_path: Path
           batch_size: int) -> None:
     """Score prompts with a router: P(strong model's answer beats the weak one's)."""
 
-
     rows, problems = _read_prompts(input_path)
     for problem in problems:
         click.echo(f"skipped {input_path}:{problem}", err=True)

@@ -39,7 +39,6 @@ def train_exit_head(layers: int | None, texts: int, max_tokens: int, epochs: int
                     shared_data: Path, out: Path | None, use_mlflow: bool, seed: int) -> None:
     """Train the self-speculative draft's exit head by KL distillation from the target's final layer."""
 
-
     settings = get_settings()
     layers = layers or settings.speculative_draft_layers
     name = _target_name(settings)

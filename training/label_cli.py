@@ -44,7 +44,6 @@ def label(judge_base_url: str, judge_model: str, prompts_file: Path | None, from
     are counted and skipped. Exit status 1 when the judge cannot be reached or the input is unusable.
     """
 
-
     if (prompts_file is None) == (not from_requests):
         raise click.UsageError("give exactly one of --prompts FILE or --from-requests")
     settings = get_settings()

@@ -246,7 +246,6 @@ class _Answerer:
         with self._build_lock:
             backend = self.backends.get(role)
             if backend is None:
-
                 try:
                     backend = self.backends[role] = make_backend(self.settings, role)  # type: ignore[arg-type]
                 except (ValueError, BackendError, OSError) as exc:

@@ -159,7 +159,6 @@ def load_outcomes(path: Path, strong_column: str | None = None, weak_column: str
     if (strong_column is None) != (weak_column is None):
         raise click.ClickException("give both --strong-column and --weak-column (or neither)")
     if strong_column is not None:
-
         try:
             s_col, w_col = find_column(columns, strong_column), find_column(columns, weak_column)
         except ValueError as exc:
@@ -471,9 +470,7 @@ def eval_command(outcomes_file: Path, scores_file: Path | None, model_uri: str |
 
 def _log_to_mlflow(report: EvalReport, data: dict[str, Any], curve: metrics.PGRCurve,
                    oracle: metrics.PGRCurve, outcomes_file: Path) -> str:
-
     import mlflow
-
 
     configure_mlflow(get_settings())
     with mlflow.start_run(run_name=f"router-eval-{outcomes_file.name}") as run, \
@@ -577,7 +574,6 @@ def calibrate_command(strong_share: float | None, target_pgr: float | None, scor
 
 
 def _set_alpha(alpha: float, reason: str, router_version: str | None) -> None:
-
     settings = get_settings()
     with session_scope(settings) as session:
         change = propose_alpha(session, settings, alpha, reason=reason, source="calibration",

@@ -125,7 +125,6 @@ def _pgr_plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Pat
 
 
 def _default_pair(router, candidates: list[tuple[str | None, str | None]]) -> tuple[str | None, str | None]:  # noqa: ANN001
-
     for strong, weak in candidates:
         if not strong or not weak:
             continue
@@ -198,7 +197,6 @@ def _loso_plot(frame, path: Path) -> None:  # noqa: ANN001
 
 
 def prompt_matrix(embeddings: np.ndarray, prompts: list[str], standardizer: dict | None) -> np.ndarray:
-
     emb = np.asarray(embeddings, dtype=np.float32)
     return emb if standardizer is None else np.hstack([emb, features(prompts, standardizer)])
 
@@ -230,7 +228,6 @@ def train_router(
     import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
 
     config = irt_mf.IRTMFConfig(formulation=formulation, pair_link=pair_link, rank=rank, l2_prompt=l2_prompt, l2_model=l2_model,
                                 max_iter=max_iter, seed=seed)

@@ -38,14 +38,12 @@ def make_backend(settings: Settings, role: Role) -> Backend:
     kind = getattr(settings, f"{role}_backend")
     model = getattr(settings, f"{role}_model")
     if kind == "local":
-
         spec = LLMSpec.resolve(model, getattr(settings, f"{role}_gguf_file"), settings.device)
         base = LocalBackend(spec, name=model)
         if role == "strong" and settings.strong_samples > 1:
             return BestOfKBackend(base, k=settings.strong_samples)
         return base
     if kind == "openai":
-
         key = getattr(settings, f"{role}_api_key")
         api_key = key.get_secret_value() if key is not None else os.environ.get("OPENAI_API_KEY")
         base_url = getattr(settings, f"{role}_base_url")
@@ -55,7 +53,6 @@ def make_backend(settings: Settings, role: Role) -> Backend:
                                  max_retries=settings.http_max_retries, backoff_s=settings.http_backoff_s,
                                  request_logprobs=settings.http_request_logprobs)
     if kind == "replay":
-
         path = getattr(settings, f"{role}_replay_file") or settings.replay_file
         if path is None:
             raise ValueError(f"ROUTEROPS_{role.upper()}_REPLAY_FILE or ROUTEROPS_REPLAY_FILE is required "

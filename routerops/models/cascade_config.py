@@ -84,6 +84,5 @@ def save_cascade_config(session, config: CascadeConfig) -> None:  # noqa: ANN001
 
 
 def load_cascade_config(session) -> CascadeConfig | None:  # noqa: ANN001
-
     row = session.get(ServingState, CONFIG_KEY)
     return None if row is None else CascadeConfig.from_dict(dict(row.value))

@@ -47,10 +47,8 @@ def built_embedder_path(settings: Settings, backend: str, model: str | None = No
 
 def load_built_embedder(backend: str, path: Path, threads: int = 1) -> Embedder:
     if backend == "static":
-
         return StaticEmbedder(path)
     if backend == "onnx":
-
         return OnnxEmbedder(path, threads=threads)
     raise ValueError(f"{backend!r} is not a built embedder backend ({' | '.join(BUILT_BACKENDS)})")
 
@@ -88,7 +86,6 @@ def get_embedder(settings: Settings, backend: str | None = None, model: str | No
     elif backend == "sentence-transformers":
         cache_key = (backend, model, settings.embedding_batch_size, truncation_side)
     elif backend in BUILT_BACKENDS:
-
         path = built_embedder_path(settings, backend, model)
         # the files' hash is part of the key: a rebuilt folder is a different embedder
         cache_key = (backend, str(path.resolve()), manifest_sha(path), settings.embedding_onnx_threads)
@@ -122,7 +119,6 @@ def embed_cached(session, embedder: Embedder, prompts: Sequence[str], *, batch_s
 
     New vectors are added to the session (committed by the caller's transaction).
     """
-
 
     hashes = [prompt_hash(p) for p in prompts]
     text_by_hash: dict[str, str] = {}

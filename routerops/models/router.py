@@ -115,7 +115,6 @@ class MFRouter:
     @property
     def embedder(self):  # noqa: ANN201 - routerops.models.embeddings.Embedder
         if self._embedder is None:  # the recorded one, or EmbedderMismatchError naming both
-
             self._embedder = embedder_from_router_metadata(self.embedding_model, self.artifact_dir,
                                                            self._settings or get_settings())
         return self._embedder

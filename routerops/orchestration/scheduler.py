@@ -114,13 +114,11 @@ class LeaseLock:
             return False
 
     def held(self) -> bool:
-
         with session_scope(self.settings) as s:
             row = s.get(Lease, self.name)
             return row is not None and row.holder == self.holder and _aware(row.expires_at) > datetime.now(UTC)
 
     def release(self) -> None:
-
         with session_scope(self.settings) as s:
             s.execute(delete(Lease).where(Lease.name == self.name, Lease.holder == self.holder))
 
@@ -130,7 +128,6 @@ def _aware(ts: datetime) -> datetime:
 
 
 def lease_holder(settings: Settings, name: str = LEASE_NAME) -> str | None:
-
     with session_scope(settings) as s:
         row = s.get(Lease, name)
         return row.holder if row is not None and _aware(row.expires_at) > datetime.now(UTC) else None
@@ -239,7 +236,6 @@ def retrain_probes_job(settings: Settings) -> dict[str, Any]:
 
 
 def live_drift_job(settings: Settings) -> dict[str, Any]:
-
     r = run_live_drift(settings)
     return {"live_drift_run_id": r.run_id, "status": r.status, "n_requests": r.n_requests,
             "strong_share": r.strong_share, "expected_strong_share": r.expected_strong_share,
@@ -247,7 +243,6 @@ def live_drift_job(settings: Settings) -> dict[str, Any]:
 
 
 def monitor_job(settings: Settings) -> dict[str, Any]:
-
     r = run_monitor(settings, progress=False)
     return {"monitor_run_id": r.run_id, "pgr": r.pgr, "baseline_pgr": r.baseline_pgr,
             "pgr_null_reason": r.pgr_null_reason, "drift_detected": r.drift_detected,
@@ -276,7 +271,6 @@ class RouterOpsScheduler:
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
         from apscheduler.schedulers.background import BackgroundScheduler
-
 
         aps = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=get_engine(settings=self.settings),

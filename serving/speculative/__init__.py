@@ -57,7 +57,6 @@ def build_draft(settings: Any, target: Any) -> Draft:
         vocab = target.model.get_output_embeddings().weight.shape[0]
         return ModelDraft.load(settings.speculative_draft_model, vocab, device=settings.device)
     if kind == "self":
-
         layers, head = settings.speculative_draft_layers, None
         path = settings.speculative_exit_head or default_head_path(settings.data_dir, _target_name(settings), layers)
         if settings.speculative_exit_head is not None or path.is_file():

@@ -92,7 +92,6 @@ class ModelDraft:
 
     @classmethod
     def load(cls, model_id: str, target_vocab: int, gguf_file: str | None = None, device: str = "auto") -> ModelDraft:
-
         loaded = load_llm(LLMSpec.resolve(model_id, gguf_file, device))
         vocab = loaded.model.get_output_embeddings().weight.shape[0]
         if vocab != target_vocab:

@@ -24,7 +24,6 @@ def log_cascade_scorer(scorer: CascadeScorer, settings: Settings, *, metrics: di
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-
     registry.configure_mlflow(settings)
     with mlflow.start_run(run_name="cascade-scorer") as run, tempfile.TemporaryDirectory() as tmp:
         mlflow.log_params({k: v for k, v in params.items() if v is not None})

@@ -456,7 +456,6 @@ def answer_scorer_logits(data: RouterBenchData, models: Sequence[str], embedder,
     and cross-fit it: returns (the scorer fit on all of train, out-of-fold logits on part B per model,
     test logits per model, stats). Each fold's scorer keeps the C the full fit chose per model."""
 
-
     t0 = time.perf_counter()
     models = list(models)
     prompts = data.ce_train.prompts + data.fit.prompts

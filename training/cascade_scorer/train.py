@@ -66,7 +66,6 @@ def train_routerbench_scorer(folder: Path | str, ladder: Sequence[str], *, datas
     answer_scorer = as_stats = as_fit = as_test = None
     if use_answer_scorer:
         if embedder is None:
-
             embedder = get_embedder(get_settings())
         answer_scorer, as_fit, as_test, as_stats = answer_scorer_logits(data, judged, embedder, seed=seed)
         as_fit, as_test = alias_rungs(as_fit, scored), alias_rungs(as_test, scored)
@@ -90,7 +89,6 @@ def train_routerbench_scorer(folder: Path | str, ladder: Sequence[str], *, datas
 
 
 def log_report(report: ScorerReport, settings, params: dict, register: bool = True) -> ScorerReport:  # noqa: ANN001
-
     metrics: dict[str, float] = {}
     for i, r in enumerate(report.per_rung.values()):
         metrics[f"test_auroc_rung{i}"] = r["auroc"]

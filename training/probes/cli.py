@@ -60,7 +60,6 @@ def train_probe(task: str | None, data_path: Path | None, test_path: Path | None
             if test_path is not None:
                 test_ex += load_headlines(test_path, test_limit)
         if from_logs:
-
             with session_scope(settings) as session:
                 logged = examples_from_logs(session, settings.weak_model, log_limit)
             click.echo(f"{len(logged)} logged answers of {settings.weak_model} with labels")
@@ -94,9 +93,7 @@ def train_probe(task: str | None, data_path: Path | None, test_path: Path | None
 
 
 def _build(settings, kind, train_ex, test_ex, layers, max_new_tokens, verbalize, batch_size, grade):  # noqa: ANN001, ANN202
-
     if kind == "text" and not any(e.answer is None for e in train_ex + test_ex):
-
         return text_probe_data(get_embedder(settings), train_ex, test_ex)
     llm = load_llm(LLMSpec.resolve(settings.weak_model, settings.weak_gguf_file, settings.device))
     n_layers = int(llm.model.config.num_hidden_layers)

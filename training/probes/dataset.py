@@ -114,7 +114,6 @@ def load_headlines(path: Path | str, limit: int | None = None) -> list[ProbeExam
 def examples_from_logs(session, weak_model: str, limit: int | None = None) -> list[ProbeExample]:  # noqa: ANN001
     """Preference rows with answers where one side is `weak_model` (any spelling the catalog knows)."""
 
-
     catalog = load_catalog(session)
     try:
         weak = catalog.resolve(weak_model)

@@ -170,7 +170,6 @@ def log_probe(report: ProbeReport, data: ProbeData, settings: Settings, *, regis
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-
     registry.configure_mlflow(settings)
     sel = report.selection
     meta = dict(data.meta) | {"kind": data.kind, "feature_key": sel.best_key, "c": sel.best_c,

@@ -63,7 +63,6 @@ class CrossEncoderScorer:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-
         path = str(path or minilm_path())
         torch.manual_seed(seed)
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -101,7 +101,6 @@ class CascadeScorer:
         return float(self.score(rung, [step])[0])
 
     def save(self, path: Path | str) -> Path:
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         joblib.dump(self.combiners, path / COMBINERS_FILE)
@@ -126,17 +125,14 @@ class CascadeScorer:
         meta = json.loads((path / META_FILE).read_text())
         ce = None
         if meta.get("cross_encoder"):
-
             ce = CrossEncoderScorer.load(path / CE_DIR)
         answer_scorer = None
         if meta.get("answer_scorer"):
-
             answer_scorer = AnswerScorer.load(path / AS_DIR, embedder=embedder)
         return cls(meta["models"], joblib.load(path / COMBINERS_FILE), meta["feature_names"], ce, meta,
                    answer_scorer=answer_scorer, **kwargs)
 
 
 def rung_metrics(y: np.ndarray, p: np.ndarray) -> RungMetrics:
-
     y = np.asarray(y).round().astype(int)
     return RungMetrics(auroc(y, p), ece(y, p), len(y), float(y.mean()) if len(y) else float("nan"))

@@ -43,7 +43,6 @@ class ScorerPyfunc(PythonModel):
         self.scorer = CascadeScorer.from_dir(Path(context.artifacts["scorer_meta"]).parent)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ANN001
-
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         missing = {"rung", "query", "answer"} - set(df.columns)
         if missing:

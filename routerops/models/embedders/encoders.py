@@ -39,7 +39,6 @@ class SentenceTransformerEmbedder:
                  truncation_side: str = "left"):
         from sentence_transformers import SentenceTransformer
 
-
         if truncation_side not in {"left", "right"}:
             raise ValueError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
         self.model_ref = model
@@ -82,7 +81,6 @@ class OpenAIEmbedder:
 
     def __init__(self, model: str, base_url: str, api_key: str | None = None, *, batch_size: int = 64,
                  timeout: float = 30.0, max_retries: int = 4, backoff_s: float = 0.5):
-
         self.model_ref = model
         self.base_url = base_url.rstrip("/")
         self.name = f"openai:{self.base_url}:{model}"
@@ -101,7 +99,6 @@ class OpenAIEmbedder:
         return self._dim
 
     def _post(self, texts: list[str]) -> np.ndarray:
-
         url = f"{self.base_url}/embeddings"
         last: str = ""
         for attempt in range(self.max_retries + 1):

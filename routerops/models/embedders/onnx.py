@@ -94,7 +94,6 @@ def build_onnx(out_dir: Path | str, config: OnnxBuildConfig = OnnxBuildConfig())
     and the cosine of its vectors with the torch embedder's on a few probe sentences)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     source = Path(resolve_embedding_model(config.source_model))

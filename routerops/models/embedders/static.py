@@ -85,7 +85,6 @@ def build_static(out_dir: Path | str, config: StaticBuildConfig = StaticBuildCon
     from sklearn.decomposition import PCA
     from transformers import AutoModel
 
-
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     source = Path(resolve_embedding_model(config.source_model))
@@ -144,7 +143,6 @@ class StaticEmbedder:
     batching_pays = False  # per prompt cost is tokenizing + a gather: a batch saves only call overhead
 
     def __init__(self, path: Path | str, verify: bool = True):
-
         self.path = Path(path)
         self.manifest = read_manifest(self.path, FORMAT, BUILD_HINT, verify=verify)
         cfg = self.manifest["config"]

@@ -58,13 +58,11 @@ class DeferralProbe:
 
     @classmethod
     def from_dir(cls, path: Path | str, **kwargs: Any) -> DeferralProbe:
-
         path = Path(path)
         meta = json.loads((path / META_FILE).read_text())
         return cls(joblib.load(path / PIPELINE_FILE), meta, **kwargs)
 
     def save(self, path: Path | str) -> Path:
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         joblib.dump(self.pipeline, path / PIPELINE_FILE)
@@ -77,7 +75,6 @@ class DeferralProbe:
     def features(self, prompts: Sequence[Sequence[Message]], answers: Sequence[str],
                  ended: Sequence[bool] | bool = True) -> np.ndarray:
         if self.kind == "hidden":
-
             llm = load_llm(LLMSpec(self.meta["llm_model"], self.meta.get("llm_gguf_file"),
                                    self.meta.get("device", "auto")))
             layer, _pooling = parse_feature_key(self.key)

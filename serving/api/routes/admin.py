@@ -30,8 +30,6 @@ async def admin_reload(state: StateDep, _principal: Principal = admin) -> dict:
 
 @router.get("/admin/feedback")
 async def admin_feedback(state: StateDep, limit: int = 50, _principal: Principal = admin) -> dict:
-
-
     def rows() -> list[dict]:
         with session_scope(state.settings) as session:
             q = (select(PreferenceLog).where(PreferenceLog.source == "feedback")

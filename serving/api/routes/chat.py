@@ -96,7 +96,6 @@ def pick(req: ChatCompletionRequest, state: ServingState) -> tuple[Strategy, lis
 
 def log_entry(state: ServingState, out: Outcome, req: ChatCompletionRequest, messages: list[dict[str, str]],
               request_id: str, latency_ms: float, principal: Principal, streamed: bool) -> LogEntry:
-
     pair = state.pair
     extra = dict(out.extra)
     extra.update(role=out.role, reason=out.reason, weak_model=pair.weak.name, strong_model=pair.strong.name,

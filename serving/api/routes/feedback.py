@@ -28,7 +28,6 @@ router = APIRouter()
 
 @router.post("/v1/feedback", openapi_extra=openapi_body(FeedbackRequest))
 async def feedback(request: Request, state: StateDep, principal: Principal = user) -> JSONResponse:
-
     try:
         payload = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError) as exc:

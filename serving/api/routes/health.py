@@ -43,8 +43,6 @@ async def healthz(state: StateDep) -> dict:
 
 @router.get("/metrics")
 async def prometheus(state: StateDep, _principal: Principal = user) -> Response:
-
-
     def read_monitor() -> MonitorGauges:
         with session_scope(state.settings) as session:
             return read_monitor_gauges(session)
