@@ -35,6 +35,7 @@ from routerops.models.embedders.router_files import (
     embedder_from_router_metadata,
 )
 from routerops.models.embeddings import embedding_ref
+from routerops.models.legacy import load_joblib
 from routerops.settings import get_settings
 
 META_FILE = "answer_scorer.json"
@@ -227,7 +228,7 @@ class AnswerScorer:
         ref = meta.pop("embedding")
         if embedder is None:
             embedder = embedder_from_router_metadata(ref, path, settings or get_settings())
-        scorer = cls(embedder, joblib.load(path / MODELS_FILE), meta, joblib.load(path / DIFFICULTY_FILE))
+        scorer = cls(embedder, load_joblib(path / MODELS_FILE), meta, load_joblib(path / DIFFICULTY_FILE))
         scorer.embedding = ref
         scorer.check_embedder(embedder)
         return scorer

@@ -28,6 +28,7 @@ from routerops.models.cascade_scorer.answer_scorer import AnswerScorer
 from routerops.models.cascade_scorer.combiner import ConstantCombiner, fit_combiner, make_combiner  # noqa: F401
 from routerops.models.cascade_scorer.cross_encoder import CrossEncoderScorer
 from routerops.models.cascade_scorer.features import SIGNAL_NAMES, StepInput, rung_parts, signals
+from routerops.models.legacy import load_joblib
 from routerops.models.probes.probe import auroc, ece
 
 META_FILE = "scorer.json"
@@ -129,7 +130,7 @@ class CascadeScorer:
         answer_scorer = None
         if meta.get("answer_scorer"):
             answer_scorer = AnswerScorer.load(path / AS_DIR, embedder=embedder)
-        return cls(meta["models"], joblib.load(path / COMBINERS_FILE), meta["feature_names"], ce, meta,
+        return cls(meta["models"], load_joblib(path / COMBINERS_FILE), meta["feature_names"], ce, meta,
                    answer_scorer=answer_scorer, **kwargs)
 
 

@@ -24,6 +24,7 @@ from mlflow.pyfunc import PythonModel
 from routerops.backends.base import Generation, Message, last_user_prompt
 from routerops.local_models import LLMSpec, load_llm
 from routerops.models.embeddings import get_embedder
+from routerops.models.legacy import load_joblib
 from routerops.models.loader import ProcessCache, load_registered
 from routerops.models.probes.features import answer_features, parse_feature_key, text_features
 from routerops.registry import PinnedModel, pyfunc_artifact_dir
@@ -60,7 +61,7 @@ class DeferralProbe:
     def from_dir(cls, path: Path | str, **kwargs: Any) -> DeferralProbe:
         path = Path(path)
         meta = json.loads((path / META_FILE).read_text())
-        return cls(joblib.load(path / PIPELINE_FILE), meta, **kwargs)
+        return cls(load_joblib(path / PIPELINE_FILE), meta, **kwargs)
 
     def save(self, path: Path | str) -> Path:
         path = Path(path)
