@@ -16,7 +16,7 @@ from routerops.models.mf import MFModel, pair_direction
 from routerops.text import prompt_hash
 from routerops.training.router_data import Weighting, build_router_data, row_weights, split_prompts
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "router"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "router"
 PREFS = FIXTURES / "prefs.jsonl"
 EVAL = FIXTURES / "eval_routerbench.csv"
 FAST = {"val_fraction": 0.3, "progress": False}

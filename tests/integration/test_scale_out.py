@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from conftest import clean_env
 from serving_helpers import RECORDED_PAIR, STRONG, WEAK, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-PREFS = Path(__file__).resolve().parent / "fixtures" / "router" / "prefs.jsonl"
+ROOT = Path(__file__).resolve().parents[2]
+PREFS = Path(__file__).resolve().parents[1] / "fixtures" / "router" / "prefs.jsonl"
 KEY = "scale-out-key-0123456789"
 
 

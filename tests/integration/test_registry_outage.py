@@ -18,7 +18,7 @@ import pytest
 from serving_helpers import RECORDED_PAIR, STRONG, WEAK, free_port, healthz, running_server, wait_for
 
 KEY = "registry-outage-key-0123456789"
-PREFS = Path(__file__).resolve().parent / "fixtures" / "router" / "prefs.jsonl"
+PREFS = Path(__file__).resolve().parents[1] / "fixtures" / "router" / "prefs.jsonl"
 PROMPT = "What's a fun fact about cats?"
 
 

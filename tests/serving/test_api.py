@@ -22,7 +22,7 @@ from serving_helpers import RECORDED_PAIR, STRONG, WEAK, free_port, healthz, run
 
 USER_KEY = "test-user-key-0123456789"
 ADMIN_KEY = "test-admin-key-0123456789"
-ROUTER_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "router" / "prefs.jsonl"
+ROUTER_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "router" / "prefs.jsonl"
 PROMPT = "What's a fun fact about cats?"
 
 

@@ -16,7 +16,7 @@ from routerops.db import session_scope
 from routerops.db.models import JobRun, PreferenceLog
 from routerops.orchestration.scheduler import JobSpec, LeaseLock, RouterOpsScheduler, run_job
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "monitoring"))  # "sched_jobs:..." job refs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "monitoring"))  # "sched_jobs:..." job refs
 
 LEASE_S = 1.5
 
