@@ -117,6 +117,21 @@ class Settings(BaseSettings):
     alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="Initial threshold before any recalibration.")
     routing_cache_size: int = Field(default=10_000, ge=0)  # routing scores kept per live router; 0 = off
 
+    # --- the fleet (issue 27): K priced models, one decision, one dial ----------------------------
+    fleet_file: Path | None = Field(
+        default=None, description="YAML or TOML fleet table (docs/fleet.md): each model's backend, endpoint, key "
+        "variable, prices per 1M tokens and name in the logs. Unset: the weak/strong settings are a fleet of two.")
+    fleet_lambda: float | None = Field(
+        default=None, ge=0.0, description="The fleet dial set by hand: pick the model maximising P(good) - lambda x "
+        "cost / (the best model's cost). 0 = the best model for each prompt, large = the cheapest. Unset: "
+        "calibrated on the router's reference prompts from fleet_target_cost_share or fleet_target_quality_share.")
+    fleet_target_quality_share: float = Field(
+        default=0.95, gt=0.0, le=1.0, description="Dial calibration: the cheapest dial that keeps this share of "
+        "always-the-best-model's predicted quality on the router's reference prompts.")
+    fleet_target_cost_share: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="Dial calibration (wins over fleet_target_quality_share when "
+        "set): the best dial that spends at most this share of always-the-best-model's predicted cost.")
+
     # --- speculative decoding (serving/speculative) -------------------------------------------
     # Target: this local model, default the strong model. Draft: "prompt-lookup" (n-gram copy, free),
     # "self" (the target's first speculative_draft_layers layers + exit head if trained), "model".

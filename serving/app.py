@@ -19,13 +19,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from routerops.backends.factory import BackendPair, make_pair
+from routerops.backends.base import Backend
+from routerops.backends.factory import BackendPair, make_fleet_backends, make_pair
+from routerops.fleet import load_fleet, pair_fleet, settings_for_fleet
 from routerops.serving.api.deps import ServingState
 from routerops.serving.api.main import api_router
 from routerops.serving.api.middleware import INGEST_MAX_BYTES, BodyLimitMiddleware
 from routerops.serving.auth import Authenticator
 from routerops.serving.errors import install_error_handlers
 from routerops.serving.failover import Guard
+from routerops.serving.fleet import build_fleet
 from routerops.serving.metrics import ServingMetrics
 from routerops.serving.request_log import Prices, RequestLogWriter
 from routerops.serving.routing import RouterState
@@ -45,24 +48,39 @@ def bound_registry_calls(settings: Settings) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, settings.serving_registry_timeout_s))))
 
 
-def create_app(settings: Settings, pair: BackendPair | None = None) -> FastAPI:
-    """The API over the configured pair (or `pair`, for callers that built their own backends)."""
+def create_app(settings: Settings, pair: BackendPair | None = None,
+               backends: dict[str, Backend] | None = None) -> FastAPI:
+    """The API over the configured fleet (ROUTEROPS_FLEET_FILE) or pair (or `pair`, for callers that
+    built their own backends; `backends` replaces fleet models' backends by name)."""
     bound_registry_calls(settings)
-    pair = pair or make_pair(settings)
+    if settings.fleet_file is not None:
+        fleet = load_fleet(settings.fleet_file)
+        settings = settings_for_fleet(settings, fleet)
+        fleet_backends, fleet_pair = make_fleet_backends(settings, fleet, overrides=backends)
+        pair = pair or fleet_pair
+    else:
+        fleet = None
+        pair = pair or make_pair(settings)
     router_state = RouterState(settings)
     metrics = ServingMetrics()
     router_state.on_change.append(lambda snap: metrics.set_router(snap.version, snap.alpha))
     metrics.set_router(None, settings.alpha)
-    guard = Guard(settings, pair, metrics)
-    ctx = ServingContext(settings, pair, router_state, Prices.from_settings(settings, pair.weak.name, pair.strong.name),
-                         guard)
+    prices = Prices.from_settings(settings, pair.weak.name, pair.strong.name)
+    if fleet is None:  # the two-model settings: a fleet of two
+        fleet = pair_fleet(settings, pair.weak.name, pair.strong.name, prices.by_role)
+        fleet_backends = {pair.weak.name: pair.weak, pair.strong.name: pair.strong}
+    guard = Guard(settings, pair, metrics, fleet=fleet_backends)
+    ctx = ServingContext(settings, pair, router_state, prices, guard)
     strategies = build_strategies(ctx)
+    fleet_serving = build_fleet(ctx, fleet, fleet_backends, strategies)
     request_log = RequestLogWriter(settings, metrics)
     state = ServingState(settings=settings, pair=pair, router_state=router_state, metrics=metrics,
-                         strategies=strategies, auth=Authenticator(settings), guard=guard, request_log=request_log)
+                         strategies=strategies, auth=Authenticator(settings), guard=guard, request_log=request_log,
+                         fleet=fleet_serving)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(fleet_serving.router.tokens.seed, settings)
         result = await run_in_threadpool(router_state.reload)
         if result["error"]:
             metrics.reload_errors.inc()

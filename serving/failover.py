@@ -61,12 +61,20 @@ class BackendsUnavailable(BackendError):
 class Guard:
     """Owns one breaker per role; reports failovers, skips and breaker states to the metrics."""
 
-    def __init__(self, settings: Settings, pair: BackendPair, metrics: Any = None):
+    def __init__(self, settings: Settings, pair: BackendPair, metrics: Any = None,
+                 fleet: dict[str, Backend] | None = None):
         self.settings, self.pair, self.metrics = settings, pair, metrics
         self.breakers = {role: BackendBreaker(pair.by_role(role).name, settings.breaker_fail_max,
                                               settings.breaker_reset_s, on_change=self._state_changed)
                          for role in ("weak", "strong")}
-        for breaker in self.breakers.values():
+        # the fleet's models by name (issue 27): the pair's two share their role's breaker
+        self.fleet: dict[str, Backend] = dict(fleet or {})
+        self.named: dict[str, BackendBreaker] = {}
+        for name, backend in self.fleet.items():
+            role = next((r for r in ("weak", "strong") if pair.by_role(r) is backend), None)
+            self.named[name] = self.breakers[role] if role else BackendBreaker(
+                name, settings.breaker_fail_max, settings.breaker_reset_s, on_change=self._state_changed)
+        for breaker in {id(b): b for b in [*self.breakers.values(), *self.named.values()]}.values():
             self._state_changed(breaker.name, breaker.state)
 
     def _state_changed(self, name: str, state: str) -> None:
@@ -74,7 +82,7 @@ class Guard:
             self.metrics.circuit_state.labels(name).set(STATE_VALUE.get(state, -1.0))
 
     def refresh_metrics(self) -> None:
-        for breaker in self.breakers.values():
+        for breaker in {id(b): b for b in [*self.breakers.values(), *self.named.values()]}.values():
             self._state_changed(breaker.name, breaker.state)
 
     def order(self, role: str) -> list[str]:
@@ -83,7 +91,9 @@ class Guard:
     def call(self, role: str, call: Callable[[Backend], T]) -> T:
         """call(backend) on this role's backend alone, through its breaker: raises CircuitOpen when
         the circuit is open, and the backend's error (counted against it when `unavailable`)."""
-        backend, breaker = self.pair.by_role(role), self.breakers[role]
+        return self._guarded(self.pair.by_role(role), self.breakers[role], call)
+
+    def _guarded(self, backend: Backend, breaker: BackendBreaker, call: Callable[[Backend], T]) -> T:
         try:
             probe = breaker.acquire()
         except CircuitOpen:
@@ -119,6 +129,31 @@ class Guard:
                 self.metrics.failovers.labels(failed[0].model, failed[0].kind).inc()
             return Served(r, backend, result, failed)
         raise BackendsUnavailable(failed)
+
+    def attempt_models(self, order: list[str], call: Callable[[Backend], T]) -> Served:
+        """call(backend) on the fleet models in `order` (the dial's ranking), each through its
+        breaker: an unavailable or open-circuited model is skipped for the next. Served.role is the
+        model's name; BackendsUnavailable when every one failed."""
+        failed: list[FailedAttempt] = []
+        for name in order:
+            backend = self.fleet[name]
+            try:
+                result = self._guarded(backend, self.named[name], call)
+            except BackendError as exc:
+                if not exc.unavailable:
+                    raise
+                failed.append(FailedAttempt(name, name, exc.kind, str(exc)))
+                continue
+            if failed and self.metrics is not None:
+                self.metrics.failovers.labels(failed[0].model, failed[0].kind).inc()
+            return Served(name, backend, result, failed)
+        raise BackendsUnavailable(failed)
+
+    def report_model(self, name: str, exc: BaseException) -> None:
+        self.named[name].failure(False, exc)
+
+    def fleet_snapshot(self) -> dict[str, dict[str, object]]:
+        return {name: b.snapshot() for name, b in self.named.items()}
 
     def report(self, role: str, exc: BaseException) -> None:
         """A failure after the call returned (a stream broken after its first token)."""

@@ -221,6 +221,7 @@ class RouterState:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.on_change: list = []  # callbacks(snapshot) e.g. metrics
+        self.load_checks: list = []  # check(router) raising when a new version must not go live (the fleet's names)
 
     # --- reload ---------------------------------------------------------------------------------
     def _load(self, version: str):  # noqa: ANN202
@@ -228,6 +229,8 @@ class RouterState:
         router = load_router(uri, self.settings)
         # must know our pair and score, or it does not go live
         router.score(["warm-up prompt"], self.settings.strong_router_name, self.settings.weak_router_name)
+        for check in self.load_checks:
+            check(router)
         return router
 
     def reload(self) -> dict:

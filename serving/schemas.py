@@ -22,6 +22,25 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
+class RoutingLimits(BaseModel):
+    """`extra_body={"routerops": {...}}` on a chat request: the request's own limits on the choice."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_cost_usd: float | None = Field(default=None, gt=0.0, description="The most this request may cost, "
+                                       "predicted: models whose predicted cost is above it are not considered.")
+    min_quality: float | None = Field(default=None, ge=0.0, le=1.0, description="The least predicted "
+                                      "P(good answer) a model needs to be considered.")
+    models: list[str] | None = Field(default=None, min_length=1, max_length=100,
+                                     description="Only these fleet models may answer.")
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and any(not isinstance(m, str) or not m.strip() for m in v):
+            raise ValueError("model names must be non-empty strings")
+        return v
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str
@@ -35,6 +54,8 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
+    # the OpenAI client's extra_body={"routerops": {...}}: this request's limits (model="router")
+    routerops: RoutingLimits | None = None
 
     @field_validator("stop")
     @classmethod
@@ -74,6 +95,9 @@ class RouterOpsInfo(BaseModel):
     speculative: dict[str, float] | None = None
     # set when the chosen backend was unavailable and the other model answered (ROUTEROPS_FAILOVER)
     failover: FailoverInfo | None = None
+    # the fleet decision (issue 27): the dial, every candidate's predicted P(good) and cost, whether
+    # the request's limits excluded it, and the failover order
+    fleet: dict[str, Any] | None = None
 
 
 class Usage(BaseModel):

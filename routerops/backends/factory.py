@@ -17,6 +17,7 @@ from routerops.backends.base import Backend
 from routerops.backends.local import BestOfKBackend, LocalBackend
 from routerops.backends.openai_http import OpenAIHTTPBackend
 from routerops.backends.replay import ReplayBackend
+from routerops.fleet import Fleet, FleetModel
 from routerops.local_models import LLMSpec
 from routerops.settings import Settings
 
@@ -63,3 +64,36 @@ def make_backend(settings: Settings, role: Role) -> Backend:
 
 def make_pair(settings: Settings) -> BackendPair:
     return BackendPair(weak=make_backend(settings, "weak"), strong=make_backend(settings, "strong"))
+
+
+def make_fleet_backend(settings: Settings, entry: FleetModel) -> Backend:
+    """One fleet table entry's backend, answering under the entry's name."""
+    backend: Backend
+    if entry.backend == "local":
+        spec = LLMSpec.resolve(entry.upstream, entry.gguf_file, settings.device)
+        backend = LocalBackend(spec, name=entry.name)
+        if entry.samples > 1:
+            backend = BestOfKBackend(backend, k=entry.samples, name=entry.name)
+    elif entry.backend == "openai":
+        backend = OpenAIHTTPBackend(entry.base_url or "", entry.upstream, entry.api_key(), name=entry.name,
+                                    timeout_s=settings.http_timeout_s, max_retries=settings.http_max_retries,
+                                    backoff_s=settings.http_backoff_s,
+                                    request_logprobs=settings.http_request_logprobs)
+    elif entry.backend == "replay":
+        path = entry.replay_file or settings.replay_file
+        if path is None:
+            raise ValueError(f"fleet model {entry.name!r}: a replay backend needs replay_file "
+                             "(or ROUTEROPS_REPLAY_FILE)")
+        backend = ReplayBackend(path, entry.upstream, name=entry.name)
+    else:
+        raise ValueError(f"fleet model {entry.name!r}: unknown backend kind {entry.backend!r}")
+    return backend
+
+
+def make_fleet_backends(settings: Settings, fleet: Fleet, overrides: dict[str, Backend] | None = None
+                        ) -> tuple[dict[str, Backend], BackendPair]:
+    """Every fleet model's backend by name (`overrides` given by name are used as they are), and the
+    fleet's weak/strong pair (the same objects)."""
+    overrides = overrides or {}
+    backends = {m.name: overrides.get(m.name) or make_fleet_backend(settings, m) for m in fleet.models}
+    return backends, BackendPair(weak=backends[fleet.weak], strong=backends[fleet.strong])

@@ -165,6 +165,34 @@ class MFRouter:
             return np.zeros(0, dtype=np.float64)
         return self.score_embeddings(self.embedder.encode(list(prompts)), s, w, prompts=list(prompts))
 
+    # --- per-model quality: the fleet decision (issue 27) ---------------------------------------
+    @property
+    def predicts_quality(self) -> bool:
+        """Whether the router predicts P(good answer) per model (IRT-MF, routerops.mf-router/2)."""
+        return self.format == FORMAT_V2
+
+    def model_indices(self, models: list[str]) -> np.ndarray:
+        """Vocabulary rows of `models` (any known spelling); UnknownModelError lists the known names."""
+        return np.array([self._index[self.resolve(m)] for m in models], dtype=np.int64)
+
+    def quality_vectors(self, X: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """(n, K) P(model answers well) from prompt vectors (see `prompt_vectors`) for vocabulary rows idx."""
+        if not self.predicts_quality:
+            raise ValueError(f"a {self.format} router predicts only pair scores, not P(good) per model: "
+                             f"retrain it (routerops train) to route a fleet")
+        return irt_mf.p_correct(self.weights, X, idx)
+
+    def quality_embeddings(self, embeddings: np.ndarray, models: list[str],
+                           prompts: list[str] | None = None) -> np.ndarray:
+        """(n, K) P(good answer | prompt) for each of `models`."""
+        return self.quality_vectors(self.prompt_vectors(embeddings, prompts), self.model_indices(models))
+
+    def reference_quality(self, models: list[str]) -> np.ndarray | None:
+        """(n_ref, K) P(good) of `models` on the stored reference prompts (None without them)."""
+        if not self.has_reference or not self.predicts_quality:
+            return None
+        return self.quality_vectors(self.weights["reference_X"].astype(np.float32), self.model_indices(models))
+
     # --- the reference prompt set stored with the router (live drift, calibration) -------------
     @property
     def has_reference(self) -> bool:

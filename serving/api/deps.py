@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.exc import SQLAlchemyError
@@ -32,6 +32,7 @@ class ServingState:
     auth: Authenticator
     guard: Guard | None = None  # failover and the backends' circuit breakers
     request_log: RequestLogWriter | None = None  # buffered, never-raising request-log writes
+    fleet: Any = None  # routerops.serving.fleet.FleetServing: the fleet table, its decision and strategies
 
 
 def get_state(request: Request) -> ServingState:

@@ -19,6 +19,7 @@ from routerops.db.models import new_id
 from routerops.serving.api.deps import ServingState, StateDep, user
 from routerops.serving.auth import Principal
 from routerops.serving.errors import ApiError, error_body, validation_message
+from routerops.serving.fleet import LimitsUnsatisfiable
 from routerops.serving.request_log import LogEntry, RequestLogWriter
 from routerops.serving.schemas import ChatCompletionRequest, RouterOpsInfo, openapi_body
 from routerops.serving.strategies import Outcome, Strategy, StrategyUnavailable
@@ -37,6 +38,7 @@ def _headers(info: RouterOpsInfo) -> dict[str, str]:
         "x-routerops-cost-usd": f"{info.estimated_cost_usd:.8f}", "x-routerops-request-id": info.request_id,
         "x-routerops-router-version": info.router_version or "",
         **({"x-routerops-failover": info.failover.reason} if info.failover else {}),
+        **({"x-routerops-fleet-lambda": f"{info.fleet['dial']['lambda']:.6g}"} if info.fleet else {}),
     }
 
 
@@ -47,7 +49,7 @@ def _info(out: Outcome, request_id: str) -> RouterOpsInfo:
                          request_id=request_id, reason=out.reason, escalated=out.escalated,
                          routing_latency_ms=None if out.routing_ms is None else round(out.routing_ms, 3),
                          probe_score=out.probe_score, speculative=out.spec,
-                         failover=out.extra.get("failover"))
+                         failover=out.extra.get("failover"), fleet=out.extra.get("fleet"))
 
 
 async def parse_chat(request: Request, state: ServingState) -> ChatCompletionRequest:
@@ -83,6 +85,8 @@ def pick(req: ChatCompletionRequest, state: ServingState) -> tuple[Strategy, lis
     if strategy is None:
         raise ApiError(400, f"unknown model {req.model!r}; valid: {', '.join(strategies)}", param="model",
                        code="model_not_found")
+    if req.routerops is not None:  # the request's own limits: decided by the fleet rule
+        strategy = limited(req, state)
     reason = strategy.unavailable()
     if reason:
         raise ApiError(503, f"strategy not available: {reason}", param="model", code="strategy_unavailable")
@@ -92,6 +96,20 @@ def pick(req: ChatCompletionRequest, state: ServingState) -> tuple[Strategy, lis
                               temperature=req.temperature if req.temperature is not None else 0.0,
                               top_p=req.top_p if req.top_p is not None else 1.0, seed=req.seed, stop=stop)
     return strategy, messages, params
+
+
+def limited(req: ChatCompletionRequest, state: ServingState) -> Strategy:
+    """The fleet router bound to the request's limits (extra_body routerops), or a 400 naming the problem."""
+    fleet = state.fleet
+    if req.model != "router" or fleet is None:
+        raise ApiError(400, f"routerops limits (max_cost_usd, min_quality, models) apply to model='router', "
+                            f"not {req.model!r}", param="routerops", code="invalid_request")
+    unknown = fleet.fleet.unknown(req.routerops.models or [])
+    if unknown:
+        raise ApiError(400, f"routerops.models names model(s) not in the fleet: {', '.join(map(repr, unknown))}; "
+                            f"the fleet has: {', '.join(fleet.fleet.names)}", param="routerops.models",
+                       code="model_not_found")
+    return fleet.strategy.with_limits(req.routerops)
 
 
 def log_entry(state: ServingState, out: Outcome, req: ChatCompletionRequest, messages: list[dict[str, str]],
@@ -143,6 +161,9 @@ async def chat_completions(request: Request, state: StateDep, principal: Princip
             out = await run_in_threadpool(strategy.run, messages, params)
         else:
             out, deltas = await run_in_threadpool(strategy.stream, messages, params)
+    except LimitsUnsatisfiable as exc:
+        metrics.errors.labels("400").inc()
+        raise ApiError(400, str(exc), param="routerops", code="limits_unsatisfiable") from None
     except StrategyUnavailable as exc:
         metrics.errors.labels("503").inc()
         raise ApiError(503, f"strategy not available: {exc}", param="model", code="strategy_unavailable") from None

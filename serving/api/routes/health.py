@@ -25,9 +25,11 @@ async def healthz(state: StateDep) -> dict:
     snap = router_state.snapshot
     breakers = {role: {k: v for k, v in b.items() if k != "name"} for role, b in state.guard.snapshot().items()} \
         if state.guard is not None else {}
+    fleet = state.fleet.health(state.guard) if state.fleet is not None else None
+    fleet_down = any(m.get("circuit", {}).get("state", "closed") != "closed" for m in (fleet or {}).get("models", []))
     return {
-        "status": "degraded" if router_state.last_error or any(b["state"] != "closed" for b in breakers.values())
-        else "ok",
+        "status": "degraded" if router_state.last_error or fleet_down
+        or any(b["state"] != "closed" for b in breakers.values()) else "ok",
         "router_model": state.settings.router_model_name, "router_version": snap.version,
         "router_loaded_at": snap.loaded_at, "alpha": snap.alpha, "alpha_source": snap.alpha_source,
         "alpha_reason": snap.alpha_reason,
@@ -38,6 +40,7 @@ async def healthz(state: StateDep) -> dict:
                      for role, b in (("weak", pair.weak), ("strong", pair.strong))},
         "failover": state.settings.failover,
         "strategies": {name: s.unavailable() or "available" for name, s in state.strategies.items()},
+        "fleet": fleet,
     }
 
 

@@ -13,9 +13,13 @@ router = APIRouter()
 @router.get("/v1/models")
 async def list_models(state: StateDep, _principal: Principal = user) -> dict:
     data = []
+    fleet = state.fleet.fleet if state.fleet is not None else None
     for name, strategy in state.strategies.items():
         reason = strategy.unavailable()
         kind = "strategy" if name in ("router", "cascade", "speculative") else "model"
-        data.append({"id": name, "object": "model", "created": 0, "owned_by": "routerops",
-                     "routerops": {"kind": kind, "available": reason is None, "unavailable_reason": reason}})
+        info = {"kind": kind, "available": reason is None, "unavailable_reason": reason}
+        entry = fleet.get(name) if fleet is not None else None
+        if entry is not None:  # a fleet model: its prices and tags
+            info.update(price_in=entry.price_in, price_out=entry.price_out, tags=list(entry.tags))
+        data.append({"id": name, "object": "model", "created": 0, "owned_by": "routerops", "routerops": info})
     return {"object": "list", "data": data}
