@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 BACKENDS = ("local", "openai", "replay")
 DEFAULT_COMPLETION_TOKENS = 256
 _KEYS = {"name", "backend", "model", "base_url", "endpoint", "api_key_env", "price_in", "price_out", "router_name",
@@ -202,8 +204,6 @@ def load_fleet(path: Path | str) -> Fleet:
         if suffix == ".toml":
             data = tomllib.loads(text)
         elif suffix in (".yaml", ".yml"):
-            import yaml  # pyyaml: a declared dependency
-
             data = yaml.safe_load(text)
         else:
             raise FleetError(f"fleet file {path}: unknown format {suffix!r}; use .yaml, .yml or .toml")
