@@ -29,7 +29,7 @@ from routerops.backends.base import Backend, BackendError, GenerationParams, Mes
 from routerops.db import session_scope
 from routerops.db.models import RequestLog
 from routerops.fleet import Fleet
-from routerops.models.fleet_dial import DialCalibration, calibrate_router, expected_costs, relative_costs
+from routerops.models.fleet_dial import DialCalibration, calibrate_fleet, expected_costs, relative_costs
 from routerops.serving.failover import Served
 from routerops.serving.schemas import RoutingLimits
 from routerops.serving.routing import RouterState
@@ -158,11 +158,8 @@ class FleetRouter:
         with self._lock:
             s = self.settings
             usable = router if router is not None and self._prepare(router).idx is not None else None
-            try:
-                cal = calibrate_router(usable, self.router_names, self.names, self.prices,
-                                       [self.tokens.expected(n) for n in self.names],
-                                       quality_share=s.fleet_target_quality_share, cost_share=s.fleet_target_cost_share,
-                                       lam=s.fleet_lambda)
+            try:  # the fleet table's token priors: the same table training recorded for this router
+                cal = calibrate_fleet(usable, self.fleet, s)
             except Exception as exc:  # noqa: BLE001 - never fail a request over the calibration
                 cal = DialCalibration(lam=s.fleet_lambda if s.fleet_lambda is not None else 0.1, source="default",
                                       models=self.names, note=f"calibration failed: {type(exc).__name__}: {exc}")

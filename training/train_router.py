@@ -24,11 +24,13 @@ from routerops import metrics as rmetrics
 from routerops import registry
 from routerops.checkpoint import checkpoint
 from routerops.db import session_scope
+from routerops.fleet import load_fleet
 from routerops.importers.store import load_outcomes, load_preferences
 from routerops.model_names import UnknownModelError, load_catalog, name_key
 from routerops.models import irt_mf
 from routerops.models.embedders.router_files import embedder_artifacts
 from routerops.models.embeddings import embed_cached, embedding_ref, ensure_built_embedder, get_embedder
+from routerops.models.fleet_dial import calibrate_fleet
 from routerops.models.prompt_features import features, fit_standardizer, raw_features
 from routerops.models.router import ARTIFACT_NAME, FORMAT_V2, PYFUNC_CODE, MFRouter
 from routerops.owner import owner
@@ -354,6 +356,19 @@ def train_router(
             metadata["calibration"] = calibration
             mlflow.log_table(pd.DataFrame({"strong_share": CALIBRATION_SHARES, "alpha": alphas}),
                              "calibration_table.json")
+
+        # the fleet dial (issue 27): calibrated on the same reference prompts for the configured fleet
+        if settings.fleet_file is not None:
+            try:
+                dial = calibrate_fleet(router, load_fleet(settings.fleet_file), settings).to_dict()
+            except (ValueError, KeyError) as exc:  # a fleet the router does not know: said, not fatal
+                dial = {"error": str(exc)[:500]}
+                log.warning("fleet dial not calibrated: %s", exc)
+            metadata["fleet_dial"] = dial
+            mlflow.log_dict(dial, "fleet_dial.json")
+            for key in ("lam", "cost_share", "quality_share"):
+                if isinstance(dial.get(key), float):
+                    results[f"fleet_dial_{key}"] = dial[key]
 
         # evaluation sets: APGR / CPT(50%) and the PGR curve
         curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from routerops.fleet import Fleet
+
 REFERENCE_PROMPT_TOKENS = 256  # prompt length assumed for the reference prompts' costs
 DEFAULT_LAMBDA = 0.1  # a router without reference prompts and no fleet_lambda set
 LAMBDA_GRID = np.concatenate([[0.0], np.logspace(-3, 3, 241)])
@@ -141,3 +143,13 @@ def calibrate_router(router: Any, router_names: Sequence[str], names: Sequence[s
                                models=list(names), share_by_model={m: float(s) for m, s in zip(names, share, strict=True)})
     return calibrate(quality, costs, list(names), quality_share=quality_share, cost_share=cost_share,
                      router_version=version)
+
+
+def calibrate_fleet(router: Any, fleet: Fleet, settings: Any) -> DialCalibration:
+    """The dial for a fleet table with the settings' target (what training records in MLflow and
+    serving shows on /healthz for the same router and fleet)."""
+    return calibrate_router(router, [m.logs_name for m in fleet.models], fleet.names,
+                            [(m.price_in, m.price_out) for m in fleet.models],
+                            [m.completion_tokens for m in fleet.models],
+                            quality_share=settings.fleet_target_quality_share,
+                            cost_share=settings.fleet_target_cost_share, lam=settings.fleet_lambda)

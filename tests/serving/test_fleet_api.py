@@ -65,7 +65,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
     data_dir = root / "data"
-    settings = settings_for(data_dir)
+    settings = settings_for(data_dir, fleet_file=write_fleet(root / "fleet.yaml"))  # training records its dial
     settings.ensure_data_dir()
     migrate.upgrade("head", settings=settings)
     with session_scope(settings) as session:
@@ -107,6 +107,7 @@ def test_dial_ends_pick_the_best_and_the_cheapest(store: Path, tmp_path: Path) -
     fleet = write_fleet(tmp_path / "fleet.yaml")
     q = predicted_quality(store, PROMPT)
     best = max(q, key=q.get)
+    assert best != WEAK  # the ends differ for this prompt
     for lam, expected in ((0.0, best), (1e6, WEAK)):
         with serve(store, fleet, fleet_lambda=lam) as base_url:
             wait_for(lambda u=base_url: healthz(u)["router_version"] == "1")
@@ -122,6 +123,26 @@ def test_dial_ends_pick_the_best_and_the_cheapest(store: Path, tmp_path: Path) -
             assert info["fleet"]["dial"] == {"lambda": lam, "source": "settings"}
             assert r.headers["x-routerops-model"] == expected
             assert expected in info["reason"] and "P(good)" in info["reason"]
+
+
+def test_training_records_the_dial_that_serving_shows(store: Path, tmp_path: Path) -> None:
+    import mlflow
+
+    from routerops import registry
+
+    settings = settings_for(store)
+    version = registry.version_by_alias(settings.router_model_name, registry.CHAMPION, settings)
+    mlflow.set_tracking_uri(settings.resolved_tracking_uri)
+    recorded = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/fleet_dial.json")
+    run = mlflow.get_run(version.run_id)
+    assert run.data.metrics["fleet_dial_lam"] == pytest.approx(recorded["lam"])
+    assert recorded["source"] == "calibrated" and recorded["target"] == {"quality_share": 0.95}
+    with serve(store, write_fleet(tmp_path / "fleet.yaml")) as base_url:
+        wait_for(lambda: healthz(base_url)["router_version"] == "1")
+        shown = healthz(base_url)["fleet"]["dial"]
+    assert shown["router_version"] == "1"
+    assert {k: shown[k] for k in ("lam", "cost_share", "quality_share", "best_model")} == \
+        {k: recorded[k] for k in ("lam", "cost_share", "quality_share", "best_model")}
 
 
 def test_dial_is_calibrated_shown_and_models_listed(store: Path, tmp_path: Path) -> None:
