@@ -132,6 +132,15 @@ class Settings(BaseSettings):
         default=None, gt=0.0, le=1.0, description="Dial calibration (wins over fleet_target_quality_share when "
         "set): the best dial that spends at most this share of always-the-best-model's predicted cost.")
 
+    cascade_default: bool = Field(
+        default=True, description="With no calibrated cascade config stored, model=cascade runs the weak model "
+        "then the strong one, keeping the weak answer when the live router predicts P(good) >= "
+        "cascade_default_threshold for it (no router: any non-empty answer is kept). False: 503 until "
+        "`routerops cascade calibrate`.")
+    cascade_default_threshold: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="The default cascade's threshold on the weak model's predicted "
+        "P(good answer | prompt).")
+
     # --- speculative decoding (serving/speculative) -------------------------------------------
     # Target: this local model, default the strong model. Draft: "prompt-lookup" (n-gram copy, free),
     # "self" (the target's first speculative_draft_layers layers + exit head if trained), "model".

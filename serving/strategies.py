@@ -26,7 +26,13 @@ from routerops.models.cascade_log import StepRecord
 from routerops.models.cascade_scorer.features import rung_parts
 from routerops.models.cascade_scorer.registry import load_cascade_scorer
 from routerops.models.probes.model import load_probe
-from routerops.serving.cascade import CascadeConfigError, CascadeStep, load_cascade_config, run_cascade
+from routerops.serving.cascade import (
+    CascadeConfig,
+    CascadeConfigError,
+    CascadeStep,
+    load_cascade_config,
+    run_cascade,
+)
 from routerops.serving.failover import FailedAttempt, Guard, Served
 from routerops.serving.request_log import Prices
 from routerops.serving.routing import RouterState
@@ -239,6 +245,39 @@ def _stop_filtered(deltas: Iterator[str], stops: tuple[str, ...]) -> Iterator[st
         yield text[emitted:]
 
 
+class DefaultCascadeScorer:
+    """The out-of-the-box cascade's scorer (no calibrated config, no probe): the live router's
+    P(good answer | prompt) for the rung's model where it predicts one (an IRT-MF router), else 1.0
+    for any non-empty answer (the first rung's answer is kept); an empty answer always scores 0."""
+
+    version = "default"
+
+    def __init__(self, ctx: ServingContext):
+        self.ctx = ctx
+
+    def describe(self) -> str:
+        router = self.ctx.router.snapshot.router
+        if router is not None and getattr(router, "predicts_quality", False):
+            return f"scored by router {self.ctx.router.snapshot.version}'s P(good | prompt)"
+        return "no router predictions: a non-empty answer is kept"
+
+    def __call__(self, messages: list[Message], generation: Any) -> float:
+        if not (generation.text or "").strip():
+            return 0.0
+        snap = self.ctx.router.snapshot
+        router = snap.router
+        if router is None or not getattr(router, "predicts_quality", False):
+            return 1.0
+        prompt = last_user_prompt(list(messages))
+        name = self.ctx.settings.weak_router_name if generation.model != self.ctx.pair.strong.name \
+            else self.ctx.settings.strong_router_name
+        try:
+            return float(router.quality_embeddings(router.embedder.encode([prompt]), [name], prompts=[prompt])[0, 0])
+        except Exception as exc:  # noqa: BLE001 - no prediction: keep the answer
+            log.warning("default cascade scorer: %s", exc)
+            return 1.0
+
+
 class CascadeStrategy(Strategy):
     """Generate with the weak model, score the answer with the deferral probe, escalate if unsure.
 
@@ -279,8 +318,15 @@ class CascadeStrategy(Strategy):
                     return self._loaded[1]
                 raise StrategyUnavailable(f"the cascade config cannot be read: the database is unreachable "
                                           f"({type(exc).__name__})") from None
-            if config is None:
-                raise StrategyUnavailable("no cascade config yet: run `routerops cascade calibrate`")
+            default = config is None
+            if default:
+                if not settings.cascade_default:
+                    raise StrategyUnavailable("no cascade config yet: run `routerops cascade calibrate` "
+                                              "(or set ROUTEROPS_CASCADE_DEFAULT=true)")
+                pair = self.ctx.pair
+                names = [pair.weak.name, pair.strong.name] if pair.weak.name != pair.strong.name else [pair.strong.name]
+                config = CascadeConfig(models=names, thresholds=[settings.cascade_default_threshold] * (len(names) - 1),
+                                       objective="default", source="ROUTEROPS_CASCADE_DEFAULT")
 
             ladder, roles, partner_roles = [], [], []
             for rung in config.models:  # "A" or "A+B" (A's answer with a second opinion from B)
@@ -302,7 +348,9 @@ class CascadeStrategy(Strategy):
                 partner_roles.append(partner)
             uri = config.scorer_uri or config.probe_uri or f"models:/{settings.probe_model_name}@champion"
             try:
-                if config.scorer_uri:
+                if default:
+                    probe = DefaultCascadeScorer(self.ctx)
+                elif config.scorer_uri:
                     probe = load_cascade_scorer(uri, settings)
                     if len(probe.models) != len(config.models):
                         raise ValueError(f"the scorer was trained for the ladder {probe.models}, "
@@ -314,6 +362,15 @@ class CascadeStrategy(Strategy):
             value = (config, ladder, probe, roles, partner_roles)
             self._loaded = (time.monotonic(), value)
             return value
+
+    def unavailable(self) -> str | None:
+        """Why the cascade cannot answer now (its config or probe), so that it is not listed as
+        available; read at most every reload_interval_s."""
+        try:
+            self._load()
+        except StrategyUnavailable as exc:
+            return str(exc)
+        return None
 
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
         config, ladder, probe, roles, partner_roles = self._load()
@@ -345,6 +402,8 @@ class CascadeStrategy(Strategy):
                       cost_usd=res.cost, escalated=res.escalated, probe_score=score)
         out.extra.update(threshold=threshold, cascade_models=list(config.models), cascade_scores=res.scores,
                          probe_version=getattr(probe, "version", None))
+        if config.objective == "default":
+            reason = out.reason = f"default cascade (no calibrated config; {probe.describe()}): {reason}"
         if res.skipped:
             failed = [FailedAttempt(roles[i], ladder[i].name, exc.kind, str(exc)) for i, exc in res.skipped]
             served = Served(role, ladder[res.answered_rung].backend, None, failed)

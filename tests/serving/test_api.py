@@ -384,9 +384,11 @@ def test_cascade_escalates_exactly_when_the_probe_doubts(api, tmp_path: Path) ->
     from routerops.serving.cascade import CascadeConfig, save_cascade_config
 
     base_url, settings = api
-    with pytest.raises(openai.APIStatusError) as err:  # not calibrated yet: a clear 503
-        ask(base_url, model="cascade")
-    assert err.value.status_code == 503 and "routerops cascade calibrate" in err.value.body["message"]
+    # not calibrated yet: the default cascade (weak, then strong) answers out of the box
+    info = ask(base_url, model="cascade").parse().model_extra["routerops"]
+    assert info["strategy"] == "cascade" and info["reason"].startswith("default cascade (no calibrated config")
+    assert info["model"] in (WEAK, STRONG) and info["escalated"] is (info["model"] == STRONG)
+    default_escalated = int(info["escalated"])  # counted below with the calibrated requests
 
     # a real text probe (FrugalGPT-style scorer over MiniLM embeddings of prompt and answer)
     weak_answers = {r["prompt"]: r["output"] for r in read_records(RECORDED_PAIR) if r["model"] == WEAK}
@@ -422,13 +424,13 @@ def test_cascade_escalates_exactly_when_the_probe_doubts(api, tmp_path: Path) ->
     metrics = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {USER_KEY}"}).text
     rate = next(float(line.split()[1]) for line in metrics.splitlines()
                 if line.startswith("routerops_cascade_escalation_rate "))
-    assert rate == pytest.approx((escalations + bool(scores[0] < threshold)) / (len(prompts) + 1))
+    assert rate == pytest.approx((escalations + bool(scores[0] < threshold) + default_escalated) / (len(prompts) + 2))
     # every rung each request ran is logged in cascade_steps (threshold refits read them)
     from sqlalchemy import select
 
     from routerops.db.models import CascadeStepLog
 
-    n_steps = len(prompts) + escalations + 1 + bool(scores[0] < threshold)
+    n_steps = len(prompts) + escalations + 1 + bool(scores[0] < threshold) + 1 + default_escalated
     deadline = time.monotonic() + 10
     while True:
         with session_scope(settings) as session:
@@ -437,9 +439,27 @@ def test_cascade_escalates_exactly_when_the_probe_doubts(api, tmp_path: Path) ->
         if len(steps) >= n_steps or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    assert len(steps) == n_steps and len({s[0] for s in steps}) == len(prompts) + 1
+    assert len(steps) == n_steps and len({s[0] for s in steps}) == len(prompts) + 2
     assert all((m == WEAK) is (step == 0) and (score is None) is (step == 1) for _, step, m, _, score in steps)
-    assert sum(acc for *_, acc, _ in steps) == len(prompts) + 1  # one answer returned per request
+    assert sum(acc for *_, acc, _ in steps) == len(prompts) + 2  # one answer returned per request
+
+
+def test_cascade_that_cannot_answer_is_not_listed_as_available(store: Path) -> None:
+    from routerops.serving.app import create_app
+
+    settings = make_settings(store, cascade_default=False, database_url=f"sqlite:///{store / 'empty.db'}")
+    from routerops.db import migrate
+
+    migrate.upgrade("head", settings=settings)
+    with running_server(create_app(settings)) as base_url:
+        models = {m.id: m.model_extra["routerops"] for m in client(base_url).models.list().data}
+        assert models["cascade"]["available"] is False
+        assert "no cascade config yet" in models["cascade"]["unavailable_reason"]
+        assert models["router"]["available"] is True
+        assert "no cascade config yet" in healthz(base_url)["strategies"]["cascade"]
+        with pytest.raises(openai.APIStatusError) as err:
+            ask(base_url, model="cascade")
+        assert err.value.status_code == 503 and "routerops cascade calibrate" in err.value.body["message"]
 
 
 def test_cascade_second_sample_is_drawn_paid_for_and_logged(api, tmp_path: Path) -> None:
@@ -688,6 +708,12 @@ def test_local_smollm2_pair_serves_router_and_models(tmp_path: Path) -> None:
         assert chunks[-1].model_extra["routerops"]["speculative"]["tokens_per_target_pass"] >= 1.0
         metrics = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {USER_KEY}"}).text
         assert "routerops_speculative_acceptance_rate_count 2.0" in metrics  # streamed one too
+        # the cascade answers out of the box with the default pair (no calibration, no probe)
+        models = {m.id: m.model_extra["routerops"] for m in c.models.list().data}
+        assert models["cascade"]["available"] is True
+        cascade = c.chat.completions.create(model="cascade", messages=msgs, max_tokens=6)
+        assert cascade.choices[0].message.content == weak.choices[0].message.content
+        assert cascade.model_extra["routerops"]["reason"].startswith("default cascade")
 
 
 def test_target_strong_share_end_to_end(tmp_path: Path) -> None:
