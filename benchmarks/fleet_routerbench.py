@@ -3,7 +3,7 @@ models with their real costs, beside every single model, the best one-model-per-
 mixes of single models (RouterBench's "zero router"), the plain kNN rule and the oracle.
 
     nice -n 10 python benchmarks/fleet_routerbench.py [--data ../shared/data/routerbench] [--no-mlflow]
-        [--cache /tmp/routerops-fleet-bench] [--rank 8] [--k 20] [--folds 5]
+        [--cache /tmp/routerops-fleet-bench] [--rank 16] [--k 20] [--folds 5]
 
 Protocol: train splits fit, test splits judge. The fleet router is the IRT-MF router
 (routerops.models.irt_mf, as `routerops train` fits it) on MiniLM embeddings + prompt statistics of
@@ -172,7 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "routerbench"))
     parser.add_argument("--cache", default="/tmp/routerops-fleet-bench", help="embedding cache folder")
-    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--rank", type=int, default=16)  # chosen on out-of-fold train figures
     parser.add_argument("--k", type=int, default=20, help="kNN neighbours")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--no-mlflow", action="store_true")

@@ -110,6 +110,20 @@ class ServingMetrics:
         self.stream_errors = Counter("routerops_stream_errors_total",
                                      "Streams ended with an error event after their first token",
                                      ["backend"], registry=r)
+        # per fleet model (issue 27): traffic share, cost, latency, predicted quality of the routed answers
+        self.model_answers = Counter("routerops_model_answers_total", "Answers served by this model (every strategy)",
+                                     ["model"], registry=r)
+        self.model_share = Gauge("routerops_model_traffic_share",
+                                 "Share of the answers since start served by this model", ["model"], registry=r)
+        self.model_cost = Counter("routerops_model_cost_usd_total", "Estimated USD spent on this model's answers",
+                                  ["model"], registry=r)
+        self.model_latency = Histogram("routerops_model_latency_seconds",
+                                       "End-to-end latency of requests this model answered", ["model"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.model_quality = Histogram("routerops_model_predicted_quality",
+                                       "The router's predicted P(good answer) for this model when the fleet "
+                                       "decision chose it", ["model"], buckets=[i / 10 for i in range(11)], registry=r)
+        self._answers: dict[str, float] = {}
         self.monitor = MonitorCollector()
         r.register(self.monitor)
         self.request_log_failures = Counter("routerops_request_log_write_failures_total",
@@ -135,6 +149,17 @@ class ServingMetrics:
         self._counts = {"weak": 0, "strong": 0, "cascade": 0, "escalated": 0}
         self._live_version: str | None = None
         self._alert_kinds: set[str] = set()
+
+    def observe_model(self, model: str, seconds: float, cost_usd: float, p_good: float | None = None) -> None:
+        self.model_answers.labels(model).inc()
+        self.model_cost.labels(model).inc(max(0.0, cost_usd))
+        self.model_latency.labels(model).observe(seconds)
+        if p_good is not None:
+            self.model_quality.labels(model).observe(p_good)
+        self._answers[model] = self._answers.get(model, 0.0) + 1
+        total = sum(self._answers.values())
+        for name, n in self._answers.items():
+            self.model_share.labels(name).set(n / total)
 
     def observe_route(self, role: str, seconds: float, cached: bool | None = None) -> None:
         self.routed.labels(role).inc()

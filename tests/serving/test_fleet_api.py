@@ -165,6 +165,14 @@ def test_dial_is_calibrated_shown_and_models_listed(store: Path, tmp_path: Path)
         assert r.json()["choices"][0]["message"]["content"].startswith("from functools import cache")
         info = chat(base_url).json()["routerops"]
         assert info["fleet"]["dial"] == {"lambda": dial["lam"], "source": "calibrated"}
+        metrics = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+        routed = info["model"]
+        shares = {m: float(line.split()[-1]) for m in (MID, routed) for line in metrics.splitlines()
+                  if line.startswith(f'routerops_model_traffic_share{{model="{m}"}}')}
+        assert shares[MID] == pytest.approx(0.5 if routed != MID else 1.0)
+        assert f'routerops_model_cost_usd_total{{model="{MID}"}}' in metrics
+        assert f'routerops_model_predicted_quality_count{{model="{routed}"}} 1.0' in metrics
+        assert f'routerops_model_latency_seconds_count{{model="{MID}"}}' in metrics
 
 
 def test_request_limits_are_obeyed_and_bad_ones_are_400(store: Path, tmp_path: Path) -> None:

@@ -142,6 +142,9 @@ def observe(state: ServingState, out: Outcome, seconds: float) -> None:
     metrics.latency.labels(out.strategy).observe(seconds)
     if out.strategy == "router" and out.role:
         metrics.observe_route(out.role, (out.routing_ms or 0.0) / 1000, out.routing_cached)
+    fleet = out.extra.get("fleet")
+    p_good = next((c["p_good"] for c in fleet["candidates"] if c["model"] == out.model), None) if fleet else None
+    metrics.observe_model(out.model, seconds, out.cost_usd, p_good)
     if out.escalated is not None:
         metrics.observe_cascade(out.escalated)
     if out.spec:
