@@ -271,7 +271,7 @@ def main() -> None:
     for label, row in chosen.items():
         print(f"  target {label:6s} lambda={row['lambda']:.4g}: test accuracy {row['test_accuracy']:.4f} "
               f"({row['test_accuracy_vs_gpt4']:.1%} of GPT-4's) at {row['test_cost_ratio']:.4f} of its cost")
-    print(f"\nfront of the fleet router (test): cost ratio, accuracy")
+    print("\nfront of the fleet router (test): cost ratio, accuracy")
     for c, a in fleet_front[:: max(1, len(fleet_front) // 12)]:
         print(f"  {c / gpt4_cost:.4f}  {a:.4f}")
 

@@ -31,9 +31,15 @@ from routerops.db.models import RequestLog
 from routerops.fleet import Fleet
 from routerops.models.fleet_dial import DialCalibration, calibrate_fleet, expected_costs, relative_costs
 from routerops.serving.failover import Served
-from routerops.serving.schemas import RoutingLimits
 from routerops.serving.routing import RouterState
-from routerops.serving.strategies import Outcome, ServingContext, _BackendStrategy, count_prompt_tokens, count_tokens
+from routerops.serving.schemas import RoutingLimits
+from routerops.serving.strategies import (
+    Outcome,
+    ServingContext,
+    _BackendStrategy,
+    count_prompt_tokens,
+    count_tokens,
+)
 from routerops.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -303,7 +303,9 @@ class CascadeStrategy(Strategy):
 
     def _load(self) -> tuple[Any, list, Any, list[str], list[str | None]]:
         with self._lock:
-            if self._loaded and time.monotonic() - self._loaded[0] < self.ctx.settings.reload_interval_s:
+            # the default cascade is re-checked at every call: a calibrated config replaces it at once
+            if self._loaded and time.monotonic() - self._loaded[0] < self.ctx.settings.reload_interval_s \
+                    and self._loaded[1][0].objective != "default":
                 return self._loaded[1]
             settings = self.ctx.settings
             try:

@@ -15,7 +15,16 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from serving_helpers import FIXTURES, RECORDED_PAIR, STRONG, WEAK, free_port, healthz, running_server, wait_for
+from serving_helpers import (
+    FIXTURES,
+    RECORDED_PAIR,
+    STRONG,
+    WEAK,
+    free_port,
+    healthz,
+    running_server,
+    wait_for,
+)
 
 KEY = "fleet-test-key-0123456789"
 MID = "gpt-3.5-turbo-1106"
