@@ -238,6 +238,15 @@ def test_down_model_fails_over_to_the_next_under_the_dial(store: Path, tmp_path:
             assert info["fleet"]["order"][:2] == ranked[:2]
             assert info["failover"]["from_model"] == ranked[0] and info["failover"]["to_model"] == ranked[1]
             assert r.headers["x-routerops-failover"].startswith(f"{ranked[0]} unavailable")
+        # streamed: the same failover before the first token, the metadata in the first and last chunks
+        client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
+        chunks = list(client.chat.completions.create(model="router", stream=True,
+                                                     messages=[{"role": "user", "content": PROMPT}]))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == chat(base_url, model=ranked[1]).json()["choices"][0]["message"]["content"]
+        last = chunks[-1].model_extra["routerops"]
+        assert last["model"] == ranked[1] and last["failover"]["from_model"] == ranked[0]
+        assert last["fleet"]["order"][:2] == ranked[:2] and last["estimated_cost_usd"] > 0
         kinds = [a["error"] for a in info["failover"]["attempts"]]
         assert kinds == ["circuit open"]  # two failures opened its breaker: now skipped without a call
         health = healthz(base_url)
