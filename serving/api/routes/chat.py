@@ -156,7 +156,8 @@ async def chat_completions(request: Request, state: StateDep, principal: Princip
     t0 = time.perf_counter()
     metrics = state.metrics
     req = await parse_chat(request, state)
-    strategy, messages, params = pick(req, state)
+    # a threadpool: a strategy's availability may read its config from the database (the cascade)
+    strategy, messages, params = await run_in_threadpool(pick, req, state)
     request_id = new_id()
     created = int(time.time())
     try:

@@ -25,7 +25,10 @@ async def healthz(state: StateDep) -> dict:
     snap = router_state.snapshot
     breakers = {role: {k: v for k, v in b.items() if k != "name"} for role, b in state.guard.snapshot().items()} \
         if state.guard is not None else {}
-    fleet = state.fleet.health(state.guard) if state.fleet is not None else None
+    fleet = await run_in_threadpool(state.fleet.health, state.guard) if state.fleet is not None else None
+    # a strategy's availability may read the database (the cascade's config): not on the event loop
+    strategies = await run_in_threadpool(lambda: {name: s.unavailable() or "available"
+                                                  for name, s in state.strategies.items()})
     fleet_down = any(m.get("circuit", {}).get("state", "closed") != "closed" for m in (fleet or {}).get("models", []))
     return {
         "status": "degraded" if router_state.last_error or fleet_down
@@ -39,7 +42,7 @@ async def healthz(state: StateDep) -> dict:
                             **({"circuit": breakers[role]} if role in breakers else {})}
                      for role, b in (("weak", pair.weak), ("strong", pair.strong))},
         "failover": state.settings.failover,
-        "strategies": {name: s.unavailable() or "available" for name, s in state.strategies.items()},
+        "strategies": strategies,
         "fleet": fleet,
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 
 from routerops.serving.api.deps import StateDep, user
 from routerops.serving.auth import Principal
@@ -14,8 +15,10 @@ router = APIRouter()
 async def list_models(state: StateDep, _principal: Principal = user) -> dict:
     data = []
     fleet = state.fleet.fleet if state.fleet is not None else None
-    for name, strategy in state.strategies.items():
-        reason = strategy.unavailable()
+    # a strategy's availability may read the database (the cascade's config): not on the event loop
+    reasons = await run_in_threadpool(lambda: {name: s.unavailable() for name, s in state.strategies.items()})
+    for name in state.strategies:
+        reason = reasons[name]
         kind = "strategy" if name in ("router", "cascade", "speculative") else "model"
         info = {"kind": kind, "available": reason is None, "unavailable_reason": reason}
         entry = fleet.get(name) if fleet is not None else None
