@@ -22,7 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from routerops.backends.factory import BackendPair, make_pair
 from routerops.serving.api.deps import ServingState
 from routerops.serving.api.main import api_router
-from routerops.serving.api.middleware import INGEST_MAX_BYTES, BodyLimitMiddleware
+from routerops.redact import install_log_redaction
+from routerops.serving.api.middleware import INGEST_MAX_BYTES, BodyLimitMiddleware, ErrorCountMiddleware
 from routerops.serving.auth import Authenticator
 from routerops.serving.errors import install_error_handlers
 from routerops.serving.failover import Guard
@@ -47,6 +48,7 @@ def bound_registry_calls(settings: Settings) -> None:
 
 def create_app(settings: Settings, pair: BackendPair | None = None) -> FastAPI:
     """The API over the configured pair (or `pair`, for callers that built their own backends)."""
+    install_log_redaction()  # URIs in any log line of the server (ours, uvicorn's, MLflow's) are masked
     bound_registry_calls(settings)
     pair = pair or make_pair(settings)
     router_state = RouterState(settings)
@@ -80,6 +82,7 @@ def create_app(settings: Settings, pair: BackendPair | None = None) -> FastAPI:
     app = FastAPI(title="routerops", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible LLM routing: router, cascade and speculative strategies.")
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ErrorCountMiddleware, metrics=metrics)  # added last: outermost, sees the 413s too
     install_error_handlers(app)
     app.state.serving = state
     app.state.settings, app.state.router_state, app.state.metrics = settings, router_state, metrics

@@ -78,5 +78,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:  # answered outside ErrorCountMiddleware
+            metrics.errors.labels("500").inc()
         return JSONResponse(error_body(f"internal error ({type(exc).__name__}); see the server log",
                                        "api_error", None, "internal_error"), status_code=500)

@@ -32,6 +32,7 @@ from routerops.models.embeddings import embed_cached, embedding_ref, ensure_buil
 from routerops.models.prompt_features import features, fit_standardizer, raw_features
 from routerops.models.router import ARTIFACT_NAME, FORMAT_V2, PYFUNC_CODE, MFRouter
 from routerops.owner import owner
+from routerops.redact import redact_values
 from routerops.settings import Settings
 from routerops.text import prompt_hash
 from routerops.training.eval_sets import load_routerbench
@@ -286,7 +287,7 @@ def train_router(
     run_tags = {"routerops.kind": "mf-router", registry.OWNER_TAG: owner()}
     with mlflow.start_run(run_name="mf-router", tags=run_tags) as run, tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        mlflow.log_params(params)
+        mlflow.log_params(redact_values(params))
         mlflow.log_metrics({f"data_rows_{k}": v for k, v in snap["per_source"].items()})
         mlflow.log_dict(snap, "data_snapshot.json")
 
@@ -428,7 +429,7 @@ def train_router(
                     tags[f"alpha_at_share_{sh:.1f}"] = f"{al:.4f}"
             tags["routerops.run_id"] = run.info.run_id
             checkpoint("registering")
-            mv = mlflow.register_model(info.model_uri, settings.router_model_name, tags=tags)
+            mv = mlflow.register_model(info.model_uri, settings.router_model_name, tags=redact_values(tags))
             version = str(mv.version)
             checkpoint("registered")
             registry.set_challenger(settings.router_model_name, version, settings)
