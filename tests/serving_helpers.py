@@ -57,5 +57,10 @@ def wait_for(predicate, timeout_s: float = 30.0, interval_s: float = 0.2):  # no
     raise AssertionError(f"condition not met within {timeout_s}s (last: {last!r})")
 
 
-def healthz(base_url: str) -> dict:
-    return httpx.get(f"{base_url}/healthz", timeout=10).json()
+def healthz(base_url: str, admin_key: str | None = None) -> dict:
+    """The public /healthz, or with an admin key the detailed /admin/status."""
+    if admin_key is None:
+        return httpx.get(f"{base_url}/healthz", timeout=10).json()
+    r = httpx.get(f"{base_url}/admin/status", headers={"Authorization": f"Bearer {admin_key}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
