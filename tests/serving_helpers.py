@@ -24,12 +24,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(app, timeout_s: float = 60.0, port: int | None = None) -> Iterator[str]:  # noqa: ANN001
+def running_server(app, timeout_s: float = 60.0, port: int | None = None,  # noqa: ANN001
+                   log_level: str = "warning") -> Iterator[str]:
     """Serve `app` with uvicorn on 127.0.0.1:<port> (default: a free one); yields the base URL; stops it."""
     import uvicorn
 
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level,
                                            lifespan="on"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
