@@ -36,7 +36,14 @@ from routerops.redact import redact_values
 from routerops.settings import Settings
 from routerops.text import prompt_hash
 from routerops.training.eval_sets import load_routerbench
-from routerops.training.router_data import Weighting, build_router_data, fit_data, snapshot, split_prompts
+from routerops.training.router_data import (
+    Weighting,
+    build_router_data,
+    cap_feedback_per_key,
+    fit_data,
+    snapshot,
+    split_prompts,
+)
 from routerops.training.router_loso import eval_pair, leave_one_source_out
 
 log = logging.getLogger(__name__)
@@ -230,31 +237,6 @@ def train_router(
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-<<<<<<< HEAD
-=======
-    from routerops import metrics as rmetrics
-    from routerops import registry
-    from routerops.db import session_scope
-    from routerops.importers.store import load_outcomes, load_preferences
-    from routerops.model_names import load_catalog, name_key
-    from routerops.models import irt_mf
-    from routerops.models.embedders.router_files import embedder_artifacts
-    from routerops.models.embeddings import embed_cached, embedding_ref, ensure_built_embedder, get_embedder
-    from routerops.models.prompt_features import fit_standardizer, raw_features
-    from routerops.models.router import ARTIFACT_NAME, FORMAT_V2, MFRouter
-    from routerops.text import prompt_hash
-    from routerops.training.eval_sets import load_routerbench
-    from routerops.training.router_data import (
-        Weighting,
-        build_router_data,
-        cap_feedback_per_key,
-        fit_data,
-        snapshot,
-        split_prompts,
-    )
-    from routerops.training.router_loso import leave_one_source_out
-
->>>>>>> 15c8717 (feedback: owner-only, one vote per (request, key) with the last standing (migration 0005), other_model from the pair, other_answer bounded, per-key rate limit (limits); retrain trigger and training cap each key's feedback share, per-key counts in the data snapshot; probe job skips with one line when there is too little data; public_docs setting)
     config = irt_mf.IRTMFConfig(formulation=formulation, pair_link=pair_link, rank=rank, l2_prompt=l2_prompt, l2_model=l2_model,
                                 max_iter=max_iter, seed=seed)
     weighting = Weighting(source_gamma=source_gamma, category_gamma=category_gamma)
