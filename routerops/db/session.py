@@ -36,8 +36,11 @@ class SqliteFileGone(OperationalError):
     """The SQLite database file was deleted under the running process: an outage (is_connectivity)."""
 
     def __init__(self, path: str):
-        super().__init__(f"SQLite database file {path} is gone (deleted under the running process)", None,
-                         FileNotFoundError(path))
+        self.message = f"SQLite database file {path} is gone (deleted under the running process)"
+        super().__init__(self.message, None, FileNotFoundError(path))
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def sqlite_path(url: str) -> str | None:
