@@ -29,6 +29,7 @@ from routerops.serving.failover import Guard
 from routerops.serving.metrics import ServingMetrics
 from routerops.serving.request_log import Prices, RequestLogWriter
 from routerops.serving.routing import RouterState
+from routerops.serving.exploration import Explorer
 from routerops.serving.strategies import ServingContext, build_strategies
 from routerops.settings import Settings
 
@@ -58,8 +59,10 @@ def create_app(settings: Settings, pair: BackendPair | None = None) -> FastAPI:
                          guard)
     strategies = build_strategies(ctx)
     request_log = RequestLogWriter(settings, metrics)
+    explorer = Explorer(settings, pair, ctx.prices, metrics)
     state = ServingState(settings=settings, pair=pair, router_state=router_state, metrics=metrics,
-                         strategies=strategies, auth=Authenticator(settings), guard=guard, request_log=request_log)
+                         strategies=strategies, auth=Authenticator(settings), guard=guard, request_log=request_log,
+                         explorer=explorer)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -75,6 +78,7 @@ def create_app(settings: Settings, pair: BackendPair | None = None) -> FastAPI:
             yield
         finally:
             router_state.stop()
+            await run_in_threadpool(explorer.stop)
             await run_in_threadpool(request_log.stop)
 
     app = FastAPI(title="routerops", version="0.1.0", lifespan=lifespan,

@@ -612,8 +612,10 @@ def test_feedback_lands_as_preference_rows(api) -> None:
     r = httpx.post(url, json={"request_id": weak_id, "thumbs": "up"}, headers=headers)
     up_id = r.json()["preference_id"]
     r = httpx.post(url, json={"request_id": strong_id, "thumbs": "up"}, headers=headers)
-    assert r.status_code == 201 and r.json() | {"detail": ""} == {
-        "request_id": strong_id, "preference_id": None, "recorded": "request_log", "detail": ""}
+    # no preference row (it says nothing about the weak model), but an outcome row of the strong model
+    assert r.status_code == 201 and r.json() | {"detail": "", "outcome_id": 0} == {
+        "request_id": strong_id, "preference_id": None, "outcome_id": 0, "recorded": "outcome", "detail": ""}
+    strong_outcome_id = r.json()["outcome_id"]
     r = httpx.post(url, json={"request_id": strong_id, "preference": {
         "winner": "b", "other_model": "claude-2.1", "other_answer": "Cats have five toes on their front paws."}},
         headers=headers)
@@ -630,6 +632,13 @@ def test_feedback_lands_as_preference_rows(api) -> None:
         assert not any(p.request_id == strong_id and p.judge and p.id not in (pair_id,) for p in rows.values())
         votes = session.get(RequestLog, strong_id).extra["feedback"]
         assert [v["thumbs"] for v in votes] == ["up", None]
+        # thumbs are outcomes of the answering model on that prompt (issue 24)
+        from routerops.db.models import OutcomeLog
+
+        outcomes = {o.id: o for o in session.scalars(select(OutcomeLog).where(OutcomeLog.source == "feedback"))}
+        so = outcomes[strong_outcome_id]
+        assert (so.model, so.score, so.prompt, so.prompt_id) == (STRONG, 1.0, PROMPT, f"request:{strong_id}")
+        assert sorted((o.model, o.score) for o in outcomes.values()) == [(STRONG, 1.0), (WEAK, 0.0), (WEAK, 1.0)]
 
     r = httpx.post(url, json={"request_id": "nope", "thumbs": "up"}, headers=headers)
     assert r.status_code == 404 and r.json()["error"]["param"] == "request_id"

@@ -19,6 +19,7 @@ from routerops.db.models import new_id
 from routerops.serving.api.deps import ServingState, StateDep, user
 from routerops.serving.auth import Principal
 from routerops.serving.errors import ApiError, error_body, validation_message
+from routerops.serving.exploration import ExploreTask
 from routerops.serving.request_log import LogEntry, RequestLogWriter
 from routerops.serving.schemas import ChatCompletionRequest, RouterOpsInfo, openapi_body
 from routerops.serving.strategies import Outcome, Strategy, StrategyUnavailable
@@ -26,6 +27,20 @@ from routerops.serving.strategies import Outcome, Strategy, StrategyUnavailable
 log = logging.getLogger("routerops.serving.app")  # the logger name the server log has always used
 
 router = APIRouter()
+
+
+def _explore(state: ServingState, out: Outcome, req: ChatCompletionRequest, messages: list[dict[str, str]],
+             params: GenerationParams, request_id: str) -> None:
+    """Hand an explored request to the background explorer (after the user's answer is complete)."""
+    if state.explorer is None or not out.extra.get("explored") or out.extra.get("failover") or out.role is None:
+        return
+    if out.finish_reason == "error":
+        return
+    state.explorer.submit(ExploreTask(
+        request_id=request_id, messages=messages, params=params, served_role=out.role, served_answer=out.text,
+        p_strong_wins=out.p_strong_wins, alpha=out.alpha, router_version=out.router_version,
+        propensity=float(out.extra.get("propensity", 1.0)), explore_propensity=float(out.extra["explore_propensity"]),
+        category=out.extra.get("category")))
 
 
 def _headers(info: RouterOpsInfo) -> dict[str, str]:
@@ -102,6 +117,8 @@ def log_entry(state: ServingState, out: Outcome, req: ChatCompletionRequest, mes
     extra = dict(out.extra)
     extra.update(role=out.role, reason=out.reason, weak_model=pair.weak.name, strong_model=pair.strong.name,
                  streamed=streamed, finish_reason=out.finish_reason)
+    if req.metadata and req.metadata.get("category"):
+        extra["category"] = str(req.metadata["category"])[:80]
     return LogEntry(request_id=request_id, prompt=last_user_prompt(messages), completion=out.text,
                     strategy=out.strategy, model_requested=req.model, model_chosen=out.model,
                     p_strong_wins=out.p_strong_wins, alpha=out.alpha, router_version=out.router_version,
@@ -154,11 +171,14 @@ async def chat_completions(request: Request, state: StateDep, principal: Princip
     except ValueError as exc:  # e.g. a prompt the backend cannot template
         raise ApiError(400, str(exc), code="invalid_request") from None
 
+    if req.metadata and req.metadata.get("category"):
+        out.extra["category"] = str(req.metadata["category"])[:80]
     if not req.stream:
         latency = (time.perf_counter() - t0) * 1000
         info = _info(out, request_id)
         await _write_log(state, log_entry(state, out, req, messages, request_id, latency, principal, False))
         observe(state, out, latency / 1000)
+        _explore(state, out, req, messages, params, request_id)
         body = {"id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": created,
                 "model": out.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
@@ -205,6 +225,7 @@ async def chat_completions(request: Request, state: StateDep, principal: Princip
         final = _info(out, request_id)
         await _write_log(state, log_entry(state, out, req, messages, request_id, latency, principal, True))
         observe(state, out, latency / 1000)
+        _explore(state, out, req, messages, params, request_id)
         usage = {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                  "total_tokens": out.prompt_tokens + out.completion_tokens}
         yield chunk({}, out.finish_reason, usage=usage, routerops=final.model_dump())

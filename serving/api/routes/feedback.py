@@ -60,4 +60,5 @@ async def feedback(request: Request, state: StateDep, principal: Principal = use
                             "nothing was stored, retry later", code="database_unavailable",
                        headers={"retry-after": "5"}) from None
     return JSONResponse({"request_id": result.request_id, "preference_id": result.preference_id,
-                         "recorded": result.recorded, "detail": result.detail}, status_code=201)
+                         "outcome_id": result.outcome_id, "recorded": result.recorded, "detail": result.detail},
+                        status_code=201)
