@@ -150,7 +150,7 @@ def live_pgr(traffic: LoggedTraffic, *, min_pairs: int, n_boot: int = 1000, conf
             continue
         # weighted by 1/q, so a share changed mid-window still counts each pair for its requests
         w = 1.0 / traffic.q[pick]
-        est = ope.pgr_on_pairs(traffic.served_strong[pick] * w, traffic.d[pick] * w, n_boot=n_boot,
+        est = ope.pgr_on_pairs(traffic.served_strong[pick], traffic.d[pick], w, n_boot=n_boot,
                                confidence=confidence, seed=seed)
         verdict = None if est.lo is None else bool(est.lo <= share)
         out.append(LivePGR(g, n, k, share, est.value, est.lo, est.hi, est.lo is not None, verdict))

@@ -156,13 +156,15 @@ def evaluate_policy(target_strong: object, observed: object, d: object, explore_
                           gap_ips=float(ips_den.mean()) if n else None)
 
 
-def pgr_on_pairs(served_strong: object, d: object, *, n_boot: int = 1000, confidence: float = 0.95,
-                 seed: int = 0) -> Estimate:
+def pgr_on_pairs(served_strong: object, d: object, weights: object | None = None, *, n_boot: int = 1000,
+                 confidence: float = 0.95, seed: int = 0) -> Estimate:
     """The live router's PGR from its judged exploration pairs alone (a uniform sample of its traffic):
     sum(served strong * d) / sum(d) with a bootstrap CI. The monitor compares it with the served share
     (a random router at that share has PGR equal to it)."""
     s = _as("served_strong", served_strong)
     dd = _as("d", d, s.shape[0])
+    if weights is not None:  # 1 / explore propensity: pairs explored at a lower share stand for more requests
+        dd = dd * _as("weights", weights, s.shape[0])
     if s.shape[0] == 0:
         return Estimate(None, None, None)
     value = _ratio(np.asarray((s * dd).sum()), np.asarray(dd.sum()))
