@@ -24,6 +24,7 @@ from sqlalchemy import select
 from routerops import ope
 from routerops.db import session_scope
 from routerops.db.models import ExplorationPair, RequestLog
+from routerops.monitoring.alerts import Condition, process_conditions
 from routerops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -157,9 +158,7 @@ def live_pgr(traffic: LoggedTraffic, *, min_pairs: int, n_boot: int = 1000, conf
     return out
 
 
-def conditions(rows: list[LivePGR]) -> list:
-    from routerops.monitoring.alerts import Condition
-
+def conditions(rows: list[LivePGR]) -> list[Condition]:
     conds = []
     for r in rows:
         active = r.not_better_than_random if r.reported else None
@@ -173,8 +172,6 @@ def conditions(rows: list[LivePGR]) -> list:
 
 def run_live_pgr(settings: Settings, window_hours: float | None = None, *, alerts: bool = True) -> LiveReport:
     """The live router's PGR on the window's exploration pairs; opens/resolves not-better-than-random alerts."""
-    from routerops.monitoring.alerts import process_conditions
-
     hours = window_hours or settings.ope_window_hours
     since = datetime.now(UTC) - timedelta(hours=hours)
     traffic = load_traffic(settings, since)

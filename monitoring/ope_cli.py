@@ -7,6 +7,10 @@ import json
 
 import click
 
+from routerops.monitoring.exploration import run_live_pgr
+from routerops.monitoring.promotion import Comparison, compare_challenger
+from routerops.settings import get_settings
+
 
 @click.group()
 def ope() -> None:
@@ -19,8 +23,6 @@ def ope() -> None:
 def compare(version: str, as_json: bool) -> None:
     """Challenger VERSION vs the champion: the full comparison a person approves on, with IPS and
     doubly robust PGR (and CIs) on logged live traffic; tags the version in MLflow (cmp.ope_*)."""
-    from routerops.monitoring.promotion import Comparison, compare_challenger
-    from routerops.settings import get_settings
 
     result = compare_challenger(get_settings(), version)
     if as_json:
@@ -39,8 +41,6 @@ def compare(version: str, as_json: bool) -> None:
 def live(window_hours: float | None, no_alerts: bool, as_json: bool) -> None:
     """The live router's PGR on judged exploration pairs, per category with a CI, against random routing
     at the served strong share; opens a not_better_than_random alert where it is not better."""
-    from routerops.monitoring.exploration import run_live_pgr
-    from routerops.settings import get_settings
 
     rep = run_live_pgr(get_settings(), window_hours, alerts=not no_alerts)
     click.echo(json.dumps(rep.to_dict(), indent=2) if as_json else rep.table())

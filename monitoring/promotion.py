@@ -25,7 +25,13 @@ import numpy as np
 from sqlalchemy import select
 
 from routerops import metrics, ope, registry
+from routerops.alpha import live_alpha
+from routerops.db import session_scope
+from routerops.db.models import PreferenceLog
+from routerops.models.router import load_router
 from routerops.monitoring.exploration import LoggedTraffic, load_traffic
+from routerops.monitoring.golden import load_golden, score_prompts
+from routerops.monitoring.quality import gold_match
 from routerops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -137,8 +143,6 @@ def ope_compare(settings: Settings, routers: dict[str, Any], alphas: dict[str, f
                 traffic: LoggedTraffic | None = None, seed: int = 0) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Off-policy figures of each router (at its alpha) on the window's logged routed traffic: IPS and
     DR PGR with CIs and the strong share (routerops/ope.py). Returns ({role: figures}, notes)."""
-    from routerops.monitoring.golden import score_prompts
-
     if traffic is None:
         since = datetime.now(UTC) - timedelta(hours=settings.ope_window_hours)
         traffic = load_traffic(settings, since)
@@ -166,9 +170,6 @@ def ope_compare(settings: Settings, routers: dict[str, Any], alphas: dict[str, f
 
 
 def golden_slice(settings: Settings) -> EvalSlice | None:
-    from routerops.monitoring.golden import load_golden
-    from routerops.monitoring.quality import gold_match
-
     if not settings.golden_set.is_file():
         return None
     traces = load_golden(settings.golden_set)
@@ -185,8 +186,6 @@ def golden_slice(settings: Settings) -> EvalSlice | None:
 
 def holdout_slice(settings: Settings, router) -> EvalSlice | None:  # noqa: ANN001
     """The newest judgements between the configured strong and weak models (any spelling)."""
-    from routerops.db import session_scope
-    from routerops.db.models import PreferenceLog
 
     strong, weak = router.pair(settings.strong_router_name, settings.weak_router_name)
     prompts, wq = [], []
@@ -213,8 +212,6 @@ def holdout_slice(settings: Settings, router) -> EvalSlice | None:  # noqa: ANN0
 
 
 def _evaluate(router, sl: EvalSlice, settings: Settings, alpha: float) -> dict[str, float | None]:  # noqa: ANN001
-    from routerops.monitoring.golden import score_prompts
-
     scores = score_prompts(router, sl.prompts, settings)
     q_router, share = metrics.routed_quality(scores, sl.weak_q, sl.strong_q, alpha)
     try:
@@ -227,9 +224,6 @@ def _evaluate(router, sl: EvalSlice, settings: Settings, alpha: float) -> dict[s
 
 def compare_challenger(settings: Settings, challenger_version: str | int) -> dict[str, Any]:
     """Score challenger and champion, tag the challenger version, log the summary; returns the dict."""
-    from routerops.alpha import live_alpha
-    from routerops.db import session_scope
-    from routerops.models.router import load_router
 
     name = settings.router_model_name
     client = registry.client(settings)

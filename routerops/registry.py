@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from routerops.owner import owner_gone
 from routerops.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,6 @@ def mark_killed_runs(settings: Settings, kind: str) -> list[str]:
     """MLflow runs of a job (tag routerops.kind = `kind`) left RUNNING by a process that is gone
     (killed midway) end as KILLED, so the UI tells them from a live one; returns their ids. A run
     of a live process, or of one on another host less than a day old, is left alone."""
-    from routerops.owner import owner_gone
 
     c = client(settings)
     experiment = c.get_experiment_by_name(settings.mlflow_experiment)

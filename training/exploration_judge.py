@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from routerops.backends.base import Backend, BackendError
+from routerops.backends.openai_http import OpenAIHTTPBackend
 from routerops.db import session_scope
 from routerops.db.models import ExplorationPair, PreferenceLog
 from routerops.settings import Settings
@@ -35,8 +36,6 @@ def judge_backend(settings: Settings) -> Backend | None:
     """The configured judge endpoint, or None when none is configured."""
     if not (settings.judge_base_url and settings.judge_model):
         return None
-    from routerops.backends.openai_http import OpenAIHTTPBackend
-
     key = settings.judge_api_key.get_secret_value() if settings.judge_api_key is not None else None
     return OpenAIHTTPBackend(settings.judge_base_url, settings.judge_model, key, timeout_s=settings.http_timeout_s,
                              max_retries=settings.http_max_retries, backoff_s=settings.http_backoff_s)

@@ -20,13 +20,26 @@ from pathlib import Path
 
 import numpy as np
 
+from routerops import metrics as rmetrics
+from routerops import registry
 from routerops.checkpoint import checkpoint
+from routerops.db import session_scope
+from routerops.importers.store import load_outcomes, load_preferences
+from routerops.model_names import UnknownModelError, load_catalog, name_key
+from routerops.models import irt_mf
+from routerops.models.embedders.router_files import embedder_artifacts
+from routerops.models.embeddings import embed_cached, embedding_ref, ensure_built_embedder, get_embedder
+from routerops.models.prompt_features import features, fit_standardizer, raw_features
+from routerops.models.router import ARTIFACT_NAME, FORMAT_V2, PYFUNC_CODE, MFRouter
 from routerops.owner import owner
 from routerops.settings import Settings
+from routerops.text import prompt_hash
+from routerops.training.eval_sets import load_routerbench
+from routerops.training.router_data import Weighting, build_router_data, fit_data, snapshot, split_prompts
+from routerops.training.router_loso import eval_pair, leave_one_source_out
 
 log = logging.getLogger(__name__)
 
-PYFUNC_CODE = Path(__file__).with_name("router_pyfunc.py")
 
 
 class EmptyStoreError(RuntimeError):
@@ -112,8 +125,6 @@ def _pgr_plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Pat
 
 
 def _default_pair(router, candidates: list[tuple[str | None, str | None]]) -> tuple[str | None, str | None]:  # noqa: ANN001
-    from routerops.model_names import UnknownModelError
-
     for strong, weak in candidates:
         if not strong or not weak:
             continue
@@ -143,9 +154,6 @@ def reference_sample(prompt_source: list[str], mask: np.ndarray, limit: int, see
 def per_category_apgr(data, X: np.ndarray, params: dict[str, np.ndarray], mask: np.ndarray) -> list[dict]:  # noqa: ANN001
     """APGR on the prompts in `mask` per (source, category), each with its source's evaluation pair
     (the leave-one-source-out rule, training/router_loso.py)."""
-    from routerops import metrics as rmetrics
-    from routerops.models import irt_mf
-    from routerops.training.router_loso import eval_pair
 
     index = {m: i for i, m in enumerate(data.vocabulary)}
     known = set(range(len(data.vocabulary)))
@@ -189,8 +197,6 @@ def _loso_plot(frame, path: Path) -> None:  # noqa: ANN001
 
 
 def prompt_matrix(embeddings: np.ndarray, prompts: list[str], standardizer: dict | None) -> np.ndarray:
-    from routerops.models.prompt_features import features
-
     emb = np.asarray(embeddings, dtype=np.float32)
     return emb if standardizer is None else np.hstack([emb, features(prompts, standardizer)])
 
@@ -222,21 +228,6 @@ def train_router(
     import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
-    from routerops import metrics as rmetrics
-    from routerops import registry
-    from routerops.db import session_scope
-    from routerops.importers.store import load_outcomes, load_preferences
-    from routerops.model_names import load_catalog, name_key
-    from routerops.models import irt_mf
-    from routerops.models.embedders.router_files import embedder_artifacts
-    from routerops.models.embeddings import embed_cached, embedding_ref, ensure_built_embedder, get_embedder
-    from routerops.models.prompt_features import fit_standardizer, raw_features
-    from routerops.models.router import ARTIFACT_NAME, FORMAT_V2, MFRouter
-    from routerops.text import prompt_hash
-    from routerops.training.eval_sets import load_routerbench
-    from routerops.training.router_data import Weighting, build_router_data, fit_data, snapshot, split_prompts
-    from routerops.training.router_loso import leave_one_source_out
 
     config = irt_mf.IRTMFConfig(formulation=formulation, pair_link=pair_link, rank=rank, l2_prompt=l2_prompt, l2_model=l2_model,
                                 max_iter=max_iter, seed=seed)

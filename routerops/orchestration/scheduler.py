@@ -31,8 +31,17 @@ import click
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from routerops.db import get_engine, session_scope
 from routerops.db.models import JobRun, Lease, OutcomeLog, PreferenceLog
+from routerops.jsonsafe import json_safe
+from routerops.monitoring.exploration import run_live_pgr
+from routerops.monitoring.live_drift import run_live_drift
+from routerops.monitoring.promotion import compare_challenger
+from routerops.monitoring.replay import run_monitor
+from routerops.owner import owner_gone
 from routerops.settings import Settings, get_settings
+from routerops.training.exploration_judge import judge_exploration_pairs
+from routerops.training.train_router import train_router
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +99,6 @@ class LeaseLock:
 
     def acquire(self) -> bool:
         """Take or renew the lease; True when this holder has it until now + ttl."""
-        from routerops.db import session_scope
 
         now = datetime.now(UTC)
         with session_scope(self.settings) as s:
@@ -110,15 +118,11 @@ class LeaseLock:
             return False
 
     def held(self) -> bool:
-        from routerops.db import session_scope
-
         with session_scope(self.settings) as s:
             row = s.get(Lease, self.name)
             return row is not None and row.holder == self.holder and _aware(row.expires_at) > datetime.now(UTC)
 
     def release(self) -> None:
-        from routerops.db import session_scope
-
         with session_scope(self.settings) as s:
             s.execute(delete(Lease).where(Lease.name == self.name, Lease.holder == self.holder))
 
@@ -128,8 +132,6 @@ def _aware(ts: datetime) -> datetime:
 
 
 def lease_holder(settings: Settings, name: str = LEASE_NAME) -> str | None:
-    from routerops.db import session_scope
-
     with session_scope(settings) as s:
         row = s.get(Lease, name)
         return row.holder if row is not None and _aware(row.expires_at) > datetime.now(UTC) else None
@@ -138,7 +140,6 @@ def lease_holder(settings: Settings, name: str = LEASE_NAME) -> str | None:
 # --- running one job --------------------------------------------------------------------------------
 def mark_interrupted_jobs(session, job: str) -> list[int]:  # noqa: ANN001 - a SQLAlchemy Session
     """This job's "running" rows whose process is gone (killed midway) become "interrupted"."""
-    from routerops.owner import owner_gone
 
     marked = []
     for row in session.scalars(select(JobRun).where(JobRun.job == job, JobRun.status == "running")):
@@ -153,7 +154,6 @@ def mark_interrupted_jobs(session, job: str) -> list[int]:  # noqa: ANN001 - a S
 def run_job(name: str, ref: str, holder: str | None = None, lease_name: str = LEASE_NAME) -> str:
     """Run one job and record it in job_runs; never raises. With a holder, the job runs only while
     that holder has the lease. Returns the final status."""
-    from routerops.db import session_scope
 
     settings = get_settings()
     if holder is not None and lease_holder(settings, lease_name) != holder:
@@ -173,7 +173,6 @@ def run_job(name: str, ref: str, holder: str | None = None, lease_name: str = LE
     except Exception as exc:  # noqa: BLE001 - a failing job is recorded, retried next trigger
         status, error = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
         log.exception("job %s failed (it runs again at its next trigger)", name)
-    from routerops.jsonsafe import json_safe
 
     with session_scope(settings) as s:
         row = s.get(JobRun, run_id)
@@ -190,7 +189,6 @@ def _last_ok(session, job: str) -> JobRun | None:  # noqa: ANN001
 
 def _new_rows(settings: Settings, job: str) -> tuple[int, dict[str, int], dict[str, int]]:
     """(new preference + outcome rows since the job's last success, their max ids, the ids it saw)."""
-    from routerops.db import session_scope
 
     with session_scope(settings) as s:
         last = _last_ok(s, job)
@@ -214,8 +212,6 @@ def retrain_router_job(settings: Settings) -> dict[str, Any]:
     if new < settings.retrain_min_new_rows:
         return {"status": "skipped", "new_rows": new, "min_new_rows": settings.retrain_min_new_rows, **seen,
                 "exploration": judged}
-    from routerops.monitoring.promotion import compare_challenger
-    from routerops.training.train_router import train_router
 
     result = train_router(settings, register=True, progress=False, loso=settings.retrain_loso)
     comparison = compare_challenger(settings, result.model_version) if result.model_version else None
@@ -225,8 +221,6 @@ def retrain_router_job(settings: Settings) -> dict[str, Any]:
 
 def _judge_pending(settings: Settings) -> dict[str, Any]:
     """Judge pending exploration pairs before a retrain; a failing judge does not stop the retrain."""
-    from routerops.training.exploration_judge import judge_exploration_pairs
-
     try:
         return judge_exploration_pairs(settings)
     except Exception as exc:  # noqa: BLE001
@@ -257,8 +251,6 @@ def retrain_probes_job(settings: Settings) -> dict[str, Any]:
 
 
 def live_drift_job(settings: Settings) -> dict[str, Any]:
-    from routerops.monitoring.live_drift import run_live_drift
-
     r = run_live_drift(settings)
     return {"live_drift_run_id": r.run_id, "status": r.status, "n_requests": r.n_requests,
             "strong_share": r.strong_share, "expected_strong_share": r.expected_strong_share,
@@ -266,10 +258,6 @@ def live_drift_job(settings: Settings) -> dict[str, Any]:
 
 
 def monitor_job(settings: Settings) -> dict[str, Any]:
-    from routerops.monitoring.replay import run_monitor
-
-    from routerops.monitoring.exploration import run_live_pgr
-
     r = run_monitor(settings, progress=False)
     live = run_live_pgr(settings)  # the live router's PGR on its exploration pairs (not-better-than-random alert)
     return {"monitor_run_id": r.run_id, "pgr": r.pgr, "baseline_pgr": r.baseline_pgr,
@@ -299,8 +287,6 @@ class RouterOpsScheduler:
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
         from apscheduler.schedulers.background import BackgroundScheduler
-
-        from routerops.db import get_engine
 
         aps = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=get_engine(settings=self.settings),
