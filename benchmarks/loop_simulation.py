@@ -12,7 +12,7 @@ exploration pairs) and, per challenger, the OPE estimate against the PGR measure
 outcomes (the OPE goal: inside its CI in >= 90% of seeded runs). A plot and the figures are logged
 to MLflow (experiment `loop-simulation` in the first seed's store) and written to --out.
 
-    PYTHONPATH=. nice -n 10 python benchmarks/loop_simulation.py --seeds 3 --days 4 --requests-per-day 600
+    PYTHONPATH=. nice -n 10 python benchmarks/loop_simulation.py --seeds 3 --days 4 --requests-per-day 2000
 
 Each seed: its own store, traffic sample and exploration draws. Replay answers are neutral texts
 ("[<model> recorded answer <n>]"); only the judge knows their recorded scores.
@@ -111,11 +111,14 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict:
         "ROUTEROPS_ROUTER_STRONG_NAME": args.router_strong or args.strong,
         "ROUTEROPS_REPLAY_FILE": str(out / "replay.jsonl"),
         "ROUTEROPS_API_KEYS": USER_KEY, "ROUTEROPS_ADMIN_API_KEYS": ADMIN_KEY,
-        "ROUTEROPS_RETRAIN_MIN_NEW_ROWS": "1", "ROUTEROPS_RETRAIN_LOSO": "false",
+        # the scheduled retrain's rule: retrain once this many new label rows arrived (exploration pairs)
+        "ROUTEROPS_RETRAIN_MIN_NEW_ROWS": str(args.retrain_min_new_rows), "ROUTEROPS_RETRAIN_LOSO": "false",
         "ROUTEROPS_OPE_WINDOW_HOURS": "10000", "ROUTEROPS_RELOAD_INTERVAL_S": "3600",
         "ROUTEROPS_EMBEDDING_STATIC_PATH": str(out / "static-embedder"),
         "ROUTEROPS_GOLDEN_SET": str(out / "no-golden.jsonl"),
-        "ROUTEROPS_EXPLORE_MIN_PAIRS": "5",
+        # list prices (shared/data/prices): gpt-4o 2.5/10, llama-3-8b-instruct 0.1/0.1 USD per 1M tokens
+        "ROUTEROPS_WEAK_PRICE_IN": "0.1", "ROUTEROPS_WEAK_PRICE_OUT": "0.1",
+        "ROUTEROPS_STRONG_PRICE_IN": "2.5", "ROUTEROPS_STRONG_PRICE_OUT": "10",
     })
     if args.explore_share is not None:
         os.environ["ROUTEROPS_EXPLORE_SHARE"] = str(args.explore_share)
@@ -315,7 +318,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=0, help="held-out prompts used (0: all)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--days", type=int, default=4)
-    ap.add_argument("--requests-per-day", type=int, default=600)
+    ap.add_argument("--requests-per-day", type=int, default=2000)
+    ap.add_argument("--retrain-min-new-rows", type=int, default=40)
     ap.add_argument("--explore-share", type=float, default=None, help="default: ROUTEROPS_EXPLORE_SHARE's default")
     ap.add_argument("--out", type=Path, default=Path("/tmp/routerops-loop-simulation"))
     args = ap.parse_args()

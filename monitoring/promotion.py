@@ -150,9 +150,12 @@ def ope_compare(settings: Settings, routers: dict[str, Any], alphas: dict[str, f
     if not keep.any() or not traffic.observed[keep].any():
         return {}, [f"no judged exploration pairs in the last {settings.ope_window_hours:g} h of routed traffic: "
                     "no off-policy evaluation (ROUTEROPS_EXPLORE_SHARE, a judge or feedback provide them)"]
+    n_pairs = int(traffic.observed[keep].sum())
+    if n_pairs < settings.explore_min_pairs:
+        return {}, [f"only {n_pairs} judged exploration pairs in the last {settings.ope_window_hours:g} h (fewer than "
+                    f"ROUTEROPS_EXPLORE_MIN_PAIRS={settings.explore_min_pairs}): no off-policy evaluation yet"]
     prompts = [p for p, k in zip(traffic.prompts, keep, strict=True) if k]
     obs, d, q, p_logged = traffic.observed[keep], traffic.d[keep], traffic.q[keep], traffic.p_logged[keep]
-    m = ope.reward_model(p_logged, obs, d, q, seed=seed)
     out: dict[str, dict[str, Any]] = {}
     notes = []
     for role, router in routers.items():
@@ -163,8 +166,8 @@ def ope_compare(settings: Settings, routers: dict[str, Any], alphas: dict[str, f
         except KeyError as exc:
             notes.append(f"{role} cannot score the logged traffic: {exc}")
             continue
-        est = ope.evaluate_policy(scores >= alphas[role], obs, d, q, m, n_boot=settings.ope_bootstrap,
-                                  confidence=settings.ope_confidence, seed=seed)
+        est = ope.evaluate_policy(scores >= alphas[role], obs, d, q, feature=p_logged,
+                                  n_boot=settings.ope_bootstrap, confidence=settings.ope_confidence, seed=seed)
         out[role] = est.to_dict()
     return out, notes
 

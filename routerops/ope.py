@@ -118,15 +118,50 @@ def reward_model(p_logged: np.ndarray, observed: np.ndarray, d: np.ndarray, q: n
     return m
 
 
+def _dr_bootstrap(s: np.ndarray, o: np.ndarray, d: np.ndarray, w: np.ndarray, x: np.ndarray, n_boot: int,
+                  confidence: float, rng: np.random.Generator) -> tuple[float | None, float | None]:
+    """Percentile CI of the DR PGR with the reward model refitted in every resample (a weighted line in
+    x, closed form), so the interval carries the reward model's own uncertainty, not only the pairs'."""
+    n = s.shape[0]
+    vals: list[np.ndarray] = []
+    chunk = max(1, min(n_boot, 2_000_000 // max(n, 1)))
+    done = 0
+    wo = w * o  # 1/q on judged pairs, 0 elsewhere
+    while done < n_boot:
+        b = min(chunk, n_boot - done)
+        c = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)  # (b, n)
+        cw = c * wo
+        sw, sx, sxx = cw.sum(1), cw @ x, cw @ (x * x)
+        sy, sxy = cw @ d, cw @ (x * d)
+        det = sw * sxx - sx * sx
+        ok = det > 1e-12 * np.maximum(sw * sw, 1e-300)
+        slope = np.where(ok, (sw * sxy - sx * sy) / np.where(ok, det, 1.0), 0.0)
+        mean = np.where(sw > 0, sy / np.where(sw > 0, sw, 1.0), 0.0)
+        icpt = np.where(ok, (sy - slope * sx) / np.where(sw > 0, sw, 1.0), mean)
+        m = np.clip(icpt[:, None] + slope[:, None] * x[None, :], -1.0, 1.0)  # (b, n)
+        terms = m + wo[None, :] * (d[None, :] - m)
+        vals.append(_ratio((c * terms) @ s, (c * terms).sum(1)))
+        done += b
+    v = np.concatenate(vals)
+    v = v[np.isfinite(v)]
+    if v.size < 0.5 * n_boot:
+        return None, None
+    tail = (1.0 - confidence) / 2
+    return float(np.quantile(v, tail)), float(np.quantile(v, 1.0 - tail))
+
+
 def evaluate_policy(target_strong: object, observed: object, d: object, explore_propensity: object,
-                    m: object | None = None, *, n_boot: int = 1000, confidence: float = 0.95,
-                    seed: int = 0) -> PolicyEstimate:
+                    m: object | None = None, *, feature: object | None = None, n_boot: int = 1000,
+                    confidence: float = 0.95, seed: int = 0) -> PolicyEstimate:
     """IPS and DR PGR (with bootstrap CIs) and the strong share of the policy choosing `target_strong`.
 
     All arrays have one value per logged routed request: target_strong (the evaluated policy would
     call strong), observed (the request's exploration pair was judged), d (strong minus weak outcome;
     ignored where not observed), explore_propensity (probability the pair was observed, q_i > 0 where
-    observed), m (reward model prediction of d; default 0, which makes DR equal IPS).
+    observed), m (reward model prediction of d; default 0, which makes DR equal IPS). With `feature`
+    (one number per request, e.g. the live router's logged P(strong wins)) and no m, the reward model
+    is reward_model(feature, ...), cross-fitted, for the point estimate and refitted in every bootstrap
+    resample for the interval.
     """
     s = _as("target_strong", target_strong).astype(np.float64)
     n = s.shape[0]
@@ -135,6 +170,12 @@ def evaluate_policy(target_strong: object, observed: object, d: object, explore_
     dd = np.where(o, _as("d", d, n), 0.0)
     if np.any(o & ~(q > 0)):
         raise ValueError("an observed pair needs a positive explore_propensity")
+    x = None
+    if feature is not None:
+        x = _as("feature", feature, n)
+        x = np.where(np.isfinite(x), x, 0.5)
+        if m is None:
+            m = reward_model(x, o, dd, np.where(q > 0, q, 1.0), seed=seed)
     mm = np.zeros(n) if m is None else _as("m", m, n)
     w = np.where(o, 1.0 / np.where(q > 0, q, 1.0), 0.0)
     ips_num, ips_den = s * w * dd, w * dd
@@ -151,8 +192,12 @@ def evaluate_policy(target_strong: object, observed: object, d: object, explore_
         lo, hi = _bootstrap(num, den, n_boot, confidence, rng)
         return Estimate(point, lo, hi)
 
+    pgr_dr = est(dr_num, dr_den)
+    if x is not None and pgr_dr.value is not None:
+        lo, hi = _dr_bootstrap(s, o.astype(np.float64), dd, w, x, n_boot, confidence, rng)
+        pgr_dr = Estimate(pgr_dr.value, lo, hi)
     return PolicyEstimate(n_requests=n, n_pairs=n_pairs, strong_share=float(s.mean()) if n else float("nan"),
-                          pgr_ips=est(ips_num, ips_den), pgr_dr=est(dr_num, dr_den),
+                          pgr_ips=est(ips_num, ips_den), pgr_dr=pgr_dr,
                           gap_ips=float(ips_den.mean()) if n else None)
 
 

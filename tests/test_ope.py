@@ -59,8 +59,7 @@ def test_ips_is_unbiased_and_its_interval_covers_on_simulated_traffic() -> None:
         r = np.random.default_rng(100 + seed)
         q = np.full(n, 0.1)
         obs = r.uniform(size=n) < q
-        m = ope.reward_model(p, obs, d, q, seed=seed)
-        est = ope.evaluate_policy(target, obs, d, q, m, n_boot=300, seed=seed)
+        est = ope.evaluate_policy(target, obs, d, q, feature=p, n_boot=300, seed=seed)
         covered += est.pgr_dr.covers(truth)
     assert covered >= 53, covered
 
