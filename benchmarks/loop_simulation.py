@@ -226,6 +226,9 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict:
                     approve = (o["pgr_dr"]["value"] is not None and oc.get("pgr_dr", {}).get("value") is not None
                                and o["pgr_dr"]["value"] >= oc["pgr_dr"]["value"])
                     c["approved"] = bool(approve)
+                    c["redraws"] = redraw_coverage(settings, traffic_all := load_traffic(settings), prompts, wq, sq,
+                                                   score_prompts(ch, traffic_prompts(traffic_all), settings) >= ch_alpha,
+                                                   truth, args.redraws, seed)
                     if approve:  # the person's decision, by rule: approve on the OPE comparison
                         registry.approve(settings.router_model_name, ver, approved_by="loop-simulation",
                                          settings=settings)
@@ -245,8 +248,37 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict:
                     c = challengers[-1]
                     print(f"[seed {seed}]   challenger v{c['version']}: true PGR {c['pgr_true']:.3f}, DR "
                           f"{_fmt(c['dr'])}, IPS {_fmt(c['ips'])}, covered {c['covered_dr']}, approved "
-                          f"{c['approved']}", flush=True)
+                          f"{c['approved']}; redrawn exploration: {c['redraws']}", flush=True)
     return {"seed": seed, "days": days, "challengers": challengers, "store": str(data_dir)}
+
+
+def traffic_prompts(traffic) -> list[str]:  # noqa: ANN001
+    return [p or "" for p in traffic.prompts]
+
+
+def redraw_coverage(settings, traffic, prompts: list[str], wq: np.ndarray, sq: np.ndarray,  # noqa: ANN001
+                    target: np.ndarray, truth: float, redraws: int, seed: int) -> dict:
+    """The same challenger, the same logged traffic, the exploration drawn again `redraws` times at the
+    logged share (every request's pair outcome is known from the recorded outcomes): how often the
+    OPE interval (routerops.ope, as the comparison computes it) covers the true PGR."""
+    from routerops import ope
+
+    index = {p: i for i, p in enumerate(prompts)}
+    idx = np.asarray([index[p] for p in traffic_prompts(traffic)])
+    d_all = sq[idx] - wq[idx]
+    q = np.where(traffic.q > 0, traffic.q, float(settings.explore_share))
+    rng = np.random.default_rng(10_000 + seed)
+    hits = {"ips": 0, "dr": 0}
+    n_ok = 0
+    for k in range(redraws):
+        obs = rng.uniform(size=len(idx)) < q
+        if obs.sum() < settings.ope_min_pairs:
+            continue
+        n_ok += 1
+        est = ope.evaluate_policy(target, obs, d_all, q, feature=traffic.p_logged, n_boot=400, seed=k)
+        hits["ips"] += est.pgr_ips.covers(truth)
+        hits["dr"] += est.pgr_dr.covers(truth)
+    return {"redraws": n_ok, "coverage_ips": hits["ips"] / max(n_ok, 1), "coverage_dr": hits["dr"] / max(n_ok, 1)}
 
 
 def _covers(est: dict, x: float) -> bool:
@@ -320,6 +352,8 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=4)
     ap.add_argument("--requests-per-day", type=int, default=2000)
     ap.add_argument("--retrain-min-new-rows", type=int, default=40)
+    ap.add_argument("--redraws", type=int, default=100,
+                    help="per challenger: exploration redrawn on the same logged traffic, for a tighter coverage figure")
     ap.add_argument("--explore-share", type=float, default=None, help="default: ROUTEROPS_EXPLORE_SHARE's default")
     ap.add_argument("--out", type=Path, default=Path("/tmp/routerops-loop-simulation"))
     args = ap.parse_args()
@@ -347,6 +381,9 @@ def main() -> None:
         "requests_per_day": args.requests_per_day, "challengers": len(ch),
         "ope_coverage_dr": cov_dr, "ope_coverage_ips": cov_ips,
         "ope_goal_met": bool(ch) and cov_dr >= 0.9,
+        "redraw_coverage_dr": float(np.mean([c["redraws"]["coverage_dr"] for c in ch])) if ch else None,
+        "redraw_coverage_ips": float(np.mean([c["redraws"]["coverage_ips"] for c in ch])) if ch else None,
+        "approved": sum(c["approved"] for c in ch),
         "mean_abs_error_dr": float(np.mean([abs(c["dr"]["value"] - c["pgr_true"]) for c in ch
                                             if c["dr"]["value"] is not None])) if ch else None,
         "mean_ci_width_dr": float(np.mean([c["dr"]["hi"] - c["dr"]["lo"] for c in ch if c["dr"]["lo"] is not None]))

@@ -151,9 +151,9 @@ def ope_compare(settings: Settings, routers: dict[str, Any], alphas: dict[str, f
         return {}, [f"no judged exploration pairs in the last {settings.ope_window_hours:g} h of routed traffic: "
                     "no off-policy evaluation (ROUTEROPS_EXPLORE_SHARE, a judge or feedback provide them)"]
     n_pairs = int(traffic.observed[keep].sum())
-    if n_pairs < settings.explore_min_pairs:
+    if n_pairs < settings.ope_min_pairs:
         return {}, [f"only {n_pairs} judged exploration pairs in the last {settings.ope_window_hours:g} h (fewer than "
-                    f"ROUTEROPS_EXPLORE_MIN_PAIRS={settings.explore_min_pairs}): no off-policy evaluation yet"]
+                    f"ROUTEROPS_OPE_MIN_PAIRS={settings.ope_min_pairs}): no off-policy evaluation yet"]
     prompts = [p for p, k in zip(traffic.prompts, keep, strict=True) if k]
     obs, d, q, p_logged = traffic.observed[keep], traffic.d[keep], traffic.q[keep], traffic.p_logged[keep]
     out: dict[str, dict[str, Any]] = {}

@@ -135,6 +135,9 @@ class Settings(BaseSettings):
         "Logged routed traffic (and its exploration pairs) that off-policy evaluation of a challenger reads."))
     ope_bootstrap: int = Field(default=1000, ge=100, description="Bootstrap resamples for OPE confidence intervals.")
     ope_confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="Confidence level of OPE intervals.")
+    ope_min_pairs: int = Field(default=60, ge=1, description=(
+        "Judged exploration pairs off-policy evaluation of a challenger needs; below it the comparison "
+        "says so instead of giving an interval (a bootstrap over fewer pairs covers too rarely)."))
     explore_min_pairs: int = Field(default=30, ge=1, description=(
         "Judged exploration pairs (overall or per category) the monitor needs before it reports the live "
         "PGR and may alert that routing is not better than random."))

@@ -3,6 +3,7 @@ not-better-than-random alert on a real database where the live router routes at 
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import numpy as np
@@ -117,3 +118,14 @@ def test_monitor_alerts_when_the_router_is_not_better_than_random(settings: Sett
     again = run_live_pgr(settings)  # still holding: one regression, one alert
     assert again.alerts_opened == 0
     assert "NOT BETTER" in again.table()
+    # the same report from the command line
+    from click.testing import CliRunner
+
+    from routerops.orchestration.cli import cli
+
+    result = CliRunner().invoke(cli, ["ope", "live", "--no-alerts", "--json"],
+                                env={"ROUTEROPS_DATA_DIR": str(settings.data_dir), "ROUTEROPS_EXPLORE_MIN_PAIRS": "30",
+                                     "ROUTEROPS_OPE_BOOTSTRAP": "200"})
+    assert result.exit_code == 0, result.output
+    shown = {r["category"]: r for r in json.loads(result.output)["rows"]}
+    assert shown["chat"]["not_better_than_random"] is True and shown["math"]["not_better_than_random"] is False
