@@ -12,7 +12,7 @@ exploration pairs) and, per challenger, the OPE estimate against the PGR measure
 outcomes (the OPE goal: inside its CI in >= 90% of seeded runs). A plot and the figures are logged
 to MLflow (experiment `loop-simulation` in the first seed's store) and written to --out.
 
-    PYTHONPATH=. nice -n 10 python benchmarks/loop_simulation.py --seeds 3 --days 4 --requests-per-day 2000
+    PYTHONPATH=. nice -n 10 python benchmarks/loop_simulation.py --seeds 3 --days 4 --requests-per-day 2500
 
 Each seed: its own store, traffic sample and exploration draws. Replay answers are neutral texts
 ("[<model> recorded answer <n>]"); only the judge knows their recorded scores.
