@@ -29,8 +29,8 @@ log = logging.getLogger("routerops.serving.app")  # the logger name the server l
 router = APIRouter()
 
 
-def _explore(state: ServingState, out: Outcome, req: ChatCompletionRequest, messages: list[dict[str, str]],
-             params: GenerationParams, request_id: str) -> None:
+def _explore(state: ServingState, out: Outcome, messages: list[dict[str, str]], params: GenerationParams,
+             request_id: str) -> None:
     """Hand an explored request to the background explorer (after the user's answer is complete)."""
     if state.explorer is None or not out.extra.get("explored") or out.extra.get("failover") or out.role is None:
         return
@@ -115,8 +115,6 @@ def log_entry(state: ServingState, out: Outcome, req: ChatCompletionRequest, mes
     extra = dict(out.extra)
     extra.update(role=out.role, reason=out.reason, weak_model=pair.weak.name, strong_model=pair.strong.name,
                  streamed=streamed, finish_reason=out.finish_reason)
-    if req.metadata and req.metadata.get("category"):
-        extra["category"] = str(req.metadata["category"])[:80]
     return LogEntry(request_id=request_id, prompt=last_user_prompt(messages), completion=out.text,
                     strategy=out.strategy, model_requested=req.model, model_chosen=out.model,
                     p_strong_wins=out.p_strong_wins, alpha=out.alpha, router_version=out.router_version,
@@ -169,14 +167,14 @@ async def chat_completions(request: Request, state: StateDep, principal: Princip
     except ValueError as exc:  # e.g. a prompt the backend cannot template
         raise ApiError(400, str(exc), code="invalid_request") from None
 
-    if req.metadata and req.metadata.get("category"):
+    if req.metadata and req.metadata.get("category"):  # the cohort the monitor reports on (request log extra)
         out.extra["category"] = str(req.metadata["category"])[:80]
     if not req.stream:
         latency = (time.perf_counter() - t0) * 1000
         info = _info(out, request_id)
         await _write_log(state, log_entry(state, out, req, messages, request_id, latency, principal, False))
         observe(state, out, latency / 1000)
-        _explore(state, out, req, messages, params, request_id)
+        _explore(state, out, messages, params, request_id)
         body = {"id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": created,
                 "model": out.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
@@ -223,7 +221,7 @@ async def chat_completions(request: Request, state: StateDep, principal: Princip
         final = _info(out, request_id)
         await _write_log(state, log_entry(state, out, req, messages, request_id, latency, principal, True))
         observe(state, out, latency / 1000)
-        _explore(state, out, req, messages, params, request_id)
+        _explore(state, out, messages, params, request_id)
         usage = {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                  "total_tokens": out.prompt_tokens + out.completion_tokens}
         yield chunk({}, out.finish_reason, usage=usage, routerops=final.model_dump())
