@@ -6,6 +6,10 @@ For each: APGR (area under the PGR curve) and PGR at the live alpha. The compari
 challenger version as `cmp.*` tags and as `promotion/comparison.md` in its training run. Nothing is
 promoted: a person moves `champion` (MLflow UI alias, or `routerops approve VERSION`).
 
+Off-policy evaluation (issue 24): both routers, each at its alpha, evaluated on the logged live routed
+traffic of the last `ope_window_hours` with its judged exploration pairs (IPS and doubly robust PGR
+with bootstrap intervals, and the strong share): `cmp.ope_*` tags and a table in the summary.
+
 Honest caveat, written into the summary: the newest logs may have been part of the challenger's
 training data (it trains on everything stored); the golden set never is unless imported as logs.
 """
@@ -14,16 +18,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 from sqlalchemy import select
 
-from routerops import metrics, registry
+from routerops import metrics, ope, registry
 from routerops.alpha import live_alpha
 from routerops.db import session_scope
 from routerops.db.models import PreferenceLog
 from routerops.models.router import load_router
+from routerops.monitoring.exploration import LoggedTraffic, load_traffic
 from routerops.monitoring.golden import load_golden, score_prompts
 from routerops.monitoring.quality import gold_match
 from routerops.settings import Settings
@@ -52,6 +58,8 @@ class Comparison:
     # role -> {held-out source | "mean" | "min": APGR}, from each version's training run (`--loso`)
     loso: dict[str, dict[str, float]] = field(default_factory=dict)
     alphas: dict[str, float] = field(default_factory=dict)  # role -> the alpha it was scored at
+    # role -> off-policy figures on logged live traffic (routerops/ope.py PolicyEstimate.to_dict())
+    ope: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def tags(self) -> dict[str, str]:
         t = {"cmp.champion_version": self.champion_version or "none", "cmp.verdict": self.verdict,
@@ -66,6 +74,15 @@ class Comparison:
             suffix = "" if role == "challenger" else "_champion"
             for key, value in vals.items():
                 t[f"cmp.loso_apgr_{key}{suffix}"] = f"{value:.4f}"
+        for role, est in self.ope.items():
+            suffix = "" if role == "challenger" else "_champion"
+            t[f"cmp.ope_strong_share{suffix}"] = f"{est['strong_share']:.4f}"
+            t[f"cmp.ope_n_pairs{suffix}"] = str(est["n_pairs"])
+            for kind in ("ips", "dr"):
+                for part, value in (("", est[f"pgr_{kind}"]["value"]), ("_lo", est[f"pgr_{kind}"]["lo"]),
+                                    ("_hi", est[f"pgr_{kind}"]["hi"])):
+                    if value is not None:
+                        t[f"cmp.ope_pgr_{kind}{part}{suffix}"] = f"{value:.4f}"
         return t
 
     def markdown(self) -> str:
@@ -87,6 +104,14 @@ class Comparison:
             for key in keys:
                 lines.append(f"| {key} | {_fmt(self.loso.get('challenger', {}).get(key))} | "
                              f"{_fmt(self.loso.get('champion', {}).get(key))} |")
+        if self.ope:
+            any_est = next(iter(self.ope.values()))
+            lines += ["", f"Off-policy evaluation on logged live traffic ({any_est['n_requests']} routed requests, "
+                      f"{any_est['n_pairs']} judged exploration pairs; PGR with 95% bootstrap interval; "
+                      "IPS = inverse propensity, DR = doubly robust):", "",
+                      "| router | strong share | PGR (IPS) | PGR (DR) |", "|---|---|---|---|"]
+            for role, est in self.ope.items():
+                lines.append(f"| {role} | {est['strong_share']:.4f} | {_ci(est['pgr_ips'])} | {_ci(est['pgr_dr'])} |")
         if self.alphas:
             lines += ["", "Each router is scored at its own live alpha: "
                       + ", ".join(f"{role} {a:.4f}" for role, a in self.alphas.items())]
@@ -97,7 +122,7 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         return {"challenger_version": self.challenger_version, "champion_version": self.champion_version,
                 "alpha": self.alpha, "alphas": self.alphas, "results": self.results, "loso": self.loso,
-                "verdict": self.verdict, "notes": self.notes}
+                "verdict": self.verdict, "notes": self.notes, "ope": self.ope}
 
 
 def loso_metrics(client, run_id: str) -> dict[str, float]:  # noqa: ANN001
@@ -108,6 +133,43 @@ def loso_metrics(client, run_id: str) -> dict[str, float]:  # noqa: ANN001
 
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
+
+
+def _ci(est: dict[str, float | None]) -> str:
+    return f"{_fmt(est['value'])} [{_fmt(est['lo'])}, {_fmt(est['hi'])}]"
+
+
+def ope_compare(settings: Settings, routers: dict[str, Any], alphas: dict[str, float],
+                traffic: LoggedTraffic | None = None, seed: int = 0) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Off-policy figures of each router (at its alpha) on the window's logged routed traffic: IPS and
+    DR PGR with CIs and the strong share (routerops/ope.py). Returns ({role: figures}, notes)."""
+    if traffic is None:
+        since = datetime.now(UTC) - timedelta(hours=settings.ope_window_hours)
+        traffic = load_traffic(settings, since)
+    keep = np.asarray([p is not None for p in traffic.prompts], dtype=bool)
+    if not keep.any() or not traffic.observed[keep].any():
+        return {}, [f"no judged exploration pairs in the last {settings.ope_window_hours:g} h of routed traffic: "
+                    "no off-policy evaluation (ROUTEROPS_EXPLORE_SHARE, a judge or feedback provide them)"]
+    n_pairs = int(traffic.observed[keep].sum())
+    if n_pairs < settings.ope_min_pairs:
+        return {}, [f"only {n_pairs} judged exploration pairs in the last {settings.ope_window_hours:g} h (fewer than "
+                    f"ROUTEROPS_OPE_MIN_PAIRS={settings.ope_min_pairs}): no off-policy evaluation yet"]
+    prompts = [p for p, k in zip(traffic.prompts, keep, strict=True) if k]
+    obs, d, q, p_logged = traffic.observed[keep], traffic.d[keep], traffic.q[keep], traffic.p_logged[keep]
+    out: dict[str, dict[str, Any]] = {}
+    notes = []
+    for role, router in routers.items():
+        if router is None:
+            continue
+        try:
+            scores = score_prompts(router, prompts, settings)
+        except KeyError as exc:
+            notes.append(f"{role} cannot score the logged traffic: {exc}")
+            continue
+        est = ope.evaluate_policy(scores >= alphas[role], obs, d, q, feature=p_logged,
+                                  n_boot=settings.ope_bootstrap, confidence=settings.ope_confidence, seed=seed)
+        out[role] = est.to_dict()
+    return out, notes
 
 
 def golden_slice(settings: Settings) -> EvalSlice | None:
@@ -202,6 +264,12 @@ def compare_challenger(settings: Settings, challenger_version: str | int) -> dic
                 cmp.results[sl.name][role] = _evaluate(router, sl, settings, alphas[role])
             except KeyError as exc:  # this router does not know the configured pair
                 cmp.notes.append(f"{role} cannot score {sl.name}: {exc}")
+    try:
+        cmp.ope, ope_notes = ope_compare(settings, routers, alphas)
+        cmp.notes += ope_notes
+    except Exception as exc:  # noqa: BLE001 - OPE is one more figure; the comparison stands without it
+        log.warning("off-policy evaluation failed: %s", exc)
+        cmp.notes.append(f"off-policy evaluation failed: {type(exc).__name__}: {str(exc)[:200]}")
     if champion is not None:
         deltas = [r["challenger"]["apgr"] - r["champion"]["apgr"] for r in cmp.results.values()
                   if r.get("challenger", {}).get("apgr") is not None and r.get("champion", {}).get("apgr") is not None]

@@ -118,6 +118,31 @@ class Settings(BaseSettings):
     alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="Initial threshold before any recalibration.")
     routing_cache_size: int = Field(default=10_000, ge=0)  # routing scores kept per live router; 0 = off
 
+    # --- exploration and off-policy evaluation (issue 24; docs/exploration-and-ope.md) ----------
+    explore_share: float = Field(default=0.02, ge=0.0, le=1.0, description=(
+        "Share of routed requests that also get the other model's answer, in the background (never "
+        "delaying or changing the user's answer). The pair is paid for and logged as exploration cost, "
+        "judged by the configured judge (ROUTEROPS_JUDGE_BASE_URL / _MODEL) or left for feedback, and "
+        "feeds retraining and off-policy evaluation. 0 turns exploration off."))
+    explore_workers: int = Field(default=2, ge=1, description="Background threads answering exploration calls.")
+    explore_queue_size: int = Field(default=256, ge=1, description=(
+        "Exploration calls waiting for a background thread; beyond this one is dropped (counted), never "
+        "queued in front of user traffic."))
+    judge_base_url: str | None = Field(default=None, description=(
+        "OpenAI-compatible base URL of the judge that labels exploration pairs (`routerops label`'s "
+        "pair-v2 prompt, both orders). Unset: pairs wait for feedback."))
+    judge_model: str | None = Field(default=None, description="Model name the judge endpoint serves.")
+    ope_window_hours: float = Field(default=24.0 * 7, gt=0.0, description=(
+        "Logged routed traffic (and its exploration pairs) that off-policy evaluation of a challenger reads."))
+    ope_bootstrap: int = Field(default=1000, ge=100, description="Bootstrap resamples for OPE confidence intervals.")
+    ope_confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="Confidence level of OPE intervals.")
+    ope_min_pairs: int = Field(default=60, ge=1, description=(
+        "Judged exploration pairs off-policy evaluation of a challenger needs; below it the comparison "
+        "says so instead of giving an interval (a bootstrap over fewer pairs covers too rarely)."))
+    explore_min_pairs: int = Field(default=30, ge=1, description=(
+        "Judged exploration pairs (overall or per category) the monitor needs before it reports the live "
+        "PGR and may alert that routing is not better than random."))
+
     # --- speculative decoding (serving/speculative) -------------------------------------------
     # Target: this local model, default the strong model. Draft: "prompt-lookup" (n-gram copy, free),
     # "self" (the target's first speculative_draft_layers layers + exit head if trained), "model".

@@ -27,6 +27,7 @@ from routerops.serving.api.main import api_router
 from routerops.serving.api.middleware import INGEST_MAX_BYTES, BodyLimitMiddleware, ErrorCountMiddleware
 from routerops.serving.auth import Authenticator
 from routerops.serving.errors import install_error_handlers
+from routerops.serving.exploration import Explorer
 from routerops.serving.failover import Guard
 from routerops.serving.feedback import FeedbackRateLimiter
 from routerops.serving.metrics import ServingMetrics
@@ -62,8 +63,10 @@ def create_app(settings: Settings, pair: BackendPair | None = None) -> FastAPI:
                          guard)
     strategies = build_strategies(ctx)
     request_log = RequestLogWriter(settings, metrics)
+    explorer = Explorer(settings, pair, ctx.prices, metrics)
     state = ServingState(settings=settings, pair=pair, router_state=router_state, metrics=metrics,
-                         strategies=strategies, auth=Authenticator(settings), guard=guard, request_log=request_log)
+                         strategies=strategies, auth=Authenticator(settings), guard=guard, request_log=request_log,
+                         explorer=explorer)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -79,6 +82,7 @@ def create_app(settings: Settings, pair: BackendPair | None = None) -> FastAPI:
             yield
         finally:
             router_state.stop()
+            await run_in_threadpool(explorer.stop)
             await run_in_threadpool(request_log.stop)
 
     docs = settings.public_docs  # the API's description only, no data (docs/security.md)

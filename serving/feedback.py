@@ -10,6 +10,10 @@ backend model names), so retraining learns about exactly the pair being served.
   answered: row (a=weak, b=strong, winner "b").
 - Thumbs on an answer of the strong model (or of anything else) say nothing about what the weak model
   would have done, so no preference row is written; the vote is kept on the request log only.
+- Thumbs ("up" = 1, "down" = 0) and ratings ({"rating": 0..1}) are also an outcome of the answering
+  model on that prompt: an outcome row (source "feedback", prompt_id "request:<id>:<key>"), whichever
+  model answered, so retraining learns the served model's quality there (issue 24).
+- A pairwise preference on an explored request whose pair is not judged yet judges it (exploration_pairs).
 Every feedback is also kept on the request log row's extra["feedback"].
 
 Rules (docs/security.md): only the key that made the request (or an admin key) may give feedback on
@@ -32,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import flag_modified
 
 from routerops.db import session_scope
-from routerops.db.models import PreferenceLog, RequestLog
+from routerops.db.models import ExplorationPair, OutcomeLog, PreferenceLog, RequestLog
 from routerops.models.cascade_log import LabelError, label_steps
 from routerops.serving.auth import Principal
 from routerops.serving.schemas import FeedbackRequest
@@ -50,9 +54,10 @@ class FeedbackError(Exception):
 class FeedbackResult:
     request_id: str
     preference_id: int | None
-    recorded: str  # "preference" | "request_log"
+    recorded: str  # "preference" | "outcome" | "request_log"
     detail: str
     replaced: bool = False  # this key had voted on this request before: its earlier vote is replaced
+    outcome_id: int | None = None  # the answering model's outcome row (thumbs, rating)
 
 
 def known_models(settings: Settings) -> dict[str, str]:
@@ -64,8 +69,9 @@ def known_models(settings: Settings) -> dict[str, str]:
 
 def check_feedback(settings: Settings, fb: FeedbackRequest) -> None:
     """What can be refused without the database: shape and sizes."""
-    if (fb.preference is None) == (fb.thumbs is None):
-        raise FeedbackError(400, "send exactly one of 'preference' or 'thumbs'", "preference", "invalid_request")
+    if sum(x is not None for x in (fb.preference, fb.thumbs, fb.rating)) != 1:
+        raise FeedbackError(400, "send exactly one of 'preference', 'thumbs' or 'rating'", "preference",
+                            "invalid_request")
     answer = fb.preference.other_answer if fb.preference is not None else None
     if answer is not None and len(answer) > settings.feedback_max_answer_chars:
         raise FeedbackError(400, f"preference.other_answer of {len(answer)} characters is over the limit of "
@@ -130,8 +136,13 @@ def _record(settings: Settings, fb: FeedbackRequest, principal: Principal) -> Fe
             session.flush()
         elif earlier is not None:  # the new vote makes no preference row: the earlier one goes
             session.delete(earlier)
+        outcome = _record_outcome(session, row, extra.get("category"), served, fb, who)
+        if fb.preference is not None and pref is not None:
+            _judge_pair(session, row.id, served, fb.preference.winner, names, who)
+        oid = outcome.id if outcome is not None else None
         votes.append({
-            "at": datetime.now(UTC).isoformat(), "by": who, "thumbs": fb.thumbs,
+            "at": datetime.now(UTC).isoformat(), "by": who, "thumbs": fb.thumbs, "rating": fb.rating,
+            "outcome_id": oid,
             "preference": fb.preference.model_dump() if fb.preference else None, "comment": fb.comment,
             "preference_id": pref.id if pref is not None else None,
         })
@@ -144,13 +155,53 @@ def _record(settings: Settings, fb: FeedbackRequest, principal: Principal) -> Fe
             except LabelError:  # logged before cascade steps were recorded
                 pass
         again = " (replaces this key's earlier vote)" if replaced else ""
+        scored = f"outcome row {oid}: {served} scored {outcome.score:g}" if outcome is not None else None
         if pref is not None:
             return FeedbackResult(row.id, pref.id, "preference",
                                   f"preference row {pref.id}: {pref.model_a} vs {pref.model_b}, winner {pref.winner}"
-                                  + again, replaced)
+                                  + (f"; {scored}" if scored else "") + again, replaced, oid)
+        if outcome is not None:
+            return FeedbackResult(row.id, None, "outcome", scored + again, replaced, oid)
         return FeedbackResult(row.id, None, "request_log",
                               f"thumbs {fb.thumbs} on a {role or 'non-routed'} answer: kept on the request log "
                               "(no preference row: it says nothing about the other model)" + again, replaced)
+
+
+def feedback_outcome_id(request_id: str, key: str) -> str:
+    """prompt_id of a feedback outcome row: one per (request, API key), so a re-vote replaces it and a
+    retrain can cap each key's share (training.router_data.cap_feedback_per_key)."""
+    return f"request:{request_id}:{key}"
+
+
+def _record_outcome(session, row: RequestLog, category: str | None, served: str, fb: FeedbackRequest,  # noqa: ANN001
+                    who: str) -> OutcomeLog | None:
+    """Thumbs (up 1, down 0) and ratings are the answering model's outcome on the prompt."""
+    score = fb.rating if fb.rating is not None else (None if fb.thumbs is None else float(fb.thumbs == "up"))
+    prompt_id = feedback_outcome_id(row.id, who)
+    earlier = session.scalar(select(OutcomeLog).where(OutcomeLog.source == "feedback",
+                                                      OutcomeLog.prompt_id == prompt_id))
+    if score is None or row.prompt is None:
+        if earlier is not None:  # this key's new vote is no outcome (a preference): the earlier one goes
+            session.delete(earlier)
+        return None
+    outcome = earlier or OutcomeLog(prompt=row.prompt, prompt_hash=prompt_hash(row.prompt), prompt_id=prompt_id,
+                                    source="feedback")
+    outcome.model, outcome.score, outcome.category, outcome.answer = served, float(score), category, row.completion
+    if earlier is None:
+        session.add(outcome)
+    session.flush()
+    return outcome
+
+
+def _judge_pair(session, request_id: str, served: str, winner: str, names: dict[str, str], who: str) -> None:  # noqa: ANN001
+    """A user's pairwise preference (side a = the served answer) judges the request's pending exploration pair."""
+    pair = session.scalars(select(ExplorationPair).where(ExplorationPair.request_id == request_id)).first()
+    if pair is None or pair.status == "judged":
+        return
+    served_role = "weak" if served == names["weak"] else "strong"
+    other_role = "strong" if served_role == "weak" else "weak"
+    pair.winner = {"a": served_role, "b": other_role}.get(winner, "tie")
+    pair.status, pair.judge, pair.judged_at = "judged", f"feedback:user:{who}", datetime.now(UTC)
 
 
 class FeedbackRateLimiter:

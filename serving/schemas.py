@@ -36,6 +36,8 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
+    # OpenAI's request metadata; routerops reads "category" (the traffic cohort the monitor reports on)
+    metadata: dict[str, str] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -122,6 +124,8 @@ class FeedbackRequest(BaseModel):
     request_id: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
     preference: Preference | None = None
     thumbs: Literal["up", "down"] | None = None
+    # a graded rating of the answer, 0 (useless) .. 1 (perfect): an outcome row of the answering model
+    rating: float | None = Field(default=None, ge=0.0, le=1.0)
     comment: str | None = Field(default=None, max_length=2000)
 
     @field_validator("request_id")

@@ -203,12 +203,27 @@ class RouterStrategy(_BackendStrategy):
                        alpha_source=d.alpha_source, router_version=d.router_version, routing_ms=d.routing_ms,
                        routing_cached=d.cached)
 
+    def __init__(self, ctx: ServingContext):
+        super().__init__(ctx)
+        self._rng = random.Random()
+        self._rng_lock = threading.Lock()
+
+    def _explore(self, out: Outcome) -> None:
+        """Log the route's propensity and draw whether the other model answers too (in the background,
+        after the user's answer: serving/exploration.py). The draw never changes the route."""
+        share = float(self.ctx.settings.explore_share)
+        with self._rng_lock:
+            u = self._rng.random()
+        out.extra.update(propensity=1.0, explore_propensity=share, explored=share > 0 and u < share)
+
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
         out = self._decide(messages)
+        self._explore(out)
         return self._call(out, out.role or "strong", messages, params)
 
     def stream(self, messages: list[Message], params: GenerationParams) -> tuple[Outcome, Iterator[str]]:
         out = self._decide(messages)
+        self._explore(out)
         return self._stream(out, out.role or "strong", messages, params)
 
 

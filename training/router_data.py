@@ -187,6 +187,16 @@ def split_prompts(n_prompts: int, val_fraction: float, seed: int) -> np.ndarray:
 FEEDBACK_SOURCE = "feedback"  # preference rows from POST /v1/feedback; judge "user:<key name>"
 
 
+def _cap_newest(rows: pd.DataFrame, is_fb: np.ndarray, keys: pd.Series, cap: int
+                ) -> tuple[pd.DataFrame, dict[str, dict[str, int]]]:
+    rank = rows[is_fb].groupby(keys.to_numpy(), sort=False).cumcount(ascending=False).to_numpy()  # 0 = newest
+    keep = np.ones(len(rows), dtype=bool)
+    keep[np.flatnonzero(is_fb)] = rank < cap
+    per_key = {str(key): {"rows": int(n), "kept": int(min(n, cap))}
+               for key, n in keys.value_counts().sort_index().items()}
+    return rows[keep], per_key
+
+
 def cap_feedback_per_key(prefs: pd.DataFrame, total_rows: int, max_share: float
                          ) -> tuple[pd.DataFrame, dict[str, dict[str, int]]]:
     """Keep at most max_share * total_rows feedback rows per API key (its newest), so that no one key
@@ -194,16 +204,19 @@ def cap_feedback_per_key(prefs: pd.DataFrame, total_rows: int, max_share: float
     is_fb = (prefs["source"] == FEEDBACK_SOURCE).to_numpy()
     if not is_fb.any():
         return prefs, {}
-    cap = max(1, int(max_share * total_rows))
-    fb = prefs[is_fb]
-    keys = fb["judge"].fillna("unknown").astype(str).str.removeprefix("user:")
-    rank = fb.groupby(keys.to_numpy(), sort=False).cumcount(ascending=False).to_numpy()  # 0 = newest
-    keep = np.ones(len(prefs), dtype=bool)
-    keep[np.flatnonzero(is_fb)] = rank < cap
-    per_key = {}
-    for key, n in keys.value_counts().sort_index().items():
-        per_key[str(key)] = {"rows": int(n), "kept": int(min(n, cap))}
-    return prefs[keep], per_key
+    keys = prefs[is_fb]["judge"].fillna("unknown").astype(str).str.removeprefix("user:")
+    return _cap_newest(prefs, is_fb, keys, max(1, int(max_share * total_rows)))
+
+
+def cap_feedback_outcomes_per_key(outcomes: pd.DataFrame, total_rows: int, max_share: float
+                                  ) -> tuple[pd.DataFrame, dict[str, dict[str, int]]]:
+    """The same cap for outcome rows from feedback (thumbs, ratings), whose prompt_id is
+    request:<request id>:<key name>."""
+    is_fb = (outcomes["source"] == FEEDBACK_SOURCE).to_numpy()
+    if not is_fb.any() or "prompt_id" not in outcomes:
+        return outcomes, {}
+    keys = outcomes[is_fb]["prompt_id"].fillna("").astype(str).str.split(":", n=2).str[2].fillna("unknown")
+    return _cap_newest(outcomes, is_fb, keys, max(1, int(max_share * total_rows)))
 
 
 def snapshot(data: RouterData, created: pd.Series | None = None) -> dict[str, object]:

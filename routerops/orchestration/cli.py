@@ -32,6 +32,7 @@ LAZY_COMMANDS: dict[str, Lazy] = {
     "router": Lazy("routerops.orchestration.cli:router", "Use a trained router: score prompts, evaluate, calibrate alpha."),
     "approve": Lazy("routerops.cli:approve", "Promote a router version to `champion` (alias in MLflow)."),
     "golden": Lazy("routerops.monitoring.cli:golden", "Record golden traces: fixed prompts, answers and labels."),
+    "ope": Lazy("routerops.monitoring.ope_cli:ope", "Off-policy evaluation on live traffic; live PGR vs random."),
     "monitor": Lazy("routerops.monitoring.cli:monitor", "Replay golden traces: drift, PGR, alerts, alpha recalibration."),
     "alpha": Lazy("routerops.monitoring.cli:alpha", "The live routing threshold: show, set, approve, history."),
     "scheduler": Lazy("routerops.orchestration.scheduler:scheduler_command", "Run the scheduled retrain/monitor loop (one leader)."),

@@ -22,6 +22,7 @@ import socket
 import threading
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,11 +35,13 @@ from sqlalchemy.exc import IntegrityError
 from routerops.db import get_engine, session_scope
 from routerops.db.models import JobRun, Lease, OutcomeLog, PreferenceLog
 from routerops.jsonsafe import json_safe
+from routerops.monitoring.exploration import run_live_pgr
 from routerops.monitoring.live_drift import run_live_drift
 from routerops.monitoring.promotion import compare_challenger
 from routerops.monitoring.replay import run_monitor
 from routerops.owner import owner_gone
 from routerops.settings import Settings, get_settings
+from routerops.training.exploration_judge import judge_exploration_pairs
 from routerops.training.probes.cli import TooFewExamples
 from routerops.training.train_router import train_router
 
@@ -62,6 +65,8 @@ def default_jobs(settings: Settings) -> list[JobSpec]:
         JobSpec("retrain-router", "routerops.orchestration.scheduler:retrain_router_job", "cron", cron),
         JobSpec("retrain-probes", "routerops.orchestration.scheduler:retrain_probes_job", "cron", cron),
         JobSpec("refit-cascade", "routerops.training.cascade_refit:refit_cascade_job", "cron", cron),
+        JobSpec("judge-exploration", "routerops.training.exploration_judge:judge_exploration_job", "interval",
+                {"minutes": settings.monitor_interval_minutes}),
         JobSpec("monitor", "routerops.orchestration.scheduler:monitor_job", "interval",
                 {"minutes": settings.monitor_interval_minutes}),
         JobSpec("live-drift", "routerops.orchestration.scheduler:live_drift_job", "interval",
@@ -205,6 +210,10 @@ def _new_rows(settings: Settings, job: str) -> tuple[int, dict[str, int], dict[s
                             .where(PreferenceLog.id > seen["max_preference_id"], PreferenceLog.source == "feedback")
                             .group_by(PreferenceLog.judge)).all()
         total -= sum(max(0, int(n) - cap) for _, n in per_key)
+        # thumbs and ratings: outcome rows whose prompt_id is request:<id>:<key> (serving/feedback.py)
+        outcome_keys = Counter(str(pid).split(":", 2)[-1] for pid in s.scalars(
+            select(OutcomeLog.prompt_id).where(OutcomeLog.id > seen["max_outcome_id"], OutcomeLog.source == "feedback")))
+        total -= sum(max(0, n - cap) for n in outcome_keys.values())
     return total, latest, seen
 
 
@@ -212,14 +221,25 @@ def retrain_router_job(settings: Settings) -> dict[str, Any]:
     """Retrain when >= retrain_min_new_rows preference or outcome rows arrived since the last successful
     retrain (with the leave-one-source-out table when `retrain_loso`); then compare the new challenger
     with the champion (tags + summary; nothing is promoted)."""
+    judged = _judge_pending(settings)  # exploration pairs judged now become rows of this retrain
     new, max_ids, seen = _new_rows(settings, "retrain-router")
     if new < settings.retrain_min_new_rows:
-        return {"status": "skipped", "new_rows": new, "min_new_rows": settings.retrain_min_new_rows, **seen}
+        return {"status": "skipped", "new_rows": new, "min_new_rows": settings.retrain_min_new_rows, **seen,
+                "exploration": judged}
 
     result = train_router(settings, register=True, progress=False, loso=settings.retrain_loso)
     comparison = compare_challenger(settings, result.model_version) if result.model_version else None
     return {"new_rows": new, **max_ids, "run_id": result.run_id,
-            "model_version": result.model_version, "comparison": comparison}
+            "model_version": result.model_version, "comparison": comparison, "exploration": judged}
+
+
+def _judge_pending(settings: Settings) -> dict[str, Any]:
+    """Judge pending exploration pairs before a retrain; a failing judge does not stop the retrain."""
+    try:
+        return judge_exploration_pairs(settings)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("exploration pairs not judged: %s", exc)
+        return {"status": "failed", "error": str(exc)[:300]}
 
 
 # The probe trainer is the `routerops train probe` command; the job runs it on the logged answers.
@@ -256,9 +276,10 @@ def live_drift_job(settings: Settings) -> dict[str, Any]:
 
 def monitor_job(settings: Settings) -> dict[str, Any]:
     r = run_monitor(settings, progress=False)
+    live = run_live_pgr(settings)  # the live router's PGR on its exploration pairs (not-better-than-random alert)
     return {"monitor_run_id": r.run_id, "pgr": r.pgr, "baseline_pgr": r.baseline_pgr,
             "pgr_null_reason": r.pgr_null_reason, "drift_detected": r.drift_detected,
-            "alerts_opened": r.alerts_opened}
+            "alerts_opened": r.alerts_opened + live.alerts_opened, "live_pgr": live.to_dict()}
 
 
 # --- the scheduler process ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from routerops.backends.factory import BackendPair
 from routerops.serving.auth import Authenticator, AuthError, Principal
 from routerops.serving.errors import ApiError
+from routerops.serving.exploration import Explorer
 from routerops.serving.failover import Guard
 from routerops.serving.metrics import ServingMetrics
 from routerops.serving.request_log import RequestLogWriter
@@ -34,6 +35,7 @@ class ServingState:
     auth: Authenticator
     guard: Guard | None = None  # failover and the backends' circuit breakers
     request_log: RequestLogWriter | None = None  # buffered, never-raising request-log writes
+    explorer: Explorer | None = None  # background answers of the other model (exploration)
 
 
 def get_state(request: Request) -> ServingState:

@@ -13,7 +13,7 @@ from routerops.db.models import Base
 EXPECTED_TABLES = {
     "models", "import_batches", "preference_logs", "embedding_cache", "request_logs", "api_keys",
     "alpha_history", "monitor_runs", "alerts", "job_runs", "serving_state", "leases", "cascade_steps",
-    "outcome_logs", "live_drift_runs",
+    "outcome_logs", "live_drift_runs", "exploration_pairs",
 }
 # APScheduler's job store creates its own table, outside Alembic (orchestration/scheduler.py); a
 # scheduler test that ran earlier on the session's PostgreSQL database may have left it there.

@@ -168,7 +168,8 @@ def test_sigterm_stops_the_scheduler_process_cleanly(settings):
                 except Exception:  # noqa: BLE001 - table not created yet
                     return set()
 
-        assert _wait_for(lambda: stored_jobs() == {"retrain-router", "retrain-probes", "refit-cascade", "monitor", "live-drift"}, 30)
+        assert _wait_for(lambda: stored_jobs() == {"retrain-router", "retrain-probes", "refit-cascade", "judge-exploration",
+                                                    "monitor", "live-drift"}, 30)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:

@@ -598,7 +598,7 @@ def test_feedback_lands_as_preference_rows(api) -> None:
     from sqlalchemy import select
 
     from routerops.db import session_scope
-    from routerops.db.models import PreferenceLog, RequestLog
+    from routerops.db.models import OutcomeLog, PreferenceLog, RequestLog
 
     base_url, settings = api
     headers = {"Authorization": f"Bearer {USER_KEY}"}
@@ -618,8 +618,11 @@ def test_feedback_lands_as_preference_rows(api) -> None:
     up_id = r.json()["preference_id"]
     assert up_id == down_id
     r = httpx.post(url, json={"request_id": strong_id, "thumbs": "up"}, headers=headers)
-    assert r.status_code == 201 and r.json() | {"detail": ""} == {
-        "request_id": strong_id, "preference_id": None, "recorded": "request_log", "replaced": False, "detail": ""}
+    # no preference row (it says nothing about the weak model), but an outcome row of the strong model
+    assert r.status_code == 201 and r.json() | {"detail": "", "outcome_id": 0} == {
+        "request_id": strong_id, "preference_id": None, "outcome_id": 0, "recorded": "outcome", "replaced": False,
+        "detail": ""}
+    strong_outcome_id = r.json()["outcome_id"]
     r = httpx.post(url, json={"request_id": strong_id, "preference": {
         "winner": "b", "other_model": WEAK, "other_answer": "Cats have five toes on their front paws."}},
         headers=headers)
@@ -635,6 +638,12 @@ def test_feedback_lands_as_preference_rows(api) -> None:
         assert [p.id for p in rows.values() if p.request_id in (weak_id, strong_id)] == sorted([up_id, pair_id])
         votes = session.get(RequestLog, strong_id).extra["feedback"]
         assert [(v["by"], v["thumbs"]) for v in votes] == [("env-user-1", None)]  # one entry per key
+        # thumbs are outcomes of the answering model (issue 24), one per (request, key): the strong answer's
+        # thumbs-up outcome went with the vote that the pairwise preference replaced
+        outcomes = {o.id: o for o in session.scalars(select(OutcomeLog).where(OutcomeLog.source == "feedback"))}
+        assert strong_outcome_id not in outcomes
+        assert [(o.model, o.score, o.prompt, o.prompt_id) for o in outcomes.values()] == [
+            (WEAK, 1.0, PROMPT, f"request:{weak_id}:env-user-1")]
 
     r = httpx.post(url, json={"request_id": "nope", "thumbs": "up"}, headers=headers)
     assert r.status_code == 404 and r.json()["error"]["param"] == "request_id"

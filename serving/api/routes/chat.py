@@ -21,6 +21,7 @@ from routerops.serving.api.body import parse_json_object
 from routerops.serving.api.deps import ServingState, StateDep, user
 from routerops.serving.auth import Principal
 from routerops.serving.errors import ApiError, error_body, validation_message
+from routerops.serving.exploration import ExploreTask
 from routerops.serving.request_log import LogEntry, RequestLogWriter
 from routerops.serving.schemas import ChatCompletionRequest, RouterOpsInfo, openapi_body
 from routerops.serving.strategies import Outcome, Strategy, StrategyUnavailable
@@ -28,6 +29,20 @@ from routerops.serving.strategies import Outcome, Strategy, StrategyUnavailable
 log = logging.getLogger("routerops.serving.app")  # the logger name the server log has always used
 
 router = APIRouter()
+
+
+def _explore(state: ServingState, out: Outcome, messages: list[dict[str, str]], params: GenerationParams,
+             request_id: str) -> None:
+    """Hand an explored request to the background explorer (after the user's answer is complete)."""
+    if state.explorer is None or not out.extra.get("explored") or out.extra.get("failover") or out.role is None:
+        return
+    if out.finish_reason == "error":
+        return
+    state.explorer.submit(ExploreTask(
+        request_id=request_id, messages=messages, params=params, served_role=out.role, served_answer=out.text,
+        p_strong_wins=out.p_strong_wins, alpha=out.alpha, router_version=out.router_version,
+        propensity=float(out.extra.get("propensity", 1.0)), explore_propensity=float(out.extra["explore_propensity"]),
+        category=out.extra.get("category")))
 
 
 def _headers(info: RouterOpsInfo) -> dict[str, str]:
@@ -148,11 +163,14 @@ async def chat_completions(request: Request, state: StateDep, principal: Princip
     except ValueError as exc:  # e.g. a prompt the backend cannot template
         raise ApiError(400, str(exc), code="invalid_request") from None
 
+    if req.metadata and req.metadata.get("category"):  # the cohort the monitor reports on (request log extra)
+        out.extra["category"] = str(req.metadata["category"])[:80]
     if not req.stream:
         latency = (time.perf_counter() - t0) * 1000
         info = _info(out, request_id)
         await _write_log(state, log_entry(state, out, req, messages, request_id, latency, principal, False))
         observe(state, out, latency / 1000)
+        _explore(state, out, messages, params, request_id)
         body = {"id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": created,
                 "model": out.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
@@ -199,6 +217,7 @@ async def chat_completions(request: Request, state: StateDep, principal: Princip
         final = _info(out, request_id)
         await _write_log(state, log_entry(state, out, req, messages, request_id, latency, principal, True))
         observe(state, out, latency / 1000)
+        _explore(state, out, messages, params, request_id)
         usage = {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                  "total_tokens": out.prompt_tokens + out.completion_tokens}
         yield chunk({}, out.finish_reason, usage=usage, routerops=final.model_dump())

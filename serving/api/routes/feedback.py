@@ -64,5 +64,6 @@ async def feedback(request: Request, state: StateDep, principal: Principal = use
                             "nothing was stored, retry later", code="database_unavailable",
                        headers={"retry-after": "5"}) from None
     return JSONResponse({"request_id": result.request_id, "preference_id": result.preference_id,
-                         "recorded": result.recorded, "replaced": result.replaced, "detail": result.detail},
+                         "recorded": result.recorded, "replaced": result.replaced, "outcome_id": result.outcome_id,
+                         "detail": result.detail},
                         status_code=201)
