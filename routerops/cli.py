@@ -46,8 +46,6 @@ def db_current() -> None:
 @click.option("--by", "approved_by", default=None, help="Who approves (default: $ROUTEROPS_USER or login).")
 def approve(version: str, model_name: str | None, approved_by: str | None) -> None:
     """Move alias `champion` to VERSION (what a person does in the MLflow UI)."""
-    from mlflow.exceptions import MlflowException
-
     from routerops import registry
     from routerops.settings import get_settings
 
@@ -55,6 +53,6 @@ def approve(version: str, model_name: str | None, approved_by: str | None) -> No
     name = model_name or settings.router_model_name
     try:
         live = registry.approve(name, version, approved_by=approved_by, settings=settings)
-    except MlflowException as exc:
-        raise click.ClickException(f"cannot approve {name} version {version}: {exc.message}") from None
+    except registry.ApprovalError as exc:
+        raise click.ClickException(f"cannot approve {name} version {version}: {exc}") from None
     click.echo(f"{name}@champion -> version {live.version}")
