@@ -293,6 +293,7 @@ class _ClientRegistry:
         self.client.set_registered_model_alias(name, alias, version)
 
 
+DATA_ID_TAG_PREFIX = "routerops.data_"  # + max_preference_id / max_outcome_id: the newest rows a version saw
 OWNER_TAG = "routerops.owner"  # host:pid of the process that started a job's MLflow run (routerops.owner)
 
 

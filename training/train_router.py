@@ -48,6 +48,16 @@ CALIBRATION_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MIN_CATEGORY_PROMPTS = 30  # per-category APGR only where the validation split has this many prompts
 
 
+def store_max_ids(session) -> dict[str, int]:  # noqa: ANN001 - a SQLAlchemy Session
+    """{"max_preference_id", "max_outcome_id"}: the newest rows in the store now (0 when empty)."""
+    from sqlalchemy import func, select
+
+    from routerops.db.models import OutcomeLog, PreferenceLog
+
+    return {"max_preference_id": int(session.scalar(select(func.max(PreferenceLog.id))) or 0),
+            "max_outcome_id": int(session.scalar(select(func.max(OutcomeLog.id))) or 0)}
+
+
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
 
@@ -251,6 +261,7 @@ def train_router(
 
     t_start = time.perf_counter()
     with session_scope(settings) as session:
+        data_ids = store_max_ids(session)  # before loading: a row arriving meanwhile counts as new
         outcomes = load_outcomes(session, sources=sources, exclude_sources=exclude_sources)
         prefs = load_preferences(session, sources=sources, exclude_sources=exclude_sources)
         if held_out:
@@ -436,6 +447,7 @@ def train_router(
                 for sh, al in zip(calibration["shares"], calibration["alphas"], strict=True):
                     tags[f"alpha_at_share_{sh:.1f}"] = f"{al:.4f}"
             tags["routerops.run_id"] = run.info.run_id
+            tags.update({f"{registry.DATA_ID_TAG_PREFIX}{k}": str(v) for k, v in data_ids.items()})  # what it saw
             checkpoint("registering")
             mv = mlflow.register_model(info.model_uri, settings.router_model_name, tags=tags)
             version = str(mv.version)

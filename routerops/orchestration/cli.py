@@ -51,7 +51,8 @@ LAZY_ROUTER_COMMANDS: dict[str, Lazy] = {
 }
 
 LAZY_TRAIN_COMMANDS: dict[str, Lazy] = {
-    "router": Lazy("routerops.training.cli:train_router", "Train the router; register it as `challenger`."),
+    "router": Lazy("routerops.orchestration.train_cli:train_router",
+                   "Train the router; register it as `challenger`."),
     "probe": Lazy("routerops.training.probes.cli:train_probe", "Train the deferral probe (P(weak answer is good))."),
     "exit-head": Lazy("routerops.training.exit_head_cli:train_exit_head", "Train the self-speculative draft's exit head."),
     "cascade-scorer": Lazy("routerops.training.cascade_scorer.cli:train_cascade_scorer",
