@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
+from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -67,7 +69,6 @@ def send_webhook(url: str, payload: dict[str, Any], *, retries: int = 3, backoff
                  timeout_s: float = 10.0) -> Delivery:
     """POST JSON; retry on connection errors, 429 and 5xx with backoff_s * 2**attempt between tries.
     A 4xx other than 429 is not retried (the payload or URL is wrong; retrying will not help)."""
-    import httpx
 
     error = None
     attempts = 0
@@ -178,7 +179,6 @@ def process_conditions(session: Session, settings: Settings, conditions: list[Co
 
 def write_textfile(session: Session, settings: Settings, extra: dict[str, float] | None = None) -> Path:
     """The gauges (and the last run's figures) as a Prometheus textfile in data_dir/metrics/."""
-    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
     registry = CollectorRegistry()
     for name, value in {**active_alert_gauges(session), **(extra or {})}.items():

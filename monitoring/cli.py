@@ -8,11 +8,27 @@ import os
 from pathlib import Path
 
 import click
+from sqlalchemy import select
+
+from routerops.alpha import approve_alpha, live_alpha, propose_alpha
+from routerops.backends.factory import make_pair
+from routerops.console_scripts import console_script
+from routerops.db import session_scope
+from routerops.db.models import AlphaChange
+from routerops.jsonsafe import json_safe
+from routerops.model_names import UnknownModelError
+from routerops.monitoring import golden as g
+from routerops.monitoring.categories import CategoryFigures, table
+from routerops.monitoring.dashboards import ensure_project
+from routerops.monitoring.golden import GoldenFormatError
+from routerops.monitoring.live_drift import run_live_drift
+from routerops.monitoring.live_router import load_live_router
+from routerops.monitoring.quality import RecordedJudge
+from routerops.monitoring.replay import run_monitor
+from routerops.settings import get_settings
 
 
 def _settings():  # noqa: ANN202
-    from routerops.settings import get_settings
-
     return get_settings()
 
 
@@ -39,9 +55,6 @@ def golden_record(output: Path, prompts_path: Path | None, max_new_tokens: int |
                   from_alpaca_eval: bool, weak_outputs: Path | None, strong_outputs: Path | None,
                   annotations: tuple[Path, ...], limit: int | None) -> None:
     """Record a golden set against the configured pair (or from AlpacaEval recordings)."""
-    from routerops.model_names import UnknownModelError
-    from routerops.monitoring import golden as g
-    from routerops.monitoring.replay import load_live_router
 
     settings = _settings()
     router = None if no_router else load_live_router(settings)
@@ -67,7 +80,6 @@ def golden_record(output: Path, prompts_path: Path | None, max_new_tokens: int |
         if not prompts:
             raise click.ClickException(f"{prompts_path}: no valid prompt")
         prompts = prompts[:limit] if limit else prompts
-        from routerops.backends.factory import make_pair
 
         pair = make_pair(settings)
         decoding = g.Decoding(max_new_tokens=max_new_tokens or settings.max_new_tokens)
@@ -99,10 +111,6 @@ def monitor() -> None:
 def monitor_run(golden_path: Path | None, judge_annotations: tuple[Path, ...], no_recalibrate: bool,
                 no_dashboards: bool, as_json: bool) -> None:
     """Replay the golden set once and record the run (monitor_runs)."""
-    from routerops.jsonsafe import json_safe
-    from routerops.monitoring.golden import GoldenFormatError
-    from routerops.monitoring.quality import RecordedJudge
-    from routerops.monitoring.replay import run_monitor
 
     settings = _settings()
     judge = RecordedJudge(judge_annotations) if judge_annotations else None
@@ -130,8 +138,6 @@ def monitor_run(golden_path: Path | None, judge_annotations: tuple[Path, ...], n
         click.echo(f"  quality: weak {q['weak']:.3f}, strong {q['strong']:.3f}, routed {q['routed']:.3f}")
     cats = m.get("categories")
     if cats and cats["rows"]:
-        from routerops.monitoring.categories import CategoryFigures, table
-
         for line in table([CategoryFigures(**row) for row in cats["rows"]], cats["min_traces"]):
             click.echo(f"  {line}")
     for role in ("weak", "strong"):
@@ -158,8 +164,6 @@ def monitor_run(golden_path: Path | None, judge_annotations: tuple[Path, ...], n
 @click.option("--json", "as_json", is_flag=True, help="Print the full metrics as JSON.")
 def monitor_live(no_dashboards: bool, as_json: bool) -> None:
     """Live traffic vs the live router's training reference: drift and strong-call share."""
-    from routerops.jsonsafe import json_safe
-    from routerops.monitoring.live_drift import run_live_drift
 
     settings = _settings()
     r = run_live_drift(settings, write_dashboards=not no_dashboards)
@@ -191,8 +195,6 @@ def monitor_live(no_dashboards: bool, as_json: bool) -> None:
 @click.option("--port", type=int, default=8001, show_default=True)
 def monitor_ui(host: str, port: int) -> None:
     """Run the Evidently UI on the workspace, after creating the project it must watch."""
-    from routerops.console_scripts import console_script
-    from routerops.monitoring.dashboards import ensure_project
 
     settings = _settings()
     project_id = ensure_project(settings)
@@ -211,10 +213,6 @@ def alpha() -> None:
 
 @alpha.command("show")
 def alpha_show() -> None:
-    from routerops.alpha import live_alpha
-    from routerops.db import session_scope
-    from routerops.monitoring.replay import load_live_router
-
     settings = _settings()
     try:  # the champion's calibration can be the live alpha
         router = load_live_router(settings)
@@ -233,8 +231,6 @@ def alpha_show() -> None:
 @click.option("--force", is_flag=True, help="Apply even beyond the step bound (a person's decision).")
 def alpha_set(value: float, reason: str, force: bool) -> None:
     """Propose VALUE: active at once within ROUTEROPS_ALPHA_MAX_STEP of the live alpha, else pending."""
-    from routerops.alpha import propose_alpha
-    from routerops.db import session_scope
 
     settings = _settings()
     who = os.environ.get("ROUTEROPS_USER") or getpass.getuser()
@@ -252,8 +248,6 @@ def alpha_set(value: float, reason: str, force: bool) -> None:
 @click.option("--by", "approved_by", default=None, help="Who approves (default: $ROUTEROPS_USER or login).")
 def alpha_approve(change_id: int, approved_by: str | None) -> None:
     """Make a pending alpha change live."""
-    from routerops.alpha import approve_alpha
-    from routerops.db import session_scope
 
     settings = _settings()
     who = approved_by or os.environ.get("ROUTEROPS_USER") or getpass.getuser()
@@ -269,11 +263,6 @@ def alpha_approve(change_id: int, approved_by: str | None) -> None:
 @alpha.command("history")
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
 def alpha_history(limit: int) -> None:
-    from sqlalchemy import select
-
-    from routerops.db import session_scope
-    from routerops.db.models import AlphaChange
-
     settings = _settings()
     with session_scope(settings) as s:
         rows = s.scalars(select(AlphaChange).order_by(AlphaChange.id.desc()).limit(limit)).all()

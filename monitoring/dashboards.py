@@ -25,6 +25,7 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pandas as pd
 
 from routerops.monitoring.drift import quiet_evidently
@@ -151,7 +152,6 @@ def notify_ui(settings: Settings, project_id: str) -> bool:
     Best effort: the snapshots are on disk either way, so a UI that is down only logs a warning."""
     if not settings.evidently_url:
         return False
-    import httpx
 
     url = f"{settings.evidently_url.rstrip('/')}/api/projects/{project_id}/reload"
     try:
@@ -180,16 +180,13 @@ def add_run_snapshots(settings: Settings, result, drift) -> dict[str, Any]:  # n
             "snapshots": ids, "ui_reloaded": notify_ui(settings, str(project.id))}
 
 
-def add_live_snapshots(settings: Settings, result, drift) -> dict[str, Any]:  # noqa: ANN001 - live_drift.LiveDriftResult
+def add_live_snapshots(settings: Settings, result, drift, row: dict[str, float]) -> dict[str, Any]:  # noqa: ANN001 - live_drift.LiveDriftResult
     """A live-drift run: its figures (tag "live") and Evidently's drift report (tag "live-drift")."""
     from evidently import Report
     from evidently.metrics import MeanValue
 
-    from routerops.monitoring.live_drift import summary_row as live_row
-
     ws, project = get_project(settings)
     now = datetime.now(UTC).replace(tzinfo=None)
-    row = live_row(result)
     meta = {"live_drift_run_id": result.run_id, "router_version": str(result.router_version)}
     with quiet_evidently():
         snap = Report([MeanValue(column=c) for c in row], tags=["live"], metadata=meta).run(

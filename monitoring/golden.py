@@ -21,6 +21,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from tqdm import tqdm
+
+from routerops.backends.base import GenerationParams
+from routerops.db import session_scope
+from routerops.metrics import quality_gap_problem
+from routerops.models.embeddings import embed_cached
+from routerops.monitoring.quality import gold_match, read_judge_labels  # noqa: F401 - read here by callers
 from routerops.text import prompt_hash
 
 log = logging.getLogger(__name__)
@@ -192,8 +200,6 @@ class QualityGap:
 def recorded_quality_gap(traces: Sequence[GoldenTrace]) -> QualityGap:
     """The quality gap of the recorded answers (gold match, or the judge's P(weak wins)). A set with
     no gap gives a null PGR on every replay of it, whatever the router does."""
-    from routerops.metrics import quality_gap_problem
-    from routerops.monitoring.quality import gold_match
 
     weak_q, strong_q = [], []
     for t in traces:
@@ -251,10 +257,6 @@ def load_prompts(path: Path | str) -> tuple[list[GoldenPrompt], list[str]]:
 def score_prompts(router, prompts: Sequence[str], settings):  # noqa: ANN001, ANN201 - np.ndarray
     """P(strong wins) for the configured pair. Query embeddings go through the database cache, so a
     golden set replayed every hour is embedded once (and prompts seen in training not at all)."""
-    import numpy as np
-
-    from routerops.db import session_scope
-    from routerops.models.embeddings import embed_cached
 
     strong, weak = router.pair(settings.strong_router_name, settings.weak_router_name)  # unknown name: fail first
     with session_scope(settings) as session:
@@ -273,9 +275,6 @@ def record_with_pair(prompts: Sequence[GoldenPrompt], weak, strong, *, settings,
                      progress: bool = True) -> list[GoldenTrace]:
     """Generate both models' answers with fixed seeds (seed = base_seed + index) and the given
     decoding; the label is the prompt's gold answer."""
-    from tqdm import tqdm
-
-    from routerops.backends.base import GenerationParams
 
     decoding = decoding or Decoding(max_new_tokens=settings.max_new_tokens)
     scores = _score_prompts(router, [p.prompt for p in prompts], settings)
@@ -312,41 +311,6 @@ def read_model_outputs(path: Path | str) -> tuple[str, dict[str, str]]:
     outputs = {prompt_hash(r["instruction"]): r["output"] for r in rows
                if isinstance(r.get("instruction"), str) and isinstance(r.get("output"), str)}
     return str(generators.pop()), outputs
-
-
-def read_judge_labels(paths: Sequence[Path | str], weak_model: str, strong_model: str
-                      ) -> dict[str, tuple[float, str]]:
-    """P(weak wins) per prompt hash from AlpacaEval annotation files (.jsonl / .jsonl.gz) for the pair.
-
-    `preference` in [1, 2] means: 1 = generator_1 preferred, 2 = generator_2 preferred (weighted
-    annotators give a float in between). Rows with a null/invalid preference are skipped (counted in
-    the log). The first file that has a row for a prompt wins."""
-    labels: dict[str, tuple[float, str]] = {}
-    skipped = 0
-    for path in paths:
-        path = Path(path)
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for line in fh:
-                row = json.loads(line)
-                g1, g2 = row.get("generator_1"), row.get("generator_2")
-                if {g1, g2} != {weak_model, strong_model} or g1 == g2:
-                    continue
-                pref = row.get("preference")
-                try:
-                    pref = float(pref)
-                except (TypeError, ValueError):
-                    skipped += 1
-                    continue
-                if not 1.0 <= pref <= 2.0:
-                    skipped += 1
-                    continue
-                p_g2 = pref - 1.0  # P(generator_2 preferred)
-                p_weak = p_g2 if g2 == weak_model else 1.0 - p_g2
-                labels.setdefault(prompt_hash(row["instruction"]), (p_weak, str(row.get("annotator") or path.stem)))
-    if skipped:
-        log.warning("skipped %d annotation rows with a missing or invalid preference", skipped)
-    return labels
 
 
 def winner_of(p_weak: float) -> str:

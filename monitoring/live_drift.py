@@ -32,8 +32,11 @@ from sqlalchemy import select
 from routerops.db import session_scope
 from routerops.db.models import LiveDriftRun, RequestLog
 from routerops.jsonsafe import json_safe
+from routerops.models.prompt_features import FEATURES
 from routerops.monitoring import alerts as alerts_mod
+from routerops.monitoring.dashboards import add_live_snapshots
 from routerops.monitoring.drift import DriftResult, drift_report
+from routerops.monitoring.live_router import load_live_router
 from routerops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,7 +98,6 @@ def share_by_hour(window: LiveWindow) -> list[dict[str, Any]]:
 
 def frames(router, window: LiveWindow, reference_scores: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:  # noqa: ANN001
     """Reference and live frames: router score, plus prompt statistics where the router has them."""
-    from routerops.models.prompt_features import FEATURES
 
     ref = pd.DataFrame({SCORE_COLUMN: reference_scores})
     cur = pd.DataFrame({SCORE_COLUMN: window.scores})
@@ -120,7 +122,6 @@ def decide(drift: DriftResult, share_threshold: float) -> bool:
 
 def run_live_drift(settings: Settings, *, write_dashboards: bool = True, router=None) -> LiveDriftResult:  # noqa: ANN001
     """One live-drift check of the champion router; recorded as a live_drift_runs row."""
-    from routerops.monitoring.replay import load_live_router
 
     router = router if router is not None else load_live_router(settings)
     version = getattr(router, "version", None)
@@ -133,9 +134,7 @@ def run_live_drift(settings: Settings, *, write_dashboards: bool = True, router=
         result = _measure(settings, run_id, router, version)
         if result.status == "ok" and write_dashboards:
             try:
-                from routerops.monitoring.dashboards import add_live_snapshots
-
-                result.metrics["evidently"] = add_live_snapshots(settings, result, result.metrics.pop("_drift"))
+                result.metrics["evidently"] = add_live_snapshots(settings, result, result.metrics.pop("_drift"), summary_row(result))
             except Exception as exc:  # noqa: BLE001 - the measurement stands even if the UI store fails
                 log.exception("writing live-drift Evidently snapshots failed")
                 result.metrics["evidently_error"] = f"{type(exc).__name__}: {exc}"

@@ -22,6 +22,12 @@ import numpy as np
 from sqlalchemy import select
 
 from routerops import metrics, registry
+from routerops.alpha import live_alpha
+from routerops.db import session_scope
+from routerops.db.models import PreferenceLog
+from routerops.models.router import load_router
+from routerops.monitoring.golden import load_golden, score_prompts
+from routerops.monitoring.quality import gold_match
 from routerops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -145,9 +151,6 @@ def _fmt(v: float | None) -> str:
 
 
 def golden_slice(settings: Settings) -> EvalSlice | None:
-    from routerops.monitoring.golden import load_golden
-    from routerops.monitoring.quality import gold_match
-
     if not settings.golden_set.is_file():
         return None
     traces = load_golden(settings.golden_set)
@@ -164,8 +167,6 @@ def golden_slice(settings: Settings) -> EvalSlice | None:
 
 def holdout_slice(settings: Settings, router) -> EvalSlice | None:  # noqa: ANN001
     """The newest judgements between the configured strong and weak models (any spelling)."""
-    from routerops.db import session_scope
-    from routerops.db.models import PreferenceLog
 
     strong, weak = router.pair(settings.strong_router_name, settings.weak_router_name)
     prompts, wq = [], []
@@ -192,8 +193,6 @@ def holdout_slice(settings: Settings, router) -> EvalSlice | None:  # noqa: ANN0
 
 
 def _evaluate(router, sl: EvalSlice, settings: Settings, alpha: float) -> dict[str, float | None]:  # noqa: ANN001
-    from routerops.monitoring.golden import score_prompts
-
     scores = score_prompts(router, sl.prompts, settings)
     q_router, share = metrics.routed_quality(scores, sl.weak_q, sl.strong_q, alpha)
     try:
@@ -206,9 +205,6 @@ def _evaluate(router, sl: EvalSlice, settings: Settings, alpha: float) -> dict[s
 
 def compare_challenger(settings: Settings, challenger_version: str | int) -> dict[str, Any]:
     """Score challenger and champion, tag the challenger version, log the summary; returns the dict."""
-    from routerops.alpha import live_alpha
-    from routerops.db import session_scope
-    from routerops.models.router import load_router
 
     name = settings.router_model_name
     client = registry.client(settings)

@@ -12,6 +12,9 @@ pair, or the trace counts as unlabelled for quality and PGR (the monitor reports
 
 from __future__ import annotations
 
+import gzip
+import json
+import logging
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -19,6 +22,8 @@ from pathlib import Path
 from typing import Protocol
 
 from routerops.text import prompt_hash
+
+log = logging.getLogger(__name__)
 
 _DIGIT_COMMA = re.compile(r"(?<=\d),(?=\d{3}\b)")
 _NON_WORD = re.compile(r"[^\w]+")
@@ -59,10 +64,43 @@ class RecordedJudge:
 
     def p_weak_wins(self, prompt: str, weak_model: str, weak_output: str, strong_model: str,
                     strong_output: str) -> float | None:
-        from routerops.monitoring.golden import read_judge_labels
-
         key = (weak_model, strong_model)
         if key not in self._pairs:
             self._pairs[key] = read_judge_labels(self.files, weak_model, strong_model)
         hit = self._pairs[key].get(prompt_hash(prompt))
         return None if hit is None else hit[0]
+
+
+def read_judge_labels(paths: Sequence[Path | str], weak_model: str, strong_model: str
+                      ) -> dict[str, tuple[float, str]]:
+    """P(weak wins) per prompt hash from AlpacaEval annotation files (.jsonl / .jsonl.gz) for the pair.
+
+    `preference` in [1, 2] means: 1 = generator_1 preferred, 2 = generator_2 preferred (weighted
+    annotators give a float in between). Rows with a null/invalid preference are skipped (counted in
+    the log). The first file that has a row for a prompt wins."""
+    labels: dict[str, tuple[float, str]] = {}
+    skipped = 0
+    for path in paths:
+        path = Path(path)
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                g1, g2 = row.get("generator_1"), row.get("generator_2")
+                if {g1, g2} != {weak_model, strong_model} or g1 == g2:
+                    continue
+                pref = row.get("preference")
+                try:
+                    pref = float(pref)
+                except (TypeError, ValueError):
+                    skipped += 1
+                    continue
+                if not 1.0 <= pref <= 2.0:
+                    skipped += 1
+                    continue
+                p_g2 = pref - 1.0  # P(generator_2 preferred)
+                p_weak = p_g2 if g2 == weak_model else 1.0 - p_g2
+                labels.setdefault(prompt_hash(row["instruction"]), (p_weak, str(row.get("annotator") or path.stem)))
+    if skipped:
+        log.warning("skipped %d annotation rows with a missing or invalid preference", skipped)
+    return labels

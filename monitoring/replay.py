@@ -32,14 +32,26 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import select
+from tqdm import tqdm
 
 from routerops import metrics
+from routerops.alpha import live_alpha
+from routerops.backends.base import BackendError, GenerationParams
+from routerops.backends.factory import make_pair
 from routerops.checkpoint import checkpoint
+from routerops.db import session_scope
+from routerops.db.models import MonitorRun
 from routerops.jsonsafe import json_safe
+from routerops.monitoring import alerts as alerts_mod
 from routerops.monitoring.categories import per_category
-from routerops.monitoring.drift import drift_report, output_stats
+from routerops.monitoring.dashboards import add_run_snapshots
+from routerops.monitoring.drift import DriftResult, drift_report, output_stats
 from routerops.monitoring.golden import GoldenTrace, load_golden, score_prompts
+from routerops.monitoring.live_router import load_live_router
 from routerops.monitoring.quality import Judge, gold_match
+from routerops.monitoring.recalibrate import recalibrate
+from routerops.monitoring.reporting import log_monitor_run
 from routerops.owner import owner, owner_gone
 from routerops.settings import Settings
 
@@ -85,18 +97,6 @@ def golden_key(path: Path) -> str:
     return f"{path.name}:{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
 
 
-def load_live_router(settings: Settings):  # noqa: ANN201 - routerops.models.router.MFRouter | None
-    """The `champion` router, or None when no version holds the alias."""
-    from routerops import registry
-
-    live = registry.version_by_alias(settings.router_model_name, registry.CHAMPION, settings)
-    if live is None:
-        return None
-    from routerops.models.router import load_router
-
-    return load_router(live.uri, settings)
-
-
 def _similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a, b, autojunk=True).ratio()
 
@@ -117,10 +117,6 @@ def _label_quality(trace: GoldenTrace, weak_text: str, strong_text: str, weak_mo
 
 def replay_traces(traces: list[GoldenTrace], weak, strong, judge: Judge | None = None,  # noqa: ANN001
                   progress: bool = True) -> list[TraceResult]:
-    from tqdm import tqdm
-
-    from routerops.backends.base import BackendError, GenerationParams
-
     results = []
     for t in tqdm(traces, desc="replaying golden", disable=not progress):
         r = TraceResult(t)
@@ -189,18 +185,11 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
                 write_dashboards: bool = True, log_mlflow: bool = True, progress: bool = True) -> MonitorResult:
     """Replay, measure, alert, recalibrate, record. `weak`/`strong` default to the configured pair;
     `router="live"` loads the champion (None: no router, all-strong routing)."""
-    from routerops.alpha import live_alpha
-    from routerops.db import session_scope
-    from routerops.db.models import MonitorRun
-    from routerops.monitoring import alerts as alerts_mod
-    from routerops.monitoring.recalibrate import recalibrate
 
     t0 = time.perf_counter()
     path = Path(golden or settings.golden_set)
     traces = load_golden(path)
     if weak is None or strong is None:
-        from routerops.backends.factory import make_pair
-
         pair = make_pair(settings)
         weak, strong = (weak or pair.weak), (strong or pair.strong)
     if isinstance(router, str) and router == "live":
@@ -274,8 +263,6 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
             drift = drift_report(ref_df, cur_df, timestamp=datetime.now(UTC).replace(tzinfo=None), tags=["drift"],
                                  metadata={"monitor_run_id": run_id, "router_version": str(live_version)})
         else:  # every statistic constant and unchanged on both sides: nothing drifted
-            from routerops.monitoring.drift import DriftResult
-
             drift = DriftResult(False, 0.0, [], {}, True)
         m["drift"] = drift.to_dict()
         m["router_score_compared"] = compare_scores
@@ -345,16 +332,12 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
                                pgr_null_reason=pgr_reason, baseline_pgr_null_reason=baseline_reason)
         if write_dashboards:
             try:
-                from routerops.monitoring.dashboards import add_run_snapshots
-
                 m["evidently"] = add_run_snapshots(settings, result, drift)
             except Exception as exc:  # noqa: BLE001 - the measurement stands even if the UI store fails
                 log.exception("writing Evidently snapshots failed")
                 m["evidently_error"] = f"{type(exc).__name__}: {exc}"
         if log_mlflow:
             try:
-                from routerops.monitoring.reporting import log_monitor_run
-
                 m["mlflow_run_id"] = log_monitor_run(settings, result, ok, scores)
             except Exception as exc:  # noqa: BLE001
                 log.exception("logging the monitor run to MLflow failed")
@@ -378,9 +361,6 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
 def mark_interrupted(session) -> list[str]:  # noqa: ANN001 - a SQLAlchemy Session
     """Mark "running" rows whose process is gone (killed midway) as interrupted; returns their ids.
     Such a run committed nothing but its row (see run_monitor's final transaction)."""
-    from sqlalchemy import select
-
-    from routerops.db.models import MonitorRun
 
     marked = []
     for row in session.scalars(select(MonitorRun).where(MonitorRun.status == "running")):

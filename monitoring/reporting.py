@@ -9,6 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
+from routerops import metrics
+from routerops.checkpoint import checkpoint
+from routerops.jsonsafe import json_safe
+from routerops.monitoring.categories import CategoryFigures, mlflow_metrics
+from routerops.monitoring.dashboards import summary_row
+from routerops.owner import owner
+from routerops.registry import OWNER_TAG, configure_mlflow, mark_killed_runs
 from routerops.settings import Settings
 
 
@@ -17,8 +24,6 @@ def _plots(result, ok, scores: np.ndarray, out: Path) -> list[Path]:  # noqa: AN
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from routerops import metrics
 
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -62,11 +67,6 @@ def _plots(result, ok, scores: np.ndarray, out: Path) -> list[Path]:  # noqa: AN
 def log_monitor_run(settings: Settings, result, ok, scores: np.ndarray) -> str:  # noqa: ANN001
     import mlflow
 
-    from routerops.checkpoint import checkpoint
-    from routerops.monitoring.dashboards import summary_row
-    from routerops.owner import owner
-    from routerops.registry import OWNER_TAG, configure_mlflow, mark_killed_runs
-
     configure_mlflow(settings)
     mark_killed_runs(settings, "monitor")  # earlier monitor runs killed while logging here
     tags = {"routerops.kind": "monitor", "monitor_run_id": result.run_id, OWNER_TAG: owner()}
@@ -82,8 +82,6 @@ def log_monitor_run(settings: Settings, result, ok, scores: np.ndarray) -> str: 
         checkpoint("monitor-mlflow")
         cats = result.metrics.get("categories")
         if cats:
-            from routerops.monitoring.categories import CategoryFigures, mlflow_metrics
-
             mlflow.log_metrics(mlflow_metrics([CategoryFigures(**row) for row in cats["rows"]]))
             mlflow.log_param("category_min_traces", cats["min_traces"])
         mlflow.log_dict(_safe(result.metrics), "monitor_metrics.json")
@@ -94,6 +92,4 @@ def log_monitor_run(settings: Settings, result, ok, scores: np.ndarray) -> str: 
 
 
 def _safe(m: dict) -> dict:
-    from routerops.jsonsafe import json_safe
-
     return json_safe({k: v for k, v in m.items() if k not in {"evidently", "mlflow_run_id"}})

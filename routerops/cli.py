@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import click
 
+from routerops import registry
+from routerops.db import migrate
+from routerops.settings import get_settings
+
 
 @click.group()
 def db() -> None:
@@ -15,8 +19,6 @@ def db() -> None:
 @click.argument("revision", default="head")
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION (default: head)."""
-    from routerops.db import migrate
-    from routerops.settings import get_settings
 
     settings = get_settings()
     migrate.upgrade(revision, settings=settings)
@@ -27,7 +29,6 @@ def db_upgrade(revision: str) -> None:
 @click.argument("revision")
 def db_downgrade(revision: str) -> None:
     """Revert migrations down to REVISION ('base' removes everything)."""
-    from routerops.db import migrate
 
     migrate.downgrade(revision)
 
@@ -35,7 +36,6 @@ def db_downgrade(revision: str) -> None:
 @db.command("current")
 def db_current() -> None:
     """Show the database's revision."""
-    from routerops.db import migrate
 
     migrate.current()
 
@@ -46,9 +46,6 @@ def db_current() -> None:
 @click.option("--by", "approved_by", default=None, help="Who approves (default: $ROUTEROPS_USER or login).")
 def approve(version: str, model_name: str | None, approved_by: str | None) -> None:
     """Move alias `champion` to VERSION (what a person does in the MLflow UI)."""
-    from routerops import registry
-    from routerops.settings import get_settings
-
     settings = get_settings()
     name = model_name or settings.router_model_name
     try:

@@ -13,6 +13,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from sqlalchemy import select
+
+from routerops.db.models import Model
+
 # canonical name -> (aliases, USD per 1M input tokens, USD per 1M output tokens)
 BUILTIN_MODELS: dict[str, tuple[list[str], float | None, float | None]] = {
     "gpt-4-1106-preview": (["gpt4_1106_preview", "openai/gpt-4-1106-preview", "gpt-4-turbo-1106"], 10.0, 30.0),
@@ -105,9 +109,6 @@ class ModelCatalog:
 
 def load_catalog(session) -> ModelCatalog:  # noqa: ANN001
     """Builtins plus every model row in the database."""
-    from sqlalchemy import select
-
-    from routerops.db.models import Model
 
     catalog = ModelCatalog.builtin()
     for row in session.scalars(select(Model)):
@@ -117,9 +118,6 @@ def load_catalog(session) -> ModelCatalog:  # noqa: ANN001
 
 def save_catalog(session, catalog: ModelCatalog, only: Iterable[str] | None = None) -> None:  # noqa: ANN001
     """Upsert models (all, or the canonical names in `only`) with their aliases into the database."""
-    from sqlalchemy import select
-
-    from routerops.db.models import Model
 
     wanted = set(only) if only is not None else set(catalog.aliases)
     rows = {m.name: m for m in session.scalars(select(Model).where(Model.name.in_(wanted)))}

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
+
+from routerops.owner import owner_gone
 from routerops.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -212,8 +215,6 @@ def write_up_state(settings: Settings, mlflow_url: str | None) -> Path:
 
 def local_mlflow_server(settings: Settings) -> str | None:
     """The URL of the MLflow server `routerops up` runs on this data dir's registry, if it answers now."""
-    import httpx
-
     try:
         state = json.loads((settings.data_dir / UP_STATE_FILE).read_text())
     except (OSError, ValueError):
@@ -232,8 +233,6 @@ class _RestRegistry:
     """MLflow's registry REST API (the same calls MlflowClient makes against a tracking server)."""
 
     def __init__(self, url: str):
-        import httpx
-
         self.http = httpx.Client(base_url=f"{url}/api/2.0/mlflow", timeout=30.0)
 
     def _call(self, method: str, path: str, **kwargs) -> dict:  # noqa: ANN003
@@ -301,7 +300,6 @@ def mark_killed_runs(settings: Settings, kind: str) -> list[str]:
     """MLflow runs of a job (tag routerops.kind = `kind`) left RUNNING by a process that is gone
     (killed midway) end as KILLED, so the UI tells them from a live one; returns their ids. A run
     of a live process, or of one on another host less than a day old, is left alone."""
-    from routerops.owner import owner_gone
 
     c = client(settings)
     experiment = c.get_experiment_by_name(settings.mlflow_experiment)

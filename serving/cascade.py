@@ -36,9 +36,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 from routerops.backends.base import Backend, BackendError, Generation, GenerationParams, Message
 from routerops.models.cascade_config import (  # noqa: F401 - serving's callers read them here

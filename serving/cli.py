@@ -6,6 +6,10 @@ import os
 
 import click
 
+from routerops.serving.app import create_app
+from routerops.serving.auth import create_key, list_keys, revoke_key
+from routerops.settings import get_settings
+
 
 @click.command()
 @click.option("--host", default=None, help="Bind address (default: ROUTEROPS_HOST, 127.0.0.1).")
@@ -15,8 +19,6 @@ def serve(host: str | None, port: int | None, log_level: str) -> None:
     """Serve the OpenAI-compatible API (router, cascade, speculative, or a model by name)."""
     import uvicorn
 
-    from routerops.serving.app import create_app
-    from routerops.settings import get_settings
 
     # A down MLflow server must fail a reload check quickly, not after minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -35,8 +37,6 @@ def keys() -> None:
 @click.option("--admin", is_flag=True, help="Admin scope (reload, ingestion, feedback management).")
 def keys_create(name: str, admin: bool) -> None:
     """Create a key called NAME and print it (it is not shown again)."""
-    from routerops.serving.auth import create_key
-    from routerops.settings import get_settings
 
     try:
         key = create_key(get_settings(), name, admin=admin)
@@ -49,8 +49,6 @@ def keys_create(name: str, admin: bool) -> None:
 @keys.command("list")
 def keys_list() -> None:
     """Names, scopes and status of the stored keys (never the keys)."""
-    from routerops.serving.auth import list_keys
-    from routerops.settings import get_settings
 
     rows = list_keys(get_settings())
     if not rows:
@@ -64,8 +62,6 @@ def keys_list() -> None:
 @click.argument("name")
 def keys_revoke(name: str) -> None:
     """Revoke the key called NAME (effective within seconds on running servers)."""
-    from routerops.serving.auth import revoke_key
-    from routerops.settings import get_settings
 
     if not revoke_key(get_settings(), name):
         raise click.ClickException(f"no active key named {name!r}")

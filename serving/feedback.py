@@ -22,6 +22,7 @@ from sqlalchemy.orm.attributes import flag_modified
 
 from routerops.db import session_scope
 from routerops.db.models import PreferenceLog, RequestLog
+from routerops.models.cascade_log import LabelError, label_steps
 from routerops.serving.schemas import FeedbackRequest
 from routerops.settings import Settings
 from routerops.text import prompt_hash
@@ -77,8 +78,6 @@ def record_feedback(settings: Settings, fb: FeedbackRequest, who: str) -> Feedba
         row.extra = extra
         flag_modified(row, "extra")
         if fb.thumbs is not None and row.strategy == "cascade":  # the outcome of the answer returned
-            from routerops.models.cascade_log import LabelError, label_steps
-
             try:
                 label_steps(session, row.id, 1.0 if fb.thumbs == "up" else 0.0, source=f"feedback:{who}")
             except LabelError:  # logged before cascade steps were recorded

@@ -15,8 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,8 @@ from routerops.db import session_scope
 from routerops.db.models import RequestLog
 from routerops.db.session import is_connectivity
 from routerops.model_names import ModelCatalog, load_catalog
+from routerops.models.cascade_log import write_steps
+from routerops.serving.request_log_entry import LogEntry
 from routerops.serving.request_log_spill import read_spill, spill_dir, spill_files, write_spill
 from routerops.settings import Settings
 from routerops.text import prompt_hash
@@ -60,31 +61,6 @@ class Prices:
         return (prompt_tokens * p_in + completion_tokens * p_out) / 1e6
 
 
-@dataclass
-class LogEntry:
-    request_id: str
-    prompt: str
-    completion: str
-    strategy: str
-    model_requested: str
-    model_chosen: str
-    p_strong_wins: float | None
-    alpha: float | None
-    router_version: str | None
-    latency_ms: float
-    routing_latency_ms: float | None
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
-    api_key_name: str | None
-    escalated: bool | None = None
-    probe_score: float | None = None
-    spec: dict[str, float] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    # when the request was served: a row written later (from the buffer or a spill file) keeps it
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-
 def _text(value: str | None) -> str | None:
     """PostgreSQL text cannot hold NUL (a prompt or an answer may): stored as U+FFFD."""
     return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
@@ -101,8 +77,6 @@ def add_entry(session, settings: Settings, entry: LogEntry) -> None:  # noqa: AN
     extra = dict(entry.extra)
     steps = extra.pop("cascade_steps", None)
     if steps:
-        from routerops.models.cascade_log import write_steps
-
         write_steps(session, entry.request_id, extra.get("cascade_models") or [s["model"] for s in steps], steps)
     session.add(RequestLog(
         id=entry.request_id, created_at=entry.created_at, prompt_hash=prompt_hash(entry.prompt),

@@ -15,13 +15,10 @@ import os
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from routerops.jsonsafe import json_safe
 from routerops.owner import owner
-
-if TYPE_CHECKING:
-    from routerops.serving.request_log import LogEntry
+from routerops.serving.request_log_entry import LogEntry
 
 SPILL_DIR = "request_log_spill"
 
@@ -45,8 +42,6 @@ def to_line(entry: LogEntry) -> str:
 
 def from_line(line: str) -> LogEntry:
     """One spilled row; raises (ValueError, TypeError, KeyError) on a line that is not one."""
-    from routerops.serving.request_log import LogEntry
-
     d = json.loads(line)
     if not isinstance(d, dict):
         raise ValueError("not a JSON object")

@@ -29,6 +29,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from routerops import registry
+from routerops.alpha import live_alpha
+from routerops.db import session_scope
+from routerops.models.router import load_router
 from routerops.settings import Settings
 from routerops.text import prompt_hash
 
@@ -221,8 +224,6 @@ class RouterState:
 
     # --- reload ---------------------------------------------------------------------------------
     def _load(self, version: str):  # noqa: ANN202
-        from routerops.models.router import load_router
-
         uri = f"models:/{self.settings.router_model_name}/{version}"
         router = load_router(uri, self.settings)
         # must know our pair and score, or it does not go live
@@ -257,9 +258,6 @@ class RouterState:
                                       f"{current.version}: {type(exc).__name__}: {str(exc)[:300]}")
             alpha, alpha_source, alpha_reason = current.alpha, current.alpha_source, current.alpha_reason
             try:
-                from routerops.alpha import live_alpha
-                from routerops.db import session_scope
-
                 with session_scope(self.settings) as session:
                     live_a = live_alpha(session, self.settings, router)
                 alpha, alpha_source, alpha_reason = live_a.alpha, live_a.source, live_a.reason

@@ -17,11 +17,20 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from routerops.backends.base import Backend, BackendError, GenerationParams, Message
+from routerops.backends.base import Backend, BackendError, GenerationParams, Message, last_user_prompt
 from routerops.backends.factory import BackendPair
+from routerops.backends.local import _held_back
+from routerops.db import session_scope
+from routerops.model_names import ModelCatalog
+from routerops.models.cascade_log import StepRecord
+from routerops.models.cascade_scorer.features import rung_parts
+from routerops.models.cascade_scorer.registry import load_cascade_scorer
+from routerops.models.probes.model import load_probe
+from routerops.serving.cascade import CascadeConfigError, CascadeStep, load_cascade_config, run_cascade
 from routerops.serving.failover import FailedAttempt, Guard, Served
 from routerops.serving.request_log import Prices
 from routerops.serving.routing import RouterState
+from routerops.serving.speculative import serve_generate, serve_stream
 from routerops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -188,8 +197,6 @@ class RouterStrategy(_BackendStrategy):
     name = "router"
 
     def _decide(self, messages: list[Message]) -> Outcome:
-        from routerops.backends.base import last_user_prompt
-
         d = self.ctx.router.decide(last_user_prompt(messages))
         backend = self.ctx.pair.by_role(d.role)
         return Outcome("router", backend.name, d.role, d.reason, p_strong_wins=d.p_strong_wins, alpha=d.alpha,
@@ -211,7 +218,6 @@ class StrategyUnavailable(RuntimeError):
 
 def _stop_filtered(deltas: Iterator[str], stops: tuple[str, ...]) -> Iterator[str]:
     """Cut a delta stream at the first stop string (holding back text that may start one)."""
-    from routerops.backends.local import _held_back
 
     stops = tuple(x for x in stops if x)
     if not stops:
@@ -249,16 +255,7 @@ class CascadeStrategy(Strategy):
         self._loaded: tuple[float, Any] | None = None
         self._lock = threading.Lock()
 
-    def unavailable(self) -> str | None:
-        try:
-            import routerops.serving.cascade  # noqa: F401
-        except ImportError as exc:
-            return f"routerops.serving.cascade is not installed ({exc})"
-        return None
-
     def _role_of(self, name: str) -> str | None:
-        from routerops.model_names import ModelCatalog
-
         catalog = ModelCatalog.builtin()
         for role, backend in (("weak", self.ctx.pair.weak), ("strong", self.ctx.pair.strong)):
             if name == backend.name or catalog.canonicalize(name) == catalog.canonicalize(backend.name):
@@ -266,9 +263,6 @@ class CascadeStrategy(Strategy):
         return None
 
     def _load(self) -> tuple[Any, list, Any, list[str], list[str | None]]:
-        from routerops.db import session_scope
-        from routerops.serving.cascade import CascadeConfigError, CascadeStep, load_cascade_config
-
         with self._lock:
             if self._loaded and time.monotonic() - self._loaded[0] < self.ctx.settings.reload_interval_s:
                 return self._loaded[1]
@@ -287,7 +281,6 @@ class CascadeStrategy(Strategy):
                                           f"({type(exc).__name__})") from None
             if config is None:
                 raise StrategyUnavailable("no cascade config yet: run `routerops cascade calibrate`")
-            from routerops.models.cascade_scorer.features import rung_parts
 
             ladder, roles, partner_roles = [], [], []
             for rung in config.models:  # "A" or "A+B" (A's answer with a second opinion from B)
@@ -310,15 +303,11 @@ class CascadeStrategy(Strategy):
             uri = config.scorer_uri or config.probe_uri or f"models:/{settings.probe_model_name}@champion"
             try:
                 if config.scorer_uri:
-                    from routerops.models.cascade_scorer.registry import load_cascade_scorer
-
                     probe = load_cascade_scorer(uri, settings)
                     if len(probe.models) != len(config.models):
                         raise ValueError(f"the scorer was trained for the ladder {probe.models}, "
                                          f"the config names {config.models}")
                 else:
-                    from routerops.models.probes.model import load_probe
-
                     probe = load_probe(uri, settings)
             except Exception as exc:  # noqa: BLE001 - no probe: the cascade cannot decide
                 raise StrategyUnavailable(f"deferral probe {uri} not loadable: {str(exc)[:300]}") from None
@@ -327,9 +316,6 @@ class CascadeStrategy(Strategy):
             return value
 
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
-        from routerops.models.cascade_log import StepRecord
-        from routerops.serving.cascade import run_cascade
-
         config, ladder, probe, roles, partner_roles = self._load()
         explore = config.explore_rate > 0 and random.random() < config.explore_rate
         guard = self.ctx.guard
@@ -390,12 +376,6 @@ class SpeculativeStrategy(Strategy):
     name = "speculative"
 
     def unavailable(self) -> str | None:
-        try:
-            import routerops.serving.speculative as spec
-        except ImportError as exc:
-            return f"routerops.serving.speculative is not installed ({exc})"
-        if not hasattr(spec, "serve_generate"):
-            return "routerops.serving.speculative does not expose serve_generate yet"
         settings = self.ctx.settings
         if settings.strong_backend != "local" and getattr(settings, "speculative_target", None) is None:
             return (f"speculative decoding needs a local target model; the strong backend is "
@@ -423,8 +403,6 @@ class SpeculativeStrategy(Strategy):
                        f"exact speculative decoding of {self._target()} (draft: {draft})")
 
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
-        from routerops.serving.speculative import serve_generate
-
         res = serve_generate(messages, params, self.ctx)
         out = self._outcome()
         out.model = getattr(res, "model", None) or out.model
@@ -433,8 +411,6 @@ class SpeculativeStrategy(Strategy):
         return out
 
     def stream(self, messages: list[Message], params: GenerationParams) -> tuple[Outcome, Iterator[str]]:
-        from routerops.serving.speculative import serve_stream
-
         spec_stream = serve_stream(messages, params, self.ctx)
         out = self._outcome()
 

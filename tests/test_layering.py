@@ -189,3 +189,24 @@ def test_the_design_folders_are_linked_into_the_one_package(folder: str) -> None
     link = PACKAGE / folder
     assert link.is_symlink() and link.resolve() == (ROOT / folder).resolve()
     assert not (ROOT / "orchestration").exists()
+
+
+def test_one_top_level_package_is_importable_outside_the_repository(tmp_path: Path) -> None:
+    """Installed, routerops is the only import root: `import training` (or serving, ...) fails outside
+    the checkout, while routerops.training is the same code."""
+    import subprocess
+    import sys
+
+    probe = ("import importlib, json\nout = {}\n"
+             "for name in ('training', 'serving', 'monitoring', 'orchestration', 'migrations', "
+             "'routerops.training.train_router', 'routerops.serving.app', 'routerops.monitoring.replay', "
+             "'routerops.orchestration.cli', 'routerops.migrations'):\n"
+             "    try:\n        importlib.import_module(name); out[name] = True\n"
+             "    except ImportError:\n        out[name] = False\n"
+             "print(json.dumps(out))\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300, check=True)
+    found = __import__("json").loads(done.stdout.strip().splitlines()[-1])
+    assert {k for k, v in found.items() if not v} == {"training", "serving", "monitoring", "orchestration",
+                                                      "migrations"}, found

@@ -70,7 +70,7 @@ def test_api_starts_without_mlflow_and_picks_up_the_champion(settings, champion:
         reason = f"model registry unreachable ({uri}), no router loaded yet: routing to strong"
         assert health["status"] == "degraded" and health["router_version"] is None
         assert health["routing"] == reason
-        assert f"cannot read {routerops.serving.router_model_name}@champion from {uri}" in health["last_reload_error"]
+        assert f"cannot read {serving.router_model_name}@champion from {uri}" in health["last_reload_error"]
         info = route(base)
         assert (info["model"], info["reason"], info["router_version"], info["p_strong_wins"]) == \
             (STRONG, reason, None, None)

@@ -7,6 +7,22 @@ import logging
 from pathlib import Path
 
 import click
+import numpy as np
+
+from routerops.db.session import session_scope
+from routerops.models.cascade_config import CascadeConfig, load_cascade_config, save_cascade_config
+from routerops.models.cascade_log import LabelError, label_steps
+from routerops.models.embeddings import get_embedder
+from routerops.settings import get_settings
+from routerops.training.cascade_eval import (
+    OutcomeTable,
+    format_report,
+    run_routerbench_eval,
+    score_routerbench,
+    search,
+    simulate,
+)
+from routerops.training.cascade_refit import RefitError, load_registered_config, refit_cascade_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +33,6 @@ def cascade() -> None:
 
 
 def _split_table(df, train_frac: float, seed: int):  # noqa: ANN001, ANN202
-    import numpy as np
-
     if "split" in df.columns:
         bad = set(df["split"].astype(str)) - {"train", "test"}
         if bad:
@@ -58,11 +72,6 @@ def calibrate(table_path: Path | None, routerbench: Path | None, datasets: str, 
     store them for the `cascade` serving strategy."""
     import pandas as pd
 
-    from routerops.db.session import session_scope
-    from routerops.models.cascade_config import CascadeConfig, save_cascade_config
-    from routerops.settings import get_settings
-    from routerops.training.cascade_eval import OutcomeTable, score_routerbench, search, simulate
-
     if (table_path is None) == (routerbench is None):
         raise click.UsageError("give exactly one of --table or --routerbench")
     if sum(x is not None for x in (budget, quality_target, match_model)) != 1:
@@ -79,8 +88,6 @@ def calibrate(table_path: Path | None, routerbench: Path | None, datasets: str, 
             raise click.ClickException(f"{table_path}: {exc}") from None
         source = str(table_path)
     else:
-        from routerops.models.embeddings import get_embedder
-
         sets = [d.strip() for d in datasets.split(",") if d.strip()]
         scored = score_routerbench(routerbench, get_embedder(settings), settings.data_dir / "cascade_eval" / "embeddings",
                                    sets)
@@ -121,9 +128,6 @@ def calibrate(table_path: Path | None, routerbench: Path | None, datasets: str, 
 @cascade.command("show")
 def show() -> None:
     """Print the stored cascade configuration."""
-    from routerops.db.session import session_scope
-    from routerops.models.cascade_config import load_cascade_config
-    from routerops.settings import get_settings
 
     with session_scope(get_settings()) as session:
         config = load_cascade_config(session)
@@ -138,8 +142,6 @@ def show() -> None:
 @click.option("--no-mlflow", is_flag=True, help="Do not log the run and the Pareto plot to MLflow.")
 def eval_command(routerbench: Path, datasets: str, no_mlflow: bool) -> None:
     """Cascade vs single models on RouterBench: cost to match GPT-4, accuracy at budgets, Pareto curve."""
-    from routerops.settings import get_settings
-    from routerops.training.cascade_eval import format_report, run_routerbench_eval
 
     sets = [d.strip() for d in datasets.split(",") if d.strip()]
     evals, scored, run_id = run_routerbench_eval(routerbench, get_settings(), datasets=sets, log_mlflow=not no_mlflow)
@@ -159,8 +161,6 @@ def refit(budget: float | None, quality_target: float | None, since_days: float 
           include_unexplored: bool) -> None:
     """Refit the live ladder's thresholds from logged, labelled steps; register the result as
     `cascade-config@challenger` (the live configuration is not changed)."""
-    from routerops.settings import get_settings
-    from routerops.training.cascade_refit import RefitError, refit_cascade_thresholds
 
     try:
         res = refit_cascade_thresholds(get_settings(), budget=budget, quality_target=quality_target,
@@ -181,9 +181,6 @@ def refit(budget: float | None, quality_target: float | None, since_days: float 
 def label(labels: Path, source: str) -> None:
     """Attach outcomes to logged cascade steps from a JSONL file of {"request_id", "correct" (0..1),
     optional "step" (default: the answer returned), optional "source"}."""
-    from routerops.db.session import session_scope
-    from routerops.models.cascade_log import LabelError, label_steps
-    from routerops.settings import get_settings
 
     done, errors = 0, []
     with session_scope(get_settings()) as session:
@@ -207,10 +204,6 @@ def label(labels: Path, source: str) -> None:
               help="Registered cascade-config version (or alias) to make live.")
 def activate(version: str) -> None:
     """Make an approved cascade-config version the live configuration (serving_state)."""
-    from routerops.db.session import session_scope
-    from routerops.models.cascade_config import save_cascade_config
-    from routerops.settings import get_settings
-    from routerops.training.cascade_refit import load_registered_config
 
     settings = get_settings()
     try:

@@ -22,12 +22,18 @@ import hashlib
 import itertools
 import logging
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
+
+from routerops import registry
+from routerops.models.embeddings import get_embedder
+from routerops.models.probes.probe import auroc, make_probe
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +254,6 @@ class EmbeddingStore:
         self.index = {k: i for i, k in enumerate(self.keys)}
 
     def embed(self, texts: Sequence[str], batch: int = 512, progress: bool = True) -> np.ndarray:
-        from tqdm.auto import tqdm
-
         hashes = [hashlib.sha256(t.encode()).hexdigest()[:24] for t in texts]
         todo = list(dict.fromkeys(h for h in hashes if h not in self.index))
         if todo:
@@ -281,8 +285,6 @@ def score_routerbench(folder: Path | str, embedder, cache_dir: Path, datasets: S
                       c: float = 0.05, folds: int = 5, seed: int = 0, progress: bool = True) -> ScoredRouterBench:
     """Text probes per model on the train split; out-of-fold scores on train, fitted-probe scores on test."""
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
-    from routerops.models.probes.probe import auroc, make_probe
 
     train, test = load_routerbench(folder, "train", datasets), load_routerbench(folder, "test", datasets)
     models = train.models
@@ -398,9 +400,6 @@ def run_routerbench_eval(folder: Path | str, settings, *, datasets: Sequence[str
                          per_dataset: bool = True, log_mlflow: bool = True, progress: bool = True
                          ) -> tuple[list[CascadeEvaluation], ScoredRouterBench, str | None]:
     """Score with text probes, evaluate pooled and per dataset; log figures and the Pareto plot."""
-    import tempfile
-
-    from routerops.models.embeddings import get_embedder
 
     embedder = get_embedder(settings)
     scored = score_routerbench(folder, embedder, settings.data_dir / "cascade_eval" / "embeddings", datasets,
@@ -415,7 +414,6 @@ def run_routerbench_eval(folder: Path | str, settings, *, datasets: Sequence[str
     if log_mlflow:
         import mlflow
 
-        from routerops import registry
 
         registry.configure_mlflow(settings)
         with mlflow.start_run(run_name="cascade-routerbench") as run, tempfile.TemporaryDirectory() as tmp:

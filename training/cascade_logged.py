@@ -11,6 +11,7 @@ import numpy as np
 from sqlalchemy import select
 
 from routerops.db.models import CascadeStepLog
+from routerops.training.cascade_eval import OutcomeTable
 
 
 @dataclass
@@ -29,8 +30,6 @@ class LoggedTable:
         return len(self.request_ids)
 
     def outcome_table(self):  # noqa: ANN201 - routerops.training.cascade_eval.OutcomeTable
-        from routerops.training.cascade_eval import OutcomeTable
-
         return OutcomeTable(list(self.models), {m: self.correct[:, i] for i, m in enumerate(self.models)},
                             {m: self.cost[:, i] for i, m in enumerate(self.models)},
                             {m: self.score[:, i] for i, m in enumerate(self.models)})

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from routerops import registry
+from routerops.db import session_scope
+from routerops.models.cascade_config import CascadeConfig, load_cascade_config
 from routerops.settings import Settings
+from routerops.training.cascade_eval import search, threshold_grid
+from routerops.training.cascade_logged import logged_table
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +50,6 @@ def register_config(config, settings: Settings, *, tags: dict[str, str] | None =
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from routerops import registry
-
     registry.configure_mlflow(settings)
     c = registry.client(settings)
     with mlflow.start_run(run_name="cascade-config-refit") as run, tempfile.TemporaryDirectory() as tmp:
@@ -70,9 +73,6 @@ def load_registered_config(version_or_alias: str, settings: Settings, name: str 
     """The CascadeConfig stored in a registered version (a number or an alias such as champion)."""
     import mlflow
 
-    from routerops import registry
-    from routerops.models.cascade_config import CascadeConfig
-
     uri = f"models:/{name}/{version_or_alias}" if version_or_alias.isdigit() else f"models:/{name}@{version_or_alias}"
     pinned = registry.pin_model_uri(uri, "cascade config", settings)
     c = registry.client(settings)
@@ -89,10 +89,6 @@ def refit_cascade_thresholds(settings: Settings, *, budget: float | None = None,
     """Refit the live ladder's thresholds on logged, labelled requests for a budget (max quality) or a
     target quality (min cost); without either, the live config's own objective. Registers the new
     config as `cascade-config@challenger`; the live config is read, never written."""
-    from routerops.db import session_scope
-    from routerops.models.cascade_config import CascadeConfig, load_cascade_config
-    from routerops.training.cascade_eval import search, threshold_grid
-    from routerops.training.cascade_logged import logged_table
 
     if budget is not None and quality_target is not None:
         raise RefitError("give at most one of budget or quality_target")

@@ -6,6 +6,14 @@ import json
 from pathlib import Path
 
 import click
+import numpy as np
+from tqdm.auto import tqdm
+
+from routerops.model_names import UnknownModelError
+from routerops.models.router import load_router
+from routerops.settings import get_settings
+from routerops.training.train_router import EmptyStoreError
+from routerops.training.train_router import train_router as run
 
 
 @click.command("router")
@@ -44,9 +52,6 @@ def train_router(sources: tuple[str, ...], exclude_sources: tuple[str, ...], for
                  eval_strong: str | None, eval_weak: str | None, loso: bool, no_register: bool,
                  no_progress: bool) -> None:
     """Train the router on the store's outcomes and preferences; register it as `challenger`."""
-    from routerops.settings import get_settings
-    from routerops.training.train_router import EmptyStoreError
-    from routerops.training.train_router import train_router as run
 
     settings = get_settings()
     try:
@@ -109,12 +114,6 @@ def _read_prompts(path: Path) -> tuple[list[tuple[object, str]], list[str]]:
 def score(model_uri: str, strong: str | None, weak: str | None, input_path: Path, output_path: Path,
           batch_size: int) -> None:
     """Score prompts with a router: P(strong model's answer beats the weak one's)."""
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    from routerops.model_names import UnknownModelError
-    from routerops.models.router import load_router
-    from routerops.settings import get_settings
 
     rows, problems = _read_prompts(input_path)
     for problem in problems:

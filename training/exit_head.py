@@ -7,16 +7,17 @@ import gzip
 import json
 import logging
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
+from tqdm import tqdm
 
 from routerops.models.exit_head import ExitHead, ExitHeadReport, save_head  # noqa: F401
+
+log = logging.getLogger(__name__)
 
 
 def alpaca_texts(shared_data: Path, limit: int, seed: int = 0, outputs: str = "gpt4_1106_preview") -> list[list[dict]]:
@@ -36,7 +37,6 @@ def alpaca_texts(shared_data: Path, limit: int, seed: int = 0, outputs: str = "g
 def collect_features(model: nn.Module, tokenizer: Any, conversations: list[list[dict]], layers: int,
                      max_tokens: int = 128, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden after `layers` layers, final normed hidden) for every token position of the texts."""
-    from tqdm import tqdm
 
     mids, finals = [], []
     for conv in tqdm(conversations, desc="target features", disable=not progress):
@@ -72,7 +72,6 @@ def train_exit_head(model: nn.Module, mid: torch.Tensor, final: torch.Tensor, ev
                     eval_final: torch.Tensor, layers: int, rank: int = 128, epochs: int = 3, lr: float = 2e-3,
                     batch: int = 128, seed: int = 0, progress: bool = True) -> tuple[ExitHead, dict[str, float]]:
     """KL-distil an ExitHead; the target's norm and lm_head are used frozen (not trained)."""
-    from tqdm import tqdm
 
     torch.manual_seed(seed)
     norm, lm_head = model.model.norm, model.lm_head

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import click
+
+from routerops.local_models import load_llm
+from routerops.models.exit_head import default_head_path
+from routerops.models.exit_head import target_name as _target_name
+from routerops.models.exit_head import target_spec as _target_spec
+from routerops.registry import configure_mlflow
+from routerops.settings import get_settings
+from routerops.training.exit_head import alpaca_texts, run_training
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +38,6 @@ log = logging.getLogger(__name__)
 def train_exit_head(layers: int | None, texts: int, max_tokens: int, epochs: int, rank: int, outputs: str,
                     shared_data: Path, out: Path | None, use_mlflow: bool, seed: int) -> None:
     """Train the self-speculative draft's exit head by KL distillation from the target's final layer."""
-    from dataclasses import asdict
-
-    from routerops.local_models import load_llm
-    from routerops.models.exit_head import default_head_path
-    from routerops.models.exit_head import target_name as _target_name
-    from routerops.models.exit_head import target_spec as _target_spec
-    from routerops.settings import get_settings
-    from routerops.training.exit_head import alpaca_texts, run_training
 
     settings = get_settings()
     layers = layers or settings.speculative_draft_layers
@@ -52,7 +53,6 @@ def train_exit_head(layers: int | None, texts: int, max_tokens: int, epochs: int
     if use_mlflow:
         import mlflow
 
-        from routerops.registry import configure_mlflow
 
         configure_mlflow(settings)
         with mlflow.start_run(run_name=f"exit-head-L{layers}"):

@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from tqdm import tqdm
+
+from routerops.backends.openai_http import OpenAIHTTPBackend
+from routerops.db import session_scope
+from routerops.settings import get_settings
+from routerops.training.labeling import LabelError, LabelReport, PairwiseJudge, run_labeling
 
 
 @click.command()
@@ -37,12 +43,6 @@ def label(judge_base_url: str, judge_model: str, prompts_file: Path | None, from
     skipped, so the job can be re-run (or resumed after a failure). Verdicts without [[A]]/[[B]]/[[C]]
     are counted and skipped. Exit status 1 when the judge cannot be reached or the input is unusable.
     """
-    from tqdm import tqdm
-
-    from routerops.backends.openai_http import OpenAIHTTPBackend
-    from routerops.db import session_scope
-    from routerops.settings import get_settings
-    from routerops.training.labeling import LabelError, LabelReport, PairwiseJudge, run_labeling
 
     if (prompts_file is None) == (not from_requests):
         raise click.UsageError("give exactly one of --prompts FILE or --from-requests")

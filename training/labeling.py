@@ -29,7 +29,10 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from routerops.backends.base import Backend, BackendError, GenerationParams
+from routerops.backends.factory import make_backend
 from routerops.db.models import PreferenceLog, RequestLog
+from routerops.importers.readers import is_csv, iter_csv_records, iter_json_records, question_text
+from routerops.importers.records import ImportFailed, Reject
 from routerops.model_names import ModelCatalog, load_catalog, save_catalog
 from routerops.settings import Settings
 from routerops.text import normalize_prompt, prompt_hash
@@ -178,8 +181,6 @@ class LabelReport:
 def prompts_from_file(path: Path) -> Iterator[LabelItem | tuple[int, str]]:
     """JSONL / JSON array / CSV (gzipped or not) with a `prompt` (or `instruction`, `question`, arena
     `turns`) per record. Yields LabelItems, or (line, reason) for records without a usable prompt."""
-    from routerops.importers.readers import is_csv, iter_csv_records, iter_json_records, question_text
-    from routerops.importers.records import ImportFailed, Reject
 
     if not path.is_file():
         raise LabelError(f"prompts file not found: {path}")
@@ -245,8 +246,6 @@ class _Answerer:
         with self._build_lock:
             backend = self.backends.get(role)
             if backend is None:
-                from routerops.backends.factory import make_backend
-
                 try:
                     backend = self.backends[role] = make_backend(self.settings, role)  # type: ignore[arg-type]
                 except (ValueError, BackendError, OSError) as exc:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from routerops.models.irt_mf import FitData
+
 HARD = {"a": 1.0, "b": 0.0, "tie": 0.5}
 
 
@@ -158,7 +160,6 @@ def build_router_data(outcomes: pd.DataFrame | None, prefs: pd.DataFrame | None,
 
 def fit_data(data: RouterData, X: np.ndarray, prompt_mask: np.ndarray | None = None):  # noqa: ANN201
     """irt_mf.FitData over the rows whose prompt is in prompt_mask (all when None)."""
-    from routerops.models.irt_mf import FitData
 
     o, p = data.outcomes, data.pairs
     if prompt_mask is not None:

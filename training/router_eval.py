@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,16 @@ import click
 import numpy as np
 
 from routerops import metrics
+from routerops.alpha import propose_alpha
+from routerops.db.session import session_scope
+from routerops.model_names import UnknownModelError
+from routerops.models.router import load_router
+from routerops.registry import configure_mlflow
+from routerops.settings import get_settings
+from routerops.training.eval_sets import (
+    _prompt_text,  # RouterBench stores some prompts as a list of turns
+    find_column,
+)
 
 CPT_TARGETS = (0.2, 0.5, 0.8)
 DEFAULT_THRESHOLDS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
@@ -148,8 +159,6 @@ def load_outcomes(path: Path, strong_column: str | None = None, weak_column: str
     if (strong_column is None) != (weak_column is None):
         raise click.ClickException("give both --strong-column and --weak-column (or neither)")
     if strong_column is not None:
-        from routerops.training.eval_sets import find_column
-
         try:
             s_col, w_col = find_column(columns, strong_column), find_column(columns, weak_column)
         except ValueError as exc:
@@ -158,9 +167,6 @@ def load_outcomes(path: Path, strong_column: str | None = None, weak_column: str
     else:
         s_col, w_col, id_col = "strong_quality", "weak_quality", id_column or "id"
     _require(path, columns, [id_col, w_col, s_col])
-    from routerops.training.eval_sets import (
-        _prompt_text,  # RouterBench stores some prompts as a list of turns
-    )
 
     ids, prompts, weak, strong, where = [], [], [], [], []
     for loc, rec in rows:
@@ -231,9 +237,6 @@ def _ids_text(ids: list[str], n: int = 5) -> str:
 def _router_scores(model_uri: str, strong: str | None, weak: str | None, prompts: list[str]
                    ) -> tuple[np.ndarray, str | None, tuple[str, str]]:
     """P(strong wins) for `prompts` from a registered router; (scores, router version, pair)."""
-    from routerops.model_names import UnknownModelError
-    from routerops.models.router import load_router  # lazy: torch and the embedder load only here
-    from routerops.settings import get_settings
 
     try:
         router = load_router(model_uri, get_settings())
@@ -467,12 +470,7 @@ def eval_command(outcomes_file: Path, scores_file: Path | None, model_uri: str |
 
 def _log_to_mlflow(report: EvalReport, data: dict[str, Any], curve: metrics.PGRCurve,
                    oracle: metrics.PGRCurve, outcomes_file: Path) -> str:
-    import tempfile
-
     import mlflow
-
-    from routerops.registry import configure_mlflow
-    from routerops.settings import get_settings
 
     configure_mlflow(get_settings())
     with mlflow.start_run(run_name=f"router-eval-{outcomes_file.name}") as run, \
@@ -491,7 +489,6 @@ def _log_to_mlflow(report: EvalReport, data: dict[str, Any], curve: metrics.PGRC
 def _load_prompts(path: Path, id_column: str | None) -> tuple[list[str], list[str], list[Skipped]]:
     columns, rows, skipped = read_records(path)
     _require(path, columns, ["prompt"])
-    from routerops.training.eval_sets import _prompt_text
 
     id_col = id_column or ("sample_id" if "sample_id" in columns else "id")
     ids, prompts = [], []
@@ -577,10 +574,6 @@ def calibrate_command(strong_share: float | None, target_pgr: float | None, scor
 
 
 def _set_alpha(alpha: float, reason: str, router_version: str | None) -> None:
-    from routerops.alpha import propose_alpha
-    from routerops.db.session import session_scope
-    from routerops.settings import get_settings
-
     settings = get_settings()
     with session_scope(settings) as session:
         change = propose_alpha(session, settings, alpha, reason=reason, source="calibration",

@@ -19,14 +19,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import func, select
 
+from routerops import metrics as rmetrics
+from routerops import registry
 from routerops.checkpoint import checkpoint
+from routerops.db import session_scope
+from routerops.db.models import OutcomeLog, PreferenceLog
+from routerops.importers.store import load_outcomes, load_preferences
+from routerops.model_names import UnknownModelError, load_catalog, name_key
+from routerops.models import irt_mf
+from routerops.models.embedders.router_files import embedder_artifacts
+from routerops.models.embeddings import embed_cached, embedding_ref, ensure_built_embedder, get_embedder
+from routerops.models.prompt_features import features, fit_standardizer, raw_features
+from routerops.models.router import ARTIFACT_NAME, FORMAT_V2, PYFUNC_CODE, MFRouter
 from routerops.owner import owner
 from routerops.settings import Settings
+from routerops.text import prompt_hash
+from routerops.training.eval_sets import load_routerbench
+from routerops.training.router_data import Weighting, build_router_data, fit_data, snapshot, split_prompts
+from routerops.training.router_loso import eval_pair, leave_one_source_out
 
 log = logging.getLogger(__name__)
-
-PYFUNC_CODE = Path(__file__).with_name("router_pyfunc.py")
 
 
 class EmptyStoreError(RuntimeError):
@@ -50,10 +64,6 @@ MIN_CATEGORY_PROMPTS = 30  # per-category APGR only where the validation split h
 
 def store_max_ids(session) -> dict[str, int]:  # noqa: ANN001 - a SQLAlchemy Session
     """{"max_preference_id", "max_outcome_id"}: the newest rows in the store now (0 when empty)."""
-    from sqlalchemy import func, select
-
-    from routerops.db.models import OutcomeLog, PreferenceLog
-
     return {"max_preference_id": int(session.scalar(select(func.max(PreferenceLog.id))) or 0),
             "max_outcome_id": int(session.scalar(select(func.max(OutcomeLog.id))) or 0)}
 
@@ -122,8 +132,6 @@ def _pgr_plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Pat
 
 
 def _default_pair(router, candidates: list[tuple[str | None, str | None]]) -> tuple[str | None, str | None]:  # noqa: ANN001
-    from routerops.model_names import UnknownModelError
-
     for strong, weak in candidates:
         if not strong or not weak:
             continue
@@ -153,9 +161,6 @@ def reference_sample(prompt_source: list[str], mask: np.ndarray, limit: int, see
 def per_category_apgr(data, X: np.ndarray, params: dict[str, np.ndarray], mask: np.ndarray) -> list[dict]:  # noqa: ANN001
     """APGR on the prompts in `mask` per (source, category), each with its source's evaluation pair
     (the leave-one-source-out rule, training/router_loso.py)."""
-    from routerops import metrics as rmetrics
-    from routerops.models import irt_mf
-    from routerops.training.router_loso import eval_pair
 
     index = {m: i for i, m in enumerate(data.vocabulary)}
     known = set(range(len(data.vocabulary)))
@@ -199,8 +204,6 @@ def _loso_plot(frame, path: Path) -> None:  # noqa: ANN001
 
 
 def prompt_matrix(embeddings: np.ndarray, prompts: list[str], standardizer: dict | None) -> np.ndarray:
-    from routerops.models.prompt_features import features
-
     emb = np.asarray(embeddings, dtype=np.float32)
     return emb if standardizer is None else np.hstack([emb, features(prompts, standardizer)])
 
@@ -232,21 +235,6 @@ def train_router(
     import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
-    from routerops import metrics as rmetrics
-    from routerops import registry
-    from routerops.db import session_scope
-    from routerops.importers.store import load_outcomes, load_preferences
-    from routerops.model_names import load_catalog, name_key
-    from routerops.models import irt_mf
-    from routerops.models.embedders.router_files import embedder_artifacts
-    from routerops.models.embeddings import embed_cached, embedding_ref, ensure_built_embedder, get_embedder
-    from routerops.models.prompt_features import fit_standardizer, raw_features
-    from routerops.models.router import ARTIFACT_NAME, FORMAT_V2, MFRouter
-    from routerops.text import prompt_hash
-    from routerops.training.eval_sets import load_routerbench
-    from routerops.training.router_data import Weighting, build_router_data, fit_data, snapshot, split_prompts
-    from routerops.training.router_loso import leave_one_source_out
 
     config = irt_mf.IRTMFConfig(formulation=formulation, pair_link=pair_link, rank=rank, l2_prompt=l2_prompt, l2_model=l2_model,
                                 max_iter=max_iter, seed=seed)

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from routerops.backends.base import Backend
+from routerops.backends.local import BestOfKBackend, LocalBackend
+from routerops.backends.openai_http import OpenAIHTTPBackend
+from routerops.backends.replay import ReplayBackend
+from routerops.local_models import LLMSpec
 from routerops.settings import Settings
 
 Role = Literal["weak", "strong"]
@@ -34,17 +38,12 @@ def make_backend(settings: Settings, role: Role) -> Backend:
     kind = getattr(settings, f"{role}_backend")
     model = getattr(settings, f"{role}_model")
     if kind == "local":
-        from routerops.backends.local import BestOfKBackend, LocalBackend
-        from routerops.local_models import LLMSpec
-
         spec = LLMSpec.resolve(model, getattr(settings, f"{role}_gguf_file"), settings.device)
         base = LocalBackend(spec, name=model)
         if role == "strong" and settings.strong_samples > 1:
             return BestOfKBackend(base, k=settings.strong_samples)
         return base
     if kind == "openai":
-        from routerops.backends.openai_http import OpenAIHTTPBackend
-
         key = getattr(settings, f"{role}_api_key")
         api_key = key.get_secret_value() if key is not None else os.environ.get("OPENAI_API_KEY")
         base_url = getattr(settings, f"{role}_base_url")
@@ -54,8 +53,6 @@ def make_backend(settings: Settings, role: Role) -> Backend:
                                  max_retries=settings.http_max_retries, backoff_s=settings.http_backoff_s,
                                  request_logprobs=settings.http_request_logprobs)
     if kind == "replay":
-        from routerops.backends.replay import ReplayBackend
-
         path = getattr(settings, f"{role}_replay_file") or settings.replay_file
         if path is None:
             raise ValueError(f"ROUTEROPS_{role.upper()}_REPLAY_FILE or ROUTEROPS_REPLAY_FILE is required "

@@ -8,6 +8,7 @@ import click
 
 from routerops.importers.core import FORMATS, ImportReport, import_file
 from routerops.importers.records import ImportFailed, ImportOptions
+from routerops.settings import get_settings
 
 
 def _reason_table(reports: list[ImportReport]) -> list[str]:
@@ -49,7 +50,6 @@ def ingest(fmt: str, paths: tuple[Path, ...], questions: Path | None, answers: P
     Rejected rows are counted by reason and stored with the batch; re-importing a file adds nothing.
     Exit status 1 when any file could not be imported at all.
     """
-    from routerops.settings import get_settings
 
     settings = get_settings()
     reports: list[ImportReport] = []

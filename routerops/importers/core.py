@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from routerops.db.models import ImportBatch, OutcomeLog, PreferenceLog
+from routerops.db.session import session_scope
 from routerops.importers import alpaca_eval, arena_battles, judgment_scores, native, routerbench, scores
 from routerops.importers.records import ImportFailed, ImportOptions, Outcome, Pair, Reject
 from routerops.model_names import ModelCatalog, UnknownModelError, load_catalog, save_catalog
@@ -302,7 +303,6 @@ def import_file(target: Session | Settings | str | None, fmt: str, path: str | P
 
     if isinstance(target, Session):
         return run(target)
-    from routerops.db.session import session_scope
 
     url = target if isinstance(target, str) else None
     settings = target if isinstance(target, Settings) else None

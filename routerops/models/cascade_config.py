@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from routerops.db.models import ServingState
+from routerops.models.cascade_scorer.features import rung_parts
+
 CONFIG_KEY = "cascade"
 
 
@@ -35,7 +38,6 @@ class CascadeConfig:
     def __post_init__(self) -> None:
         if not self.models:
             raise CascadeConfigError("a cascade needs at least one model")
-        from routerops.models.cascade_scorer.features import rung_parts
 
         for rung in self.models:
             try:
@@ -71,7 +73,6 @@ class CascadeConfig:
 
 def save_cascade_config(session, config: CascadeConfig) -> None:  # noqa: ANN001
     """Upsert the config under serving_state key "cascade" (committed by the caller's transaction)."""
-    from routerops.db.models import ServingState
 
     row = session.get(ServingState, CONFIG_KEY)
     if row is None:
@@ -83,7 +84,5 @@ def save_cascade_config(session, config: CascadeConfig) -> None:  # noqa: ANN001
 
 
 def load_cascade_config(session) -> CascadeConfig | None:  # noqa: ANN001
-    from routerops.db.models import ServingState
-
     row = session.get(ServingState, CONFIG_KEY)
     return None if row is None else CascadeConfig.from_dict(dict(row.value))

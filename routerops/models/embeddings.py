@@ -10,153 +10,29 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
+from sqlalchemy import select
+from tqdm.auto import tqdm
 
+from routerops.db.models import EmbeddingCache
+from routerops.models.embedders.encoders import (  # noqa: F401 - the embedders' public names live here too
+    Embedder,
+    EmbeddingAPIError,
+    EmbeddingRef,
+    OpenAIEmbedder,
+    SentenceTransformerEmbedder,
+    l2_normalize,
+)
+from routerops.models.embedders.files import manifest_sha
+from routerops.models.embedders.onnx import OnnxEmbedder
+from routerops.models.embedders.static import StaticBuildConfig, StaticEmbedder, build_static
 from routerops.settings import Settings
 from routerops.text import prompt_hash
 
 log = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class Embedder(Protocol):
-    name: str  # stable id: the embedding cache key, recorded with every trained router
-
-    @property
-    def dim(self) -> int: ...
-
-    def encode(self, texts: list[str]) -> np.ndarray: ...
-
-
-def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
-
-
-class SentenceTransformerEmbedder:
-    """A sentence-transformers model; "all-MiniLM-L6-v2" is the copy shipped on PyPI (no hub)."""
-
-    def __init__(self, model: str = "all-MiniLM-L6-v2", batch_size: int = 64, device: str | None = None,
-                 truncation_side: str = "left"):
-        from sentence_transformers import SentenceTransformer
-
-        from routerops.local_models import resolve_embedding_model
-
-        if truncation_side not in {"left", "right"}:
-            raise ValueError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
-        self.model_ref = model
-        self.truncation_side = truncation_side
-        # Different truncation gives different vectors for long prompts: part of the cache key.
-        suffix = ":keep-end" if truncation_side == "left" else ""
-        self.name = f"sentence-transformers:{model}{suffix}"
-        self.batch_size = batch_size
-        self._model = SentenceTransformer(resolve_embedding_model(model), device=device or "cpu")
-        # Long few-shot prompts share their start; only their end tells them apart.
-        self._model.tokenizer.truncation_side = truncation_side
-        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
-        self._dim = int(get_dim())
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self._dim), dtype=np.float32)
-        vectors = self._model.encode(
-            list(texts), batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return l2_normalize(vectors)
-
-
-class EmbeddingAPIError(RuntimeError):
-    pass
-
-
-class OpenAIEmbedder:
-    """An OpenAI-compatible /v1/embeddings endpoint, with batching and retries with backoff.
-
-    `base_url` is the API root including /v1 (as the OpenAI client expects it).
-    """
-
-    RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-
-    def __init__(self, model: str, base_url: str, api_key: str | None = None, *, batch_size: int = 64,
-                 timeout: float = 30.0, max_retries: int = 4, backoff_s: float = 0.5):
-        import httpx
-
-        self.model_ref = model
-        self.base_url = base_url.rstrip("/")
-        self.name = f"openai:{self.base_url}:{model}"
-        self.batch_size = batch_size
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(timeout=timeout, headers=headers)
-        self._dim: int | None = None
-
-    @property
-    def dim(self) -> int:
-        if self._dim is None:  # the endpoint tells us its width on first use
-            self.encode(["dimension probe"])
-        assert self._dim is not None
-        return self._dim
-
-    def _post(self, texts: list[str]) -> np.ndarray:
-        import httpx
-
-        url = f"{self.base_url}/embeddings"
-        last: str = ""
-        for attempt in range(self.max_retries + 1):
-            try:
-                resp = self._client.post(url, json={"model": self.model_ref, "input": texts})
-            except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status_code == 200:
-                    data = sorted(resp.json()["data"], key=lambda d: d["index"])
-                    if len(data) != len(texts):
-                        raise EmbeddingAPIError(f"{url} returned {len(data)} vectors for {len(texts)} inputs")
-                    return np.asarray([d["embedding"] for d in data], dtype=np.float32)
-                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                if resp.status_code not in self.RETRY_STATUS:
-                    break
-            if attempt < self.max_retries:
-                delay = self.backoff_s * (2**attempt)
-                log.warning("embedding request failed (%s); retrying in %.1fs", last, delay)
-                time.sleep(delay)
-        raise EmbeddingAPIError(f"embedding request to {url} failed: {last}")
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        chunks = [self._post(list(texts[i : i + self.batch_size])) for i in range(0, len(texts), self.batch_size)]
-        if not chunks:
-            return np.zeros((0, self._dim or 0), dtype=np.float32)
-        vectors = l2_normalize(np.concatenate(chunks))
-        self._dim = int(vectors.shape[1])
-        return vectors
-
-
-@dataclass(frozen=True)
-class EmbeddingRef:
-    """What a trained router records about its embedder, enough to rebuild it elsewhere."""
-
-    backend: str  # "sentence-transformers" | "openai" | "static" | "onnx"
-    model: str
-    name: str
-    dim: int
-    truncation_side: str | None = None
-
-    def to_dict(self) -> dict[str, object]:
-        return {"backend": self.backend, "model": self.model, "name": self.name, "dim": self.dim,
-                "truncation_side": self.truncation_side}
 
 
 BUILT_BACKENDS = ("static", "onnx")  # embedders that live in a folder built by `routerops embedder build`
@@ -171,12 +47,8 @@ def built_embedder_path(settings: Settings, backend: str, model: str | None = No
 
 def load_built_embedder(backend: str, path: Path, threads: int = 1) -> Embedder:
     if backend == "static":
-        from routerops.models.embedders.static import StaticEmbedder
-
         return StaticEmbedder(path)
     if backend == "onnx":
-        from routerops.models.embedders.onnx import OnnxEmbedder
-
         return OnnxEmbedder(path, threads=threads)
     raise ValueError(f"{backend!r} is not a built embedder backend ({' | '.join(BUILT_BACKENDS)})")
 
@@ -187,8 +59,6 @@ def ensure_built_embedder(settings: Settings) -> Path | None:
     the folder, or None for backends that need no build. ONNX stays an explicit `embedder build onnx`."""
     if settings.embedding_backend != "static":
         return None
-    from routerops.models.embedders.files import manifest_sha
-    from routerops.models.embedders.static import StaticBuildConfig, build_static
 
     path = settings.resolved_static_embedder_path
     if manifest_sha(path) is None:
@@ -216,8 +86,6 @@ def get_embedder(settings: Settings, backend: str | None = None, model: str | No
     elif backend == "sentence-transformers":
         cache_key = (backend, model, settings.embedding_batch_size, truncation_side)
     elif backend in BUILT_BACKENDS:
-        from routerops.models.embedders.files import manifest_sha
-
         path = built_embedder_path(settings, backend, model)
         # the files' hash is part of the key: a rebuilt folder is a different embedder
         cache_key = (backend, str(path.resolve()), manifest_sha(path), settings.embedding_onnx_threads)
@@ -251,10 +119,6 @@ def embed_cached(session, embedder: Embedder, prompts: Sequence[str], *, batch_s
 
     New vectors are added to the session (committed by the caller's transaction).
     """
-    from sqlalchemy import select
-    from tqdm.auto import tqdm
-
-    from routerops.db.models import EmbeddingCache
 
     hashes = [prompt_hash(p) for p in prompts]
     text_by_hash: dict[str, str] = {}

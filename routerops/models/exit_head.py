@@ -12,16 +12,15 @@ instead of its logits (49k floats per token) and turned into logits by its lm_he
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
-import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from routerops.local_models import LLMSpec
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,6 @@ def load_head(path: Path | str, hidden: int | None = None) -> tuple[ExitHead, in
 
 def target_spec(settings: Any):  # noqa: ANN201 - routerops.local_models.LLMSpec
     """The local model speculative decoding targets (and the exit head is trained for)."""
-    from routerops.local_models import LLMSpec
 
     if settings.strong_backend != "local" and settings.speculative_target is None:
         raise ValueError(f"speculative decoding needs a local target model; the strong backend is "

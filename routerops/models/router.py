@@ -15,7 +15,6 @@ version the router, per embedding setting the embedder.
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,18 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from routerops.metrics import alpha_for_strong_share
 from routerops.model_names import ModelCatalog
 from routerops.models import irt_mf
+from routerops.models.embedders.router_files import embedder_from_router_metadata
+from routerops.models.loader import ProcessCache, load_registered
 from routerops.models.mf import pair_direction
 from routerops.models.prompt_features import features as prompt_features
 from routerops.registry import pyfunc_artifact_dir
 from routerops.settings import Settings, get_settings
+
+# MLflow "models from code": the file MLflow runs to build this model's pyfunc.
+PYFUNC_CODE = Path(__file__).with_name("router_pyfunc.py")
 
 FORMAT_V1 = "routerops.mf-router/1"
 FORMAT_V2 = "routerops.mf-router/2"
@@ -110,8 +115,6 @@ class MFRouter:
     @property
     def embedder(self):  # noqa: ANN201 - routerops.models.embeddings.Embedder
         if self._embedder is None:  # the recorded one, or EmbedderMismatchError naming both
-            from routerops.models.embedders.router_files import embedder_from_router_metadata
-
             self._embedder = embedder_from_router_metadata(self.embedding_model, self.artifact_dir,
                                                            self._settings or get_settings())
         return self._embedder
@@ -196,14 +199,12 @@ class MFRouter:
         scores = self.reference_scores(strong, weak)
         if scores is None:
             return None
-        from routerops.metrics import alpha_for_strong_share
 
         return alpha_for_strong_share(scores, share)
 
 
 # --- loading from MLflow ------------------------------------------------------------------------
-_routers: dict[tuple[str, ...], MFRouter] = {}
-_lock = threading.Lock()
+_routers: ProcessCache[MFRouter] = ProcessCache()
 
 
 def _model_dir(local: Path) -> Path:
@@ -214,19 +215,9 @@ def _model_dir(local: Path) -> Path:
 def load_router(model_uri: str, settings: Settings | None = None) -> MFRouter:
     """Load a registered or logged router. URIs: models:/NAME@ALIAS, models:/NAME/VERSION,
     runs:/RUN_ID/ARTIFACT_PATH, or a local model folder. Cached per process and model version."""
-    from routerops import registry
-
     settings = settings or get_settings()
-    pinned = registry.pin_model_uri(model_uri, "router", settings)
-    with _lock:
-        cached = _routers.get(pinned.cache_key)
-        if cached is not None:
-            return cached
-        local = registry.download_model(pinned, "router", settings)
-        router = MFRouter.from_dir(_model_dir(local), version=pinned.version, uri=model_uri,
-                                   run_id=pinned.run_id, settings=settings)
-        _routers[pinned.cache_key] = router
-        return router
+    return load_registered(_routers, model_uri, "router", settings, lambda local, pinned: MFRouter.from_dir(
+        _model_dir(local), version=pinned.version, uri=model_uri, run_id=pinned.run_id, settings=settings))
 
 
 # --- MLflow pyfunc ------------------------------------------------------------------------------

@@ -32,8 +32,15 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from routerops import registry
+from routerops.db import get_engine, session_scope
 from routerops.db.models import JobRun, Lease, OutcomeLog, PreferenceLog
+from routerops.jsonsafe import json_safe
+from routerops.monitoring.live_drift import run_live_drift
+from routerops.monitoring.promotion import compare_challenger
+from routerops.monitoring.replay import run_monitor
+from routerops.owner import owner_gone
 from routerops.settings import Settings, get_settings
+from routerops.training.train_router import train_router
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +96,6 @@ class LeaseLock:
 
     def acquire(self) -> bool:
         """Take or renew the lease; True when this holder has it until now + ttl."""
-        from routerops.db import session_scope
 
         now = datetime.now(UTC)
         with session_scope(self.settings) as s:
@@ -109,15 +115,11 @@ class LeaseLock:
             return False
 
     def held(self) -> bool:
-        from routerops.db import session_scope
-
         with session_scope(self.settings) as s:
             row = s.get(Lease, self.name)
             return row is not None and row.holder == self.holder and _aware(row.expires_at) > datetime.now(UTC)
 
     def release(self) -> None:
-        from routerops.db import session_scope
-
         with session_scope(self.settings) as s:
             s.execute(delete(Lease).where(Lease.name == self.name, Lease.holder == self.holder))
 
@@ -127,8 +129,6 @@ def _aware(ts: datetime) -> datetime:
 
 
 def lease_holder(settings: Settings, name: str = LEASE_NAME) -> str | None:
-    from routerops.db import session_scope
-
     with session_scope(settings) as s:
         row = s.get(Lease, name)
         return row.holder if row is not None and _aware(row.expires_at) > datetime.now(UTC) else None
@@ -137,7 +137,6 @@ def lease_holder(settings: Settings, name: str = LEASE_NAME) -> str | None:
 # --- running one job --------------------------------------------------------------------------------
 def mark_interrupted_jobs(session, job: str) -> list[int]:  # noqa: ANN001 - a SQLAlchemy Session
     """This job's "running" rows whose process is gone (killed midway) become "interrupted"."""
-    from routerops.owner import owner_gone
 
     marked = []
     for row in session.scalars(select(JobRun).where(JobRun.job == job, JobRun.status == "running")):
@@ -152,7 +151,6 @@ def mark_interrupted_jobs(session, job: str) -> list[int]:  # noqa: ANN001 - a S
 def run_job(name: str, ref: str, holder: str | None = None, lease_name: str = LEASE_NAME) -> str:
     """Run one job and record it in job_runs; never raises. With a holder, the job runs only while
     that holder has the lease. Returns the final status ("skipped (why)" for a skip that says why)."""
-    from routerops.db import session_scope
 
     settings = get_settings()
     if holder is not None and lease_holder(settings, lease_name) != holder:
@@ -172,7 +170,6 @@ def run_job(name: str, ref: str, holder: str | None = None, lease_name: str = LE
     except Exception as exc:  # noqa: BLE001 - a failing job is recorded, retried next trigger
         status, error = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
         log.exception("job %s failed (it runs again at its next trigger)", name)
-    from routerops.jsonsafe import json_safe
 
     with session_scope(settings) as s:
         row = s.get(JobRun, run_id)
@@ -209,7 +206,6 @@ def _new_rows(settings: Settings, job: str,
               also_seen: dict[str, int] | None = None) -> tuple[int, dict[str, int], dict[str, int]]:
     """(new preference + outcome rows since the job's last success, or since `also_seen` when newer,
     their max ids, the ids it saw)."""
-    from routerops.db import session_scope
 
     with session_scope(settings) as s:
         last = _last_ok(s, job)
@@ -239,8 +235,6 @@ def retrain_router_job(settings: Settings) -> dict[str, Any]:
         return {"status": "skipped", "reason": reason, "new_rows": new,
                 "min_new_rows": settings.retrain_min_new_rows, "since_version": version if trained_on else None,
                 **seen}
-    from routerops.monitoring.promotion import compare_challenger
-    from routerops.training.train_router import train_router
 
     result = train_router(settings, register=True, progress=False, loso=settings.retrain_loso)
     comparison = compare_challenger(settings, result.model_version) if result.model_version else None
@@ -271,8 +265,6 @@ def retrain_probes_job(settings: Settings) -> dict[str, Any]:
 
 
 def live_drift_job(settings: Settings) -> dict[str, Any]:
-    from routerops.monitoring.live_drift import run_live_drift
-
     r = run_live_drift(settings)
     return {"live_drift_run_id": r.run_id, "status": r.status, "n_requests": r.n_requests,
             "strong_share": r.strong_share, "expected_strong_share": r.expected_strong_share,
@@ -280,8 +272,6 @@ def live_drift_job(settings: Settings) -> dict[str, Any]:
 
 
 def monitor_job(settings: Settings) -> dict[str, Any]:
-    from routerops.monitoring.replay import run_monitor
-
     r = run_monitor(settings, progress=False)
     return {"monitor_run_id": r.run_id, "pgr": r.pgr, "baseline_pgr": r.baseline_pgr,
             "pgr_null_reason": r.pgr_null_reason, "drift_detected": r.drift_detected,
@@ -310,8 +300,6 @@ class RouterOpsScheduler:
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
         from apscheduler.schedulers.background import BackgroundScheduler
-
-        from routerops.db import get_engine
 
         aps = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=get_engine(settings=self.settings),

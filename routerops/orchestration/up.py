@@ -25,9 +25,14 @@ import urllib.request
 from dataclasses import dataclass, field
 
 import click
+from pydantic import ValidationError
 
 from routerops import registry
 from routerops.console_scripts import console_script
+from routerops.db import dispose_engines, migrate
+from routerops.models.embeddings import ensure_built_embedder
+from routerops.monitoring.dashboards import ensure_project
+from routerops.registry import configure_mlflow
 from routerops.settings import Settings, get_settings
 
 # The UIs' background job runners (MLflow GenAI jobs) are not used by routerops and cost ~8 processes.
@@ -234,10 +239,6 @@ def _group_alive(pgid: int) -> bool:
 def prepare_stores(settings: Settings) -> None:
     """`routerops db upgrade`, the MLflow store's tables and experiment, the Evidently project and the
     default (static) embedder, before any child runs, so that the children never race to create them."""
-    from routerops.db import dispose_engines, migrate
-    from routerops.models.embeddings import ensure_built_embedder
-    from routerops.monitoring.dashboards import ensure_project
-    from routerops.registry import configure_mlflow
 
     settings.ensure_data_dir()
     migrate.upgrade("head", settings=settings)
@@ -292,7 +293,6 @@ def session_keys(settings: Settings) -> tuple[dict[str, str], list[str]]:
 def up(host: str | None, api_port: int | None, mlflow_port: int, evidently_port: int, no_scheduler: bool,
        startup_timeout: float, stop_timeout: float) -> None:
     """Run the API, scheduler, MLflow UI and Evidently UI on this machine (Ctrl-C stops all)."""
-    from pydantic import ValidationError
 
     try:
         # Children must see the same stores whatever their working directory.

@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
+from routerops.local_models import load_llm
+from routerops.models.exit_head import default_head_path, load_head
 from routerops.models.exit_head import target_name as _target_name
 from routerops.models.exit_head import target_spec as _target_spec
+from routerops.models.loader import ProcessCache
 from routerops.serving.speculative.adaptive import (
     AdaptiveGamma,
     best_gamma,
@@ -40,8 +42,7 @@ __all__ = [
     "greedy_accept", "serve_generate", "serve_stream",
 ]
 
-_built: dict[tuple, SpeculativeGenerator] = {}
-_lock = threading.Lock()
+_built: ProcessCache[SpeculativeGenerator] = ProcessCache()
 
 
 def build_draft(settings: Any, target: Any) -> Draft:
@@ -56,8 +57,6 @@ def build_draft(settings: Any, target: Any) -> Draft:
         vocab = target.model.get_output_embeddings().weight.shape[0]
         return ModelDraft.load(settings.speculative_draft_model, vocab, device=settings.device)
     if kind == "self":
-        from routerops.models.exit_head import default_head_path, load_head
-
         layers, head = settings.speculative_draft_layers, None
         path = settings.speculative_exit_head or default_head_path(settings.data_dir, _target_name(settings), layers)
         if settings.speculative_exit_head is not None or path.is_file():
@@ -68,18 +67,18 @@ def build_draft(settings: Any, target: Any) -> Draft:
 
 def build_from_settings(settings: Any) -> SpeculativeGenerator:
     """The configured generator; built once per process per configuration (the target loads once)."""
-    from routerops.local_models import load_llm
 
     key = (str(_target_spec(settings)), settings.speculative_draft, settings.speculative_draft_layers,
            settings.speculative_draft_model, str(settings.speculative_exit_head), str(settings.data_dir),
            settings.speculative_gamma, settings.speculative_max_gamma, settings.speculative_adaptive,
            settings.speculative_lookup_ngram)
-    with _lock:
-        if key not in _built:
-            target = load_llm(_target_spec(settings))
-            _built[key] = SpeculativeGenerator(target, build_draft(settings, target), settings.speculative_gamma,
-                                               settings.speculative_adaptive, settings.speculative_max_gamma)
-        return _built[key]
+
+    def build() -> SpeculativeGenerator:
+        target = load_llm(_target_spec(settings))
+        return SpeculativeGenerator(target, build_draft(settings, target), settings.speculative_gamma,
+                                    settings.speculative_adaptive, settings.speculative_max_gamma)
+
+    return _built.get_or_build(key, build)
 
 
 def _cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:

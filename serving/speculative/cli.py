@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import click
+
+from routerops.serving.speculative import build_from_settings
+from routerops.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,6 @@ def speculative() -> None:
 def generate_command(prompt: str, draft: str | None, layers: int | None, max_new_tokens: int, temperature: float,
                      top_p: float, seed: int | None) -> None:
     """Generate an answer to PROMPT (one user message); streams the text, then prints the metrics as JSON."""
-    from routerops.serving.speculative import build_from_settings
-    from routerops.settings import get_settings
 
     overrides: dict[str, object] = {}
     if draft:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from routerops.local_models import LLMSpec, load_llm
 from routerops.serving.speculative.kv import cache_len, crop_to, forward_logits, share_prefix_layers
 from routerops.serving.speculative.sampling import Warp, sample
 
@@ -91,8 +92,6 @@ class ModelDraft:
 
     @classmethod
     def load(cls, model_id: str, target_vocab: int, gguf_file: str | None = None, device: str = "auto") -> ModelDraft:
-        from routerops.local_models import LLMSpec, load_llm
-
         loaded = load_llm(LLMSpec.resolve(model_id, gguf_file, device))
         vocab = loaded.model.get_output_embeddings().weight.shape[0]
         if vocab != target_vocab:

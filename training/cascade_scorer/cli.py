@@ -7,6 +7,9 @@ from pathlib import Path
 
 import click
 
+from routerops.settings import get_settings
+from routerops.training.cascade_scorer.train import log_report, train_routerbench_scorer
+
 
 @click.command("cascade-scorer")
 @click.option("--routerbench", "routerbench", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -29,8 +32,6 @@ def train_cascade_scorer(routerbench: Path, ladder: str, datasets: str, no_cross
     """Train P(correct) per rung of LADDER; register it as `cascade-scorer@challenger` (a person approves:
     `routerops approve --model cascade-scorer N`; serving uses it once the cascade config's scorer_uri
     names it)."""
-    from routerops.settings import get_settings
-    from routerops.training.cascade_scorer.train import log_report, train_routerbench_scorer
 
     models = [m.strip() for m in ladder.split(",") if m.strip()]
     sets = [d.strip() for d in datasets.split(",") if d.strip()]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from routerops import registry
 from routerops.models.cascade_scorer.model import META_FILE, CascadeScorer
 from routerops.models.cascade_scorer.registry import ARTIFACT_NAME, PYFUNC_CODE, SCORER_MODEL_NAME
 from routerops.settings import Settings
@@ -17,13 +19,10 @@ def log_cascade_scorer(scorer: CascadeScorer, settings: Settings, *, metrics: di
                        ) -> tuple[str, str | None]:
     """Log the scorer and its figures to one run; register it and point `challenger` at it.
     Returns (run_id, registered version or None)."""
-    import math
 
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
-
-    from routerops import registry
 
     registry.configure_mlflow(settings)
     with mlflow.start_run(run_name="cascade-scorer") as run, tempfile.TemporaryDirectory() as tmp:

@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from routerops.models.cascade_scorer.answer_scorer import AnswerScorer, pair_features
+from routerops.models.cascade_scorer.cross_encoder import CrossEncoderScorer, TrainConfig
 from routerops.models.cascade_scorer.features import (
     SIGNAL_NAMES,
     base_models,
@@ -404,7 +407,6 @@ def ce_cache_key(data: RouterBenchData, models: Sequence[str], config: dict) -> 
 def train_cross_encoder(split: Split, models: Sequence[str], *, examples: int, max_length: int,
                         threads: int | None, seed: int = 0, progress: bool = True):  # noqa: ANN201
     """Fine-tune on up to `examples` (query, model, answer) pairs drawn from `split` over `models`."""
-    from routerops.models.cascade_scorer.cross_encoder import CrossEncoderScorer, TrainConfig
 
     rng = np.random.default_rng(seed)
     pairs = [(i, m) for i in range(split.n) for m in models]
@@ -426,7 +428,6 @@ def cross_encoder_logits(data: RouterBenchData, models: Sequence[str], *, exampl
                          ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
     """Fine-tune on part A, score part B and test. Logits are cached (npz keyed by the configuration)
     so a rerun does not pay again."""
-    import time
 
     config = {"examples": examples, "max_length": max_length, "seed": seed}
     path = None
@@ -454,9 +455,6 @@ def answer_scorer_logits(data: RouterBenchData, models: Sequence[str], embedder,
     """Fit the static-embedding answer scorer on all of train (parts A and B, every model in `models`)
     and cross-fit it: returns (the scorer fit on all of train, out-of-fold logits on part B per model,
     test logits per model, stats). Each fold's scorer keeps the C the full fit chose per model."""
-    import time
-
-    from routerops.models.cascade_scorer.answer_scorer import AnswerScorer, pair_features
 
     t0 = time.perf_counter()
     models = list(models)

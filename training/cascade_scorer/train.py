@@ -14,7 +14,10 @@ import numpy as np
 
 from routerops.models.cascade_scorer.features import rung_parts
 from routerops.models.cascade_scorer.model import CascadeScorer, fit_combiner, rung_metrics
+from routerops.models.embeddings import get_embedder
+from routerops.settings import get_settings
 from routerops.training.cascade_eval import ROUTERBENCH_SETS
+from routerops.training.cascade_scorer.register import log_cascade_scorer
 from routerops.training.cascade_scorer.routerbench import (
     SignalCache,
     alias_rungs,
@@ -63,9 +66,6 @@ def train_routerbench_scorer(folder: Path | str, ladder: Sequence[str], *, datas
     answer_scorer = as_stats = as_fit = as_test = None
     if use_answer_scorer:
         if embedder is None:
-            from routerops.models.embeddings import get_embedder
-            from routerops.settings import get_settings
-
             embedder = get_embedder(get_settings())
         answer_scorer, as_fit, as_test, as_stats = answer_scorer_logits(data, judged, embedder, seed=seed)
         as_fit, as_test = alias_rungs(as_fit, scored), alias_rungs(as_test, scored)
@@ -89,8 +89,6 @@ def train_routerbench_scorer(folder: Path | str, ladder: Sequence[str], *, datas
 
 
 def log_report(report: ScorerReport, settings, params: dict, register: bool = True) -> ScorerReport:  # noqa: ANN001
-    from routerops.training.cascade_scorer.register import log_cascade_scorer
-
     metrics: dict[str, float] = {}
     for i, r in enumerate(report.per_rung.values()):
         metrics[f"test_auroc_rung{i}"] = r["auroc"]

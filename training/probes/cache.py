@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from routerops.models.probes.features import AnsweredBatch, generate_with_features
 from routerops.training.probes.dataset import ProbeExample
@@ -65,7 +66,6 @@ def answered_cached(llm, examples: Sequence[ProbeExample], *, cache_root: Path, 
     first_of = {k: keys.index(k) for k in unique_keys}
     todo = [first_of[unique_keys[i]] for i in missing_idx]
     log.info("probe cache %s: %d cached, %d to generate", folder, len(unique_keys) - len(todo), len(todo))
-    from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="weak answers + hidden states", unit="ex", disable=not progress)
     shard = len(list(folder.glob("shard-*.json")))

@@ -7,6 +7,19 @@ from pathlib import Path
 
 import click
 
+from routerops.db.session import session_scope
+from routerops.local_models import LLMSpec, load_llm
+from routerops.models.embeddings import embedding_ref, get_embedder
+from routerops.models.probes.features import default_layers, text_features
+from routerops.settings import get_settings
+from routerops.training.probes.dataset import (
+    DatasetError,
+    examples_from_logs,
+    grade_headline,
+    load_headlines,
+)
+from routerops.training.probes.train import evaluate, hidden_probe_data, log_probe, text_probe_data
+
 log = logging.getLogger(__name__)
 
 
@@ -32,13 +45,6 @@ def train_probe(task: str | None, data_path: Path | None, test_path: Path | None
                 from_logs: bool, log_limit: int | None, kind: str, layers: str | None, max_new_tokens: int,
                 no_verbalize: bool, batch_size: int, no_register: bool) -> None:
     """Train the deferral probe (P(weak answer is good)) and register it as `deferral-probe@challenger`."""
-    from routerops.settings import get_settings
-    from routerops.training.probes.dataset import (
-        DatasetError,
-        examples_from_logs,
-        grade_headline,
-        load_headlines,
-    )
 
     settings = get_settings()
     if task is None and not from_logs:
@@ -54,8 +60,6 @@ def train_probe(task: str | None, data_path: Path | None, test_path: Path | None
             if test_path is not None:
                 test_ex += load_headlines(test_path, test_limit)
         if from_logs:
-            from routerops.db.session import session_scope
-
             with session_scope(settings) as session:
                 logged = examples_from_logs(session, settings.weak_model, log_limit)
             click.echo(f"{len(logged)} logged answers of {settings.weak_model} with labels")
@@ -70,7 +74,6 @@ def train_probe(task: str | None, data_path: Path | None, test_path: Path | None
                                    "runs the local weak model (ROUTEROPS_WEAK_BACKEND=local)")
     data = _build(settings, kind, train_ex, test_ex, layers, max_new_tokens, not no_verbalize, batch_size,
                   grade_headline)
-    from routerops.training.probes.train import evaluate, log_probe
 
     try:
         report = evaluate(data)
@@ -90,13 +93,7 @@ def train_probe(task: str | None, data_path: Path | None, test_path: Path | None
 
 
 def _build(settings, kind, train_ex, test_ex, layers, max_new_tokens, verbalize, batch_size, grade):  # noqa: ANN001, ANN202
-    from routerops.local_models import LLMSpec, load_llm
-    from routerops.models.probes.features import default_layers
-    from routerops.training.probes.train import hidden_probe_data, text_probe_data
-
     if kind == "text" and not any(e.answer is None for e in train_ex + test_ex):
-        from routerops.models.embeddings import get_embedder
-
         return text_probe_data(get_embedder(settings), train_ex, test_ex)
     llm = load_llm(LLMSpec.resolve(settings.weak_model, settings.weak_gguf_file, settings.device))
     n_layers = int(llm.model.config.num_hidden_layers)
@@ -116,8 +113,6 @@ def _build(settings, kind, train_ex, test_ex, layers, max_new_tokens, verbalize,
     if kind == "hidden":
         return data
     # text probe over the local model's answers: same labels and baselines, MiniLM features
-    from routerops.models.embeddings import embedding_ref, get_embedder
-    from routerops.models.probes.features import text_features
 
     embedder = get_embedder(settings)
     data.features = {"text": text_features(embedder, data.prompts, data.answers)}

@@ -16,7 +16,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import or_, select
+
 from routerops.backends.base import Message, last_user_prompt
+from routerops.db.models import PreferenceLog
+from routerops.model_names import load_catalog, name_key
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +113,6 @@ def load_headlines(path: Path | str, limit: int | None = None) -> list[ProbeExam
 
 def examples_from_logs(session, weak_model: str, limit: int | None = None) -> list[ProbeExample]:  # noqa: ANN001
     """Preference rows with answers where one side is `weak_model` (any spelling the catalog knows)."""
-    from sqlalchemy import or_, select
-
-    from routerops.db.models import PreferenceLog
-    from routerops.model_names import load_catalog, name_key
 
     catalog = load_catalog(session)
     try:

@@ -16,12 +16,20 @@ from typing import Any
 
 import numpy as np
 
-from routerops.models.probes.features import parse_feature_key
+from routerops import registry
+from routerops.models.embeddings import embedding_ref
+from routerops.models.probes.features import (
+    answer_features,
+    logprob_baselines,
+    parse_feature_key,
+    text_features,
+)
+from routerops.models.probes.model import META_FILE, PIPELINE_FILE, PYFUNC_CODE, DeferralProbe
 from routerops.models.probes.probe import Selection, auroc, ece, reliability, select_probe, stratified_split
 from routerops.settings import Settings
+from routerops.training.probes.cache import answered_cached
 
 log = logging.getLogger(__name__)
-PYFUNC_CODE = Path(__file__).with_name("probe_pyfunc.py")
 ARTIFACT_NAME = "deferral_probe"
 
 
@@ -162,9 +170,6 @@ def log_probe(report: ProbeReport, data: ProbeData, settings: Settings, *, regis
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    from routerops import registry
-    from routerops.models.probes.model import META_FILE, PIPELINE_FILE, DeferralProbe
-
     registry.configure_mlflow(settings)
     sel = report.selection
     meta = dict(data.meta) | {"kind": data.kind, "feature_key": sel.best_key, "c": sel.best_c,
@@ -227,8 +232,6 @@ def hidden_probe_data(llm, train_examples, test_examples, *, cache_root: Path, l
                       verbalize: bool = True, batch_size: int = 16, grade=None, progress: bool = True) -> ProbeData:
     """Answer every example with the local weak model (cached), grade it, and collect features.
     Examples that already carry an answer (from the logs) are read teacher-forced instead."""
-    from routerops.models.probes.features import answer_features, logprob_baselines
-    from routerops.training.probes.cache import answered_cached
 
     t0 = time.perf_counter()
     # copies: generated answers and labels are written into these, never into the caller's examples
@@ -279,8 +282,6 @@ def hidden_probe_data(llm, train_examples, test_examples, *, cache_root: Path, l
 
 def text_probe_data(embedder, train_examples, test_examples) -> ProbeData:  # noqa: ANN001
     """Text-embedding probe data for answers that already exist (API weak model, logs)."""
-    from routerops.models.embeddings import embedding_ref
-    from routerops.models.probes.features import text_features
 
     examples = list(train_examples) + list(test_examples)
     missing = [e.id for e in examples if e.answer is None or e.label is None]

@@ -24,9 +24,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 
+from routerops.models.cascade_scorer.combiner import ConstantCombiner
 from routerops.models.cascade_scorer.features import normalize_answer
+from routerops.models.embedders.router_files import (
+    EmbedderMismatchError,
+    embedder_artifacts,
+    embedder_from_router_metadata,
+)
+from routerops.models.embeddings import embedding_ref
+from routerops.models.legacy import load_joblib
+from routerops.settings import get_settings
 
 META_FILE = "answer_scorer.json"
 MODELS_FILE = "answer_models.joblib"
@@ -121,8 +131,6 @@ def _fit_one(x: np.ndarray, y: np.ndarray, seed: int, c_grid: Sequence[float]): 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from routerops.models.cascade_scorer.model import ConstantCombiner
-
     y = np.asarray(y).round().astype(int)
     if len(np.unique(y)) < 2:
         return ConstantCombiner(float(y.mean()) if len(y) else 0.5), None
@@ -146,8 +154,6 @@ class AnswerScorer:
 
     def __init__(self, embedder, models: dict[str, Any], meta: dict[str, Any] | None = None,  # noqa: ANN001
                  difficulty=None):  # noqa: ANN001
-        from routerops.models.embeddings import embedding_ref
-
         if difficulty is None:
             raise ValueError("an answer scorer needs its query-difficulty model")
         self.embedder = embedder
@@ -176,8 +182,6 @@ class AnswerScorer:
                    difficulty)
 
     def check_embedder(self, embedder) -> None:  # noqa: ANN001
-        from routerops.models.embedders.router_files import EmbedderMismatchError
-
         if embedder.name != self.embedding["name"] or int(embedder.dim) != int(self.embedding["dim"]):
             raise EmbedderMismatchError(
                 f"this answer scorer was trained with embedder {self.embedding['name']} "
@@ -203,10 +207,6 @@ class AnswerScorer:
         return 1.0 / (1.0 + np.exp(-self.logits(queries, judged, answers)))
 
     def save(self, path: Path | str) -> Path:
-        import joblib
-
-        from routerops.models.embedders.router_files import embedder_artifacts
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         joblib.dump(self.models, path / MODELS_FILE)
@@ -220,10 +220,6 @@ class AnswerScorer:
     def load(cls, path: Path | str, embedder=None, settings=None) -> AnswerScorer:  # noqa: ANN001
         """With `embedder`: that one, refused unless it is the recorded one. Without: the scorer's own
         embedder folder, else this process's configured embedder of the recorded backend (checked)."""
-        import joblib
-
-        from routerops.models.embedders.router_files import embedder_from_router_metadata
-        from routerops.settings import get_settings
 
         path = Path(path)
         if not (path / META_FILE).is_file():
@@ -232,7 +228,7 @@ class AnswerScorer:
         ref = meta.pop("embedding")
         if embedder is None:
             embedder = embedder_from_router_metadata(ref, path, settings or get_settings())
-        scorer = cls(embedder, joblib.load(path / MODELS_FILE), meta, joblib.load(path / DIFFICULTY_FILE))
+        scorer = cls(embedder, load_joblib(path / MODELS_FILE), meta, load_joblib(path / DIFFICULTY_FILE))
         scorer.embedding = ref
         scorer.check_embedder(embedder)
         return scorer

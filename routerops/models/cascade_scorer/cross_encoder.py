@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
+
+from routerops.local_models import minilm_path
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +63,6 @@ class CrossEncoderScorer:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from routerops.local_models import minilm_path
-
         path = str(path or minilm_path())
         torch.manual_seed(seed)
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -83,7 +84,6 @@ class CrossEncoderScorer:
             labels: Sequence[float], config: TrainConfig = TrainConfig(), progress: bool = False) -> dict:
         """Fine-tune in place with BCE on the 1-logit head; returns timing and loss figures."""
         import torch
-        from tqdm.auto import tqdm
         from transformers import get_linear_schedule_with_warmup
 
         n = len(labels)
@@ -133,7 +133,6 @@ class CrossEncoderScorer:
     def logits(self, queries: Sequence[str], models: Sequence[str], answers: Sequence[str],
                batch_size: int = 64, progress: bool = False) -> np.ndarray:
         import torch
-        from tqdm.auto import tqdm
 
         self.model.eval()
         out = []

@@ -20,9 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 
+from routerops.backends.base import last_user_prompt
+from routerops.models.cascade_scorer.answer_scorer import AnswerScorer
+from routerops.models.cascade_scorer.combiner import ConstantCombiner, fit_combiner, make_combiner  # noqa: F401
+from routerops.models.cascade_scorer.cross_encoder import CrossEncoderScorer
 from routerops.models.cascade_scorer.features import SIGNAL_NAMES, StepInput, rung_parts, signals
+from routerops.models.legacy import load_joblib
+from routerops.models.probes.probe import auroc, ece
 
 META_FILE = "scorer.json"
 COMBINERS_FILE = "combiners.joblib"
@@ -30,32 +37,6 @@ CE_DIR = "cross_encoder"
 CE_FEATURE = "ce_logit"
 AS_DIR = "answer_scorer"
 AS_FEATURE = "answer_logit"
-
-
-def make_combiner(c: float = 1.0, seed: int = 0):  # noqa: ANN201 - sklearn Pipeline
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed))
-
-
-class ConstantCombiner:
-    """A rung whose training answers were all right (or all wrong): P is that rate."""
-
-    def __init__(self, p: float):
-        self.p = float(p)
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        n = len(x)
-        return np.column_stack([np.full(n, 1 - self.p), np.full(n, self.p)])
-
-
-def fit_combiner(x: np.ndarray, y: np.ndarray, c: float = 1.0, seed: int = 0):  # noqa: ANN201
-    y = np.asarray(y).round().astype(int)
-    if len(np.unique(y)) < 2:
-        return ConstantCombiner(float(y.mean()) if len(y) else 0.5)
-    return make_combiner(c, seed).fit(np.asarray(x, np.float64), y)
 
 
 @dataclass
@@ -112,7 +93,6 @@ class CascadeScorer:
 
     def score_step(self, rung: int, messages: Sequence[dict], generations: Sequence[Any]) -> float:
         """The hook routerops.serving.cascade.run_cascade calls: generations[-1] is rung `rung`'s answer."""
-        from routerops.backends.base import last_user_prompt
 
         gen = generations[-1]
         sample = (gen.extra or {}).get("second_sample") if isinstance(gen.extra, dict) else None
@@ -122,8 +102,6 @@ class CascadeScorer:
         return float(self.score(rung, [step])[0])
 
     def save(self, path: Path | str) -> Path:
-        import joblib
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         joblib.dump(self.combiners, path / COMBINERS_FILE)
@@ -141,7 +119,6 @@ class CascadeScorer:
     def from_dir(cls, path: Path | str, embedder=None, **kwargs: Any) -> CascadeScorer:  # noqa: ANN001
         """`embedder`: the answer scorer's embedder (refused unless it is the one it was trained with);
         default: the answer scorer's own embedder folder."""
-        import joblib
 
         path = Path(path)
         if not (path / META_FILE).is_file():
@@ -149,20 +126,14 @@ class CascadeScorer:
         meta = json.loads((path / META_FILE).read_text())
         ce = None
         if meta.get("cross_encoder"):
-            from routerops.models.cascade_scorer.cross_encoder import CrossEncoderScorer
-
             ce = CrossEncoderScorer.load(path / CE_DIR)
         answer_scorer = None
         if meta.get("answer_scorer"):
-            from routerops.models.cascade_scorer.answer_scorer import AnswerScorer
-
             answer_scorer = AnswerScorer.load(path / AS_DIR, embedder=embedder)
-        return cls(meta["models"], joblib.load(path / COMBINERS_FILE), meta["feature_names"], ce, meta,
+        return cls(meta["models"], load_joblib(path / COMBINERS_FILE), meta["feature_names"], ce, meta,
                    answer_scorer=answer_scorer, **kwargs)
 
 
 def rung_metrics(y: np.ndarray, p: np.ndarray) -> RungMetrics:
-    from routerops.models.probes.probe import auroc, ece
-
     y = np.asarray(y).round().astype(int)
     return RungMetrics(auroc(y, p), ece(y, p), len(y), float(y.mean()) if len(y) else float("nan"))

@@ -5,41 +5,34 @@ by serving from any models:/, runs:/ URI or a local folder."""
 from __future__ import annotations
 
 import json
-import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from routerops.models.cascade_scorer.model import META_FILE, CascadeScorer
-from routerops.registry import pyfunc_artifact_dir
-from routerops.settings import Settings, get_settings
+from routerops.models.cascade_scorer.features import StepInput
+from routerops.models.cascade_scorer.model import CascadeScorer
+from routerops.models.loader import ProcessCache, load_registered
+from routerops.registry import PinnedModel, pyfunc_artifact_dir
+from routerops.settings import Settings
 
 SCORER_MODEL_NAME = "cascade-scorer"
 ARTIFACT_NAME = "cascade_scorer"
 PYFUNC_CODE = Path(__file__).with_name("scorer_pyfunc.py")
 
-_scorers: dict[tuple[str, ...], CascadeScorer] = {}
-_lock = threading.Lock()
+_scorers: ProcessCache[CascadeScorer] = ProcessCache()
 
 
 def load_cascade_scorer(model_uri: str, settings: Settings | None = None) -> CascadeScorer:
     """models:/NAME@ALIAS, models:/NAME/N, runs:/ID/PATH or a folder CascadeScorer.save wrote;
     cached per process and resolved version."""
-    from routerops import registry
 
-    settings = settings or get_settings()
-    pinned = registry.pin_model_uri(model_uri, "cascade scorer", settings)
-    with _lock:
-        if pinned.cache_key in _scorers:
-            return _scorers[pinned.cache_key]
-        local = registry.download_model(pinned, "cascade scorer", settings)
+    def build(local: Path, pinned: PinnedModel) -> CascadeScorer:
         folder = local if pinned.local_dir is not None else pyfunc_artifact_dir(local, "scorer_meta", "a cascade scorer")
-        scorer = CascadeScorer.from_dir(folder, version=pinned.version, uri=model_uri)
-        _scorers[pinned.cache_key] = scorer
-        return scorer
+        return CascadeScorer.from_dir(folder, version=pinned.version, uri=model_uri)
+
+    return load_registered(_scorers, model_uri, "cascade scorer", settings, build)
 
 
 class ScorerPyfunc(PythonModel):
@@ -50,8 +43,6 @@ class ScorerPyfunc(PythonModel):
         self.scorer = CascadeScorer.from_dir(Path(context.artifacts["scorer_meta"]).parent)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ANN001
-        from routerops.models.cascade_scorer.features import StepInput
-
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         missing = {"rung", "query", "answer"} - set(df.columns)
         if missing:

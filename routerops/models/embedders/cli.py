@@ -7,6 +7,11 @@ from pathlib import Path
 
 import click
 
+from routerops.models.embedders.onnx import OnnxBuildConfig, OnnxEmbedder, build_onnx
+from routerops.models.embedders.static import StaticBuildConfig, StaticEmbedder, build_static
+from routerops.models.embeddings import BUILT_BACKENDS, built_embedder_path, get_embedder
+from routerops.settings import get_settings
+
 
 @click.group()
 def embedder() -> None:
@@ -29,8 +34,6 @@ def build() -> None:
 def build_static_command(out: Path | None, dim: int, max_tokens: int, vocab_limit: int | None,
                          threads: int) -> None:
     """Distil a static token-vector table from all-MiniLM-L6-v2 (a few minutes on 2 cores)."""
-    from routerops.models.embedders.static import StaticBuildConfig, StaticEmbedder, build_static
-    from routerops.settings import get_settings
 
     settings = get_settings()
     out = out or settings.resolved_static_embedder_path
@@ -47,8 +50,6 @@ def build_static_command(out: Path | None, dim: int, max_tokens: int, vocab_limi
 @click.option("--per-tensor", is_flag=True, help="Per-tensor int8 (smaller loss of speed, more of accuracy).")
 def build_onnx_command(out: Path | None, per_tensor: bool) -> None:
     """Export MiniLM to ONNX and quantize its weights to int8 (per channel)."""
-    from routerops.models.embedders.onnx import OnnxBuildConfig, OnnxEmbedder, build_onnx
-    from routerops.settings import get_settings
 
     settings = get_settings()
     out = out or settings.resolved_onnx_embedder_path
@@ -63,8 +64,6 @@ def build_onnx_command(out: Path | None, per_tensor: bool) -> None:
               help="Default: the configured embedding_backend.")
 def info_command(backend: str | None) -> None:
     """The configured embedder's name (what routers and the cache record) and folder."""
-    from routerops.models.embeddings import BUILT_BACKENDS, built_embedder_path, get_embedder
-    from routerops.settings import get_settings
 
     settings = get_settings()
     backend = backend or settings.embedding_backend

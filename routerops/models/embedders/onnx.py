@@ -17,7 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
+from routerops.local_models import resolve_embedding_model
+from routerops.models.embedders.encoders import SentenceTransformerEmbedder
 from routerops.models.embedders.files import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -91,9 +94,6 @@ def build_onnx(out_dir: Path | str, config: OnnxBuildConfig = OnnxBuildConfig())
     and the cosine of its vectors with the torch embedder's on a few probe sentences)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from routerops.local_models import resolve_embedding_model
-    from routerops.models.embeddings import SentenceTransformerEmbedder
-
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     source = Path(resolve_embedding_model(config.source_model))
@@ -139,7 +139,6 @@ class OnnxEmbedder:
 
     def __init__(self, path: Path | str, threads: int = 1, verify: bool = True):
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         self.path = Path(path)
         self.manifest = read_manifest(self.path, FORMAT, BUILD_HINT, verify=verify)

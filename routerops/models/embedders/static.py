@@ -18,9 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
+from routerops.local_models import resolve_embedding_model
+from routerops.models.embedders.encoders import l2_normalize
 from routerops.models.embedders.files import read_manifest, write_manifest
-from routerops.models.embeddings import l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +85,6 @@ def build_static(out_dir: Path | str, config: StaticBuildConfig = StaticBuildCon
     from sklearn.decomposition import PCA
     from transformers import AutoModel
 
-    from routerops.local_models import resolve_embedding_model
-
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     source = Path(resolve_embedding_model(config.source_model))
@@ -143,8 +143,6 @@ class StaticEmbedder:
     batching_pays = False  # per prompt cost is tokenizing + a gather: a batch saves only call overhead
 
     def __init__(self, path: Path | str, verify: bool = True):
-        from tokenizers import Tokenizer
-
         self.path = Path(path)
         self.manifest = read_manifest(self.path, FORMAT, BUILD_HINT, verify=verify)
         cfg = self.manifest["config"]

@@ -18,11 +18,14 @@ the answer past the embedder's token limit.
 
 from __future__ import annotations
 
+import copy
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from routerops.backends.base import Message
 
@@ -87,7 +90,6 @@ class _Feeder:
     def __init__(self, model, input_ids, attention_mask, prefix=None):  # noqa: ANN001
         """`prefix`: (cache, length) of a prompt prefix every row shares (the instruction and few-shot
         turns): computed once and copied per batch, the rows' own tokens follow it after their pads."""
-        import copy
 
         import torch
 
@@ -133,7 +135,6 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad: int):  # noqa: ANN202
 def _shared_prefix(tok, rendered: Sequence[str]) -> tuple[list[int], list[list[int]]] | None:  # noqa: ANN001
     """Token ids of the prompt prefix all rows share (cut after a special token, so tokenization is
     unchanged) and each row's remaining ids; None when sharing would not be exact or is not worth it."""
-    import os
 
     common = os.path.commonprefix(list(rendered))
     cut = max((common.rfind(t) + len(t) for t in tok.all_special_tokens if common.rfind(t) >= 0), default=0)
@@ -155,7 +156,6 @@ def generate_with_features(llm, prompts: Sequence[Sequence[Message]], *, layers:
     """Greedy answers of `llm` (a routerops.local_models.LoadedLLM) with their hidden-state features,
     token log-probabilities and, if asked, the model's verbalized confidence in its own answer."""
     import torch
-    from tqdm.auto import tqdm
 
     tok, model = llm.tokenizer, llm.model
     eos = _eos_ids(tok)
@@ -291,7 +291,6 @@ def answer_features(llm, prompts: Sequence[Sequence[Message]], answers: Sequence
     `ended`: whether the answer was finished by the model (then its EOS token is part of the span,
     as in generation)."""
     import torch
-    from tqdm.auto import tqdm
 
     tok, model = llm.tokenizer, llm.model
     n = len(prompts)

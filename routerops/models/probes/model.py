@@ -16,14 +16,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from routerops.backends.base import Generation, Message, last_user_prompt
+from routerops.local_models import LLMSpec, load_llm
+from routerops.models.embeddings import get_embedder
+from routerops.models.legacy import load_joblib
+from routerops.models.loader import ProcessCache, load_registered
 from routerops.models.probes.features import answer_features, parse_feature_key, text_features
-from routerops.registry import pyfunc_artifact_dir
+from routerops.registry import PinnedModel, pyfunc_artifact_dir
 from routerops.settings import Settings, get_settings
+
+# MLflow "models from code": the file MLflow runs to build this model's pyfunc.
+PYFUNC_CODE = Path(__file__).with_name("probe_pyfunc.py")
 
 PIPELINE_FILE = "probe.joblib"
 META_FILE = "probe.json"
@@ -51,15 +59,11 @@ class DeferralProbe:
 
     @classmethod
     def from_dir(cls, path: Path | str, **kwargs: Any) -> DeferralProbe:
-        import joblib
-
         path = Path(path)
         meta = json.loads((path / META_FILE).read_text())
-        return cls(joblib.load(path / PIPELINE_FILE), meta, **kwargs)
+        return cls(load_joblib(path / PIPELINE_FILE), meta, **kwargs)
 
     def save(self, path: Path | str) -> Path:
-        import joblib
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         joblib.dump(self.pipeline, path / PIPELINE_FILE)
@@ -72,15 +76,12 @@ class DeferralProbe:
     def features(self, prompts: Sequence[Sequence[Message]], answers: Sequence[str],
                  ended: Sequence[bool] | bool = True) -> np.ndarray:
         if self.kind == "hidden":
-            from routerops.local_models import LLMSpec, load_llm
-
             llm = load_llm(LLMSpec(self.meta["llm_model"], self.meta.get("llm_gguf_file"),
                                    self.meta.get("device", "auto")))
             layer, _pooling = parse_feature_key(self.key)
             with self._lock:  # one forward at a time on the shared local model
                 feats, _ = answer_features(llm, prompts, answers, layers=[layer], ended=ended)
             return feats[self.key]
-        from routerops.models.embeddings import get_embedder
 
         settings = get_settings()
         # Rebuild exactly the embedder the probe was trained with (truncation side included).
@@ -103,8 +104,7 @@ class DeferralProbe:
 
 
 # --- loading from MLflow ------------------------------------------------------------------------
-_probes: dict[tuple[str, ...], DeferralProbe] = {}
-_cache_lock = threading.Lock()
+_probes: ProcessCache[DeferralProbe] = ProcessCache()
 
 
 def _model_dir(local: Path) -> Path:
@@ -114,19 +114,13 @@ def _model_dir(local: Path) -> Path:
 def load_probe(model_uri: str, settings: Settings | None = None) -> DeferralProbe:
     """Load a probe: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local folder
     (as DeferralProbe.save writes it). Cached per process and resolved version."""
-    from routerops import registry
 
-    settings = settings or get_settings()
-    pinned = registry.pin_model_uri(model_uri, "probe", settings)
-    with _cache_lock:
-        if pinned.cache_key in _probes:
-            return _probes[pinned.cache_key]
-        local = registry.download_model(pinned, "probe", settings)
+    def build(local: Path, pinned: PinnedModel) -> DeferralProbe:
         # a local folder is the probe itself (DeferralProbe.save); a download is a pyfunc model
         folder = local if pinned.local_dir is not None else _model_dir(local)
-        probe = DeferralProbe.from_dir(folder, version=pinned.version, uri=model_uri, run_id=pinned.run_id)
-        _probes[pinned.cache_key] = probe
-        return probe
+        return DeferralProbe.from_dir(folder, version=pinned.version, uri=model_uri, run_id=pinned.run_id)
+
+    return load_registered(_probes, model_uri, "probe", settings, build)
 
 
 class ProbePyfunc(PythonModel):

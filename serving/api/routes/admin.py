@@ -7,8 +7,12 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from routerops.db import session_scope
+from routerops.db.models import PreferenceLog
+from routerops.importers import FORMATS, ImportFailed, import_file
 from routerops.serving.api.deps import StateDep, admin
 from routerops.serving.auth import Principal
 from routerops.serving.errors import ApiError
@@ -26,11 +30,6 @@ async def admin_reload(state: StateDep, _principal: Principal = admin) -> dict:
 
 @router.get("/admin/feedback")
 async def admin_feedback(state: StateDep, limit: int = 50, _principal: Principal = admin) -> dict:
-    from sqlalchemy import select
-
-    from routerops.db import session_scope
-    from routerops.db.models import PreferenceLog
-
     def rows() -> list[dict]:
         with session_scope(state.settings) as session:
             q = (select(PreferenceLog).where(PreferenceLog.source == "feedback")
@@ -47,10 +46,6 @@ async def admin_feedback(state: StateDep, limit: int = 50, _principal: Principal
 async def admin_ingest(request: Request, state: StateDep, format: str,  # noqa: A002
                        filename: str = "upload.jsonl", _principal: Principal = admin) -> JSONResponse:
     """Body: the raw file (e.g. curl --data-binary @file). Runs H1's importer in one transaction."""
-    try:
-        from routerops.importers import FORMATS, ImportFailed, import_file
-    except ImportError as exc:
-        raise ApiError(503, f"ingestion not available: {exc}", code="ingest_unavailable") from None
     if format not in FORMATS:
         raise ApiError(400, f"unknown format {format!r}; valid: {', '.join(FORMATS)}", param="format")
     data = await request.body()

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from routerops.backends.base import BackendError, GenerationParams
+from routerops.backends.base import BackendError, GenerationParams, last_user_prompt
 from routerops.db.models import new_id
 from routerops.serving.api.deps import ServingState, StateDep, user
 from routerops.serving.auth import Principal
@@ -96,8 +96,6 @@ def pick(req: ChatCompletionRequest, state: ServingState) -> tuple[Strategy, lis
 
 def log_entry(state: ServingState, out: Outcome, req: ChatCompletionRequest, messages: list[dict[str, str]],
               request_id: str, latency_ms: float, principal: Principal, streamed: bool) -> LogEntry:
-    from routerops.backends.base import last_user_prompt
-
     pair = state.pair
     extra = dict(out.extra)
     extra.update(role=out.role, reason=out.reason, weak_model=pair.weak.name, strong_model=pair.strong.name,

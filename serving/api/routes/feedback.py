@@ -18,6 +18,7 @@ from routerops.db.session import is_connectivity
 from routerops.serving.api.deps import StateDep, user
 from routerops.serving.auth import Principal
 from routerops.serving.errors import ApiError, validation_message
+from routerops.serving.feedback import FeedbackError, record_feedback
 from routerops.serving.schemas import FeedbackRequest, openapi_body
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,6 @@ router = APIRouter()
 
 @router.post("/v1/feedback", openapi_extra=openapi_body(FeedbackRequest))
 async def feedback(request: Request, state: StateDep, principal: Principal = user) -> JSONResponse:
-    from routerops.serving.feedback import FeedbackError, record_feedback
-
     try:
         payload = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError) as exc:

@@ -6,8 +6,11 @@ import logging
 
 from fastapi import APIRouter
 from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
+from routerops.db import session_scope
+from routerops.db.monitor_gauges import MonitorGauges, read_monitor_gauges
 from routerops.serving.api.deps import StateDep, user
 from routerops.serving.auth import Principal
 
@@ -40,11 +43,6 @@ async def healthz(state: StateDep) -> dict:
 
 @router.get("/metrics")
 async def prometheus(state: StateDep, _principal: Principal = user) -> Response:
-    from prometheus_client import CONTENT_TYPE_LATEST
-
-    from routerops.db import session_scope
-    from routerops.db.monitor_gauges import MonitorGauges, read_monitor_gauges
-
     def read_monitor() -> MonitorGauges:
         with session_scope(state.settings) as session:
             return read_monitor_gauges(session)
