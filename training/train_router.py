@@ -183,6 +183,48 @@ def per_category_apgr(data, X: np.ndarray, params: dict[str, np.ndarray], mask: 
     return rows
 
 
+MIN_CURVE_PROMPTS = 10  # a validation PGR curve needs this many held-out prompts of a judged pair
+
+
+def validation_pgr_curves(data, X: np.ndarray, params: dict[str, np.ndarray],  # noqa: ANN001
+                          mask: np.ndarray) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, float]], list[str]]:
+    """PGR versus strong share on the validation prompts of each source with a judged pair (its
+    leave-one-source-out evaluation pair), so every run has the curve, evaluation sets or not;
+    and, per source without one, why not."""
+    index = {m: i for i, m in enumerate(data.vocabulary)}
+    known = set(range(len(data.vocabulary)))
+    curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+    why_not: list[str] = []
+    for source in data.sources:
+        ev = eval_pair(data, source, known)
+        if ev is None or ev.mode != "pair":
+            why_not.append(f"{source}: no two models compared on the same prompts")
+            continue
+        sel = mask[ev.q]
+        if sel.sum() < MIN_CURVE_PROMPTS:
+            why_not.append(f"{source}: {int(sel.sum())} validation prompts of {ev.strong} vs {ev.weak} "
+                           f"(fewer than {MIN_CURVE_PROMPTS})")
+            continue
+        scores = irt_mf.pair_score(params, X[ev.q[sel]], index[ev.strong], index[ev.weak])
+        try:
+            curve = rmetrics.pgr_curve(scores, ev.weak_q[sel], ev.strong_q[sel])
+        except rmetrics.NoQualityGap as exc:
+            why_not.append(f"{source}: {exc}")
+            continue
+        curves[f"validation {source}: {ev.strong} vs {ev.weak}, {int(sel.sum())} prompts"] = (
+            np.asarray(curve.strong_share), np.asarray(curve.pgr), curve.apgr())
+    return curves, why_not
+
+
+def _log_missing_plot(name: str, reason: str) -> None:
+    """A plot the run cannot draw says why, where the plot would be and as a run tag."""
+    import mlflow
+
+    mlflow.log_text(reason + "\n", f"plots/{name}.missing.txt")
+    mlflow.set_tag(f"plots.{name}", f"not drawn: {reason}"[:5000])
+    log.warning("plots/%s.png not drawn: %s", name, reason)
+
+
 def _loso_plot(frame, path: Path) -> None:  # noqa: ANN001
     import matplotlib
 
@@ -345,6 +387,8 @@ def train_router(
             results["val_pref_auc"] = _auc(p_val["hard"].to_numpy(), p_a)
             _calibration_plot(p_a, p_val["target"].to_numpy(), tmp_path / "calibration.png")
             mlflow.log_artifact(str(tmp_path / "calibration.png"), "plots")
+        else:
+            _log_missing_plot("calibration", "no judged comparisons among the validation prompts")
 
         categories = per_category_apgr(data, X, weights, val_mask)
         if categories:
@@ -380,9 +424,14 @@ def train_router(
             results[f"apgr_{ev.name}"] = a
             results[f"cpt50_{ev.name}"] = float(curve.cpt(0.5))
             curves[ev.name] = (np.asarray(curve.strong_share), np.asarray(curve.pgr), a)
+        val_curves, no_curve = validation_pgr_curves(data, X, weights, val_mask)
+        curves.update(val_curves)
         if curves:
             _pgr_plot(curves, tmp_path / "pgr_curve.png")
             mlflow.log_artifact(str(tmp_path / "pgr_curve.png"), "plots")
+        else:
+            _log_missing_plot("pgr_curve", "no evaluation set and no validation source with a curve: "
+                              + "; ".join(no_curve or ["no sources"]))
 
         loso_report = None
         if loso:
@@ -399,6 +448,8 @@ def train_router(
                 results["loso_seconds"] = loso_report.seconds
                 for row in loso_report.rows:
                     results[f"loso_apgr_{row.source}"] = row.apgr
+            else:
+                _log_missing_plot("loso_apgr", "no source has a pair of models to evaluate when held out")
         mlflow.log_metrics({k: v for k, v in results.items() if np.isfinite(v)})
 
         model_dir = router.save(tmp_path / "model")
