@@ -121,6 +121,8 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from routerops.models.cascade_scorer.features import rung_parts
+    from routerops.models.embedders.files import EmbedderFilesError
+    from routerops.models.embeddings import ensure_built_embedder, get_embedder
     from routerops.settings import get_settings
     from routerops.training.cascade_eval import GPT4
     from routerops.training.cascade_scorer.routerbench import (
@@ -138,9 +140,6 @@ def main() -> None:  # noqa: PLR0915 - one linear report
         rung_report,
         task_fronts,
     )
-
-    from routerops.models.embedders.files import EmbedderFilesError
-    from routerops.models.embeddings import ensure_built_embedder, get_embedder
 
     settings = get_settings()
     # the embedder the task plans (and the answer scorer) need, before minutes of work: the default one

@@ -235,7 +235,13 @@ def test_shipped_golden_set_replays_end_to_end(settings):
 def test_dashboard_fraction_panels_span_0_to_1_and_a_null_pgr_says_why(settings):
     """Evidently scales a panel's y axis to its data: after one run a share of 0.25 sat on a "0"
     tick. Fraction panels carry 0 and 1 series; the PGR panel's subtitle says why a point is missing."""
-    from routerops.monitoring.dashboards import PANELS, PGR_PANEL, UNBOUNDED_PANELS, add_run_snapshots, get_project
+    from routerops.monitoring.dashboards import (
+        PANELS,
+        PGR_PANEL,
+        UNBOUNDED_PANELS,
+        add_run_snapshots,
+        get_project,
+    )
     from routerops.monitoring.drift import DriftResult
     from routerops.monitoring.replay import MonitorResult
 
@@ -258,3 +264,24 @@ def test_dashboard_fraction_panels_span_0_to_1_and_a_null_pgr_says_why(settings)
     # a project made by an older release gets the new panels once, without duplicates
     get_project(settings)
     assert len(ws.get_dashboard(project.id).panels) == len(panels)
+
+
+def test_quick_replay_shows_progress_with_an_eta_and_covers_the_categories(settings):
+    """`monitor run --limit N`: N traces spread over the categories, one progress line per trace
+    with the time so far and an ETA (the embedded pair: each trace runs both models)."""
+    import re
+
+    from routerops.monitoring.replay import spread_sample
+    from routerops.orchestration.cli import cli
+
+    golden = Path(__file__).resolve().parent.parent / "golden_traces/default.jsonl"
+    traces = load_golden(golden)
+    picked = spread_sample(traces, 3)
+    assert len({t.category for t in picked}) == 3 and spread_sample(traces, None) == traces
+    result = CliRunner().invoke(cli, ["monitor", "run", "--golden", str(golden), "--limit", "3", "--no-dashboards"])
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("replayed ")]
+    assert [re.match(r"replayed (\d)/3 \((\S+): [\d.]+ s, both models\); \d+ s so far, ETA \d+ s", ln).group(1, 2)
+            for ln in lines] == [("1", picked[0].trace_id), ("2", picked[1].trace_id), ("3", picked[2].trace_id)]
+    assert lines[-1].split("ETA ")[1].startswith("0 s")
+    assert "3 traces in" in result.output

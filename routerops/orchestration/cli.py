@@ -95,6 +95,7 @@ def cli(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP call drowned the commands' output
 
 
 @click.group(cls=LazyGroup, lazy=LAZY_TRAIN_COMMANDS)
