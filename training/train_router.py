@@ -125,7 +125,7 @@ def _pgr_plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Pat
     ax.set_xlabel("share of calls to the strong model")
     ax.set_ylabel("PGR (performance gap recovered)")
     ax.set_title("PGR vs strong-model share")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
