@@ -121,7 +121,7 @@ def get_project(settings: Settings, categories: list[str] = ()):  # noqa: ANN201
     """The workspace and our project, created with its dashboard on first use; a panel is added for
     each category not shown yet."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.models import DashboardTabModel, PanelMetric
     from evidently.sdk.panels import line_plot_panel
     from evidently.ui.workspace import Workspace
 
@@ -133,21 +133,40 @@ def get_project(settings: Settings, categories: list[str] = ()):  # noqa: ANN201
         project = found[0]
     else:
         project = ws.create_project(PROJECT_NAME, description="Golden-trace replays of the live router pair")
-    have = {p.title: p for p in project.dashboard.model().panels}
+    model = ws.get_dashboard(project.id)
+    shown = {pid for tab in model.tabs for pid in tab.panels}
+    have: dict[str, Any] = {}
+    for panel in model.panels:  # one panel per title, one that a tab shows
+        if panel.id in shown and panel.title not in have:
+            have[panel.title] = panel
+    keep = {panel.id for panel in have.values()}
+    changed = len(keep) != len(model.panels) or any(len(set(t.panels)) != len(t.panels) for t in model.tabs)
+    if changed:  # duplicates (evidently's add_panel lists a new panel twice in its tab) go
+        model.panels = [panel for panel in model.panels if panel.id in keep]
+        for tab in model.tabs:
+            tab.panels = list(dict.fromkeys(pid for pid in tab.panels if pid in keep))
     wanted = [(p, "summary") for p in PANELS] + [(p, "live") for p in LIVE_PANELS]
     wanted += [(category_panel(c), "summary") for c in categories]
     # panels added (or changed) by a later release, or for a new category, appear in an existing project too
     for (title, series), tag in wanted:
         if tag == "summary" and title not in UNBOUNDED_PANELS:
             series = [*series, *AXIS_SERIES]
-        legends = [legend for _, legend in series]
-        if title in have:
-            if [v.legend for v in have[title].values] == legends:
-                continue
-            project.dashboard.delete_panel(str(have[title].id), TAB)
         values = [PanelMetric(legend=legend, metric="MeanValue", metric_labels={"column": col}, tags=[tag])
                   for col, legend in series]
-        project.dashboard.add_panel(line_plot_panel(title, values, size="half"), tab=TAB)
+        if title not in have:
+            panel = line_plot_panel(title, values, size="half")
+            model.panels.append(panel)
+            tab = next((t for t in model.tabs if t.title == TAB), None)
+            if tab is None:
+                tab = DashboardTabModel(title=TAB, panels=[])
+                model.tabs.append(tab)
+            tab.panels.append(panel.id)
+            changed = True
+        elif [v.legend for v in have[title].values] != [legend for _, legend in series]:
+            have[title].values = values  # in place: the panel keeps its id and its place
+            changed = True
+    if changed:
+        ws.save_dashboard(project.id, model)
     return ws, project
 
 
@@ -164,7 +183,12 @@ def pgr_note(result) -> str:  # noqa: ANN001 - routerops.monitoring.replay.Monit
     return note
 
 
-def _set_subtitle(ws, project, title: str, subtitle: str) -> None:  # noqa: ANN001
+def _set_subtitle(settings: Settings, project, title: str, subtitle: str) -> None:  # noqa: ANN001
+    from evidently.ui.workspace import Workspace
+
+    # a fresh reader: a workspace object keeps the dashboard it read first, and saving that copy
+    # would undo the panel changes get_project has just saved
+    ws = Workspace(str(settings.resolved_evidently_workspace))
     model = ws.get_dashboard(project.id)
     for panel in model.panels:
         if panel.title == title:
@@ -211,7 +235,7 @@ def add_run_snapshots(settings: Settings, result, drift) -> dict[str, Any]:  # n
     ids = {"summary": str(ws.add_run(project.id, snap).id)}  # add_run returns a SnapshotRef
     if drift.snapshot is not None:  # tagged "drift" by routerops.monitoring.replay
         ids["drift"] = str(ws.add_run(project.id, drift.snapshot).id)
-    _set_subtitle(ws, project, PGR_PANEL, pgr_note(result))  # a missing point says why
+    _set_subtitle(settings, project, PGR_PANEL, pgr_note(result))  # a missing point says why
     return {"workspace": str(settings.resolved_evidently_workspace), "project_id": str(project.id),
             "snapshots": ids, "ui_reloaded": notify_ui(settings, str(project.id))}
 
