@@ -128,12 +128,13 @@ def test_approve_goes_through_the_running_mlflow_server_without_importing_mlflow
             time.sleep(0.5)
         registry.write_up_state(settings, url)
         code = ("import sys; from routerops.orchestration.cli import cli; "
-                "cli(sys.argv[1:], standalone_mode=False); print('mlflow imported:', 'mlflow' in sys.modules)")
+                "cli(sys.argv[1:], standalone_mode=False); print('mlflow imported:', 'mlflow' in sys.modules, "
+                "'db imported:', 'routerops.db' in sys.modules)")
         run = lambda *args: subprocess.run([sys.executable, "-c", code, *args], capture_output=True,  # noqa: E731
                                            text=True, env=os.environ.copy(), timeout=120)
         out = run("approve", "1", "--by", "carol")
         assert out.returncode == 0, out.stderr
-        assert "mf-router@champion -> version 1" in out.stdout and "mlflow imported: False" in out.stdout
+        assert "mf-router@champion -> version 1" in out.stdout and "mlflow imported: False db imported: False" in out.stdout
         out = run("approve", "2", "--by", "dave")
         assert out.returncode == 0, out.stderr
         c = two_versions

@@ -30,7 +30,7 @@ LAZY_COMMANDS: dict[str, Lazy] = {
     "embedder": Lazy("routerops.models.embedders.cli:embedder", "Build and inspect the fast embedders (static, ONNX int8)."),
     "train": Lazy("routerops.orchestration.cli:train", "Train routers, deferral probes and draft heads (to MLflow)."),
     "router": Lazy("routerops.orchestration.cli:router", "Use a trained router: score prompts, evaluate, calibrate alpha."),
-    "approve": Lazy("routerops.cli:approve", "Promote a router version to `champion` (alias in MLflow)."),
+    "approve": Lazy("routerops.approve_cli:approve", "Promote a router version to `champion` (alias in MLflow)."),
     "golden": Lazy("routerops.monitoring.cli:golden", "Record golden traces: fixed prompts, answers and labels."),
     "monitor": Lazy("routerops.monitoring.cli:monitor", "Replay golden traces: drift, PGR, alerts, alpha recalibration."),
     "alpha": Lazy("routerops.monitoring.cli:alpha", "The live routing threshold: show, set, approve, history."),
