@@ -19,6 +19,7 @@ def db() -> None:
 @click.argument("revision", default="head")
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION (default: head)."""
+
     settings = get_settings()
     migrate.upgrade(revision, settings=settings)
     click.echo(f"database at {settings.resolved_database_url.split('@')[-1]} is at {revision}")
@@ -28,10 +29,12 @@ def db_upgrade(revision: str) -> None:
 @click.argument("revision")
 def db_downgrade(revision: str) -> None:
     """Revert migrations down to REVISION ('base' removes everything)."""
+
     migrate.downgrade(revision)
 
 
 @db.command("current")
 def db_current() -> None:
     """Show the database's revision."""
+
     migrate.current()
