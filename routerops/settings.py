@@ -8,6 +8,7 @@ MLflow store, workspaces) lives under one data directory so an embedded install 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -152,6 +153,19 @@ class Settings(BaseSettings):
     # With no API key configured anywhere (env or `routerops keys create`), requests are refused
     # unless this is set: anonymous access is for local experiments only (H3).
     allow_anonymous: bool = False
+    public_docs: bool = Field(default=True, description="Serve /docs, /redoc and /openapi.json without a key "
+                              "(they describe the API, which is open source; they hold no data). `false` turns "
+                              "the three off.")
+    # --- feedback (serving/feedback.py; docs/security.md) -------------------------------------
+    feedback_max_answer_chars: int = Field(default=16_000, ge=1, description="Longest `other_answer` a "
+                                           "feedback may carry (characters); longer is a 400.")
+    feedback_rate_limit: str = Field(default="30/minute", description="Feedback requests one API key may send, "
+                                     "in the `limits` notation (`N/second|minute|hour|day`, several joined by `;`); "
+                                     "more is a 429 with Retry-After. Counted per API process.")
+    feedback_max_key_share: float = Field(default=0.1, gt=0.0, le=1.0, description="Most one API key's feedback "
+                                          "rows may count of the new rows that trigger a retrain "
+                                          "(`retrain_min_new_rows`), and most of the rows a router trains on; "
+                                          "the training run's data snapshot records the rows per key.")
 
     # --- monitoring and alerts ---------------------------------------------------------------
     golden_set: Path = Path("golden_traces/default.jsonl")
@@ -188,6 +202,15 @@ class Settings(BaseSettings):
     scheduler_lease_seconds: float = 30.0  # leader lease TTL; renewed every third of it
     scheduler_misfire_grace_seconds: int = 900  # a job late by less than this still runs (once)
     promotion_holdout_rows: int = 500  # newest preference rows of the pair used for the comparison
+
+    @field_validator("feedback_rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        # the subset of the `limits` notation we document; checked here without importing it
+        one = r"\s*\d+\s*/\s*(\d+\s*)?(second|minute|hour|day)s?\s*"
+        if not re.fullmatch(f"{one}(;{one})*", value):
+            raise ValueError(f"not a rate limit: {value!r}; e.g. '30/minute' or '5/second;100/hour'")
+        return value
 
     @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod

@@ -184,6 +184,28 @@ def split_prompts(n_prompts: int, val_fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
+FEEDBACK_SOURCE = "feedback"  # preference rows from POST /v1/feedback; judge "user:<key name>"
+
+
+def cap_feedback_per_key(prefs: pd.DataFrame, total_rows: int, max_share: float
+                         ) -> tuple[pd.DataFrame, dict[str, dict[str, int]]]:
+    """Keep at most max_share * total_rows feedback rows per API key (its newest), so that no one key
+    steers what the router learns. Returns the rows kept and, per key, {"rows", "kept"}."""
+    is_fb = (prefs["source"] == FEEDBACK_SOURCE).to_numpy()
+    if not is_fb.any():
+        return prefs, {}
+    cap = max(1, int(max_share * total_rows))
+    fb = prefs[is_fb]
+    keys = fb["judge"].fillna("unknown").astype(str).str.removeprefix("user:")
+    rank = fb.groupby(keys.to_numpy(), sort=False).cumcount(ascending=False).to_numpy()  # 0 = newest
+    keep = np.ones(len(prefs), dtype=bool)
+    keep[np.flatnonzero(is_fb)] = rank < cap
+    per_key = {}
+    for key, n in keys.value_counts().sort_index().items():
+        per_key[str(key)] = {"rows": int(n), "kept": int(min(n, cap))}
+    return prefs[keep], per_key
+
+
 def snapshot(data: RouterData, created: pd.Series | None = None) -> dict[str, object]:
     """What the model was trained on: rows per source and model, distinct prompts, time window."""
     # counted as logged: a merged repeat of a comparison counts each time it was judged

@@ -34,10 +34,18 @@ from routerops.models.embeddings import embed_cached, embedding_ref, ensure_buil
 from routerops.models.prompt_features import features, fit_standardizer, raw_features
 from routerops.models.router import ARTIFACT_NAME, FORMAT_V2, PYFUNC_CODE, MFRouter
 from routerops.owner import owner
+from routerops.redact import redact_values
 from routerops.settings import Settings
 from routerops.text import prompt_hash
 from routerops.training.eval_sets import load_routerbench
-from routerops.training.router_data import Weighting, build_router_data, fit_data, snapshot, split_prompts
+from routerops.training.router_data import (
+    Weighting,
+    build_router_data,
+    cap_feedback_per_key,
+    fit_data,
+    snapshot,
+    split_prompts,
+)
 from routerops.training.router_loso import eval_pair, leave_one_source_out
 
 log = logging.getLogger(__name__)
@@ -297,6 +305,8 @@ def train_router(
         if held_out:
             outcomes = outcomes[~outcomes["prompt_hash"].isin(held_out)]
             prefs = prefs[~prefs["prompt_hash"].isin(held_out)]
+        prefs, feedback_per_key = cap_feedback_per_key(prefs, len(outcomes) + len(prefs),
+                                                       settings.feedback_max_key_share)
         if len(outcomes) + len(prefs) == 0:
             what = f" for sources {sources}" if sources else ""
             raise EmptyStoreError(f"no outcome or preference data in the store{what}: run `routerops ingest ...` first")
@@ -314,6 +324,7 @@ def train_router(
     stamps = [s for s in (outcomes["created_at"], prefs["created_at"]) if len(s)]  # pandas warns on empty parts
     snap = snapshot(data, pd.concat(stamps) if stamps else None)
     snap["dropped"] = data.dropped
+    snap["feedback_per_key"] = feedback_per_key  # feedback rows per API key, and how many the cap kept
     val_mask = split_prompts(len(data.prompts), val_fraction, seed)
 
     aliases: dict[str, list[str]] = {}
@@ -336,7 +347,7 @@ def train_router(
     run_tags = {"routerops.kind": "mf-router", registry.OWNER_TAG: owner()}
     with mlflow.start_run(run_name="mf-router", tags=run_tags) as run, tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        mlflow.log_params(params)
+        mlflow.log_params(redact_values(params))
         mlflow.log_metrics({f"data_rows_{k}": v for k, v in snap["per_source"].items()})
         mlflow.log_dict(snap, "data_snapshot.json")
 
@@ -488,7 +499,7 @@ def train_router(
             tags["routerops.run_id"] = run.info.run_id
             tags.update({f"{registry.DATA_ID_TAG_PREFIX}{k}": str(v) for k, v in data_ids.items()})  # what it saw
             checkpoint("registering")
-            mv = mlflow.register_model(info.model_uri, settings.router_model_name, tags=tags)
+            mv = mlflow.register_model(info.model_uri, settings.router_model_name, tags=redact_values(tags))
             version = str(mv.version)
             checkpoint("registered")
             registry.set_challenger(settings.router_model_name, version, settings)

@@ -2,7 +2,7 @@
 # Regenerates the monitoring screenshots of the README as a user gets there: a store of AlpacaEval
 # judgements, a router trained and approved, a golden set recorded from AlpacaEval outputs, the
 # Evidently UI started (`routerops monitor ui`), one normal monitor run, then one with the weak model
-# drifted (Mixtral's "concise" outputs: the scenario of tests/test_monitor.py), a screenshot after
+# drifted (Mixtral's "concise" outputs: the scenario of tests/monitoring/test_monitor.py), a screenshot after
 # each, and the monitor's output (per-category table included) saved next to them.
 #
 #   docs/screenshots/capture_monitoring.sh        # needs the shared data and Debian's chromium
@@ -50,7 +50,7 @@ shot() {
   echo "wrote $OUT/$1"
 }
 
-# alpha for PGR 0.8 on the recorded set, as an operator calibrates after recording (tests/test_monitor.py)
+# alpha for PGR 0.8 on the recorded set, as an operator calibrates after recording (tests/monitoring/test_monitor.py)
 ALPHA=$("$REPO/.venv/bin/python" - <<'PY'
 import numpy as np
 from routerops.monitoring.golden import load_golden

@@ -70,6 +70,8 @@ class PreferenceLog(Base):
         Index("ix_preference_logs_prompt_hash", "prompt_hash"),
         Index("ix_preference_logs_created_at", "created_at"),
         Index("ix_preference_logs_source", "source"),
+        # one vote per (request, key): a repeated vote replaces the earlier one (serving/feedback.py)
+        Index("uq_preference_logs_feedback_vote", "request_id", "feedback_key", unique=True),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     prompt: Mapped[str] = mapped_column(Text)
@@ -85,6 +87,7 @@ class PreferenceLog(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     import_batch_id: Mapped[int | None] = mapped_column(ForeignKey("import_batches.id", ondelete="CASCADE"))
     request_id: Mapped[str | None] = mapped_column(String(32))  # set for source "feedback"
+    feedback_key: Mapped[str | None] = mapped_column(String(100))  # the API key whose vote this is (feedback)
     category: Mapped[str | None] = mapped_column(String(80))
 
     import_batch: Mapped[ImportBatch | None] = relationship()

@@ -18,7 +18,7 @@ import click
 class Lazy(NamedTuple):
     """A subcommand imported only when invoked, with the one line `--help` shows for it (listing the
     commands must not import them: that would pull in torch, MLflow...). At most 64 characters, so it
-    stays one line in an 80-column terminal (tests/test_cli_help.py)."""
+    stays one line in an 80-column terminal (tests/orchestration/test_cli_help.py)."""
 
     target: str  # "module:attribute" of a click command or group
     help: str

@@ -40,6 +40,7 @@ from routerops.monitoring.promotion import compare_challenger
 from routerops.monitoring.replay import run_monitor
 from routerops.owner import owner_gone
 from routerops.settings import Settings, get_settings
+from routerops.training.probes.cli import TooFewExamples
 from routerops.training.train_router import train_router
 
 log = logging.getLogger(__name__)
@@ -205,8 +206,12 @@ def registered_data_ids(settings: Settings) -> tuple[str | None, dict[str, int]]
 def _new_rows(settings: Settings, job: str,
               also_seen: dict[str, int] | None = None) -> tuple[int, dict[str, int], dict[str, int]]:
     """(new preference + outcome rows since the job's last success, or since `also_seen` when newer,
-    their max ids, the ids it saw)."""
+    their max ids, the ids it saw).
 
+    Feedback rows count at most feedback_max_key_share * retrain_min_new_rows per API key: one key
+    cannot trigger a retrain on its own."""
+
+    cap = max(1, int(settings.feedback_max_key_share * settings.retrain_min_new_rows))
     with session_scope(settings) as s:
         last = _last_ok(s, job)
         details = (last.details or {}) if last is not None else {}
@@ -218,6 +223,10 @@ def _new_rows(settings: Settings, job: str,
                                       .where(table.id > seen[key])).one()
             total += int(count or 0)
             latest[key] = int(max_id or seen[key])
+        per_key = s.execute(select(PreferenceLog.judge, func.count(PreferenceLog.id))
+                            .where(PreferenceLog.id > seen["max_preference_id"], PreferenceLog.source == "feedback")
+                            .group_by(PreferenceLog.judge)).all()
+        total -= sum(max(0, int(n) - cap) for _, n in per_key)
     return total, latest, seen
 
 
@@ -259,7 +268,10 @@ def retrain_probes_job(settings: Settings) -> dict[str, Any]:
         raise RuntimeError(f"probe trainer {PROBE_TRAIN_REF} not available: {exc}") from exc
     try:
         command.main(PROBE_TRAIN_ARGS, standalone_mode=False)
-    except click.ClickException as exc:  # e.g. too few labelled answers: a clear failure, retried next time
+    except TooFewExamples as exc:  # a fresh install: nothing to learn from yet, not a failure
+        log.info("job retrain-probes skipped: %s", exc.format_message())
+        return {"status": "skipped", "new_rows": new, "reason": exc.format_message(), **seen}
+    except click.ClickException as exc:  # a clear failure, retried next time
         raise RuntimeError(f"probe training refused: {exc.format_message()}") from None
     return {"new_rows": new, **max_ids, "command": f"routerops train probe {' '.join(PROBE_TRAIN_ARGS)}"}
 

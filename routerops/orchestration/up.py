@@ -32,6 +32,7 @@ from routerops.console_scripts import console_script
 from routerops.db import dispose_engines, migrate
 from routerops.models.embeddings import ensure_built_embedder
 from routerops.monitoring.dashboards import ensure_project
+from routerops.redact import redact
 from routerops.registry import configure_mlflow
 from routerops.settings import Settings, get_settings
 
@@ -328,7 +329,7 @@ def up(host: str | None, api_port: int | None, mlflow_port: int, evidently_port:
     if mlflow_ui_runs_locally(settings):
         summary.append(f"mlflow-ui: {mlflow_runs_url(settings, f'http://{probe}:{ports.mlflow}')}")
     else:
-        summary.append(f"mlflow-ui: {settings.resolved_tracking_uri} (external tracking server)")
+        summary.append(f"mlflow-ui: {redact(settings.resolved_tracking_uri)} (external tracking server)")
     summary.append(f"evidently-ui: http://{probe}:{ports.evidently}  (workspace {settings.resolved_evidently_workspace})")
     summary.append(f"scheduler: {'off' if no_scheduler else 'on'}")
     for line in summary:

@@ -16,6 +16,8 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from routerops.backends.base import BackendError, GenerationParams, last_user_prompt
 from routerops.db.models import new_id
+from routerops.redact import redact
+from routerops.serving.api.body import parse_json_object
 from routerops.serving.api.deps import ServingState, StateDep, user
 from routerops.serving.auth import Principal
 from routerops.serving.errors import ApiError, error_body, validation_message
@@ -56,12 +58,7 @@ async def parse_chat(request: Request, state: ServingState) -> ChatCompletionReq
     if len(body) > settings.max_body_bytes:
         raise ApiError(413, f"request body of {len(body)} bytes is over the limit of {settings.max_body_bytes}",
                        code="request_too_large")
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
-    if not isinstance(payload, dict):
-        raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+    payload = parse_json_object(body)
     try:
         return ChatCompletionRequest.model_validate(payload)
     except ValidationError as exc:
@@ -85,7 +82,7 @@ def pick(req: ChatCompletionRequest, state: ServingState) -> tuple[Strategy, lis
                        code="model_not_found")
     reason = strategy.unavailable()
     if reason:
-        raise ApiError(503, f"strategy not available: {reason}", param="model", code="strategy_unavailable")
+        raise ApiError(503, f"strategy not available: {redact(reason)}", param="model", code="strategy_unavailable")
     requested = req.max_completion_tokens or req.max_tokens or settings.max_new_tokens
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     params = GenerationParams(max_new_tokens=min(requested, settings.max_new_tokens),
@@ -144,11 +141,10 @@ async def chat_completions(request: Request, state: StateDep, principal: Princip
         else:
             out, deltas = await run_in_threadpool(strategy.stream, messages, params)
     except StrategyUnavailable as exc:
-        metrics.errors.labels("503").inc()
-        raise ApiError(503, f"strategy not available: {exc}", param="model", code="strategy_unavailable") from None
+        raise ApiError(503, f"strategy not available: {redact(exc)}", param="model",
+                       code="strategy_unavailable") from None
     except BackendError as exc:
-        metrics.errors.labels("502").inc()
-        raise ApiError(502, f"backend failed: {exc}", code="backend_error") from None
+        raise ApiError(502, f"backend failed: {redact(exc)}", code="backend_error") from None
     except ValueError as exc:  # e.g. a prompt the backend cannot template
         raise ApiError(400, str(exc), code="invalid_request") from None
 
@@ -182,9 +178,9 @@ async def chat_completions(request: Request, state: StateDep, principal: Princip
                 yield chunk({"content": delta})
         except Exception as exc:  # noqa: BLE001 - headers are sent: report in-band, then end
             log.warning("stream %s failed: %s", request_id, exc)
-            metrics.errors.labels("502").inc()
+            metrics.errors.labels("502").inc()  # the answer is a 200 already: counted here, in-band
             metrics.stream_errors.labels(out.model).inc()
-            message = f"backend failed mid-stream: {exc}" if isinstance(exc, BackendError) else \
+            message = f"backend failed mid-stream: {redact(exc)}" if isinstance(exc, BackendError) else \
                 f"stream failed ({type(exc).__name__}); see the server log"
             yield f"data: {json.dumps(error_body(message, 'backend_error', None, 'backend_error'))}\n\n"
             yield "data: [DONE]\n\n"

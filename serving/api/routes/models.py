@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from routerops.redact import redact
 from routerops.serving.api.deps import StateDep, user
 from routerops.serving.auth import Principal
 
@@ -17,5 +18,6 @@ async def list_models(state: StateDep, _principal: Principal = user) -> dict:
         reason = strategy.unavailable()
         kind = "strategy" if name in ("router", "cascade", "speculative") else "model"
         data.append({"id": name, "object": "model", "created": 0, "owned_by": "routerops",
-                     "routerops": {"kind": kind, "available": reason is None, "unavailable_reason": reason}})
+                     "routerops": {"kind": kind, "available": reason is None,
+                                   "unavailable_reason": redact(reason) if reason else None}})
     return {"object": "list", "data": data}

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from conftest import clean_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Up:

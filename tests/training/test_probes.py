@@ -22,7 +22,7 @@ from routerops.training.probes.dataset import (
 )
 from routerops.training.probes.train import ProbeData, evaluate, log_probe
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "probes"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "probes"
 
 
 # --- metrics --------------------------------------------------------------------------------------

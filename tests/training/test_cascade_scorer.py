@@ -200,7 +200,7 @@ def test_request_log_writes_one_row_per_step(settings):
 
 
 # --- threshold refit from logged steps ---------------------------------------------------------
-# The hand-computed table of tests/test_cascade.py, now as logged traffic: 4 explored requests,
+# The hand-computed table of tests/serving/test_cascade.py, now as logged traffic: 4 explored requests,
 # weak (cost 1): correct 1,1,0,0 with scores .9,.6,.4,.2; strong (cost 10): correct 1,1,1,0.
 # Accepting the weak answer iff score >= t:  t <= .2: quality .50 cost 1;  .2 < t <= .4: .50 @ 3.5;
 # .4 < t <= .6: .75 @ 6;  .6 < t <= .9: .75 @ 8.5;  t > .9: .75 @ 11.

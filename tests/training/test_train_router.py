@@ -16,7 +16,7 @@ from routerops.models.mf import MFModel, pair_direction
 from routerops.text import prompt_hash
 from routerops.training.router_data import Weighting, build_router_data, row_weights, split_prompts
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "router"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "router"
 PREFS = FIXTURES / "prefs.jsonl"
 EVAL = FIXTURES / "eval_routerbench.csv"
 FAST = {"val_fraction": 0.3, "progress": False}
@@ -137,6 +137,29 @@ def test_train_registers_challenger_and_leaves_champion(settings) -> None:  # no
     assert second.metrics["embed_seconds"] < first.metrics["embed_seconds"]
     assert registry.version_by_alias("mf-router", "challenger", settings).version == "2"
     assert registry.version_by_alias("mf-router", "champion", settings).version == "1"
+
+
+def test_one_keys_feedback_is_capped_and_counted_in_the_snapshot(settings) -> None:  # noqa: ANN001
+    """40 feedback rows from one API key on 220 fixture rows: at most 10% of the 260 (26, its newest) train
+    the router, and the run's data snapshot says so per key (issue 26)."""
+    import mlflow
+
+    from routerops.db import session_scope
+    from routerops.db.models import PreferenceLog
+    from routerops.training.train_router import train_router
+
+    _ingest(settings)
+    prompts = fixture_frame()["prompt"].tolist()
+    with session_scope(settings) as s:
+        for i in range(40):
+            s.add(PreferenceLog(prompt=prompts[i], prompt_hash=prompt_hash(prompts[i]), model_a="gpt-4-1106-preview",
+                                model_b="mixtral-8x7b-instruct-v0.1", winner="b", source="feedback",
+                                judge="user:mallory", request_id=f"r{i}", feedback_key="mallory"))
+    result = train_router(settings, register=False, max_iter=20, **FAST)
+    snap = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=result.run_id,
+                                                                artifact_path="data_snapshot.json")).read_text())
+    assert snap["feedback_per_key"] == {"mallory": {"rows": 40, "kept": 26}}
+    assert snap["per_source"]["feedback"] == 26
 
 
 def test_source_filters_and_empty_store(settings) -> None:  # noqa: ANN001

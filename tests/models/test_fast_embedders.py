@@ -20,8 +20,8 @@ from click.testing import CliRunner
 
 from routerops.models.embedders.files import EmbedderFilesError
 
-ROOT = Path(__file__).resolve().parent.parent
-PREFS = Path(__file__).resolve().parent / "fixtures" / "router" / "prefs.jsonl"
+ROOT = Path(__file__).resolve().parents[2]
+PREFS = Path(__file__).resolve().parents[1] / "fixtures" / "router" / "prefs.jsonl"
 PROMPTS = ["What is the capital of France?", "Write a Python function that reverses a list.",
            "hello there", "", "Prove that the square root of two is irrational, step by step."]
 

@@ -16,7 +16,7 @@ from routerops.db import session_scope
 from routerops.db.models import JobRun, PreferenceLog
 from routerops.orchestration.scheduler import JobSpec, LeaseLock, RouterOpsScheduler, run_job
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "monitoring"))  # "sched_jobs:..." job refs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "monitoring"))  # "sched_jobs:..." job refs
 
 LEASE_S = 1.5
 
@@ -126,6 +126,22 @@ def test_retrain_waits_for_enough_new_rows(settings, monkeypatch):
 
     bad = CliRunner().invoke(cli, ["scheduler", "--once", "nope"])
     assert bad.exit_code != 0 and "unknown job 'nope'" in bad.output
+
+
+def test_probe_job_with_too_little_data_is_skipped_in_one_line(settings, monkeypatch, caplog):
+    """A fresh install (preference rows imported, no logged answers): skipped, no ERROR, no traceback."""
+    import logging
+
+    monkeypatch.setenv("ROUTEROPS_RETRAIN_MIN_NEW_ROWS", "1")
+    with session_scope(settings) as s:
+        s.add(PreferenceLog(prompt="p", prompt_hash="h", model_a="a", model_b="b", winner="a", source="test"))
+    caplog.set_level(logging.INFO)
+    assert run_job("retrain-probes", "routerops.orchestration.scheduler:retrain_probes_job") == "skipped"
+    (row,) = _runs(settings, "retrain-probes")
+    assert row.error is None and "only 0 training examples" in row.details["reason"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert [r.getMessage() for r in caplog.records if "training examples" in r.getMessage()] == [
+        "job retrain-probes skipped: only 0 training examples: too few to train a probe"]
 
 
 def test_sigterm_stops_the_scheduler_process_cleanly(settings):

@@ -16,7 +16,7 @@ from conftest import SESSION_ENV
 from routerops.model_names import UnknownModelError
 from routerops.orchestration.cli import cli
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "router"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "router"
 PROMPTS = [
     "Solve for x: 7x - 3 = 25.",
     "Write a Python function that merges two sorted lists.",

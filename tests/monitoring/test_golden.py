@@ -24,7 +24,7 @@ from routerops.monitoring.golden import (
 from routerops.monitoring.quality import RecordedJudge, gold_match, normalize_answer
 from routerops.text import prompt_hash
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _trace(tid: str = "t1", **kw) -> GoldenTrace:
@@ -145,6 +145,6 @@ def test_shipped_golden_set():
     weak_q = sum(gold_match(t.weak.output, t.label.gold_answer) for t in traces)
     strong_q = sum(gold_match(t.strong.output, t.label.gold_answer) for t in traces)
     # The two sides differ; PGR is defined only if strong is the better one (routerops.monitoring.golden.
-    # recorded_quality_gap; the monitor reports PGR null otherwise, tests/test_monitor_no_gap.py).
+    # recorded_quality_gap; the monitor reports PGR null otherwise, tests/monitoring/test_monitor_no_gap.py).
     assert weak_q != strong_q
     assert strong_q > weak_q  # a gap to recover: PGR is defined on the shipped set

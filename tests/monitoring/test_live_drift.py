@@ -25,7 +25,7 @@ from routerops.db.models import Alert, LiveDriftRun
 from routerops.monitoring.drift import DriftResult
 from routerops.monitoring.live_drift import decide, expected_share
 
-PREFS = Path(__file__).resolve().parent / "fixtures" / "router" / "prefs.jsonl"
+PREFS = Path(__file__).resolve().parents[1] / "fixtures" / "router" / "prefs.jsonl"
 KEY = "live-drift-key-0123456789"
 
 

@@ -21,7 +21,7 @@ from routerops.importers.judgment_scores import soft_label as score_soft_label
 from routerops.importers.store import load_outcomes, load_preferences
 from routerops.text import prompt_hash
 
-FIX = Path(__file__).resolve().parent / "fixtures" / "importers"
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "importers"
 
 
 def rows_of(settings, batch_id: int) -> list[PreferenceLog]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SECRETS = ("POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "ROUTEROPS_API_KEYS", "ROUTEROPS_ADMIN_API_KEYS")
 OUR_IMAGE = "routerops:latest"
 

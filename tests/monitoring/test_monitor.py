@@ -203,7 +203,7 @@ def test_shipped_golden_set_replays_end_to_end(settings):
 
     from routerops.orchestration.cli import cli
 
-    golden = Path(__file__).resolve().parent.parent / "golden_traces/default.jsonl"
+    golden = Path(__file__).resolve().parents[2] / "golden_traces/default.jsonl"
     t0 = time.perf_counter()
     result = CliRunner().invoke(cli, ["monitor", "run", "--golden", str(golden), "--json"])
     wall = time.perf_counter() - t0
@@ -221,7 +221,7 @@ def test_shipped_golden_set_replays_end_to_end(settings):
         assert m["pgr"] == pytest.approx(1.0) and m["baseline_pgr"] == pytest.approx(1.0)
     else:  # no gap on the recording: PGR is null with the reason, never 1.0
         assert m["pgr"] is None and m["baseline_pgr"] is None
-        assert m["pgr_null_reason"].startswith("PGR is undefined")  # the printed line: tests/test_monitor_no_gap.py
+        assert m["pgr_null_reason"].startswith("PGR is undefined")  # the printed line: tests/monitoring/test_monitor_no_gap.py
     # Same weights, decoding and seeds: the replay reproduces the recording (greedy and seeded sampling).
     assert m["output_drift"]["weak"]["exact_match_rate"] >= 0.9
     assert m["output_drift"]["strong"]["exact_match_rate"] >= 0.9

@@ -13,7 +13,7 @@ import pytest
 
 from routerops.orchestration.cli import LAZY_COMMANDS, LAZY_ROUTER_COMMANDS, LAZY_TRAIN_COMMANDS, cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "mlflow", "sentence_transformers", "transformers", "evidently", "sklearn")
 GROUPS = {(): LAZY_COMMANDS, ("router",): LAZY_ROUTER_COMMANDS, ("train",): LAZY_TRAIN_COMMANDS}
 

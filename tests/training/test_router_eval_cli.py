@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from routerops import metrics
 from routerops.orchestration.cli import cli
 
-FIX = Path(__file__).parent / "fixtures" / "router_eval"
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "router_eval"
 B_SCORES = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
 B_WEAK = np.array([0, 0, 1, 0, 0])
 B_STRONG = np.array([1, 0, 0, 1, 1])
