@@ -277,7 +277,7 @@ def test_quick_replay_shows_progress_with_an_eta_and_covers_the_categories(setti
     from routerops.monitoring.replay import spread_sample
     from routerops.orchestration.cli import cli
 
-    golden = Path(__file__).resolve().parent.parent / "golden_traces/default.jsonl"
+    golden = Path(__file__).resolve().parents[2] / "golden_traces/default.jsonl"
     traces = load_golden(golden)
     picked = spread_sample(traces, 3)
     assert len({t.category for t in picked}) == 3 and spread_sample(traces, None) == traces

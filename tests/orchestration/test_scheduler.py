@@ -187,7 +187,7 @@ def test_retrain_skips_rows_the_registered_version_was_trained_on(settings, monk
     from routerops.importers.core import import_file
     from routerops.orchestration.cli import cli
 
-    prefs = Path(__file__).resolve().parent / "fixtures" / "router" / "prefs.jsonl"
+    prefs = Path(__file__).resolve().parents[1] / "fixtures" / "router" / "prefs.jsonl"
     assert import_file(settings, "native", prefs, progress=False).accepted == 220
     monkeypatch.setenv("ROUTEROPS_RETRAIN_MIN_NEW_ROWS", "1")
     monkeypatch.setenv("ROUTEROPS_ROUTER_STRONG_NAME", "gpt-4-1106-preview")
