@@ -19,7 +19,12 @@ def _train_and_compare(no_compare: bool, **kwargs) -> None:  # noqa: ANN003 - tr
     if no_compare or result is None or not result.model_version:
         return
     settings = get_settings()
-    cmp = compare_challenger(settings, result.model_version)
+    try:
+        cmp = compare_challenger(settings, result.model_version)
+    except Exception as exc:  # noqa: BLE001 - the version is registered either way; say why there is no table
+        click.echo(f"challenger v{result.model_version} registered, not compared with the champion: "
+                   f"{type(exc).__name__}: {exc}", err=True)
+        return
     champion = f"v{cmp['champion_version']}" if cmp["champion_version"] else "none yet"
     click.echo(f"challenger v{result.model_version} vs champion ({champion}): {cmp['verdict']}; the table is the "
                f"version's description in MLflow (Models > {settings.router_model_name} > Version "
