@@ -17,8 +17,10 @@ training data (it trains on everything stored); the golden set never is unless i
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -115,6 +117,8 @@ class Comparison:
         if self.alphas:
             lines += ["", "Each router is scored at its own live alpha: "
                       + ", ".join(f"{role} {a:.4f}" for role, a in self.alphas.items())]
+        if not self.ope:  # the notes say why (no or too few judged exploration pairs yet)
+            lines += ["", "Off-policy evaluation (OPE): not available yet (see the notes)."]
         if self.notes:
             lines += ["", *[f"- {n}" for n in self.notes]]
         return "\n".join(lines) + "\n"
@@ -123,6 +127,42 @@ class Comparison:
         return {"challenger_version": self.challenger_version, "champion_version": self.champion_version,
                 "alpha": self.alpha, "alphas": self.alphas, "results": self.results, "loso": self.loso,
                 "verdict": self.verdict, "notes": self.notes, "ope": self.ope}
+
+
+def comparison_plot(cmp: Comparison, path: Path) -> None:
+    """APGR per evaluation slice and leave-one-source-out APGR per held-out source, challenger beside
+    champion (random routing = 0.5)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels: list[str] = []
+    values: dict[str, list[float]] = {"challenger": [], "champion": []}
+    for sl, roles in cmp.results.items():
+        labels.append(f"{sl} (APGR)")
+        for role in values:
+            values[role].append(np.nan if roles.get(role, {}).get("apgr") is None else roles[role]["apgr"])
+    keys = sorted(set().union(*(v.keys() for v in cmp.loso.values())) - {"mean", "min"}) + ["mean"] if cmp.loso else []
+    for key in keys:
+        labels.append(f"LOSO {key}")
+        for role in values:
+            values[role].append(cmp.loso.get(role, {}).get(key, np.nan))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(labels) + 2), 4))
+    x = np.arange(len(labels))
+    ax.bar(x - 0.2, values["challenger"], 0.4, label=f"challenger v{cmp.challenger_version}")
+    ax.bar(x + 0.2, values["champion"], 0.4, alpha=0.6,
+           label=f"champion v{cmp.champion_version}" if cmp.champion_version else "champion (none)")
+    ax.axhline(0.5, color="grey", linestyle="--", label="random")
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("APGR")
+    ax.set_title(f"Challenger vs champion: {cmp.verdict}")
+    ax.legend(fontsize=8)
+    if not labels:
+        ax.text(0.5, 0.5, "nothing to compare on (see the description's notes)", ha="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def loso_metrics(client, run_id: str) -> dict[str, float]:  # noqa: ANN001
@@ -283,8 +323,14 @@ def compare_challenger(settings: Settings, challenger_version: str | int) -> dic
             cmp.verdict = "similar"
     for key, value in cmp.tags().items():
         client.set_model_version_tag(name, str(mv.version), key, value)
+    # where a person approves: the version page shows its description as markdown, in full
+    client.update_model_version(name, str(mv.version), description=cmp.markdown())
     if mv.run_id:
         client.log_text(mv.run_id, cmp.markdown(), "promotion/comparison.md")
         client.log_dict(mv.run_id, cmp.to_dict(), "promotion/comparison.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            png = Path(tmp) / "comparison.png"
+            comparison_plot(cmp, png)
+            client.log_artifact(mv.run_id, str(png), "promotion")
     log.info("challenger v%s vs champion %s: %s", mv.version, cmp.champion_version, cmp.verdict)
     return cmp.to_dict()

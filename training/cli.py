@@ -75,6 +75,7 @@ def train_router(sources: tuple[str, ...], exclude_sources: tuple[str, ...], for
         click.echo(result.loso.table())
     for key in sorted(result.metrics):
         click.echo(f"  {key}: {result.metrics[key]:.4f}")
+    return result  # for `routerops train router`, which then compares it with the champion
 
 
 def _read_prompts(path: Path) -> tuple[list[tuple[object, str]], list[str]]:

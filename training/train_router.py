@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import func, select
 
 from routerops import metrics as rmetrics
 from routerops import registry
 from routerops.checkpoint import checkpoint
 from routerops.db import session_scope
+from routerops.db.models import OutcomeLog, PreferenceLog
 from routerops.importers.store import load_outcomes, load_preferences
 from routerops.model_names import UnknownModelError, load_catalog, name_key
 from routerops.models import irt_mf
@@ -50,7 +52,6 @@ from routerops.training.router_loso import eval_pair, leave_one_source_out
 log = logging.getLogger(__name__)
 
 
-
 class EmptyStoreError(RuntimeError):
     pass
 
@@ -68,6 +69,12 @@ class TrainResult:
 REFERENCE_PROMPTS = 2000  # prompts kept with the router to find the alpha for a strong share
 CALIBRATION_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MIN_CATEGORY_PROMPTS = 30  # per-category APGR only where the validation split has this many prompts
+
+
+def store_max_ids(session) -> dict[str, int]:  # noqa: ANN001 - a SQLAlchemy Session
+    """{"max_preference_id", "max_outcome_id"}: the newest rows in the store now (0 when empty)."""
+    return {"max_preference_id": int(session.scalar(select(func.max(PreferenceLog.id))) or 0),
+            "max_outcome_id": int(session.scalar(select(func.max(OutcomeLog.id))) or 0)}
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -127,7 +134,7 @@ def _pgr_plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Pat
     ax.set_xlabel("share of calls to the strong model")
     ax.set_ylabel("PGR (performance gap recovered)")
     ax.set_title("PGR vs strong-model share")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -183,6 +190,48 @@ def per_category_apgr(data, X: np.ndarray, params: dict[str, np.ndarray], mask: 
                          "prompts": int(sel.sum()),
                          "apgr": float(rmetrics.apgr(scores, ev.weak_q[sel], ev.strong_q[sel]))})
     return rows
+
+
+MIN_CURVE_PROMPTS = 10  # a validation PGR curve needs this many held-out prompts of a judged pair
+
+
+def validation_pgr_curves(data, X: np.ndarray, params: dict[str, np.ndarray],  # noqa: ANN001
+                          mask: np.ndarray) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, float]], list[str]]:
+    """PGR versus strong share on the validation prompts of each source with a judged pair (its
+    leave-one-source-out evaluation pair), so every run has the curve, evaluation sets or not;
+    and, per source without one, why not."""
+    index = {m: i for i, m in enumerate(data.vocabulary)}
+    known = set(range(len(data.vocabulary)))
+    curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+    why_not: list[str] = []
+    for source in data.sources:
+        ev = eval_pair(data, source, known)
+        if ev is None or ev.mode != "pair":
+            why_not.append(f"{source}: no two models compared on the same prompts")
+            continue
+        sel = mask[ev.q]
+        if sel.sum() < MIN_CURVE_PROMPTS:
+            why_not.append(f"{source}: {int(sel.sum())} validation prompts of {ev.strong} vs {ev.weak} "
+                           f"(fewer than {MIN_CURVE_PROMPTS})")
+            continue
+        scores = irt_mf.pair_score(params, X[ev.q[sel]], index[ev.strong], index[ev.weak])
+        try:
+            curve = rmetrics.pgr_curve(scores, ev.weak_q[sel], ev.strong_q[sel])
+        except rmetrics.NoQualityGap as exc:
+            why_not.append(f"{source}: {exc}")
+            continue
+        curves[f"validation {source}: {ev.strong} vs {ev.weak}, {int(sel.sum())} prompts"] = (
+            np.asarray(curve.strong_share), np.asarray(curve.pgr), curve.apgr())
+    return curves, why_not
+
+
+def _log_missing_plot(name: str, reason: str) -> None:
+    """A plot the run cannot draw says why, where the plot would be and as a run tag."""
+    import mlflow
+
+    mlflow.log_text(reason + "\n", f"plots/{name}.missing.txt")
+    mlflow.set_tag(f"plots.{name}", f"not drawn: {reason}"[:5000])
+    log.warning("plots/%s.png not drawn: %s", name, reason)
 
 
 def _loso_plot(frame, path: Path) -> None:  # noqa: ANN001
@@ -251,6 +300,7 @@ def train_router(
 
     t_start = time.perf_counter()
     with session_scope(settings) as session:
+        data_ids = store_max_ids(session)  # before loading: a row arriving meanwhile counts as new
         outcomes = load_outcomes(session, sources=sources, exclude_sources=exclude_sources)
         prefs = load_preferences(session, sources=sources, exclude_sources=exclude_sources)
         if held_out:
@@ -352,6 +402,8 @@ def train_router(
             results["val_pref_auc"] = _auc(p_val["hard"].to_numpy(), p_a)
             _calibration_plot(p_a, p_val["target"].to_numpy(), tmp_path / "calibration.png")
             mlflow.log_artifact(str(tmp_path / "calibration.png"), "plots")
+        else:
+            _log_missing_plot("calibration", "no judged comparisons among the validation prompts")
 
         categories = per_category_apgr(data, X, weights, val_mask)
         if categories:
@@ -387,9 +439,14 @@ def train_router(
             results[f"apgr_{ev.name}"] = a
             results[f"cpt50_{ev.name}"] = float(curve.cpt(0.5))
             curves[ev.name] = (np.asarray(curve.strong_share), np.asarray(curve.pgr), a)
+        val_curves, no_curve = validation_pgr_curves(data, X, weights, val_mask)
+        curves.update(val_curves)
         if curves:
             _pgr_plot(curves, tmp_path / "pgr_curve.png")
             mlflow.log_artifact(str(tmp_path / "pgr_curve.png"), "plots")
+        else:
+            _log_missing_plot("pgr_curve", "no evaluation set and no validation source with a curve: "
+                              + "; ".join(no_curve or ["no sources"]))
 
         loso_report = None
         if loso:
@@ -406,6 +463,8 @@ def train_router(
                 results["loso_seconds"] = loso_report.seconds
                 for row in loso_report.rows:
                     results[f"loso_apgr_{row.source}"] = row.apgr
+            else:
+                _log_missing_plot("loso_apgr", "no source has a pair of models to evaluate when held out")
         mlflow.log_metrics({k: v for k, v in results.items() if np.isfinite(v)})
 
         model_dir = router.save(tmp_path / "model")
@@ -442,6 +501,7 @@ def train_router(
                 for sh, al in zip(calibration["shares"], calibration["alphas"], strict=True):
                     tags[f"alpha_at_share_{sh:.1f}"] = f"{al:.4f}"
             tags["routerops.run_id"] = run.info.run_id
+            tags.update({f"{registry.DATA_ID_TAG_PREFIX}{k}": str(v) for k, v in data_ids.items()})  # what it saw
             checkpoint("registering")
             mv = mlflow.register_model(info.model_uri, settings.router_model_name, tags=redact_values(tags))
             version = str(mv.version)

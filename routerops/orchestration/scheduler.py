@@ -32,6 +32,7 @@ import click
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from routerops import registry
 from routerops.db import get_engine, session_scope
 from routerops.db.models import JobRun, Lease, OutcomeLog, PreferenceLog
 from routerops.jsonsafe import json_safe
@@ -155,7 +156,7 @@ def mark_interrupted_jobs(session, job: str) -> list[int]:  # noqa: ANN001 - a S
 
 def run_job(name: str, ref: str, holder: str | None = None, lease_name: str = LEASE_NAME) -> str:
     """Run one job and record it in job_runs; never raises. With a holder, the job runs only while
-    that holder has the lease. Returns the final status."""
+    that holder has the lease. Returns the final status ("skipped (why)" for a skip that says why)."""
 
     settings = get_settings()
     if holder is not None and lease_holder(settings, lease_name) != holder:
@@ -179,8 +180,9 @@ def run_job(name: str, ref: str, holder: str | None = None, lease_name: str = LE
     with session_scope(settings) as s:
         row = s.get(JobRun, run_id)
         row.status, row.details, row.error, row.finished_at = status, json_safe(details), error, datetime.now(UTC)
-    log.info("job %s finished: %s", name, status)
-    return status
+    reason = details.get("reason") if status == "skipped" else None
+    log.info("job %s finished: %s%s", name, status, f" ({reason})" if reason else "")  # one line, with why
+    return f"{status} ({reason})" if reason else status
 
 
 # --- the jobs -------------------------------------------------------------------------------------
@@ -189,8 +191,27 @@ def _last_ok(session, job: str) -> JobRun | None:  # noqa: ANN001
                            .order_by(JobRun.id.desc()).limit(1)).first()
 
 
-def _new_rows(settings: Settings, job: str) -> tuple[int, dict[str, int], dict[str, int]]:
-    """(new preference + outcome rows since the job's last success, their max ids, the ids it saw).
+def registered_data_ids(settings: Settings) -> tuple[str | None, dict[str, int]]:
+    """(newest version of the router, the newest store rows its training saw: its version tags);
+    ({} when it has none: registered before routerops recorded them)."""
+    c = registry.client(settings)
+    try:
+        versions = c.search_model_versions(f"name = '{settings.router_model_name}'",
+                                           order_by=["version_number DESC"], max_results=1)
+    except Exception:  # noqa: BLE001 - no registry yet: nothing registered
+        return None, {}
+    if not versions:
+        return None, {}
+    mv = versions[0]
+    ids = {key: int(mv.tags[registry.DATA_ID_TAG_PREFIX + key]) for key in ("max_preference_id", "max_outcome_id")
+           if (mv.tags or {}).get(registry.DATA_ID_TAG_PREFIX + key, "").isdigit()}
+    return str(mv.version), ids
+
+
+def _new_rows(settings: Settings, job: str,
+              also_seen: dict[str, int] | None = None) -> tuple[int, dict[str, int], dict[str, int]]:
+    """(new preference + outcome rows since the job's last success, or since `also_seen` when newer,
+    their max ids, the ids it saw).
 
     Feedback rows count at most feedback_max_key_share * retrain_min_new_rows per API key: one key
     cannot trigger a retrain on its own."""
@@ -199,7 +220,8 @@ def _new_rows(settings: Settings, job: str) -> tuple[int, dict[str, int], dict[s
     with session_scope(settings) as s:
         last = _last_ok(s, job)
         details = (last.details or {}) if last is not None else {}
-        seen = {key: int(details.get(key, 0)) for key in ("max_preference_id", "max_outcome_id")}
+        seen = {key: max(int(details.get(key, 0)), int((also_seen or {}).get(key, 0)))
+                for key in ("max_preference_id", "max_outcome_id")}
         total, latest = 0, dict(seen)
         for key, table in (("max_preference_id", PreferenceLog), ("max_outcome_id", OutcomeLog)):
             count, max_id = s.execute(select(func.count(table.id), func.max(table.id))
@@ -222,10 +244,16 @@ def retrain_router_job(settings: Settings) -> dict[str, Any]:
     retrain (with the leave-one-source-out table when `retrain_loso`); then compare the new challenger
     with the champion (tags + summary; nothing is promoted)."""
     judged = _judge_pending(settings)  # exploration pairs judged now become rows of this retrain
-    new, max_ids, seen = _new_rows(settings, "retrain-router")
+    # rows a registered version was trained on are not new, whoever trained it (`train router` too)
+    version, trained_on = registered_data_ids(settings)
+    new, max_ids, seen = _new_rows(settings, "retrain-router", trained_on)
     if new < settings.retrain_min_new_rows:
-        return {"status": "skipped", "new_rows": new, "min_new_rows": settings.retrain_min_new_rows, **seen,
-                "exploration": judged}
+        since = f"version {version} of {settings.router_model_name}" if trained_on else "the last retrain"
+        reason = (f"no new rows since {since}" if new == 0 else
+                  f"{new} new rows since {since}, fewer than retrain_min_new_rows={settings.retrain_min_new_rows}")
+        return {"status": "skipped", "reason": reason, "new_rows": new,
+                "min_new_rows": settings.retrain_min_new_rows, "since_version": version if trained_on else None,
+                **seen, "exploration": judged}
 
     result = train_router(settings, register=True, progress=False, loso=settings.retrain_loso)
     comparison = compare_challenger(settings, result.model_version) if result.model_version else None

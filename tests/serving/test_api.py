@@ -703,6 +703,46 @@ def test_local_smollm2_pair_serves_router_and_models(tmp_path: Path) -> None:
         metrics = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {USER_KEY}"}).text
         assert "routerops_speculative_acceptance_rate_count 2.0" in metrics  # streamed one too
 
+        # measured slower than the target alone (issue 28: speedup 0.64 under load): plain decoding, said so
+        from routerops.serving.strategies import SPEEDUPS
+
+        key = ("smollm2-135m-instruct", settings.speculative_draft)
+        try:
+            for _ in range(SPEEDUPS.window):
+                SPEEDUPS.record(key, 0.64)
+            plain = c.chat.completions.create(model="speculative", messages=msgs, max_tokens=6)
+            info = plain.model_extra["routerops"]
+            assert info["reason"].startswith("plain decoding of smollm2-135m-instruct: speculative decoding's "
+                                             f"measured speedup 0.64 over its last {SPEEDUPS.window} requests")
+            assert info["speculative"] == {"fallback_plain": 1.0, "measured_speedup": pytest.approx(0.64),
+                                           "measured_requests": float(SPEEDUPS.window)}
+            assert plain.choices[0].message.content == weak.choices[0].message.content  # same greedy text
+            chunks = list(c.chat.completions.create(model="speculative", messages=msgs, max_tokens=6, stream=True))
+            assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == \
+                weak.choices[0].message.content
+            assert chunks[-1].model_extra["routerops"]["speculative"]["fallback_plain"] == 1.0
+        finally:
+            SPEEDUPS._seen.clear()
+            SPEEDUPS._plain.clear()
+
+
+def test_speculative_falls_back_below_1_and_re_measures() -> None:
+    from routerops.serving.strategies import SpeedupTracker
+
+    t = SpeedupTracker(window=4, probe_every=3)
+    assert t.use_plain("k") is None  # nothing measured yet
+    for v in (1.2, 1.3, 1.1):
+        t.record("k", v)
+    assert t.use_plain("k") is None  # fewer than `window` measurements
+    t.record("k", 1.25)
+    assert t.use_plain("k") is None  # faster: speculative
+    for _ in range(4):
+        t.record("k", 0.64)
+    assert [t.use_plain("k") for _ in range(3)] == [pytest.approx(0.64), pytest.approx(0.64), None]  # 3rd re-measures
+    for _ in range(4):
+        t.record("k", 1.3)  # the traffic changed
+    assert t.use_plain("k") is None
+
 
 def test_target_strong_share_end_to_end(tmp_path: Path) -> None:
     """A fresh router, no alpha set anywhere: serving takes the alpha from the router's calibration

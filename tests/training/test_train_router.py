@@ -131,6 +131,9 @@ def test_train_registers_challenger_and_leaves_champion(settings) -> None:  # no
     registry.approve("mf-router", "1", approved_by="test", settings=settings)
     second = train_router(settings, seed=1, **FAST)  # embeddings now come from the cache
     assert second.model_version == "2"
+    # no evaluation set: the PGR curve is drawn on the validation prompts of each judged pair
+    assert {a.path for a in client.list_artifacts(second.run_id, "plots")} == {"plots/calibration.png",
+                                                                              "plots/pgr_curve.png"}
     assert second.metrics["embed_seconds"] < first.metrics["embed_seconds"]
     assert registry.version_by_alias("mf-router", "challenger", settings).version == "2"
     assert registry.version_by_alias("mf-router", "champion", settings).version == "1"
@@ -267,3 +270,17 @@ def test_per_category_apgr_on_held_out_prompts() -> None:
     assert [r["category"] for r in rows] == ["(all)", "even"]
     assert all(r["strong"] == "s" and r["weak"] == "w" and r["apgr"] > 0.55 for r in rows), rows
     assert rows[0]["prompts"] == int(val.sum()) and 0 < rows[1]["prompts"] < rows[0]["prompts"]
+
+
+def test_a_plot_that_cannot_be_drawn_says_why(settings) -> None:  # noqa: ANN001
+    from routerops import registry
+    from routerops.training.train_router import train_router
+
+    _ingest(settings)
+    run = train_router(settings, val_fraction=0.04, register=False, progress=False)  # ~4 validation prompts
+    client = registry.client(settings)
+    arts = {a.path for a in client.list_artifacts(run.run_id, "plots")}
+    assert "plots/pgr_curve.png" not in arts and "plots/pgr_curve.missing.txt" in arts
+    reason = client.get_run(run.run_id).data.tags["plots.pgr_curve"]
+    assert reason.startswith("not drawn: no evaluation set and no validation source with a curve: fixture: ")
+    assert "validation prompts of gpt-4-1106-preview vs" in reason and "(fewer than 10)" in reason
