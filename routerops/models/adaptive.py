@@ -40,10 +40,12 @@ class AdaptiveConfig:
     squared error on the residual): empirical Bayes, so a pair whose labels are dense and locally
     consistent gets little shrinkage and one whose neighbours say nothing stays at the prior."""
 
-    ks: tuple[int, ...] = (10, 30, 100)  # neighbours read per prompt
+    ks: tuple[int, ...] = (10, 30, 100, 300)  # neighbours read per prompt
     bandwidths: tuple[float, ...] = (0.05, 0.1, 0.3, 1.0)  # kernel width on the cosine similarity
     taus: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0, 30.0)  # prior strength, in kernel weight (a label at cos 1 weighs 1)
-    lambdas: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)  # ridge penalties of the pair's calibration
+    # ridge penalties of the pair's linear calibration (Calibration); none by default: measured, it lost
+    # more than it won on the adaptation benchmark (docs/adaptation.md)
+    lambdas: tuple[float, ...] = ()
     loo_sample: int = 1000  # labelled prompts predicted to choose them
     max_candidates: int = 20000  # labelled prompts searched per pair (the last ones kept)
     seed: int = 0
