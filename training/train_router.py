@@ -58,12 +58,16 @@ class DegenerateRouterError(RuntimeError):
 
 
 def degenerate_reason(val_scores: np.ndarray | None, fit_info: dict[str, float],
-                      alphas: list[float | None] | None) -> str | None:
-    """Why this router must not be registered, or None. `val_scores`: the default pair's scores on
-    the validation prompts (never trained on); `alphas`: the calibration table's."""
+                      alphas: list[float | None] | None, labelled_prompts: int = 0) -> str | None:
+    """Why this router must not be registered, or None. `val_scores`: the checked pair's scores on
+    the validation prompts (never trained on); `alphas`: the calibration table's; `labelled_prompts`:
+    the pair's labelled prompts in the label memory. A prior fit that did not move is fatal only where
+    the memory has nothing of the pair to route by (labels that are all pair interaction, a new model
+    better on some prompts and worse on others, leave the prior at its start and still route)."""
     reasons = []
     start, final = fit_info.get("start_objective"), fit_info.get("train_objective")
-    if start is not None and final is not None and abs(start - final) < MIN_OBJECTIVE_MOVE * max(1.0, abs(start)):
+    if (not labelled_prompts and start is not None and final is not None
+            and abs(start - final) < MIN_OBJECTIVE_MOVE * max(1.0, abs(start))):
         reasons.append(f"the fit did not move from its start (objective {start:.6f} -> {final:.6f})")
     if val_scores is not None and len(val_scores) >= 2 and float(np.std(val_scores)) < MIN_SCORE_STD:
         reasons.append(f"its scores on {len(val_scores)} unseen prompts do not spread (std "
@@ -421,7 +425,8 @@ def train_router(
             val_scores = router._score_vectors(X[vq], *check)
             results["val_score_std"] = float(np.std(val_scores))
             results["labelled_prompts_of_pair"] = float(router.labelled_prompts(*check))
-        reason = degenerate_reason(val_scores, fit_info, calibration["alphas"] if calibration else None)
+        reason = degenerate_reason(val_scores, fit_info, calibration["alphas"] if calibration else None,
+                                   int(results.get("labelled_prompts_of_pair", 0)))
         refused = None
         if reason:
             refused = f"degenerate router ({check[0]} vs {check[1]} checked): {reason}" if check else \
