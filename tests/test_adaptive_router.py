@@ -163,6 +163,15 @@ def test_adaptive_estimate_moves_with_the_labels() -> None:
     assert router.labelled_prompts("strong", "weak") == 80
 
 
+def test_a_pair_without_labels_scores_by_the_prior() -> None:
+    router = _toy_router(1.0, 0.0)
+    three = MFRouter({**router.weights, "theta": np.array([0.0, 0.0, 1.0], np.float32),
+                      "U": np.zeros((3, 0), np.float32)}, {**router.metadata, "vocabulary": ["strong", "weak", "new"]})
+    x = np.eye(8, dtype=np.float32)[:2]
+    assert three.labelled_prompts("new", "weak") == 0
+    np.testing.assert_allclose(three.score_embeddings(x, "new", "weak"), three.prior_scores(x, "new", "weak"))
+
+
 def test_old_router_without_memory_still_loads_and_scores(tmp_path) -> None:
     router = _toy_router(1.0, 0.0)
     old = {k: v for k, v in router.weights.items() if not k.startswith("mem_")}

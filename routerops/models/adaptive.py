@@ -150,7 +150,8 @@ class Calibration:
 
     @classmethod
     def fit(cls, base: np.ndarray, target: np.ndarray, lambdas: tuple[float, ...]) -> Calibration:
-        base = np.asarray(base, np.float64).reshape(len(target), -1)
+        base = np.asarray(base, np.float64)
+        base = base if base.ndim == 2 else base.reshape(len(target), -1)
         mean = base.mean(axis=0) if len(target) else np.zeros(base.shape[1])
         scale = base.std(axis=0) if len(target) else np.ones(base.shape[1])
         scale = np.where(scale > 1e-9, scale, 1.0)
