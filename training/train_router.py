@@ -462,7 +462,7 @@ def train_router(
 
         loso_report = None
         if loso:
-            loso_report = leave_one_source_out(data, X, config, progress=progress)
+            loso_report = leave_one_source_out(data, X, config, progress=progress, embed_dim=int(emb.shape[1]))
             if loso_report.rows:
                 frame = loso_report.frame()
                 mlflow.log_table(frame, "loso_apgr.json")
@@ -472,6 +472,7 @@ def train_router(
                 results["loso_apgr_mean"] = loso_report.mean_apgr
                 results["loso_apgr_min"] = loso_report.min_apgr
                 results["loso_by_difficulty_apgr_mean"] = loso_report.mean_apgr_difficulty
+                results["loso_with_memory_apgr_mean"] = loso_report.mean_apgr_memory
                 results["loso_seconds"] = loso_report.seconds
                 for row in loso_report.rows:
                     results[f"loso_apgr_{row.source}"] = row.apgr
