@@ -25,6 +25,7 @@ from routerops.models import irt_mf
 from routerops.models.adaptive import AdaptiveConfig, normalize_rows
 from routerops.models.prompt_features import CLIP, fit_standardizer, raw_features
 from routerops.training.router_data import Weighting, build_router_data, split_prompts
+from routerops.training.router_fit import fit_weights  # the same fit as `train router`
 from routerops.training.router_loso import eval_pair
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,6 @@ def adaptation_measure(outcomes: pd.DataFrame, prefs: pd.DataFrame, embeddings: 
                        max_test: int = MAX_TEST, progress: bool = False) -> AdaptReport:
     """`outcomes` / `prefs`: the store's rows (importers.store.load_*); `embeddings`: prompt hash ->
     vector for every prompt in them (the embedding cache)."""
-    from routerops.training.train_router import fit_weights  # the same fit as `train router`
-
     started = time.perf_counter()
     adaptive = adaptive or AdaptiveConfig()
     report = AdaptReport()

@@ -22,6 +22,7 @@ import numpy as np
 
 from routerops import models as routerops_models
 from routerops.checkpoint import checkpoint
+from routerops.training.router_fit import fit_weights
 from routerops.owner import owner
 from routerops.settings import Settings
 
@@ -223,22 +224,6 @@ def prompt_matrix(embeddings: np.ndarray, prompts: list[str], standardizer: dict
 
     emb = np.asarray(embeddings, dtype=np.float32)
     return emb if standardizer is None else np.hstack([emb, features(prompts, standardizer)])
-
-
-def fit_weights(data, X: np.ndarray, train_mask: np.ndarray, config, adaptive=None):  # noqa: ANN001, ANN201
-    """The router's weights from the rows of the prompts in `train_mask`: the IRT-MF prior
-    (models/irt_mf.py) and, unless `adaptive` is False, the label memory that adapts it to each pair's
-    own labels (models/adaptive.py). Returns (weights, fit info)."""
-    from routerops.models import irt_mf
-    from routerops.models.adaptive import memory_weights
-    from routerops.training.router_data import fit_data
-
-    fd = fit_data(data, X, train_mask)
-    weights, info = irt_mf.fit(fd, config)
-    if adaptive is not False:
-        weights.update(memory_weights(X, train_mask, fd.out_q, fd.out_m, fd.out_y, fd.pair_q, fd.pair_a,
-                                      fd.pair_b, fd.pair_t))
-    return weights, info
 
 
 def train_router(

@@ -7,13 +7,17 @@ logged on it) and, for the served pair (strong, weak), corrects the prior by the
 neighbours of each prompt:
 
     t_j  = 0.5 + 0.5 (y_strong - y_weak)   (outcome rows; or P(strong preferred) from a judge)
-    r_j  = t_j - p0(x_j)                    (what the prior got wrong at labelled prompt j)
-    p(x) = p0(x) + sum_j K(x, x_j) r_j / (sum_j K(x, x_j) + tau)
+    r_j  = t_j - p0(x_j) - mean(t - p0)     (what the prior got wrong at labelled prompt j)
+    p(x) = p0(x) + mean(t - p0) + sum_j K(x, x_j) r_j / (sum_j K(x, x_j) + tau)
 
 over the k nearest labelled prompts j of that pair (cosine similarity of the text embeddings),
 K(x, x_j) = exp((cos - 1) / bandwidth). That is an empirical-Bayes shrinkage: where the pair has
 many close labels the local mean of its outcome gap dominates; where it has none (an unlabelled
-region or pair) the score is the prior's. The labels a deployment imports (`ingest scores` /
+region or pair) the score is the prior's. k, bandwidth and tau are not fixed: per pair they are
+chosen by leave-one-out on the pair's own labelled prompts (`choose`), and where no setting predicts
+the held-out labels better than the prior, tau is infinite and the prior stands. (An optional
+linear re-read of the prior per pair, `Calibration`, is off by default: measured, it lost as much
+as it won; docs/adaptation.md.) The labels a deployment imports (`ingest scores` /
 `native`, feedback, `routerops label`) are in the memory after the next `train router`, so they
 move the routing of that pair at once, for a model first seen in them as well.
 
