@@ -50,6 +50,9 @@ class AdaptiveConfig:
     # ridge penalties of the pair's linear calibration (Calibration); none by default: measured, it lost
     # more than it won on the adaptation benchmark (docs/adaptation.md)
     lambdas: tuple[float, ...] = ()
+    # "residual": neighbours correct the prior by its error at them; "shrink": the neighbours' mean
+    # outcome, shrunk toward the prior at the prompt itself
+    mode: str = "residual"
     loo_sample: int = 1000  # labelled prompts predicted to choose them
     max_candidates: int = 20000  # labelled prompts searched per pair (the last ones kept)
     seed: int = 0
@@ -114,15 +117,20 @@ class PairMemory:
 
     def __init__(self, E: np.ndarray, base: np.ndarray, target: np.ndarray, config: AdaptiveConfig):
         self.E = E  # (n, dim) float32, unit rows
+        self.mode = config.mode
         self.calibration = Calibration.fit(base, target, config.lambdas)
-        self.residual = (target - self.calibration.apply(base)).astype(np.float64)
-        self.choice = choose(E, self.residual, config) if len(target) else Choice(1, 1.0, float("inf"))
+        own = self.calibration.apply(base) if len(target) else np.zeros(0)
+        # residual: neighbours carry what the prior got wrong at them; shrink: their observed outcome
+        self.values = (target - own if self.mode == "residual" else np.asarray(target)).astype(np.float64)
+        self.choice = (choose(E, self.values, own, config) if len(target)
+                       else Choice(1, 1.0, float("inf")))
 
     def __len__(self) -> int:
-        return len(self.residual)
+        return len(self.values)
 
-    def adjust(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(correction to add to the prior, kernel mass of the neighbours) for (m, dim) unit queries."""
+    def adjust(self, queries: np.ndarray, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(correction to add to the prior `prior` (m,), kernel mass of the neighbours) for (m, dim)
+        unit queries."""
         m = len(queries)
         if not len(self) or not m:
             return np.zeros(m), np.zeros(m)
@@ -132,10 +140,12 @@ class PairMemory:
         if k < sims.shape[1]:
             top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
             sims = np.take_along_axis(sims, top, axis=1)
-            res = self.residual[top]
+            vals = self.values[top]
         else:
-            res = np.broadcast_to(self.residual, sims.shape)
-        return _estimate(sims.astype(np.float64), res, c.bandwidth, c.tau)
+            vals = np.broadcast_to(self.values, sims.shape)
+        if self.mode == "shrink":
+            vals = vals - np.asarray(prior, np.float64)[:, None]
+        return _estimate(sims.astype(np.float64), vals, c.bandwidth, c.tau)
 
 
 @dataclass
@@ -189,9 +199,10 @@ def _estimate(sims: np.ndarray, res: np.ndarray, bandwidth: float, tau: float) -
     return (kern * res).sum(axis=1) / (mass + tau), mass
 
 
-def choose(E: np.ndarray, residual: np.ndarray, config: AdaptiveConfig) -> Choice:
-    """Leave-one-out choice of (k, bandwidth, tau) on a sample of the pair's labelled prompts."""
-    n = len(residual)
+def choose(E: np.ndarray, values: np.ndarray, own: np.ndarray, config: AdaptiveConfig) -> Choice:
+    """Leave-one-out choice of (k, bandwidth, tau) on a sample of the pair's labelled prompts: each is
+    predicted from its neighbours (never itself), squared error against its label."""
+    n = len(values)
     if n < 3:
         return Choice(max(config.ks), max(config.bandwidths), max(config.taus))
     rng = np.random.default_rng(config.seed)
@@ -203,8 +214,11 @@ def choose(E: np.ndarray, residual: np.ndarray, config: AdaptiveConfig) -> Choic
     s_top = np.take_along_axis(sims, top, axis=1)
     order = np.argsort(-s_top, axis=1)
     s_top = np.take_along_axis(s_top, order, axis=1).astype(np.float64)
-    r_top = residual[np.take_along_axis(top, order, axis=1)]
-    target = residual[sample]
+    r_top = values[np.take_along_axis(top, order, axis=1)]
+    target = values[sample]
+    if config.mode == "shrink":  # the correction is toward the neighbours' outcomes from this prompt's prior
+        r_top = r_top - own[sample][:, None]
+        target = target - own[sample]
     prior_mse = float(np.mean(target ** 2))
     best = Choice(max(config.ks), max(config.bandwidths), float("inf"), prior_mse, prior_mse)  # the prior alone
     for k in config.ks:
@@ -253,8 +267,9 @@ class AdaptiveMemory:
     def score(self, X: np.ndarray, strong: int, weak: int, base: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """`base(X)`: (n, 2) [the prior's P(strong wins), the pair-free difficulty logit]."""
         mem = self.pair(strong, weak, base)
-        adj, _ = mem.adjust(self.queries(X))
-        return np.clip(mem.calibration.apply(base(X)) + adj, 1e-6, 1.0 - 1e-6)
+        prior = mem.calibration.apply(base(X))
+        adj, _ = mem.adjust(self.queries(X), prior)
+        return np.clip(prior + adj, 1e-6, 1.0 - 1e-6)
 
 
 def memory_weights(X: np.ndarray, prompt_mask: np.ndarray, out_q: np.ndarray, out_m: np.ndarray,
