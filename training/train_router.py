@@ -50,6 +50,7 @@ class TrainResult:
 REFERENCE_PROMPTS = 2000  # prompts kept with the router to find the alpha for a strong share
 CALIBRATION_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MIN_CATEGORY_PROMPTS = 30  # per-category APGR only where the validation split has this many prompts
+MIN_REFERENCE_PROMPTS = 50  # validation prompts needed to calibrate on them (and to judge the alphas)
 MIN_SCORE_STD = 0.02  # a router whose scores on unseen prompts spread less routes by noise: refused
 MIN_OBJECTIVE_MOVE = 1e-4  # nor is one whose fit did not move from its starting point
 
@@ -342,7 +343,10 @@ def train_router(
 
         # the reference prompts (calibration, live drift) are validation prompts: the label memory has
         # not seen them, so their scores are what unseen traffic gets
-        ref_idx = reference_sample(data.prompt_source, val_mask, REFERENCE_PROMPTS, seed)
+        # scores unseen traffic gets (a tiny store, with too few validation prompts for a calibration
+        # table, uses every prompt as before)
+        ref_mask = val_mask if val_mask.sum() >= MIN_REFERENCE_PROMPTS else np.ones_like(val_mask)
+        ref_idx = reference_sample(data.prompt_source, ref_mask, REFERENCE_PROMPTS, seed)
         weights["reference_X"] = X[ref_idx].astype(np.float16)
         metadata = {
             "format": FORMAT_V2,
@@ -410,7 +414,8 @@ def train_router(
             val_scores = router._score_vectors(X[vq], *check)
             results["val_score_std"] = float(np.std(val_scores))
             results["labelled_prompts_of_pair"] = float(router.labelled_prompts(*check))
-        reason = degenerate_reason(val_scores, fit_info, calibration["alphas"] if calibration else None,
+        judged_alphas = calibration["alphas"] if calibration and len(ref_idx) >= MIN_REFERENCE_PROMPTS else None
+        reason = degenerate_reason(val_scores, fit_info, judged_alphas,
                                    int(results.get("labelled_prompts_of_pair", 0)))
         refused = None
         if reason:
