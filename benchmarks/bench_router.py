@@ -113,7 +113,7 @@ def main() -> None:
     emb = router.embedder.encode(single[:50])
     t = time.perf_counter()
     for _ in range(200):
-        router.score_embeddings(emb[:1], "gpt-4-1106-preview", "mixtral-8x7b-chat")
+        router.score_embeddings(emb[:1], "gpt-4-1106-preview", "mixtral-8x7b-chat", prompts=single[:1])
     decision_us = (time.perf_counter() - t) / 200 * 1e6
 
     # the label memory's cost per decision, against the prior alone, on the same embeddings, same process
