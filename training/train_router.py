@@ -22,9 +22,9 @@ import numpy as np
 
 from routerops import models as routerops_models
 from routerops.checkpoint import checkpoint
-from routerops.training.router_fit import fit_weights
 from routerops.owner import owner
 from routerops.settings import Settings
+from routerops.training.router_fit import fit_weights
 
 log = logging.getLogger(__name__)
 
