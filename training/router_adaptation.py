@@ -24,6 +24,7 @@ from routerops import metrics as rmetrics
 from routerops.models import irt_mf
 from routerops.models.adaptive import AdaptiveConfig, normalize_rows
 from routerops.models.prompt_features import CLIP, fit_standardizer, raw_features
+from routerops.models.router import FORMAT_V2, MFRouter
 from routerops.training.router_data import Weighting, build_router_data, split_prompts
 from routerops.training.router_fit import fit_weights  # the same fit as `train router`
 from routerops.training.router_loso import eval_pair
@@ -163,8 +164,6 @@ def adaptation_measure(outcomes: pd.DataFrame, prefs: pd.DataFrame, embeddings: 
 
             row_extra: dict[str, float] = {}
             if ev.strong in index and ev.weak in index:
-                from routerops.models.router import FORMAT_V2, MFRouter
-
                 si, wi = index[ev.strong], index[ev.weak]
                 prior = apgr(irt_mf.pair_score(weights, X_test, si, wi))
                 scores: dict[str, float] = {}

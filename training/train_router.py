@@ -22,8 +22,10 @@ import numpy as np
 
 from routerops import models as routerops_models
 from routerops.checkpoint import checkpoint
+from routerops.models.adaptive import AdaptiveConfig
 from routerops.owner import owner
 from routerops.settings import Settings
+from routerops.training.router_adaptation import adaptation_measure, adaptation_plot
 from routerops.training.router_fit import fit_weights
 
 log = logging.getLogger(__name__)
@@ -263,7 +265,6 @@ def train_router(
     from routerops.importers.store import load_outcomes, load_preferences
     from routerops.model_names import load_catalog, name_key
     from routerops.models import irt_mf
-    from routerops.models.adaptive import AdaptiveConfig
     from routerops.models.embedders.router_files import embedder_artifacts
     from routerops.models.embeddings import embed_cached, embedding_ref, ensure_built_embedder, get_embedder
     from routerops.models.prompt_features import fit_standardizer, raw_features
@@ -468,8 +469,6 @@ def train_router(
                     results[f"loso_apgr_{row.source}"] = row.apgr
         adaptation_report = None
         if adaptation:
-            from routerops.training.router_adaptation import adaptation_measure, adaptation_plot
-
             by_hash = dict(zip(data.prompt_hashes, emb, strict=True))
             adaptation_report = adaptation_measure(outcomes, prefs, by_hash, config=config, weighting=weighting,
                                                    prompt_stats=prompt_stats, val_fraction=val_fraction,

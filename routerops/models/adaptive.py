@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 # weight keys of the memory inside weights.npz
 KEYS = ("mem_X", "mem_out_q", "mem_out_m", "mem_out_y", "mem_pair_q", "mem_pair_a", "mem_pair_b", "mem_pair_t")
@@ -209,8 +210,6 @@ def _similarities(queries: np.ndarray, ET: np.ndarray) -> np.ndarray:
     if len(queries) >= SINGLE_THREAD_BELOW:
         return queries @ ET
     if _blas is None:
-        from threadpoolctl import ThreadpoolController
-
         _blas = ThreadpoolController()
     with _blas.limit(limits=1, user_api="blas"):
         return queries @ ET
