@@ -77,8 +77,9 @@ def test_degenerate_fit_is_refused_and_not_registered(walkthrough) -> None:  # n
     from routerops import registry
     from routerops.training.train_router import train_router
 
-    # the prior alone on one judged pair: its difficulty term gets no signal, every prompt scores alike
-    result = train_router(walkthrough, adaptive=False, progress=False)
+    # forced: the prior alone (no label memory) with its difficulty term held at zero by the penalty,
+    # so every prompt scores alike, as the walkthrough router did
+    result = train_router(walkthrough, adaptive=False, l2_prompt=100.0, progress=False)
     assert result.refused and "do not spread" in result.refused, result.refused
     assert result.model_version is None
     assert registry.version_by_alias("mf-router", "challenger", walkthrough) is None
