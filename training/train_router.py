@@ -12,6 +12,7 @@ registered router with alias `challenger` (never `champion`).
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 import time
 import warnings
@@ -29,6 +30,7 @@ from routerops.db.models import OutcomeLog, PreferenceLog
 from routerops.importers.store import load_outcomes, load_preferences
 from routerops.model_names import UnknownModelError, load_catalog, name_key
 from routerops.models import irt_mf
+from routerops.models.adaptive import AdaptiveConfig
 from routerops.models.embedders.router_files import embedder_artifacts
 from routerops.models.embeddings import embed_cached, embedding_ref, ensure_built_embedder, get_embedder
 from routerops.models.prompt_features import features, fit_standardizer, raw_features
@@ -38,15 +40,16 @@ from routerops.redact import redact_values
 from routerops.settings import Settings
 from routerops.text import prompt_hash
 from routerops.training.eval_sets import load_routerbench
+from routerops.training.router_adaptation import adaptation_measure, adaptation_plot
 from routerops.training.router_data import (
     Weighting,
     build_router_data,
     cap_feedback_outcomes_per_key,
     cap_feedback_per_key,
-    fit_data,
     snapshot,
     split_prompts,
 )
+from routerops.training.router_fit import fit_weights
 from routerops.training.router_loso import eval_pair, leave_one_source_out
 
 log = logging.getLogger(__name__)
@@ -64,11 +67,43 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     vocabulary: list[str] = field(default_factory=list)
     loso: object | None = None  # routerops.training.router_loso.LosoReport when asked for
+    refused: str | None = None  # why the run registered nothing (a degenerate router), else None
+    adaptation: object | None = None  # routerops.training.router_adaptation.AdaptReport when asked for
 
 
 REFERENCE_PROMPTS = 2000  # prompts kept with the router to find the alpha for a strong share
 CALIBRATION_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MIN_CATEGORY_PROMPTS = 30  # per-category APGR only where the validation split has this many prompts
+MIN_REFERENCE_PROMPTS = 50  # validation prompts needed to calibrate on them (and to judge the alphas)
+MIN_SCORE_STD = 0.02  # a router whose scores on unseen prompts spread less routes by noise: refused
+MIN_OBJECTIVE_MOVE = 1e-4  # nor is one whose fit did not move from its starting point
+
+
+class DegenerateRouterError(RuntimeError):
+    """The fit produced a router that cannot route (scores do not spread, or the fit did not move)."""
+
+
+def degenerate_reason(val_scores: np.ndarray | None, fit_info: dict[str, float],
+                      alphas: list[float | None] | None, labelled_prompts: int = 0) -> str | None:
+    """Why this router must not be registered, or None. `val_scores`: the checked pair's scores on
+    the validation prompts (never trained on); `alphas`: the calibration table's; `labelled_prompts`:
+    the pair's labelled prompts in the label memory. A prior fit that did not move is fatal only where
+    the memory has nothing of the pair to route by (labels that are all pair interaction, a new model
+    better on some prompts and worse on others, leave the prior at its start and still route)."""
+    reasons = []
+    start, final = fit_info.get("start_objective"), fit_info.get("train_objective")
+    if (not labelled_prompts and start is not None and final is not None
+            and abs(start - final) < MIN_OBJECTIVE_MOVE * max(1.0, abs(start))):
+        reasons.append(f"the fit did not move from its start (objective {start:.6f} -> {final:.6f})")
+    if val_scores is not None and len(val_scores) >= 2 and float(np.std(val_scores)) < MIN_SCORE_STD:
+        reasons.append(f"its scores on {len(val_scores)} unseen prompts do not spread (std "
+                       f"{float(np.std(val_scores)):.2g} < {MIN_SCORE_STD}): every prompt would route alike")
+    if alphas and all(a is not None for a in alphas) and len({round(float(a), 6) for a in alphas}) < len(alphas):
+        reasons.append(f"its calibration gives the same alpha for different strong shares ({len(set(alphas))} "
+                       f"distinct of {len(alphas)})")
+    return "; ".join(reasons) or None
+
+
 
 
 def store_max_ids(session) -> dict[str, int]:  # noqa: ANN001 - a SQLAlchemy Session
@@ -279,6 +314,8 @@ def train_router(
     eval_strong: str | None = None,
     eval_weak: str | None = None,
     loso: bool = False,
+    adaptation: bool = False,
+    adaptive: bool = True,
     register: bool = True,
     progress: bool = True,
 ) -> TrainResult:
@@ -359,10 +396,14 @@ def train_router(
         if progress:
             print(f"fitting {config.formulation} (rank {config.rank}) on {snap['rows']} rows, "
                   f"{snap['prompts']} prompts, {len(data.vocabulary)} models...", flush=True)
-        weights, fit_info = irt_mf.fit(fit_data(data, X, ~val_mask), config)
+        weights, fit_info = fit_weights(data, X, ~val_mask, config, adaptive=adaptive)
         train_s = time.perf_counter() - t1
 
-        ref_idx = reference_sample(data.prompt_source, ~val_mask, REFERENCE_PROMPTS, seed)
+        # the reference prompts (calibration, live drift) are validation prompts: the label memory has
+        # not seen them, so their scores are what unseen traffic gets (a tiny store, with too few
+        # validation prompts for a calibration table, uses every prompt as before)
+        ref_mask = val_mask if val_mask.sum() >= MIN_REFERENCE_PROMPTS else np.ones_like(val_mask)
+        ref_idx = reference_sample(data.prompt_source, ref_mask, REFERENCE_PROMPTS, seed)
         weights["reference_X"] = X[ref_idx].astype(np.float16)
         metadata = {
             "format": FORMAT_V2,
@@ -374,6 +415,8 @@ def train_router(
             "weighting": {"source_gamma": source_gamma, "category_gamma": category_gamma},
             "run_id": run.info.run_id,
         }
+        if adaptive:
+            metadata["adaptive"] = AdaptiveConfig().to_dict()
         router = MFRouter(weights, metadata, settings=settings)
         router._embedder = embedder  # same process: reuse the loaded embedder
         strong, weak = _default_pair(router, [(settings.router_strong_name, settings.router_weak_name),
@@ -422,6 +465,27 @@ def train_router(
             mlflow.log_table(pd.DataFrame({"strong_share": CALIBRATION_SHARES, "alpha": alphas}),
                              "calibration_table.json")
 
+        # a router that cannot route is refused: the pair's scores on unseen (validation) prompts must spread
+        check = (strong, weak) if strong and weak else _most_labelled_pair(data)
+        val_scores = None
+        if check is not None and val_mask.any():
+            vq = np.flatnonzero(val_mask)
+            val_scores = router._score_vectors(X[vq], *check)
+            results["val_score_std"] = float(np.std(val_scores))
+            results["labelled_prompts_of_pair"] = float(router.labelled_prompts(*check))
+        judged_alphas = calibration["alphas"] if calibration and len(ref_idx) >= MIN_REFERENCE_PROMPTS else None
+        reason = degenerate_reason(val_scores, fit_info, judged_alphas,
+                                   int(results.get("labelled_prompts_of_pair", 0)))
+        refused = None
+        if reason:
+            refused = f"degenerate router ({check[0]} vs {check[1]} checked): {reason}" if check else \
+                f"degenerate router: {reason}"
+            log.error("%s; registering nothing", refused)
+            if progress:
+                print(f"REFUSED: {refused}. Nothing is registered as challenger.", file=sys.stderr, flush=True)
+            mlflow.set_tags({"routerops.refused": "degenerate", "routerops.refused_reason": refused[:5000]})
+            mlflow.log_text(refused + "\n", "REFUSED.txt")
+
         # evaluation sets: APGR / CPT(50%) and the PGR curve
         curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
         for ev, vecs in zip(evals, eval_emb, strict=True):
@@ -450,7 +514,7 @@ def train_router(
 
         loso_report = None
         if loso:
-            loso_report = leave_one_source_out(data, X, config, progress=progress)
+            loso_report = leave_one_source_out(data, X, config, progress=progress, embed_dim=int(emb.shape[1]))
             if loso_report.rows:
                 frame = loso_report.frame()
                 mlflow.log_table(frame, "loso_apgr.json")
@@ -460,11 +524,26 @@ def train_router(
                 results["loso_apgr_mean"] = loso_report.mean_apgr
                 results["loso_apgr_min"] = loso_report.min_apgr
                 results["loso_by_difficulty_apgr_mean"] = loso_report.mean_apgr_difficulty
+                results["loso_with_memory_apgr_mean"] = loso_report.mean_apgr_memory
                 results["loso_seconds"] = loso_report.seconds
                 for row in loso_report.rows:
                     results[f"loso_apgr_{row.source}"] = row.apgr
             else:
                 _log_missing_plot("loso_apgr", "no source has a pair of models to evaluate when held out")
+        adaptation_report = None
+        if adaptation:
+            by_hash = dict(zip(data.prompt_hashes, emb, strict=True))
+            adaptation_report = adaptation_measure(outcomes, prefs, by_hash, config=config, weighting=weighting,
+                                                   prompt_stats=prompt_stats, val_fraction=val_fraction,
+                                                   seed=seed, progress=progress)
+            if adaptation_report.rows:
+                mlflow.log_table(adaptation_report.frame(), "adaptation.json")
+                mlflow.log_text(adaptation_report.table(), "adaptation.txt")
+                adaptation_plot(adaptation_report, tmp_path / "adaptation.png")
+                mlflow.log_artifact(str(tmp_path / "adaptation.png"), "plots")
+                for n, row in adaptation_report.means().iterrows():
+                    for col in ("router", "prior", "knn10", "knn50"):
+                        results[f"adapt_{col}_n{n}"] = float(row[col])
         mlflow.log_metrics({k: v for k, v in results.items() if np.isfinite(v)})
 
         model_dir = router.save(tmp_path / "model")
@@ -488,7 +567,7 @@ def train_router(
                                   "routerops"],
             )
         version = None
-        if register:
+        if register and not refused:
             # Registered last, in one registry write (the version with all its tags), after every
             # artifact is logged: a process killed earlier leaves no model version at all; one killed
             # between this and the alias leaves a complete version that is simply not the challenger.
@@ -510,4 +589,16 @@ def train_router(
         results["total_seconds"] = time.perf_counter() - t_start
         run_id = run.info.run_id
     return TrainResult(run_id=run_id, model_version=version, model_uri=f"runs:/{run_id}/{ARTIFACT_NAME}",
-                       metrics=results, vocabulary=data.vocabulary, loso=loso_report)
+                       metrics=results, vocabulary=data.vocabulary, loso=loso_report, refused=refused,
+                       adaptation=adaptation_report)
+
+
+def _most_labelled_pair(data) -> tuple[str, str] | None:  # noqa: ANN001
+    """The pair with the most judged comparisons, else the two models with the most outcome rows."""
+    if len(data.pairs):
+        a, b = data.pairs.groupby(["a", "b"])["n"].sum().idxmax()
+        return data.vocabulary[int(a)], data.vocabulary[int(b)]
+    counts = data.outcomes["m"].value_counts()
+    if len(counts) >= 2:
+        return data.vocabulary[int(counts.index[0])], data.vocabulary[int(counts.index[1])]
+    return None
