@@ -44,7 +44,6 @@ from routerops.training.router_adaptation import adaptation_measure, adaptation_
 from routerops.training.router_data import (
     Weighting,
     build_router_data,
-    cap_feedback_outcomes_per_key,
     cap_feedback_per_key,
     snapshot,
     split_prompts,
@@ -343,10 +342,7 @@ def train_router(
         if held_out:
             outcomes = outcomes[~outcomes["prompt_hash"].isin(held_out)]
             prefs = prefs[~prefs["prompt_hash"].isin(held_out)]
-        total = len(outcomes) + len(prefs)
-        prefs, feedback_per_key = cap_feedback_per_key(prefs, total, settings.feedback_max_key_share)
-        outcomes, outcome_feedback_per_key = cap_feedback_outcomes_per_key(outcomes, total,
-                                                                           settings.feedback_max_key_share)
+        prefs, outcomes, feedback_per_key = cap_feedback_per_key(prefs, outcomes, settings.feedback_max_key_share)
         if len(outcomes) + len(prefs) == 0:
             what = f" for sources {sources}" if sources else ""
             raise EmptyStoreError(f"no outcome or preference data in the store{what}: run `routerops ingest ...` first")
@@ -364,8 +360,7 @@ def train_router(
     stamps = [s for s in (outcomes["created_at"], prefs["created_at"]) if len(s)]  # pandas warns on empty parts
     snap = snapshot(data, pd.concat(stamps) if stamps else None)
     snap["dropped"] = data.dropped
-    snap["feedback_per_key"] = feedback_per_key  # feedback rows per API key, and how many the cap kept
-    snap["feedback_outcomes_per_key"] = outcome_feedback_per_key  # thumbs and ratings, the same
+    snap["feedback_per_key"] = feedback_per_key  # feedback rows (preferences, thumbs, ratings) per API key, and how many the cap kept
     val_mask = split_prompts(len(data.prompts), val_fraction, seed)
 
     aliases: dict[str, list[str]] = {}

@@ -228,14 +228,14 @@ def _new_rows(settings: Settings, job: str,
                                       .where(table.id > seen[key])).one()
             total += int(count or 0)
             latest[key] = int(max_id or seen[key])
-        per_key = s.execute(select(PreferenceLog.judge, func.count(PreferenceLog.id))
-                            .where(PreferenceLog.id > seen["max_preference_id"], PreferenceLog.source == "feedback")
-                            .group_by(PreferenceLog.judge)).all()
-        total -= sum(max(0, int(n) - cap) for _, n in per_key)
-        # thumbs and ratings: outcome rows whose prompt_id is request:<id>:<key> (serving/feedback.py)
-        outcome_keys = Counter(str(pid).split(":", 2)[-1] for pid in s.scalars(
+        # a key's feedback rows, preferences (judge "user:<key>") and thumbs/ratings (outcome rows with
+        # prompt_id "request:<id>:<key>", serving/feedback.py) together
+        per_key = Counter(str(judge).removeprefix("user:") for judge in s.scalars(
+            select(PreferenceLog.judge).where(PreferenceLog.id > seen["max_preference_id"],
+                                              PreferenceLog.source == "feedback")))
+        per_key.update(str(pid).split(":", 2)[-1] for pid in s.scalars(
             select(OutcomeLog.prompt_id).where(OutcomeLog.id > seen["max_outcome_id"], OutcomeLog.source == "feedback")))
-        total -= sum(max(0, n - cap) for n in outcome_keys.values())
+        total -= sum(max(0, n - cap) for n in per_key.values())
     return total, latest, seen
 
 
@@ -287,8 +287,7 @@ def retrain_probes_job(settings: Settings) -> dict[str, Any]:
         raise RuntimeError(f"probe trainer {PROBE_TRAIN_REF} not available: {exc}") from exc
     try:
         command.main(PROBE_TRAIN_ARGS, standalone_mode=False)
-    except TooFewExamples as exc:  # a fresh install: nothing to learn from yet, not a failure
-        log.info("job retrain-probes skipped: %s", exc.format_message())
+    except TooFewExamples as exc:  # a fresh install: nothing to learn from yet, not a failure (run_job says so)
         return {"status": "skipped", "new_rows": new, "reason": exc.format_message(), **seen}
     except click.ClickException as exc:  # a clear failure, retried next time
         raise RuntimeError(f"probe training refused: {exc.format_message()}") from None

@@ -136,12 +136,13 @@ def test_probe_job_with_too_little_data_is_skipped_in_one_line(settings, monkeyp
     with session_scope(settings) as s:
         s.add(PreferenceLog(prompt="p", prompt_hash="h", model_a="a", model_b="b", winner="a", source="test"))
     caplog.set_level(logging.INFO)
-    assert run_job("retrain-probes", "routerops.orchestration.scheduler:retrain_probes_job") == "skipped"
+    why = "only 0 training examples: too few to train a probe"
+    assert run_job("retrain-probes", "routerops.orchestration.scheduler:retrain_probes_job") == f"skipped ({why})"
     (row,) = _runs(settings, "retrain-probes")
     assert row.error is None and "only 0 training examples" in row.details["reason"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert [r.getMessage() for r in caplog.records if "training examples" in r.getMessage()] == [
-        "job retrain-probes skipped: only 0 training examples: too few to train a probe"]
+        f"job retrain-probes finished: skipped ({why})"]
 
 
 def test_sigterm_stops_the_scheduler_process_cleanly(settings):

@@ -231,23 +231,25 @@ def test_feedback_rate_limit_per_key(served) -> None:  # noqa: ANN001
 
 def test_one_key_cannot_trigger_or_steer_a_retrain(served) -> None:  # noqa: ANN001
     from routerops.db import session_scope
-    from routerops.importers.store import load_preferences
+    from routerops.importers.store import load_outcomes, load_preferences
     from routerops.orchestration.scheduler import _new_rows
     from routerops.training.router_data import cap_feedback_per_key
 
     base, settings, _ = served
+    strict = settings.model_copy(update={"retrain_min_new_rows": 20, "feedback_max_key_share": 0.1})
+    before, _, _ = _new_rows(strict, "retrain-router")
     ids = [chat(base, USER_A).json()["routerops"]["request_id"] for _ in range(12)]
     for rid in ids:
         assert feedback(base, USER_A, request_id=rid, thumbs="down").status_code == 201
-    strict = settings.model_copy(update={"retrain_min_new_rows": 20, "feedback_max_key_share": 0.1})
     new, _, _ = _new_rows(strict, "retrain-router")
-    # A's feedback rows count at most 2 (10% of 20), the admin's one vote counts 1
-    assert new <= 3, new
+    # 12 thumbs-down make 12 preference and 12 outcome rows; A's rows count at most 2 (10% of 20)
+    assert new - before <= 2, (before, new)
     with session_scope(settings) as s:
-        prefs = load_preferences(s)
-    kept, per_key = cap_feedback_per_key(prefs, len(prefs), 0.1)
-    assert per_key["env-user-1"]["rows"] >= 12 and per_key["env-user-1"]["kept"] == max(1, int(0.1 * len(prefs)))
-    assert len(kept) < len(prefs)
+        prefs, outcomes = load_preferences(s), load_outcomes(s)
+    kept_p, kept_o, per_key = cap_feedback_per_key(prefs, outcomes, 0.1)
+    assert per_key["env-user-1"]["rows"] >= 24
+    assert per_key["env-user-1"]["kept"] == max(1, int(0.1 * (len(prefs) + len(outcomes))))
+    assert len(kept_p) + len(kept_o) < len(prefs) + len(outcomes)
 
 
 # --- items 3, 4, 6: bodies and types ----------------------------------------------------------------

@@ -199,7 +199,8 @@ def test_judge_labels_pairs_and_thumbs_become_outcomes(data_dir: Path) -> None:
         assert r.status_code == 201 and r.json()["recorded"] == "outcome", r.text
         r2 = httpx.post(f"{base_url}/v1/feedback", json={"request_id": rid, "rating": 0.25},
                         headers={"Authorization": f"Bearer {USER_KEY}"})
-        assert r2.status_code == 201 and r2.json()["recorded"] == "outcome", r2.text
+        assert r2.status_code == 201 and r2.json()["recorded"] == "outcome" and r2.json()["replaced"], r2.text
+        assert r2.json()["outcome_id"] == r.json()["outcome_id"]  # one vote per (request, key): updated in place
     judge = LookupJudge({"Cats sleep a lot.": 1.0, strong_text: 0.0})
     try:
         skipped = judge_exploration_pairs(settings)  # nothing configured: pairs wait for feedback
@@ -217,6 +218,6 @@ def test_judge_labels_pairs_and_thumbs_become_outcomes(data_dir: Path) -> None:
         assert (pref.model_a, pref.model_b, pref.winner, pref.request_id) == (WEAK, STRONG, "a", rid)
         assert pref.source == "exploration:lookup-judge"
         outcomes = s.scalars(select(OutcomeLog).where(OutcomeLog.prompt_id.startswith(f"request:{rid}:"))).all()
-        assert sorted((o.model, o.score, o.source) for o in outcomes) == [(STRONG, 0.0, "feedback"),
-                                                                         (STRONG, 0.25, "feedback")]
+        # the rating replaced the same key's thumbs-down: the last vote stands
+        assert [(o.model, o.score, o.source) for o in outcomes] == [(STRONG, 0.25, "feedback")]
         assert all(o.prompt == PROMPT for o in outcomes)

@@ -14,7 +14,7 @@ from routerops.db import session_scope
 from routerops.db.models import ExplorationPair, PreferenceLog, RequestLog
 from routerops.text import prompt_hash
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "router" / "prefs.jsonl"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "router" / "prefs.jsonl"
 WEAK, STRONG = "mixtral-8x7b-instruct-v0.1", "gpt-4-1106-preview"
 
 
