@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# `make up UP_ARGS="--api-port 0 --mlflow-port 5001"` chooses ports (see `routerops up --help`)
 up: install
-	$(VENV)/bin/routerops up
+	$(VENV)/bin/routerops up $(UP_ARGS)
 
 test: install
 	$(PY) -m pytest

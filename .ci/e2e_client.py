@@ -27,11 +27,13 @@ def check(ok: bool, what: str) -> None:
     print(f"e2e: ok: {what}")
 
 
-def wait_for_champion(api: str, version: str, timeout_s: float = 120) -> dict:
+def wait_for_champion(api: str, version: str, admin_key: str, timeout_s: float = 120) -> dict:
     # The API swaps in a new champion on its reload check (ROUTEROPS_RELOAD_INTERVAL_S, 15 s).
+    # /healthz only says ok/degraded; the router version is on /admin/status (admin keys).
     deadline = time.monotonic() + timeout_s
     while True:
-        health = httpx.get(f"{api}/healthz", timeout=10).json()
+        health = httpx.get(f"{api}/admin/status", headers={"Authorization": f"Bearer {admin_key}"},
+                           timeout=10).json()
         if health.get("router_version") == version or time.monotonic() > deadline:
             return health
         time.sleep(3)
@@ -44,8 +46,8 @@ def scrape_metrics(api: str, key: str) -> str:
 
 
 def serving(args: argparse.Namespace) -> None:
-    health = wait_for_champion(args.api, "1")
-    print("e2e: /healthz", json.dumps({k: health.get(k) for k in ("status", "router_version", "routing", "alpha")}))
+    health = wait_for_champion(args.api, "1", args.admin_key)
+    print("e2e: /admin/status", json.dumps({k: health.get(k) for k in ("status", "router_version", "routing", "alpha")}))
     check(health.get("router_version") == "1", "the API serves mf-router version 1 after `approve 1`")
 
     client = OpenAI(base_url=f"{args.api}/v1", api_key=args.key, timeout=600, max_retries=0)
@@ -102,6 +104,7 @@ def main() -> None:
     parser.add_argument("--mlflow", required=True)
     parser.add_argument("--evidently", required=True)
     parser.add_argument("--key", required=True, help="a user API key")
+    parser.add_argument("--admin-key", required=True, help="an admin API key (GET /admin/status)")
     args = parser.parse_args()
     serving(args) if args.stage == "serving" else monitoring(args)
 

@@ -113,8 +113,36 @@ def main() -> None:
     emb = router.embedder.encode(single[:50])
     t = time.perf_counter()
     for _ in range(200):
-        router.score_embeddings(emb[:1], "gpt-4-1106-preview", "mixtral-8x7b-chat")
+        router.score_embeddings(emb[:1], "gpt-4-1106-preview", "mixtral-8x7b-chat", prompts=single[:1])
     decision_us = (time.perf_counter() - t) / 200 * 1e6
+
+    # the label memory's cost per decision, against the prior alone, on the same embeddings, same process
+    pair = ("gpt-4-1106-preview", "mixtral-8x7b-chat")
+    vecs = router.embedder.encode(single)
+    router.score_embeddings(vecs[:1], *pair, prompts=single[:1])  # builds the pair's memory once
+    mem_lat, prior_lat = [], []
+    for _ in range(2):
+        for i in range(len(single)):
+            t = time.perf_counter()
+            router.prior_scores(vecs[i:i + 1], *pair, prompts=single[i:i + 1])
+            prior_lat.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            router.score_embeddings(vecs[i:i + 1], *pair, prompts=single[i:i + 1])
+            mem_lat.append(time.perf_counter() - t)
+    bvecs = router.embedder.encode(batch)
+    t = time.perf_counter()
+    router.prior_scores(bvecs, *pair, prompts=batch)
+    prior_bt = len(batch) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    router.score_embeddings(bvecs, *pair, prompts=batch)
+    mem_bt = len(batch) / (time.perf_counter() - t)
+    print(f"\nper decision on an embedding (prompt statistics included), {router.labelled_prompts(*pair)} labelled "
+          f"prompts of the pair in the memory:")
+    print(f"{'metric':<34}{'prior alone':>22}{'with label memory':>18}{'ratio':>8}")
+    for name, q in (("decision p50 (ms)", 50), ("decision p99 (ms)", 99)):
+        b, r = percentile_ms(prior_lat, q), percentile_ms(mem_lat, q)
+        print(f"{name:<34}{b:>22.3f}{r:>18.3f}{r / b:>7.2f}x")
+    print(f"{'batched decisions/s':<34}{prior_bt:>22.0f}{mem_bt:>18.0f}{mem_bt / prior_bt:>7.2f}x")
 
     print(f"\nrouter load: first {first_load:.2f}s (download + embedder), again {again_load * 1000:.1f} ms (cached)")
     print(f"routing on top of an embedding: {decision_us:.1f} us per decision (one dot product)\n")

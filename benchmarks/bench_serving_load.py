@@ -3,6 +3,7 @@ the replay pair, with a baseline in the same run that calls the weak model direc
 (`model=<weak name>`), so the ratio router/direct shows what routing adds.
 
     python benchmarks/bench_serving_load.py [--clients 50] [--requests 300] [--embedder static|onnx|minilm]
+    python benchmarks/bench_serving_load.py --clients 30 --mixed 60   # every available strategy, 60 s
 
 Goals (issue 12), at 50 clients on unseen prompts: router throughput >= 80% of weak direct, p99
 latency added by routing <= 20 ms, 0 errors.
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -38,6 +40,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("ROUTEROPS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 KEY = "bench-key-" + os.urandom(8).hex()
+ADMIN_KEY = "bench-admin-" + os.urandom(8).hex()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -68,7 +71,7 @@ def prepare(data_dir: Path, embedder: str = "static", static_path: str | None = 
     env = {"ROUTEROPS_DATA_DIR": str(data_dir), "ROUTEROPS_WEAK_BACKEND": "replay",
            "ROUTEROPS_STRONG_BACKEND": "replay", "ROUTEROPS_WEAK_MODEL": "mixtral-8x7b-instruct-v0.1",
            "ROUTEROPS_STRONG_MODEL": "gpt-4-1106-preview", "ROUTEROPS_WEAK_REPLAY_FILE": str(weak_file),
-           "ROUTEROPS_STRONG_REPLAY_FILE": str(strong_file), "ROUTEROPS_API_KEYS": KEY,
+           "ROUTEROPS_STRONG_REPLAY_FILE": str(strong_file), "ROUTEROPS_API_KEYS": KEY, "ROUTEROPS_ADMIN_API_KEYS": ADMIN_KEY,
            "ROUTEROPS_RELOAD_INTERVAL_S": "5"}
     backend = {"minilm": "sentence-transformers"}.get(embedder, embedder)
     settings = Settings(data_dir=data_dir, embedding_backend=backend,
@@ -115,17 +118,19 @@ def sample(prompts: list[str], n: int) -> list[str]:
     return [rng.choice(prompts) for _ in range(n)]
 
 
-def locust_phase(base_url: str, model: str, prompts: list[str], clients: int, tmp: Path) -> dict:
-    """One request per item of `prompts`, from `clients` locust users at once (headless, own process)."""
-    tag = f"{model.replace('/', '_')}-{clients}-{time.monotonic_ns()}"
+def locust_phase(base_url: str, model: str, prompts: list[str], clients: int, tmp: Path,
+                 run_time_s: int | None = None) -> dict:
+    """One request per item of `prompts`, from `clients` locust users at once (headless, own process);
+    with run_time_s, the prompts cycle for that long instead. `model` may list several, comma-separated."""
+    tag = f"{model.replace('/', '_').replace(',', '+')[:60]}-{clients}-{time.monotonic_ns()}"
     prompts_file, out_file = tmp / f"prompts-{tag}.json", tmp / f"out-{tag}.json"
     prompts_file.write_text(json.dumps(prompts))
     env = os.environ | {"BENCH_MODEL": model, "BENCH_KEY": KEY, "BENCH_PROMPTS": str(prompts_file),
-                        "BENCH_OUT": str(out_file)}
+                        "BENCH_OUT": str(out_file), **({"BENCH_CYCLE": "1"} if run_time_s else {})}
     cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "benchmarks" / "locust_chat.py"), "--headless",
-           "-u", str(clients), "-r", str(clients), "--host", base_url, "--run-time", "600s", "--only-summary",
-           "--skip-log", "--loglevel", "ERROR"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=660)
+           "-u", str(clients), "-r", str(clients), "--host", base_url, "--run-time", f"{run_time_s or 600}s",
+           "--only-summary", "--skip-log", "--loglevel", "ERROR"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=(run_time_s or 600) + 60)
     if not out_file.is_file():
         raise RuntimeError(f"locust wrote no results ({proc.returncode}): {proc.stderr[-2000:]}")
     res = json.loads(out_file.read_text())
@@ -138,8 +143,34 @@ def locust_phase(base_url: str, model: str, prompts: list[str], clients: int, tm
             "routing_p50_ms": pct(routing, 50) * 1000 if routing else None,
             "routing_p99_ms": pct(routing, 99) * 1000 if routing else None,
             "strong_share": sum(m == "gpt-4-1106-preview" for m in res["models"]) / max(1, len(res["models"])),
+            "models_chosen": dict(Counter(res["models"])),
             "errors": res["errors"] + ([f"{len(prompts) - len(lat)} requests never completed"]
-                                       if len(lat) < len(prompts) else [])}
+                                       if len(lat) < len(prompts) and not run_time_s else [])}
+
+
+def mixed_run(base_url: str, prompts: list[str], clients: int, seconds: int, tmp: Path, out: Path | None) -> int:
+    """Every model that serves here, mixed: a listed strategy that answers a designed 503 to a first request
+    (e.g. cascade without a calibrated config) is left out and named, not counted as errors."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    models = httpx.get(f"{base_url}/v1/models", headers=auth, timeout=10).json()
+    available = []
+    for m in models["data"]:
+        r = httpx.post(f"{base_url}/v1/chat/completions", headers=auth, timeout=120,
+                       json={"model": m["id"], "messages": [{"role": "user", "content": prompts[0]}], "max_tokens": 16})
+        if r.status_code == 200:
+            available.append(m["id"])
+        else:
+            print(f"left out {m['id']}: {r.status_code} {r.json()['error']['message'][:120]}")
+    r = locust_phase(base_url, ",".join(available), prompts, clients, tmp, run_time_s=seconds)
+    print(f"\n== mixed: {clients} clients, {seconds} s, models {available} ==")
+    print(f"requests {r['requests']}  {r['throughput']:.1f} req/s  p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms")
+    print(f"answered by: {r['models_chosen']}")
+    for e in r["errors"][:5]:
+        print("  error:", e)
+    print(f"unexpected errors: {len(r['errors'])} (goal 0)")
+    if out:
+        out.write_text(json.dumps(r, indent=2))
+    return 0 if not r["errors"] else 2
 
 
 def main() -> int:
@@ -151,6 +182,9 @@ def main() -> int:
     ap.add_argument("--static-path", default=None, help="default: the configured static embedder folder")
     ap.add_argument("--onnx-path", default=None, help="default: the configured ONNX embedder folder")
     ap.add_argument("--json", type=Path, default=None, help="write the results here too")
+    ap.add_argument("--mixed", type=int, default=None, metavar="SECONDS",
+                    help="instead: one run of SECONDS with every available strategy and model mixed "
+                         "(each request picks one), the first --clients value; reports the error count")
     args = ap.parse_args()
     if args.json:
         args.json = args.json.resolve()
@@ -171,7 +205,8 @@ def main() -> int:
             deadline = time.monotonic() + 180
             while True:
                 try:
-                    health = httpx.get(f"{base_url}/healthz", timeout=2).json()
+                    health = httpx.get(f"{base_url}/admin/status", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                                       timeout=2).json()
                     if health.get("router_version"):
                         break
                 except httpx.HTTPError:
@@ -184,6 +219,8 @@ def main() -> int:
                   f"{health['alpha']}, {len(prompts)} prompts; load average {os.getloadavg()[0]:.1f} on "
                   f"{os.cpu_count()} cores", flush=True)
             weak = env["ROUTEROPS_WEAK_MODEL"]
+            if args.mixed:
+                return mixed_run(base_url, prompts, args.clients[0], args.mixed, Path(tmp), args.json)
             fresh = FreshPrompts(prompts)
             locust_phase(base_url, "router", fresh.take(40), 4, Path(tmp))  # warm-up: embedder, connections
             locust_phase(base_url, weak, sample(prompts, 40), 4, Path(tmp))

@@ -121,6 +121,8 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from routerops.models.cascade_scorer.features import rung_parts
+    from routerops.models.embedders.files import EmbedderFilesError
+    from routerops.models.embeddings import ensure_built_embedder, get_embedder
     from routerops.settings import get_settings
     from routerops.training.cascade_eval import GPT4
     from routerops.training.cascade_scorer.routerbench import (
@@ -140,6 +142,16 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     )
 
     settings = get_settings()
+    # the embedder the task plans (and the answer scorer) need, before minutes of work: the default one
+    # is built here once, as `train router` does; a named folder that is not built fails now
+    try:
+        if args.embedder_path is None:
+            ensure_built_embedder(settings)
+        task_embedder = get_embedder(settings, backend="static",
+                                     model=str(args.embedder_path) if args.embedder_path else None)
+        task_embedder.encode(["preflight"])
+    except EmbedderFilesError as exc:
+        raise SystemExit(f"cascade_routerbench: {exc}") from None
     t0 = time.perf_counter()
     opinions = [] if args.second_opinions.strip().lower() == "none" else \
         [r.strip() for r in args.second_opinions.split(",") if r.strip()]
@@ -154,9 +166,7 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     plain_fits = list(fits)  # agreement only: the "before" of every other scorer on the same ladder
     as_stats = as_fit = as_test = None
     if args.answer_scorer:
-        from routerops.models.embeddings import get_embedder
-
-        embedder = get_embedder(settings, backend="static", model=str(args.embedder_path) if args.embedder_path else None)
+        embedder = task_embedder
         _, as_fit, as_test, as_stats = answer_scorer_logits(data, plain, embedder, seed=args.seed)
         as_fit, as_test = alias_rungs(as_fit, data.models), alias_rungs(as_test, data.models)
         print(f"answer scorer ({embedder.name}): {as_stats['train_rows']} (query, answer) rows of all of train, "
@@ -258,10 +268,6 @@ def main() -> None:  # noqa: PLR0915 - one linear report
 
     # what a cascade that knows the query's task would do: one plan per task, chosen together on train
     # (each test query gets the plan of the task a classifier on its prompt predicts, as serving would)
-    from routerops.models.embeddings import get_embedder
-
-    task_embedder = get_embedder(settings, backend="static",
-                                 model=str(args.embedder_path) if args.embedder_path else None)
     predicted = predict_tasks(task_embedder, data.ce_train.prompts + data.fit.prompts,
                               np.concatenate([data.ce_train.tasks, data.fit.tasks]), data.test.prompts, seed=args.seed)
     task_accuracy = float((predicted == data.test.tasks).mean())

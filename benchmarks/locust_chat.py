@@ -2,15 +2,18 @@
 (one shared iterator across all users: no prompt is asked twice, so the routing cache never answers).
 The run ends when the prompts run out and the last user stops.
 
-Environment: BENCH_MODEL (router | a model name), BENCH_KEY, BENCH_PROMPTS (JSON list file),
-BENCH_OUT (JSON written at the end: client latencies, wall time, server-side routing latencies,
-models chosen, errors).
+Environment: BENCH_MODEL (router | a model name | several, comma-separated: each request picks one at
+random), BENCH_KEY, BENCH_PROMPTS (JSON list file), BENCH_OUT (JSON written at the end: client
+latencies, wall time, server-side routing latencies, models chosen, errors). BENCH_CYCLE=1 cycles
+through the prompts instead (a run of fixed duration, `--run-time`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import random
 import time
 from pathlib import Path
 
@@ -18,8 +21,9 @@ import gevent
 from locust import FastHttpUser, events, task
 from locust.exception import StopUser
 
-PROMPTS = iter(json.loads(Path(os.environ["BENCH_PROMPTS"]).read_text()))
-MODEL = os.environ["BENCH_MODEL"]
+_prompts = json.loads(Path(os.environ["BENCH_PROMPTS"]).read_text())
+PROMPTS = itertools.cycle(_prompts) if os.environ.get("BENCH_CYCLE") else iter(_prompts)
+MODELS = os.environ["BENCH_MODEL"].split(",")
 HEADERS = {"Authorization": f"Bearer {os.environ['BENCH_KEY']}"}
 RESULTS: dict = {"latency_ms": [], "routing_ms": [], "models": [], "errors": [], "t0": None, "t1": None}
 ACTIVE = {"users": 0}
@@ -41,10 +45,11 @@ class ChatUser(FastHttpUser):
         prompt = next(PROMPTS, None)
         if prompt is None:
             raise StopUser()
-        body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": 64}
+        model = random.choice(MODELS)
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 64}
         t0 = time.perf_counter()
         RESULTS["t0"] = RESULTS["t0"] or t0
-        with self.client.post("/v1/chat/completions", json=body, name=MODEL, headers=HEADERS,
+        with self.client.post("/v1/chat/completions", json=body, name=model, headers=HEADERS,
                               catch_response=True) as resp:
             RESULTS["t1"] = time.perf_counter()
             RESULTS["latency_ms"].append((RESULTS["t1"] - t0) * 1000)

@@ -77,6 +77,7 @@ def main() -> None:
         out[name] = {"config": kwargs, "loso": result.loso.frame().to_dict("records"),
                      "loso_mean": result.loso.mean_apgr, "loso_min": result.loso.min_apgr,
                      "loso_mean_by_difficulty": result.loso.mean_apgr_difficulty,
+                     "loso_mean_with_memory": result.loso.mean_apgr_memory,
                      "routerbench_test": rb, "routerbench_test_mean": float(np.mean(list(rb.values()))),
                      "train_seconds_without_loso": m["total_seconds"] - m.get("loso_seconds", 0.0),
                      "embed_seconds": m["embed_seconds"]}

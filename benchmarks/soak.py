@@ -38,6 +38,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("ROUTEROPS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 KEY = "soak-key-" + os.urandom(8).hex()
+ADMIN_KEY = "soak-admin-" + os.urandom(8).hex()
 WEAK, STRONG = "mixtral-8x7b-instruct-v0.1", "gpt-4-1106-preview"
 
 
@@ -94,7 +95,8 @@ def prepare(tmp: Path) -> tuple[dict[str, str], Path, list[str]]:
     env = {"ROUTEROPS_DATA_DIR": str(data_dir), "ROUTEROPS_WEAK_BACKEND": "replay",
            "ROUTEROPS_STRONG_BACKEND": "replay", "ROUTEROPS_WEAK_MODEL": WEAK, "ROUTEROPS_STRONG_MODEL": STRONG,
            "ROUTEROPS_WEAK_REPLAY_FILE": str(weak_file), "ROUTEROPS_STRONG_REPLAY_FILE": str(strong_file),
-           "ROUTEROPS_API_KEYS": KEY, "ROUTEROPS_RELOAD_INTERVAL_S": "5"}
+           "ROUTEROPS_API_KEYS": KEY, "ROUTEROPS_ADMIN_API_KEYS": ADMIN_KEY,
+           "ROUTEROPS_RELOAD_INTERVAL_S": "5"}
     prompts = list(dict.fromkeys(str(r["prompt"]) for r in read_records(weak_file)))
     return env, data_dir / "mlflow.db", prompts
 
@@ -161,6 +163,11 @@ def start_mlflow(db: Path, port: int, log: Path) -> subprocess.Popen:
                             stderr=log.open("a"), start_new_session=True)
 
 
+def status(base: str) -> dict:
+    """The API's detailed status (/healthz only says ok/degraded)."""
+    return httpx.get(f"{base}/admin/status", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10).json()
+
+
 def wait_http(url: str, timeout_s: float, proc: subprocess.Popen, log: Path) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -221,7 +228,8 @@ def main() -> int:  # noqa: C901
         base = f"http://127.0.0.1:{api_port}"
         try:
             deadline = time.monotonic() + 180
-            while wait_http(f"{base}/healthz", 180, api, api_log).get("router_version") != "1":
+            wait_http(f"{base}/healthz", 180, api, api_log)
+            while status(base).get("router_version") != "1":
                 if time.monotonic() > deadline:
                     raise RuntimeError("the API never served router version 1")
                 time.sleep(0.5)
@@ -266,7 +274,7 @@ def main() -> int:  # noqa: C901
             soak = Soak(base, prompts, args.clients, args.duration, args.window)
             asyncio.run(soak.run(chaos))
             rss_end = rss_mb(api.pid)
-            health = httpx.get(f"{base}/healthz", timeout=10).json()
+            health = status(base)
 
             total = sum(len(w.latencies) for w in soak.windows)
             errors = [e for w in soak.windows for e in w.errors]

@@ -108,15 +108,19 @@ def monitor() -> None:
 @click.option("--no-recalibrate", is_flag=True, help="Measure only; do not propose a new alpha.")
 @click.option("--no-dashboards", is_flag=True, help="Skip Evidently snapshots and the MLflow run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full metrics as JSON.")
+@click.option("--limit", type=click.IntRange(1), default=None,
+              help="Replay at most N traces, spread over the categories (a quick look: each trace runs both "
+                   "models, ~10-30 s on a CPU).")
 def monitor_run(golden_path: Path | None, judge_annotations: tuple[Path, ...], no_recalibrate: bool,
-                no_dashboards: bool, as_json: bool) -> None:
+                no_dashboards: bool, as_json: bool, limit: int | None) -> None:
     """Replay the golden set once and record the run (monitor_runs)."""
 
     settings = _settings()
     judge = RecordedJudge(judge_annotations) if judge_annotations else None
     try:
         r = run_monitor(settings, golden_path, judge=judge, recalibrate_alpha=not no_recalibrate,
-                        write_dashboards=not no_dashboards, log_mlflow=not no_dashboards)
+                        write_dashboards=not no_dashboards, log_mlflow=not no_dashboards, limit=limit,
+                        progress=not as_json)
     except (GoldenFormatError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:

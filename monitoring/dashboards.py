@@ -5,7 +5,9 @@ the drift report (per-column drift of router scores and output statistics; tag "
 one-row summary (tag "summary") whose MeanValue metrics carry the run's figures: PGR, baseline PGR,
 strong-call share, alpha, drift share, quality (weak, strong, routed) and, per model, exact-match
 rate, similarity and length change. A null PGR (strong not better than weak) is NaN there, a gap in
-the PGR line, and the "PGR defined" panel shows 0 for that run. The dashboard panels (created once;
+the PGR line, the "PGR defined" panel shows 0 for that run, and the PGR panel's subtitle gives the
+latest run's reason. Panels of fractions carry two constant series, 0 and 1, that keep their y axis
+at 0-1 with fractional ticks (AXIS_SERIES). The dashboard panels (created once;
 panels a later release adds are added to an existing project) read those metrics.
 
 A running Evidently UI learns of files written by another process only through a file watcher
@@ -36,9 +38,14 @@ log = logging.getLogger(__name__)
 PROJECT_NAME = "routerops monitoring"
 TAB = "Monitoring"
 
+# Panels of fractions (PGR, shares, qualities, alpha...) also plot two constant series, 0 and 1: the
+# Evidently UI scales its y axis to the data alone, so one run's strong share of 0.25 sat on a "0"
+# tick and alpha 0.919 on "1"; with 0 and 1 in every such panel the axis spans 0-1 with fractional ticks.
+AXIS_SERIES = [("axis_0", "(axis 0)"), ("axis_1", "(axis 1)")]
+PGR_PANEL = "PGR at the live alpha"
 # summary column -> (panel title, legend)
 PANELS: list[tuple[str, list[tuple[str, str]]]] = [
-    ("PGR at the live alpha", [("pgr", "PGR"), ("baseline_pgr", "baseline PGR")]),
+    (PGR_PANEL, [("pgr", "PGR"), ("baseline_pgr", "baseline PGR")]),
     ("Strong-call share", [("strong_share", "strong share")]),
     ("PGR defined (1) or null (0: strong not better than weak, or no labels)",
      [("pgr_defined", "PGR defined"), ("baseline_pgr_defined", "baseline PGR defined")]),
@@ -51,6 +58,7 @@ PANELS: list[tuple[str, list[tuple[str, str]]]] = [
     ("Output drift: length change", [("weak_length_change", "weak"), ("strong_length_change", "strong")]),
 ]
 # Live traffic (monitoring/live_drift.py): snapshots tagged "live"
+UNBOUNDED_PANELS = {"Output drift: length change"}  # relative change: not a fraction in 0-1
 LIVE_PANELS: list[tuple[str, list[tuple[str, str]]]] = [
     ("Live: strong-call share vs the reference at the same alphas",
      [("live_strong_share", "live"), ("live_expected_strong_share", "expected (reference)")]),
@@ -88,6 +96,7 @@ def summary_row(result) -> dict[str, float]:  # noqa: ANN001 - routerops.monitor
         **{f"{w}_similarity": od[w]["similarity"] for w in ("weak", "strong")},
         **{f"{w}_length_change": od[w]["length_change"] for w in ("weak", "strong")},
         **_category_columns(result),
+        **{col: float(col[-1]) for col, _ in AXIS_SERIES},
     }
 
 
@@ -112,7 +121,7 @@ def get_project(settings: Settings, categories: list[str] = ()):  # noqa: ANN201
     """The workspace and our project, created with its dashboard on first use; a panel is added for
     each category not shown yet."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.models import DashboardTabModel, PanelMetric
     from evidently.sdk.panels import line_plot_panel
     from evidently.ui.workspace import Workspace
 
@@ -124,17 +133,67 @@ def get_project(settings: Settings, categories: list[str] = ()):  # noqa: ANN201
         project = found[0]
     else:
         project = ws.create_project(PROJECT_NAME, description="Golden-trace replays of the live router pair")
-    have = {p.title for p in project.dashboard.model().panels}
+    model = ws.get_dashboard(project.id)
+    shown = {pid for tab in model.tabs for pid in tab.panels}
+    have: dict[str, Any] = {}
+    for panel in model.panels:  # one panel per title, one that a tab shows
+        if panel.id in shown and panel.title not in have:
+            have[panel.title] = panel
+    keep = {panel.id for panel in have.values()}
+    changed = len(keep) != len(model.panels) or any(len(set(t.panels)) != len(t.panels) for t in model.tabs)
+    if changed:  # duplicates (evidently's add_panel lists a new panel twice in its tab) go
+        model.panels = [panel for panel in model.panels if panel.id in keep]
+        for tab in model.tabs:
+            tab.panels = list(dict.fromkeys(pid for pid in tab.panels if pid in keep))
     wanted = [(p, "summary") for p in PANELS] + [(p, "live") for p in LIVE_PANELS]
     wanted += [(category_panel(c), "summary") for c in categories]
-    # panels added by a later release (or a new category) appear in an existing project too
+    # panels added (or changed) by a later release, or for a new category, appear in an existing project too
     for (title, series), tag in wanted:
-        if title in have:
-            continue
+        if tag == "summary" and title not in UNBOUNDED_PANELS:
+            series = [*series, *AXIS_SERIES]
         values = [PanelMetric(legend=legend, metric="MeanValue", metric_labels={"column": col}, tags=[tag])
                   for col, legend in series]
-        project.dashboard.add_panel(line_plot_panel(title, values, size="half"), tab=TAB)
+        if title not in have:
+            panel = line_plot_panel(title, values, size="half")
+            model.panels.append(panel)
+            tab = next((t for t in model.tabs if t.title == TAB), None)
+            if tab is None:
+                tab = DashboardTabModel(title=TAB, panels=[])
+                model.tabs.append(tab)
+            tab.panels.append(panel.id)
+            changed = True
+        elif [v.legend for v in have[title].values] != [legend for _, legend in series]:
+            have[title].values = values  # in place: the panel keeps its id and its place
+            changed = True
+    if changed:
+        ws.save_dashboard(project.id, model)
     return ws, project
+
+
+def pgr_note(result) -> str:  # noqa: ANN001 - routerops.monitoring.replay.MonitorResult
+    """What the PGR panel says under its title about the latest run: its PGR, or why it is null."""
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    pgr = "null" if result.pgr is None else f"{result.pgr:.3f}"
+    base = "null" if result.baseline_pgr is None else f"{result.baseline_pgr:.3f}"
+    note = f"Latest run ({when}, alpha {result.alpha:.3f}): PGR {pgr}, baseline {base}"
+    if result.pgr_null_reason:
+        note += f". PGR is null (no point plotted): {result.pgr_null_reason}"
+    elif result.baseline_pgr_null_reason:
+        note += f". Baseline is null: {result.baseline_pgr_null_reason}"
+    return note
+
+
+def _set_subtitle(settings: Settings, project, title: str, subtitle: str) -> None:  # noqa: ANN001
+    from evidently.ui.workspace import Workspace
+
+    # a fresh reader: a workspace object keeps the dashboard it read first, and saving that copy
+    # would undo the panel changes get_project has just saved
+    ws = Workspace(str(settings.resolved_evidently_workspace))
+    model = ws.get_dashboard(project.id)
+    for panel in model.panels:
+        if panel.title == title:
+            panel.subtitle = subtitle
+    ws.save_dashboard(project.id, model)
 
 
 def ensure_project(settings: Settings) -> str:
@@ -176,6 +235,7 @@ def add_run_snapshots(settings: Settings, result, drift) -> dict[str, Any]:  # n
     ids = {"summary": str(ws.add_run(project.id, snap).id)}  # add_run returns a SnapshotRef
     if drift.snapshot is not None:  # tagged "drift" by routerops.monitoring.replay
         ids["drift"] = str(ws.add_run(project.id, drift.snapshot).id)
+    _set_subtitle(settings, project, PGR_PANEL, pgr_note(result))  # a missing point says why
     return {"workspace": str(settings.resolved_evidently_workspace), "project_id": str(project.id),
             "snapshots": ids, "ui_reloaded": notify_ui(settings, str(project.id))}
 

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sqlalchemy import select
-from tqdm import tqdm
 
 from routerops import metrics
 from routerops.alpha import live_alpha
@@ -115,10 +114,36 @@ def _label_quality(trace: GoldenTrace, weak_text: str, strong_text: str, weak_mo
     return (None, None) if p is None else (float(p), 1.0 - float(p))
 
 
+def spread_sample(traces: list[GoldenTrace], limit: int | None) -> list[GoldenTrace]:
+    """At most `limit` traces, taken in turn from each category (file order within one), so a short
+    replay still covers every category it can."""
+    if limit is None or limit >= len(traces):
+        return traces
+    by_cat: dict[str | None, list[GoldenTrace]] = {}
+    for t in traces:
+        by_cat.setdefault(t.category, []).append(t)
+    queues, chosen = [list(v) for v in by_cat.values()], []
+    while len(chosen) < limit:
+        for q in queues:
+            if q and len(chosen) < limit:
+                chosen.append(q.pop(0))
+    keep = {id(t) for t in chosen}
+    return [t for t in traces if id(t) in keep]
+
+
+def eta_line(done: int, total: int, elapsed: float, trace_s: float, trace_id: str) -> str:
+    """One progress line per replayed trace (terminal and scheduler log alike)."""
+    left = (total - done) * elapsed / done
+    return (f"replayed {done}/{total} ({trace_id}: {trace_s:.1f} s, both models); {elapsed:.0f} s so far, "
+            f"ETA {left:.0f} s ({elapsed / done:.1f} s per trace)")
+
+
 def replay_traces(traces: list[GoldenTrace], weak, strong, judge: Judge | None = None,  # noqa: ANN001
                   progress: bool = True) -> list[TraceResult]:
     results = []
-    for t in tqdm(traces, desc="replaying golden", disable=not progress):
+    started = time.perf_counter()
+    for t in traces:
+        t_trace = time.perf_counter()
         r = TraceResult(t)
         r.q_weak_ref, r.q_strong_ref = _label_quality(t, t.weak.output, t.strong.output, t.weak.model,
                                                       t.strong.model, None)
@@ -130,11 +155,16 @@ def replay_traces(traces: list[GoldenTrace], weak, strong, judge: Judge | None =
             s = strong.generate(messages, params)
         except BackendError as exc:  # one trace the pair cannot answer is reported, not fatal
             r.error = str(exc)
-            results.append(r)
-            continue
-        r.weak_text, r.strong_text, r.weak_model, r.strong_model = w.text, s.text, w.model, s.model
-        r.q_weak, r.q_strong = _label_quality(t, w.text, s.text, w.model, s.model, judge)
+        else:
+            r.weak_text, r.strong_text, r.weak_model, r.strong_model = w.text, s.text, w.model, s.model
+            r.q_weak, r.q_strong = _label_quality(t, w.text, s.text, w.model, s.model, judge)
         results.append(r)
+        line = eta_line(len(results), len(traces), time.perf_counter() - started, time.perf_counter() - t_trace,
+                        t.trace_id)
+        if progress:
+            print(line, flush=True)
+        else:
+            log.info(line)
     return results
 
 
@@ -182,13 +212,14 @@ def _frames(ok: list[TraceResult], scores: np.ndarray, compare_scores: bool) -> 
 
 def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=None, strong=None,  # noqa: ANN001, C901
                 router: Any = "live", judge: Judge | None = None, recalibrate_alpha: bool = True,
-                write_dashboards: bool = True, log_mlflow: bool = True, progress: bool = True) -> MonitorResult:
+                write_dashboards: bool = True, log_mlflow: bool = True, progress: bool = True,
+                limit: int | None = None) -> MonitorResult:
     """Replay, measure, alert, recalibrate, record. `weak`/`strong` default to the configured pair;
     `router="live"` loads the champion (None: no router, all-strong routing)."""
 
     t0 = time.perf_counter()
     path = Path(golden or settings.golden_set)
-    traces = load_golden(path)
+    traces = spread_sample(load_golden(path), limit)
     if weak is None or strong is None:
         pair = make_pair(settings)
         weak, strong = (weak or pair.weak), (strong or pair.strong)

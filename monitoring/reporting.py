@@ -15,6 +15,7 @@ from routerops.jsonsafe import json_safe
 from routerops.monitoring.categories import CategoryFigures, mlflow_metrics
 from routerops.monitoring.dashboards import summary_row
 from routerops.owner import owner
+from routerops.redact import redact_values
 from routerops.registry import OWNER_TAG, configure_mlflow, mark_killed_runs
 from routerops.settings import Settings
 
@@ -76,7 +77,7 @@ def log_monitor_run(settings: Settings, result, ok, scores: np.ndarray) -> str: 
         tags[f"{name}_status"] = "ok" if value is not None else "null"
         if value is None and reason:
             tags[f"{name}_null_reason"] = reason
-    with mlflow.start_run(run_name=f"monitor-{result.run_id[:8]}", tags=tags) as run:
+    with mlflow.start_run(run_name=f"monitor-{result.run_id[:8]}", tags=redact_values(tags)) as run:
         mlflow.log_metrics({k: float(v) for k, v in summary_row(result).items() if np.isfinite(v)})
         mlflow.log_metrics({"drift_detected": float(result.drift_detected), "regression": float(result.regression)})
         checkpoint("monitor-mlflow")

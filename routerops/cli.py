@@ -1,11 +1,11 @@
-"""The base's own commands, `routerops db ...` and `routerops approve`: they import nothing above the
-base. The entry point that assembles every command is routerops.orchestration.cli."""
+"""The base's own commands, `routerops db ...` (`routerops approve` is routerops.approve_cli, which
+must not import the database layer): they import nothing above the base. The entry point that
+assembles every command is routerops.orchestration.cli."""
 
 from __future__ import annotations
 
 import click
 
-from routerops import registry
 from routerops.db import migrate
 from routerops.settings import get_settings
 
@@ -38,20 +38,3 @@ def db_current() -> None:
     """Show the database's revision."""
 
     migrate.current()
-
-
-@click.command()
-@click.argument("version")
-@click.option("--model", "model_name", default=None, help="Registered model (default: the router).")
-@click.option("--by", "approved_by", default=None, help="Who approves (default: $ROUTEROPS_USER or login).")
-def approve(version: str, model_name: str | None, approved_by: str | None) -> None:
-    """Move alias `champion` to VERSION (what a person does in the MLflow UI)."""
-    from mlflow.exceptions import MlflowException
-
-    settings = get_settings()
-    name = model_name or settings.router_model_name
-    try:
-        live = registry.approve(name, version, approved_by=approved_by, settings=settings)
-    except MlflowException as exc:
-        raise click.ClickException(f"cannot approve {name} version {version}: {exc.message}") from None
-    click.echo(f"{name}@champion -> version {live.version}")

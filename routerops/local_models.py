@@ -92,6 +92,17 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
+def generation_threads() -> int:
+    """Threads torch uses for token-by-token generation on CPU: $OMP_NUM_THREADS when set, else 1.
+
+    One token of a small model is a few small matrix products; with a second OpenMP thread on a
+    shared 2-core machine each step waits for a descheduled spinning thread. Measured on the
+    2-core dev box at load 8-10 (docs/walkthrough.md): SmolLM2-135M, 7 tokens, 1.5-2.3 s with one
+    thread against 10.7-11.0 s with two. Set OMP_NUM_THREADS to use more on a dedicated machine."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
 def load_llm(spec: LLMSpec) -> LoadedLLM:
     """Load (once per process) a causal LM and its tokenizer; GGUF is dequantized by transformers."""
     with _lock:
@@ -110,6 +121,8 @@ def load_llm(spec: LLMSpec) -> LoadedLLM:
         tokenizer = AutoTokenizer.from_pretrained(spec.model, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(spec.model, dtype=torch.float32, **kwargs)
         model.to(device).eval()
+        if device == "cpu":
+            torch.set_num_threads(generation_threads())
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         loaded = LoadedLLM(spec, model, tokenizer, device)

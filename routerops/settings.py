@@ -8,6 +8,7 @@ MLflow store, workspaces) lives under one data directory so an embedded install 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -141,6 +142,31 @@ class Settings(BaseSettings):
         default=0.5, ge=0.0, le=1.0, description="The default cascade's threshold on the weak model's predicted "
         "P(good answer | prompt).")
 
+    # --- exploration and off-policy evaluation (issue 24; docs/exploration-and-ope.md) ----------
+    explore_share: float = Field(default=0.02, ge=0.0, le=1.0, description=(
+        "Share of routed requests that also get the other model's answer, in the background (never "
+        "delaying or changing the user's answer). The pair is paid for and logged as exploration cost, "
+        "judged by the configured judge (ROUTEROPS_JUDGE_BASE_URL / _MODEL) or left for feedback, and "
+        "feeds retraining and off-policy evaluation. 0 turns exploration off."))
+    explore_workers: int = Field(default=2, ge=1, description="Background threads answering exploration calls.")
+    explore_queue_size: int = Field(default=256, ge=1, description=(
+        "Exploration calls waiting for a background thread; beyond this one is dropped (counted), never "
+        "queued in front of user traffic."))
+    judge_base_url: str | None = Field(default=None, description=(
+        "OpenAI-compatible base URL of the judge that labels exploration pairs (`routerops label`'s "
+        "pair-v2 prompt, both orders). Unset: pairs wait for feedback."))
+    judge_model: str | None = Field(default=None, description="Model name the judge endpoint serves.")
+    ope_window_hours: float = Field(default=24.0 * 7, gt=0.0, description=(
+        "Logged routed traffic (and its exploration pairs) that off-policy evaluation of a challenger reads."))
+    ope_bootstrap: int = Field(default=1000, ge=100, description="Bootstrap resamples for OPE confidence intervals.")
+    ope_confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="Confidence level of OPE intervals.")
+    ope_min_pairs: int = Field(default=60, ge=1, description=(
+        "Judged exploration pairs off-policy evaluation of a challenger needs; below it the comparison "
+        "says so instead of giving an interval (a bootstrap over fewer pairs covers too rarely)."))
+    explore_min_pairs: int = Field(default=30, ge=1, description=(
+        "Judged exploration pairs (overall or per category) the monitor needs before it reports the live "
+        "PGR and may alert that routing is not better than random."))
+
     # --- speculative decoding (serving/speculative) -------------------------------------------
     # Target: this local model, default the strong model. Draft: "prompt-lookup" (n-gram copy, free),
     # "self" (the target's first speculative_draft_layers layers + exit head if trained), "model".
@@ -176,6 +202,19 @@ class Settings(BaseSettings):
     # With no API key configured anywhere (env or `routerops keys create`), requests are refused
     # unless this is set: anonymous access is for local experiments only (H3).
     allow_anonymous: bool = False
+    public_docs: bool = Field(default=True, description="Serve /docs, /redoc and /openapi.json without a key "
+                              "(they describe the API, which is open source; they hold no data). `false` turns "
+                              "the three off.")
+    # --- feedback (serving/feedback.py; docs/security.md) -------------------------------------
+    feedback_max_answer_chars: int = Field(default=16_000, ge=1, description="Longest `other_answer` a "
+                                           "feedback may carry (characters); longer is a 400.")
+    feedback_rate_limit: str = Field(default="30/minute", description="Feedback requests one API key may send, "
+                                     "in the `limits` notation (`N/second|minute|hour|day`, several joined by `;`); "
+                                     "more is a 429 with Retry-After. Counted per API process.")
+    feedback_max_key_share: float = Field(default=0.1, gt=0.0, le=1.0, description="Most one API key's feedback "
+                                          "rows may count of the new rows that trigger a retrain "
+                                          "(`retrain_min_new_rows`), and most of the rows a router trains on; "
+                                          "the training run's data snapshot records the rows per key.")
 
     # --- monitoring and alerts ---------------------------------------------------------------
     golden_set: Path = Path("golden_traces/default.jsonl")
@@ -212,6 +251,15 @@ class Settings(BaseSettings):
     scheduler_lease_seconds: float = 30.0  # leader lease TTL; renewed every third of it
     scheduler_misfire_grace_seconds: int = 900  # a job late by less than this still runs (once)
     promotion_holdout_rows: int = 500  # newest preference rows of the pair used for the comparison
+
+    @field_validator("feedback_rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        # the subset of the `limits` notation we document; checked here without importing it
+        one = r"\s*\d+\s*/\s*(\d+\s*)?(second|minute|hour|day)s?\s*"
+        if not re.fullmatch(f"{one}(;{one})*", value):
+            raise ValueError(f"not a rate limit: {value!r}; e.g. '30/minute' or '5/second;100/hour'")
+        return value
 
     @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod

@@ -1,8 +1,9 @@
 """The OpenAI-compatible API: `create_app(settings) -> FastAPI`.
 
 Endpoints: POST /v1/chat/completions (streaming included), GET /v1/models, POST /v1/feedback,
-GET /healthz (no auth), GET /metrics, and admin: POST /admin/reload, POST /admin/ingest,
-GET /admin/feedback. Every chat response carries the `routerops` field and x-routerops-* headers
+GET /healthz (no auth: ok/degraded and fixed reasons), GET /metrics, and admin: GET /admin/status,
+POST /admin/reload, POST /admin/ingest, GET /admin/feedback. /docs, /redoc and /openapi.json are
+public unless ROUTEROPS_PUBLIC_DOCS=false (docs/security.md). Every chat response carries the `routerops` field and x-routerops-* headers
 (see routerops.serving.schemas.RouterOpsInfo). Blocking work (models, database, MLflow) runs in a threadpool.
 
 The routes live in serving/api/routes (one module per resource), their shared dependencies (state,
@@ -22,12 +23,15 @@ from starlette.concurrency import run_in_threadpool
 from routerops.backends.base import Backend
 from routerops.backends.factory import BackendPair, make_fleet_backends, make_pair
 from routerops.fleet import load_fleet, pair_fleet, settings_for_fleet
+from routerops.redact import install_log_redaction
 from routerops.serving.api.deps import ServingState
 from routerops.serving.api.main import api_router
-from routerops.serving.api.middleware import INGEST_MAX_BYTES, BodyLimitMiddleware
+from routerops.serving.api.middleware import INGEST_MAX_BYTES, BodyLimitMiddleware, ErrorCountMiddleware
 from routerops.serving.auth import Authenticator
 from routerops.serving.errors import install_error_handlers
+from routerops.serving.exploration import Explorer
 from routerops.serving.failover import Guard
+from routerops.serving.feedback import FeedbackRateLimiter
 from routerops.serving.fleet import build_fleet
 from routerops.serving.metrics import ServingMetrics
 from routerops.serving.request_log import Prices, RequestLogWriter
@@ -52,6 +56,7 @@ def create_app(settings: Settings, pair: BackendPair | None = None,
                backends: dict[str, Backend] | None = None) -> FastAPI:
     """The API over the configured fleet (ROUTEROPS_FLEET_FILE) or pair (or `pair`, for callers that
     built their own backends; `backends` replaces fleet models' backends by name)."""
+    install_log_redaction()  # URIs in any log line of the server (ours, uvicorn's, MLflow's) are masked
     bound_registry_calls(settings)
     if settings.fleet_file is not None:
         fleet = load_fleet(settings.fleet_file)
@@ -74,9 +79,10 @@ def create_app(settings: Settings, pair: BackendPair | None = None,
     strategies = build_strategies(ctx)
     fleet_serving = build_fleet(ctx, fleet, fleet_backends, strategies)
     request_log = RequestLogWriter(settings, metrics)
+    explorer = Explorer(settings, pair, ctx.prices, metrics)
     state = ServingState(settings=settings, pair=pair, router_state=router_state, metrics=metrics,
                          strategies=strategies, auth=Authenticator(settings), guard=guard, request_log=request_log,
-                         fleet=fleet_serving)
+                         fleet=fleet_serving, explorer=explorer)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -93,13 +99,19 @@ def create_app(settings: Settings, pair: BackendPair | None = None,
             yield
         finally:
             router_state.stop()
+            await run_in_threadpool(explorer.stop)
             await run_in_threadpool(request_log.stop)
 
+    docs = settings.public_docs  # the API's description only, no data (docs/security.md)
     app = FastAPI(title="routerops", version="0.1.0", lifespan=lifespan,
-                  description="OpenAI-compatible LLM routing: router, cascade and speculative strategies.")
+                  description="OpenAI-compatible LLM routing: router, cascade and speculative strategies.",
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ErrorCountMiddleware, metrics=metrics)  # added last: outermost, sees the 413s too
     install_error_handlers(app)
     app.state.serving = state
+    app.state.feedback_limiter = FeedbackRateLimiter(settings.feedback_rate_limit)
     app.state.settings, app.state.router_state, app.state.metrics = settings, router_state, metrics
     app.state.pair, app.state.strategies = pair, strategies
     app.include_router(api_router)

@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
+               429: "rate_limit_error",
                502: "backend_error", 503: "service_unavailable"}
 
 
@@ -78,5 +79,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:  # answered outside ErrorCountMiddleware
+            metrics.errors.labels("500").inc()
         return JSONResponse(error_body(f"internal error ({type(exc).__name__}); see the server log",
                                        "api_error", None, "internal_error"), status_code=500)

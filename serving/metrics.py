@@ -107,6 +107,12 @@ class ServingMetrics:
         self.circuit_state = Gauge("routerops_circuit_state",
                                    "Circuit breaker of this backend: 0 closed, 1 half-open, 2 open",
                                    ["backend"], registry=r)
+        self.explorations = Counter("routerops_explorations_total",
+                                    "Exploration calls (the other model's answer in the background), by outcome: "
+                                    "stored, failed (the backend failed), dropped (queue full)",
+                                    ["outcome"], registry=r)
+        self.exploration_cost = Counter("routerops_exploration_cost_usd_total",
+                                        "Dollars spent on exploration calls", registry=r)
         self.stream_errors = Counter("routerops_stream_errors_total",
                                      "Streams ended with an error event after their first token",
                                      ["backend"], registry=r)

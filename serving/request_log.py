@@ -150,6 +150,11 @@ class RequestLogWriter:
     def __len__(self) -> int:
         return len(self._buffer)
 
+    @property
+    def failing(self) -> bool:
+        """Whether the last write attempt failed on connectivity (rows are being buffered)."""
+        return self._failing_since is not None
+
     def flush(self) -> int:
         """Write buffered entries, oldest first, until one fails on connectivity; returns how many were
         written. Concurrent callers skip while one flushes."""

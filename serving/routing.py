@@ -32,6 +32,7 @@ from routerops import registry
 from routerops.alpha import live_alpha
 from routerops.db import session_scope
 from routerops.models.router import load_router
+from routerops.redact import redact
 from routerops.settings import Settings
 from routerops.text import prompt_hash
 
@@ -41,7 +42,8 @@ NO_CHAMPION = "no champion router: routing to strong"
 
 
 def registry_unreachable(uri: str) -> str:
-    return f"model registry unreachable ({uri}), no router loaded yet: routing to strong"
+    # this reason is on every routed response: the URI's credentials never are
+    return f"model registry unreachable ({redact(uri)}), no router loaded yet: routing to strong"
 
 
 @dataclass(frozen=True)
@@ -275,7 +277,7 @@ class RouterState:
                     callback(new)
             elif new.no_router_reason != current.no_router_reason:  # only the reason: no callbacks
                 self.snapshot = new
-            self.last_error = "; ".join(errors) or None
+            self.last_error = redact("; ".join(errors)) if errors else None
             self.last_check = datetime.now(UTC).isoformat()
             return {"changed": changed, "router_version": new.version, "alpha": new.alpha,
                     "error": self.last_error}

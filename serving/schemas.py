@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = None
 
@@ -42,7 +42,8 @@ class RoutingLimits(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: JSON types as documented (`max_tokens: true` or `stream: "yes"` is a 400, not coerced)
+    model_config = ConfigDict(extra="ignore", strict=True)
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -56,6 +57,8 @@ class ChatCompletionRequest(BaseModel):
     user: str | None = None
     # the OpenAI client's extra_body={"routerops": {...}}: this request's limits (model="router")
     routerops: RoutingLimits | None = None
+    # OpenAI's request metadata; routerops reads "category" (the traffic cohort the monitor reports on)
+    metadata: dict[str, str] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -133,18 +136,20 @@ NO_NUL = r"^[^\x00]*$"
 
 
 class Preference(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     winner: Literal["a", "b", "tie"]  # a = the logged (served) answer, b = the other answer
     other_model: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_NUL)  # a String(200)
     other_answer: str | None = Field(default=None, pattern=NO_NUL)
 
 
 class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     # the routerops request id, or the completion's id ("chatcmpl-<request id>") as clients see it
     request_id: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
     preference: Preference | None = None
     thumbs: Literal["up", "down"] | None = None
+    # a graded rating of the answer, 0 (useless) .. 1 (perfect): an outcome row of the answering model
+    rating: float | None = Field(default=None, ge=0.0, le=1.0)
     comment: str | None = Field(default=None, max_length=2000)
 
     @field_validator("request_id")

@@ -19,12 +19,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from routerops.backends.base import Backend, BackendError, GenerationParams, Message, last_user_prompt
 from routerops.backends.factory import BackendPair
-from routerops.backends.local import _held_back
+from routerops.backends.local import LocalBackend, _held_back
 from routerops.db import session_scope
 from routerops.model_names import ModelCatalog
 from routerops.models.cascade_log import StepRecord
 from routerops.models.cascade_scorer.features import rung_parts
 from routerops.models.cascade_scorer.registry import load_cascade_scorer
+from routerops.models.exit_head import target_spec
 from routerops.models.probes.model import load_probe
 from routerops.serving.cascade import (
     CascadeConfig,
@@ -209,12 +210,27 @@ class RouterStrategy(_BackendStrategy):
                        alpha_source=d.alpha_source, router_version=d.router_version, routing_ms=d.routing_ms,
                        routing_cached=d.cached)
 
+    def __init__(self, ctx: ServingContext):
+        super().__init__(ctx)
+        self._rng = random.Random()
+        self._rng_lock = threading.Lock()
+
+    def _explore(self, out: Outcome) -> None:
+        """Log the route's propensity and draw whether the other model answers too (in the background,
+        after the user's answer: serving/exploration.py). The draw never changes the route."""
+        share = float(self.ctx.settings.explore_share)
+        with self._rng_lock:
+            u = self._rng.random()
+        out.extra.update(propensity=1.0, explore_propensity=share, explored=share > 0 and u < share)
+
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
         out = self._decide(messages)
+        self._explore(out)
         return self._call(out, out.role or "strong", messages, params)
 
     def stream(self, messages: list[Message], params: GenerationParams) -> tuple[Outcome, Iterator[str]]:
         out = self._decide(messages)
+        self._explore(out)
         return self._stream(out, out.role or "strong", messages, params)
 
 
@@ -431,10 +447,69 @@ class CascadeStrategy(Strategy):
         return out
 
 
+class SpeedupTracker:
+    """The speculative strategy's measured speedups (target-only cost over actual, from each request's
+    acceptance), over its last `window` requests per (target, draft). When their mean is below 1,
+    speculative decoding is slower than the target alone on this traffic, so requests are decoded
+    plainly; every `probe_every`-th such request still runs speculatively to re-measure."""
+
+    def __init__(self, window: int = 8, probe_every: int = 10):
+        self.window, self.probe_every = window, probe_every
+        self._seen: dict[tuple, list[float]] = {}
+        self._plain: dict[tuple, int] = {}
+        self._lock = threading.Lock()
+
+    def record(self, key: tuple, speedup: float) -> None:
+        with self._lock:
+            self._seen.setdefault(key, []).append(speedup)
+            del self._seen[key][:-self.window]
+
+    def measured(self, key: tuple) -> tuple[float, int] | None:
+        with self._lock:
+            seen = self._seen.get(key, [])
+            return (sum(seen) / len(seen), len(seen)) if len(seen) >= self.window else None
+
+    def use_plain(self, key: tuple) -> float | None:
+        """The measured speedup when this request should be decoded plainly, else None."""
+        m = self.measured(key)
+        if m is None or m[0] >= 1.0:
+            return None
+        with self._lock:
+            self._plain[key] = self._plain.get(key, 0) + 1
+            if self._plain[key] % self.probe_every == 0:
+                return None  # re-measure now and then: the traffic may have changed
+        return m[0]
+
+
+SPEEDUPS = SpeedupTracker()
+
+
 class SpeculativeStrategy(Strategy):
-    """Exact speculative decoding of the local target model (issue 5), via routerops.serving.speculative."""
+    """Exact speculative decoding of the local target model (issue 5), via routerops.serving.speculative.
+    Falls back to plain decoding of the same target, said in the reason and in `speculative`
+    (fallback_plain 1, measured_speedup), while the measured speedup is below 1 (SpeedupTracker)."""
 
     name = "speculative"
+
+    def _key(self) -> tuple:
+        return (self._target(), getattr(self.ctx.settings, "speculative_draft", "?"))
+
+    def _plain(self, messages: list[Message], params: GenerationParams, measured: float) -> Outcome:
+        gen = LocalBackend(target_spec(self.ctx.settings), name=self._target()).generate(messages, params)
+        n = self.measured_n()
+        out = Outcome("speculative", self._target(), "strong",
+                      f"plain decoding of {self._target()}: speculative decoding's measured speedup {measured:.2f} "
+                      f"over its last {n} requests is below 1 (draft: "
+                      f"{getattr(self.ctx.settings, 'speculative_draft', '?')})")
+        out.text, out.finish_reason = gen.text, gen.finish_reason
+        out.prompt_tokens, out.completion_tokens = gen.prompt_tokens, gen.completion_tokens
+        out.spec = {"fallback_plain": 1.0, "measured_speedup": measured, "measured_requests": float(n)}
+        out.cost_usd = self.ctx.prices.cost("strong", out.prompt_tokens, out.completion_tokens)
+        return out
+
+    def measured_n(self) -> int:
+        m = SPEEDUPS.measured(self._key())
+        return 0 if m is None else m[1]
 
     def unavailable(self) -> str | None:
         settings = self.ctx.settings
@@ -451,6 +526,8 @@ class SpeculativeStrategy(Strategy):
                  if isinstance(v, int | float) and not isinstance(v, bool)}
         if "speedup_estimate" in stats:
             stats.setdefault("speedup", stats["speedup_estimate"])
+        if stats.get("speedup", 0.0) > 0.0:
+            SPEEDUPS.record(self._key(), stats["speedup"])
         out.spec = stats
         out.prompt_tokens = int(getattr(res, "prompt_tokens", 0))
         out.completion_tokens = int(getattr(res, "completion_tokens", 0))
@@ -464,6 +541,9 @@ class SpeculativeStrategy(Strategy):
                        f"exact speculative decoding of {self._target()} (draft: {draft})")
 
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
+        measured = SPEEDUPS.use_plain(self._key())
+        if measured is not None:
+            return self._plain(messages, params, measured)
         res = serve_generate(messages, params, self.ctx)
         out = self._outcome()
         out.model = getattr(res, "model", None) or out.model
@@ -472,6 +552,10 @@ class SpeculativeStrategy(Strategy):
         return out
 
     def stream(self, messages: list[Message], params: GenerationParams) -> tuple[Outcome, Iterator[str]]:
+        measured = SPEEDUPS.use_plain(self._key())
+        if measured is not None:
+            out = self._plain(messages, params, measured)
+            return out, _pieces(out.text)
         spec_stream = serve_stream(messages, params, self.ctx)
         out = self._outcome()
 

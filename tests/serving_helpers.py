@@ -24,12 +24,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(app, timeout_s: float = 60.0, port: int | None = None) -> Iterator[str]:  # noqa: ANN001
+def running_server(app, timeout_s: float = 60.0, port: int | None = None,  # noqa: ANN001
+                   log_level: str = "warning") -> Iterator[str]:
     """Serve `app` with uvicorn on 127.0.0.1:<port> (default: a free one); yields the base URL; stops it."""
     import uvicorn
 
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level,
                                            lifespan="on"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
@@ -57,5 +58,10 @@ def wait_for(predicate, timeout_s: float = 30.0, interval_s: float = 0.2):  # no
     raise AssertionError(f"condition not met within {timeout_s}s (last: {last!r})")
 
 
-def healthz(base_url: str) -> dict:
-    return httpx.get(f"{base_url}/healthz", timeout=10).json()
+def healthz(base_url: str, admin_key: str | None = None) -> dict:
+    """The public /healthz, or with an admin key the detailed /admin/status."""
+    if admin_key is None:
+        return httpx.get(f"{base_url}/healthz", timeout=10).json()
+    r = httpx.get(f"{base_url}/admin/status", headers={"Authorization": f"Bearer {admin_key}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()

@@ -19,6 +19,7 @@ from pathlib import Path
 from routerops import registry
 from routerops.db import session_scope
 from routerops.models.cascade_config import CascadeConfig, load_cascade_config
+from routerops.redact import redact_values
 from routerops.settings import Settings
 from routerops.training.cascade_eval import search, threshold_grid
 from routerops.training.cascade_logged import logged_table
@@ -64,7 +65,7 @@ def register_config(config, settings: Settings, *, tags: dict[str, str] | None =
         c.get_registered_model(name)
     except MlflowException:
         c.create_registered_model(name, description="Cascade ladders and thresholds (refit from live logs)")
-    mv = c.create_model_version(name, source, run_id=run_id, tags=dict(tags or {}))
+    mv = c.create_model_version(name, source, run_id=run_id, tags=redact_values(dict(tags or {})))
     registry.set_challenger(name, mv.version, settings)
     return str(mv.version), run_id
 

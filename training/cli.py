@@ -43,14 +43,18 @@ from routerops.training.train_router import train_router as run
 @click.option("--eval-strong", default=None, help="Strong model's score column in the eval sets.")
 @click.option("--eval-weak", default=None, help="Weak model's score column in the eval sets.")
 @click.option("--loso", is_flag=True, help="Also compute leave-one-source-out APGR (one more fit per source).")
+@click.option("--adaptation", is_flag=True,
+              help="Also run the adaptation measure (retrains per source and label count; slow) and log it.")
+@click.option("--no-adaptive", is_flag=True,
+              help="The prior alone: no label memory (the deployment's labels then only enter the fit).")
 @click.option("--no-register", is_flag=True, help="Log the run and model, but register no version.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def train_router(sources: tuple[str, ...], exclude_sources: tuple[str, ...], formulation: str, pair_link: str,
                  rank: int,
                  l2_prompt: float, l2_model: float, max_iter: int, no_prompt_stats: bool, source_gamma: float,
                  category_gamma: float, val_fraction: float, seed: int, eval_sets: tuple[Path, ...],
-                 eval_strong: str | None, eval_weak: str | None, loso: bool, no_register: bool,
-                 no_progress: bool) -> None:
+                 eval_strong: str | None, eval_weak: str | None, loso: bool, adaptation: bool, no_adaptive: bool,
+                 no_register: bool, no_progress: bool) -> None:
     """Train the router on the store's outcomes and preferences; register it as `challenger`."""
 
     settings = get_settings()
@@ -60,7 +64,8 @@ def train_router(sources: tuple[str, ...], exclude_sources: tuple[str, ...], for
             formulation=formulation, pair_link=pair_link, rank=rank, l2_prompt=l2_prompt, l2_model=l2_model, max_iter=max_iter,
             prompt_stats=not no_prompt_stats, source_gamma=source_gamma, category_gamma=category_gamma,
             val_fraction=val_fraction, seed=seed, eval_sets=list(eval_sets) if eval_sets else None,
-            eval_strong=eval_strong, eval_weak=eval_weak, loso=loso, register=not no_register,
+            eval_strong=eval_strong, eval_weak=eval_weak, loso=loso, adaptation=adaptation,
+            adaptive=not no_adaptive, register=not no_register,
             progress=not no_progress,
         )
     except (EmptyStoreError, ValueError, FileNotFoundError) as exc:
@@ -73,8 +78,14 @@ def train_router(sources: tuple[str, ...], exclude_sources: tuple[str, ...], for
     if result.loso is not None and result.loso.rows:
         click.echo("leave-one-source-out APGR:")
         click.echo(result.loso.table())
+    if result.adaptation is not None and result.adaptation.rows:
+        click.echo("adaptation to the deployment's own labels (APGR):")
+        click.echo(result.adaptation.table())
     for key in sorted(result.metrics):
         click.echo(f"  {key}: {result.metrics[key]:.4f}")
+    if result.refused:
+        raise click.ClickException(f"REFUSED, nothing registered: {result.refused}")
+    return result  # for `routerops train router`, which then compares it with the champion
 
 
 def _read_prompts(path: Path) -> tuple[list[tuple[object, str]], list[str]]:

@@ -184,6 +184,47 @@ def split_prompts(n_prompts: int, val_fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
+FEEDBACK_SOURCE = "feedback"  # preference rows from POST /v1/feedback; judge "user:<key name>"
+
+
+def _feedback_keys(prefs: pd.DataFrame, outcomes: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """The API key of each feedback row: preference rows name it in `judge` ("user:<key>"), outcome rows
+    (thumbs, ratings) in `prompt_id` ("request:<request id>:<key>"); None for rows not from feedback."""
+    pref_keys = prefs["judge"].fillna("unknown").astype(str).str.removeprefix("user:").where(
+        prefs["source"] == FEEDBACK_SOURCE)
+    if "prompt_id" in outcomes:
+        out_keys = outcomes["prompt_id"].fillna("").astype(str).str.split(":", n=2).str[2].fillna("unknown")
+    else:
+        out_keys = pd.Series("unknown", index=outcomes.index)
+    return pref_keys, out_keys.where(outcomes["source"] == FEEDBACK_SOURCE)
+
+
+def cap_feedback_per_key(prefs: pd.DataFrame, outcomes: pd.DataFrame, max_share: float
+                         ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, int]]]:
+    """Keep at most max_share * (all rows) feedback rows per API key, preference and outcome rows
+    together (the key's newest), so that no one key steers what the router learns. Returns the rows
+    kept and, per key, {"rows", "kept"}."""
+    pref_keys, out_keys = _feedback_keys(prefs, outcomes)
+    if pref_keys.isna().all() and out_keys.isna().all():
+        return prefs, outcomes, {}
+    cap = max(1, int(max_share * (len(prefs) + len(outcomes))))
+    rows = pd.concat([
+        pd.DataFrame({"key": pref_keys, "at": pd.to_datetime(prefs["created_at"], utc=True), "kind": "p",
+                      "i": np.arange(len(prefs))}),
+        pd.DataFrame({"key": out_keys, "at": pd.to_datetime(outcomes["created_at"], utc=True), "kind": "o",
+                      "i": np.arange(len(outcomes))}),
+    ]).dropna(subset=["key"]).sort_values("at", kind="stable")
+    rows["rank"] = rows.groupby("key", sort=False).cumcount(ascending=False)  # 0 = the key's newest
+    drop = rows[rows["rank"] >= cap]
+    keep_p = np.ones(len(prefs), dtype=bool)
+    keep_p[drop.loc[drop["kind"] == "p", "i"].to_numpy(dtype=int)] = False
+    keep_o = np.ones(len(outcomes), dtype=bool)
+    keep_o[drop.loc[drop["kind"] == "o", "i"].to_numpy(dtype=int)] = False
+    per_key = {str(key): {"rows": int(n), "kept": int(min(n, cap))}
+               for key, n in rows["key"].value_counts().sort_index().items()}
+    return prefs[keep_p], outcomes[keep_o], per_key
+
+
 def snapshot(data: RouterData, created: pd.Series | None = None) -> dict[str, object]:
     """What the model was trained on: rows per source and model, distinct prompts, time window."""
     # counted as logged: a merged repeat of a comparison counts each time it was judged

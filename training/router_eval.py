@@ -34,6 +34,7 @@ from routerops.alpha import propose_alpha
 from routerops.db.session import session_scope
 from routerops.model_names import UnknownModelError
 from routerops.models.router import load_router
+from routerops.redact import redact_values
 from routerops.registry import configure_mlflow
 from routerops.settings import get_settings
 from routerops.training.eval_sets import (
@@ -476,7 +477,7 @@ def _log_to_mlflow(report: EvalReport, data: dict[str, Any], curve: metrics.PGRC
     with mlflow.start_run(run_name=f"router-eval-{outcomes_file.name}") as run, \
             tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tag("routerops.job", "router-eval")
-        mlflow.log_params({k: v for k, v in report.inputs.items() if v is not None})
+        mlflow.log_params(redact_values({k: v for k, v in report.inputs.items() if v is not None}))
         mlflow.log_metrics({"apgr": report.apgr, "oracle_apgr": report.oracle_apgr, "q_weak": report.q_weak,
                             "q_strong": report.q_strong, "n_prompts": report.n_prompts,
                             **{f"cpt_{k[:-1]}": v for k, v in report.cpt.items() if v is not None}})

@@ -24,6 +24,8 @@ import pandas as pd
 
 from routerops import metrics as rmetrics
 from routerops.models import irt_mf
+from routerops.models.adaptive import memory_weights
+from routerops.models.router import FORMAT_V2, MFRouter
 from routerops.training.router_data import RouterData, fit_data
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,9 @@ class LosoRow:
     # The same prompts routed by the pair-free difficulty alone (strong iff hard), beside the pair's
     # expected gain above: the two routing rules the router-quality issue asks to compare.
     apgr_difficulty: float = float("nan")
+    # The shipped router: the prior plus its label memory (the fold's labelled prompts of the pair,
+    # models/adaptive.py), where the other sources hold labels of the held-out source's pair.
+    apgr_memory: float = float("nan")
 
 
 @dataclass
@@ -71,6 +76,10 @@ class LosoReport:
         return float(np.mean([r.apgr_difficulty for r in self.rows])) if self.rows else float("nan")
 
     @property
+    def mean_apgr_memory(self) -> float:
+        return float(np.mean([r.apgr_memory for r in self.rows])) if self.rows else float("nan")
+
+    @property
     def min_apgr(self) -> float:
         return float(np.min([r.apgr for r in self.rows])) if self.rows else float("nan")
 
@@ -79,12 +88,12 @@ class LosoReport:
 
     def table(self) -> str:
         lines = [f"{'held-out source':<16} {'strong':<28} {'weak':<28} {'mode':<10} {'prompts':>7} "
-                 f"{'APGR':>6} {'by-dif':>6} {'random':>6} {'oracle':>6}"]
+                 f"{'APGR':>6} {'by-dif':>6} {'+mem':>6} {'random':>6} {'oracle':>6}"]
         for r in self.rows:
             lines.append(f"{r.source:<16} {r.strong[:28]:<28} {r.weak[:28]:<28} {r.mode:<10} {r.prompts:>7} "
-                         f"{r.apgr:>6.3f} {r.apgr_difficulty:>6.3f} {r.random:>6.3f} {r.oracle:>6.3f}")
+                         f"{r.apgr:>6.3f} {r.apgr_difficulty:>6.3f} {r.apgr_memory:>6.3f} {r.random:>6.3f} {r.oracle:>6.3f}")
         lines.append(f"{'mean':<16} {'':<28} {'':<28} {'':<10} {'':>7} {self.mean_apgr:>6.3f} "
-                     f"{self.mean_apgr_difficulty:>6.3f} {0.5:>6.3f} "
+                     f"{self.mean_apgr_difficulty:>6.3f} {self.mean_apgr_memory:>6.3f} {0.5:>6.3f} "
                      f"{np.mean([r.oracle for r in self.rows]) if self.rows else float('nan'):>6.3f}")
         return "\n".join(lines)
 
@@ -165,7 +174,10 @@ def evaluate(params: dict[str, np.ndarray], X: np.ndarray, ev: EvalPair, index: 
 
 
 def leave_one_source_out(data: RouterData, X: np.ndarray, config: irt_mf.IRTMFConfig, *,
-                         sources: list[str] | None = None, progress: bool = False) -> LosoReport:
+                         sources: list[str] | None = None, progress: bool = False,
+                         embed_dim: int | None = None) -> LosoReport:
+    """`embed_dim`: how many leading columns of X are the text embedding (the label memory's
+    neighbours are found on those; None: all of X)."""
     """One fit per held-out source (only sources with an evaluable pair get a row)."""
     started = time.perf_counter()
     report = LosoReport()
@@ -184,9 +196,18 @@ def leave_one_source_out(data: RouterData, X: np.ndarray, config: irt_mf.IRTMFCo
         t0 = time.perf_counter()
         params, _ = irt_mf.fit(fd, config)
         row = evaluate(params, X, ev, index)
+        row.apgr_memory = row.apgr
+        if ev.mode == "pair":
+            weights = {**params, **memory_weights(X, train, fd.out_q, fd.out_m, fd.out_y, fd.pair_q, fd.pair_a,
+                                                  fd.pair_b, fd.pair_t)}
+            router = MFRouter(weights, {"format": FORMAT_V2, "vocabulary": data.vocabulary, "embedding": {},
+                                        "prompt_features": {"mean": [0.0] * (X.shape[1] - embed_dim)} if embed_dim
+                                        else None})
+            row.apgr_memory = float(rmetrics.apgr(router._score_vectors(X[ev.q], ev.strong, ev.weak),
+                                                  ev.weak_q, ev.strong_q))
         report.rows.append(row)
         if progress:
-            print(f"  LOSO {source:<16} APGR {row.apgr:.3f} (oracle {row.oracle:.3f}, {row.mode}, "
+            print(f"  LOSO {source:<16} APGR {row.apgr:.3f}, with label memory {row.apgr_memory:.3f} (oracle {row.oracle:.3f}, {row.mode}, "
                   f"{row.strong} vs {row.weak}, {row.prompts} prompts) in {time.perf_counter() - t0:.0f}s",
                   flush=True)
     report.seconds = time.perf_counter() - started

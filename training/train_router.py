@@ -12,6 +12,7 @@ registered router with alias `challenger` (never `champion`).
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 import time
 import warnings
@@ -19,29 +20,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import func, select
 
 from routerops import metrics as rmetrics
 from routerops import registry
 from routerops.checkpoint import checkpoint
 from routerops.db import session_scope
+from routerops.db.models import OutcomeLog, PreferenceLog
 from routerops.fleet import load_fleet
 from routerops.importers.store import load_outcomes, load_preferences
 from routerops.model_names import UnknownModelError, load_catalog, name_key
 from routerops.models import irt_mf
+from routerops.models.adaptive import AdaptiveConfig
 from routerops.models.embedders.router_files import embedder_artifacts
 from routerops.models.embeddings import embed_cached, embedding_ref, ensure_built_embedder, get_embedder
 from routerops.models.fleet_dial import calibrate_fleet
 from routerops.models.prompt_features import features, fit_standardizer, raw_features
 from routerops.models.router import ARTIFACT_NAME, FORMAT_V2, PYFUNC_CODE, MFRouter
 from routerops.owner import owner
+from routerops.redact import redact_values
 from routerops.settings import Settings
 from routerops.text import prompt_hash
 from routerops.training.eval_sets import load_routerbench
-from routerops.training.router_data import Weighting, build_router_data, fit_data, snapshot, split_prompts
+from routerops.training.router_adaptation import adaptation_measure, adaptation_plot
+from routerops.training.router_data import (
+    Weighting,
+    build_router_data,
+    cap_feedback_per_key,
+    snapshot,
+    split_prompts,
+)
+from routerops.training.router_fit import fit_weights
 from routerops.training.router_loso import eval_pair, leave_one_source_out
 
 log = logging.getLogger(__name__)
-
 
 
 class EmptyStoreError(RuntimeError):
@@ -56,11 +68,49 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     vocabulary: list[str] = field(default_factory=list)
     loso: object | None = None  # routerops.training.router_loso.LosoReport when asked for
+    refused: str | None = None  # why the run registered nothing (a degenerate router), else None
+    adaptation: object | None = None  # routerops.training.router_adaptation.AdaptReport when asked for
 
 
 REFERENCE_PROMPTS = 2000  # prompts kept with the router to find the alpha for a strong share
 CALIBRATION_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MIN_CATEGORY_PROMPTS = 30  # per-category APGR only where the validation split has this many prompts
+MIN_REFERENCE_PROMPTS = 50  # validation prompts needed to calibrate on them (and to judge the alphas)
+MIN_SCORE_STD = 0.02  # a router whose scores on unseen prompts spread less routes by noise: refused
+MIN_OBJECTIVE_MOVE = 1e-4  # nor is one whose fit did not move from its starting point
+
+
+class DegenerateRouterError(RuntimeError):
+    """The fit produced a router that cannot route (scores do not spread, or the fit did not move)."""
+
+
+def degenerate_reason(val_scores: np.ndarray | None, fit_info: dict[str, float],
+                      alphas: list[float | None] | None, labelled_prompts: int = 0) -> str | None:
+    """Why this router must not be registered, or None. `val_scores`: the checked pair's scores on
+    the validation prompts (never trained on); `alphas`: the calibration table's; `labelled_prompts`:
+    the pair's labelled prompts in the label memory. A prior fit that did not move is fatal only where
+    the memory has nothing of the pair to route by (labels that are all pair interaction, a new model
+    better on some prompts and worse on others, leave the prior at its start and still route)."""
+    reasons = []
+    start, final = fit_info.get("start_objective"), fit_info.get("train_objective")
+    if (not labelled_prompts and start is not None and final is not None
+            and abs(start - final) < MIN_OBJECTIVE_MOVE * max(1.0, abs(start))):
+        reasons.append(f"the fit did not move from its start (objective {start:.6f} -> {final:.6f})")
+    if val_scores is not None and len(val_scores) >= 2 and float(np.std(val_scores)) < MIN_SCORE_STD:
+        reasons.append(f"its scores on {len(val_scores)} unseen prompts do not spread (std "
+                       f"{float(np.std(val_scores)):.2g} < {MIN_SCORE_STD}): every prompt would route alike")
+    if alphas and all(a is not None for a in alphas) and len({round(float(a), 6) for a in alphas}) < len(alphas):
+        reasons.append(f"its calibration gives the same alpha for different strong shares ({len(set(alphas))} "
+                       f"distinct of {len(alphas)})")
+    return "; ".join(reasons) or None
+
+
+
+
+def store_max_ids(session) -> dict[str, int]:  # noqa: ANN001 - a SQLAlchemy Session
+    """{"max_preference_id", "max_outcome_id"}: the newest rows in the store now (0 when empty)."""
+    return {"max_preference_id": int(session.scalar(select(func.max(PreferenceLog.id))) or 0),
+            "max_outcome_id": int(session.scalar(select(func.max(OutcomeLog.id))) or 0)}
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -120,7 +170,7 @@ def _pgr_plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Pat
     ax.set_xlabel("share of calls to the strong model")
     ax.set_ylabel("PGR (performance gap recovered)")
     ax.set_title("PGR vs strong-model share")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -178,6 +228,48 @@ def per_category_apgr(data, X: np.ndarray, params: dict[str, np.ndarray], mask: 
     return rows
 
 
+MIN_CURVE_PROMPTS = 10  # a validation PGR curve needs this many held-out prompts of a judged pair
+
+
+def validation_pgr_curves(data, X: np.ndarray, params: dict[str, np.ndarray],  # noqa: ANN001
+                          mask: np.ndarray) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, float]], list[str]]:
+    """PGR versus strong share on the validation prompts of each source with a judged pair (its
+    leave-one-source-out evaluation pair), so every run has the curve, evaluation sets or not;
+    and, per source without one, why not."""
+    index = {m: i for i, m in enumerate(data.vocabulary)}
+    known = set(range(len(data.vocabulary)))
+    curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+    why_not: list[str] = []
+    for source in data.sources:
+        ev = eval_pair(data, source, known)
+        if ev is None or ev.mode != "pair":
+            why_not.append(f"{source}: no two models compared on the same prompts")
+            continue
+        sel = mask[ev.q]
+        if sel.sum() < MIN_CURVE_PROMPTS:
+            why_not.append(f"{source}: {int(sel.sum())} validation prompts of {ev.strong} vs {ev.weak} "
+                           f"(fewer than {MIN_CURVE_PROMPTS})")
+            continue
+        scores = irt_mf.pair_score(params, X[ev.q[sel]], index[ev.strong], index[ev.weak])
+        try:
+            curve = rmetrics.pgr_curve(scores, ev.weak_q[sel], ev.strong_q[sel])
+        except rmetrics.NoQualityGap as exc:
+            why_not.append(f"{source}: {exc}")
+            continue
+        curves[f"validation {source}: {ev.strong} vs {ev.weak}, {int(sel.sum())} prompts"] = (
+            np.asarray(curve.strong_share), np.asarray(curve.pgr), curve.apgr())
+    return curves, why_not
+
+
+def _log_missing_plot(name: str, reason: str) -> None:
+    """A plot the run cannot draw says why, where the plot would be and as a run tag."""
+    import mlflow
+
+    mlflow.log_text(reason + "\n", f"plots/{name}.missing.txt")
+    mlflow.set_tag(f"plots.{name}", f"not drawn: {reason}"[:5000])
+    log.warning("plots/%s.png not drawn: %s", name, reason)
+
+
 def _loso_plot(frame, path: Path) -> None:  # noqa: ANN001
     import matplotlib
 
@@ -223,6 +315,8 @@ def train_router(
     eval_strong: str | None = None,
     eval_weak: str | None = None,
     loso: bool = False,
+    adaptation: bool = False,
+    adaptive: bool = True,
     register: bool = True,
     progress: bool = True,
 ) -> TrainResult:
@@ -244,11 +338,13 @@ def train_router(
 
     t_start = time.perf_counter()
     with session_scope(settings) as session:
+        data_ids = store_max_ids(session)  # before loading: a row arriving meanwhile counts as new
         outcomes = load_outcomes(session, sources=sources, exclude_sources=exclude_sources)
         prefs = load_preferences(session, sources=sources, exclude_sources=exclude_sources)
         if held_out:
             outcomes = outcomes[~outcomes["prompt_hash"].isin(held_out)]
             prefs = prefs[~prefs["prompt_hash"].isin(held_out)]
+        prefs, outcomes, feedback_per_key = cap_feedback_per_key(prefs, outcomes, settings.feedback_max_key_share)
         if len(outcomes) + len(prefs) == 0:
             what = f" for sources {sources}" if sources else ""
             raise EmptyStoreError(f"no outcome or preference data in the store{what}: run `routerops ingest ...` first")
@@ -266,6 +362,7 @@ def train_router(
     stamps = [s for s in (outcomes["created_at"], prefs["created_at"]) if len(s)]  # pandas warns on empty parts
     snap = snapshot(data, pd.concat(stamps) if stamps else None)
     snap["dropped"] = data.dropped
+    snap["feedback_per_key"] = feedback_per_key  # feedback rows (preferences, thumbs, ratings) per API key, and how many the cap kept
     val_mask = split_prompts(len(data.prompts), val_fraction, seed)
 
     aliases: dict[str, list[str]] = {}
@@ -288,7 +385,7 @@ def train_router(
     run_tags = {"routerops.kind": "mf-router", registry.OWNER_TAG: owner()}
     with mlflow.start_run(run_name="mf-router", tags=run_tags) as run, tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        mlflow.log_params(params)
+        mlflow.log_params(redact_values(params))
         mlflow.log_metrics({f"data_rows_{k}": v for k, v in snap["per_source"].items()})
         mlflow.log_dict(snap, "data_snapshot.json")
 
@@ -296,10 +393,14 @@ def train_router(
         if progress:
             print(f"fitting {config.formulation} (rank {config.rank}) on {snap['rows']} rows, "
                   f"{snap['prompts']} prompts, {len(data.vocabulary)} models...", flush=True)
-        weights, fit_info = irt_mf.fit(fit_data(data, X, ~val_mask), config)
+        weights, fit_info = fit_weights(data, X, ~val_mask, config, adaptive=adaptive)
         train_s = time.perf_counter() - t1
 
-        ref_idx = reference_sample(data.prompt_source, ~val_mask, REFERENCE_PROMPTS, seed)
+        # the reference prompts (calibration, live drift) are validation prompts: the label memory has
+        # not seen them, so their scores are what unseen traffic gets (a tiny store, with too few
+        # validation prompts for a calibration table, uses every prompt as before)
+        ref_mask = val_mask if val_mask.sum() >= MIN_REFERENCE_PROMPTS else np.ones_like(val_mask)
+        ref_idx = reference_sample(data.prompt_source, ref_mask, REFERENCE_PROMPTS, seed)
         weights["reference_X"] = X[ref_idx].astype(np.float16)
         metadata = {
             "format": FORMAT_V2,
@@ -311,6 +412,8 @@ def train_router(
             "weighting": {"source_gamma": source_gamma, "category_gamma": category_gamma},
             "run_id": run.info.run_id,
         }
+        if adaptive:
+            metadata["adaptive"] = AdaptiveConfig().to_dict()
         router = MFRouter(weights, metadata, settings=settings)
         router._embedder = embedder  # same process: reuse the loaded embedder
         strong, weak = _default_pair(router, [(settings.router_strong_name, settings.router_weak_name),
@@ -339,6 +442,8 @@ def train_router(
             results["val_pref_auc"] = _auc(p_val["hard"].to_numpy(), p_a)
             _calibration_plot(p_a, p_val["target"].to_numpy(), tmp_path / "calibration.png")
             mlflow.log_artifact(str(tmp_path / "calibration.png"), "plots")
+        else:
+            _log_missing_plot("calibration", "no judged comparisons among the validation prompts")
 
         categories = per_category_apgr(data, X, weights, val_mask)
         if categories:
@@ -370,6 +475,27 @@ def train_router(
                 if isinstance(dial.get(key), float):
                     results[f"fleet_dial_{key}"] = dial[key]
 
+        # a router that cannot route is refused: the pair's scores on unseen (validation) prompts must spread
+        check = (strong, weak) if strong and weak else _most_labelled_pair(data)
+        val_scores = None
+        if check is not None and val_mask.any():
+            vq = np.flatnonzero(val_mask)
+            val_scores = router._score_vectors(X[vq], *check)
+            results["val_score_std"] = float(np.std(val_scores))
+            results["labelled_prompts_of_pair"] = float(router.labelled_prompts(*check))
+        judged_alphas = calibration["alphas"] if calibration and len(ref_idx) >= MIN_REFERENCE_PROMPTS else None
+        reason = degenerate_reason(val_scores, fit_info, judged_alphas,
+                                   int(results.get("labelled_prompts_of_pair", 0)))
+        refused = None
+        if reason:
+            refused = f"degenerate router ({check[0]} vs {check[1]} checked): {reason}" if check else \
+                f"degenerate router: {reason}"
+            log.error("%s; registering nothing", refused)
+            if progress:
+                print(f"REFUSED: {refused}. Nothing is registered as challenger.", file=sys.stderr, flush=True)
+            mlflow.set_tags({"routerops.refused": "degenerate", "routerops.refused_reason": refused[:5000]})
+            mlflow.log_text(refused + "\n", "REFUSED.txt")
+
         # evaluation sets: APGR / CPT(50%) and the PGR curve
         curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
         for ev, vecs in zip(evals, eval_emb, strict=True):
@@ -387,13 +513,18 @@ def train_router(
             results[f"apgr_{ev.name}"] = a
             results[f"cpt50_{ev.name}"] = float(curve.cpt(0.5))
             curves[ev.name] = (np.asarray(curve.strong_share), np.asarray(curve.pgr), a)
+        val_curves, no_curve = validation_pgr_curves(data, X, weights, val_mask)
+        curves.update(val_curves)
         if curves:
             _pgr_plot(curves, tmp_path / "pgr_curve.png")
             mlflow.log_artifact(str(tmp_path / "pgr_curve.png"), "plots")
+        else:
+            _log_missing_plot("pgr_curve", "no evaluation set and no validation source with a curve: "
+                              + "; ".join(no_curve or ["no sources"]))
 
         loso_report = None
         if loso:
-            loso_report = leave_one_source_out(data, X, config, progress=progress)
+            loso_report = leave_one_source_out(data, X, config, progress=progress, embed_dim=int(emb.shape[1]))
             if loso_report.rows:
                 frame = loso_report.frame()
                 mlflow.log_table(frame, "loso_apgr.json")
@@ -403,9 +534,26 @@ def train_router(
                 results["loso_apgr_mean"] = loso_report.mean_apgr
                 results["loso_apgr_min"] = loso_report.min_apgr
                 results["loso_by_difficulty_apgr_mean"] = loso_report.mean_apgr_difficulty
+                results["loso_with_memory_apgr_mean"] = loso_report.mean_apgr_memory
                 results["loso_seconds"] = loso_report.seconds
                 for row in loso_report.rows:
                     results[f"loso_apgr_{row.source}"] = row.apgr
+            else:
+                _log_missing_plot("loso_apgr", "no source has a pair of models to evaluate when held out")
+        adaptation_report = None
+        if adaptation:
+            by_hash = dict(zip(data.prompt_hashes, emb, strict=True))
+            adaptation_report = adaptation_measure(outcomes, prefs, by_hash, config=config, weighting=weighting,
+                                                   prompt_stats=prompt_stats, val_fraction=val_fraction,
+                                                   seed=seed, progress=progress)
+            if adaptation_report.rows:
+                mlflow.log_table(adaptation_report.frame(), "adaptation.json")
+                mlflow.log_text(adaptation_report.table(), "adaptation.txt")
+                adaptation_plot(adaptation_report, tmp_path / "adaptation.png")
+                mlflow.log_artifact(str(tmp_path / "adaptation.png"), "plots")
+                for n, row in adaptation_report.means().iterrows():
+                    for col in ("router", "prior", "knn10", "knn50"):
+                        results[f"adapt_{col}_n{n}"] = float(row[col])
         mlflow.log_metrics({k: v for k, v in results.items() if np.isfinite(v)})
 
         model_dir = router.save(tmp_path / "model")
@@ -429,7 +577,7 @@ def train_router(
                                   "routerops"],
             )
         version = None
-        if register:
+        if register and not refused:
             # Registered last, in one registry write (the version with all its tags), after every
             # artifact is logged: a process killed earlier leaves no model version at all; one killed
             # between this and the alias leaves a complete version that is simply not the challenger.
@@ -442,12 +590,25 @@ def train_router(
                 for sh, al in zip(calibration["shares"], calibration["alphas"], strict=True):
                     tags[f"alpha_at_share_{sh:.1f}"] = f"{al:.4f}"
             tags["routerops.run_id"] = run.info.run_id
+            tags.update({f"{registry.DATA_ID_TAG_PREFIX}{k}": str(v) for k, v in data_ids.items()})  # what it saw
             checkpoint("registering")
-            mv = mlflow.register_model(info.model_uri, settings.router_model_name, tags=tags)
+            mv = mlflow.register_model(info.model_uri, settings.router_model_name, tags=redact_values(tags))
             version = str(mv.version)
             checkpoint("registered")
             registry.set_challenger(settings.router_model_name, version, settings)
         results["total_seconds"] = time.perf_counter() - t_start
         run_id = run.info.run_id
     return TrainResult(run_id=run_id, model_version=version, model_uri=f"runs:/{run_id}/{ARTIFACT_NAME}",
-                       metrics=results, vocabulary=data.vocabulary, loso=loso_report)
+                       metrics=results, vocabulary=data.vocabulary, loso=loso_report, refused=refused,
+                       adaptation=adaptation_report)
+
+
+def _most_labelled_pair(data) -> tuple[str, str] | None:  # noqa: ANN001
+    """The pair with the most judged comparisons, else the two models with the most outcome rows."""
+    if len(data.pairs):
+        a, b = data.pairs.groupby(["a", "b"])["n"].sum().idxmax()
+        return data.vocabulary[int(a)], data.vocabulary[int(b)]
+    counts = data.outcomes["m"].value_counts()
+    if len(counts) >= 2:
+        return data.vocabulary[int(counts.index[0])], data.vocabulary[int(counts.index[1])]
+    return None

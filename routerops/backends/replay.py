@@ -91,7 +91,8 @@ class ReplayBackend:
             return self._outputs[key]
         except KeyError:
             raise BackendError(
-                f"no recorded output for prompt {key[:12]} ({prompt[:60]!r}) of {self.name} in {self.path}"
+                # shown to API clients: the replay file's name, not its path on the server
+                f"no recorded output for prompt {key[:12]} ({prompt[:60]!r}) of {self.name} in {Path(self.path).name}"
             ) from None
 
     def generate(self, messages: list[Message], params: GenerationParams) -> Generation:

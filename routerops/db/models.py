@@ -70,6 +70,8 @@ class PreferenceLog(Base):
         Index("ix_preference_logs_prompt_hash", "prompt_hash"),
         Index("ix_preference_logs_created_at", "created_at"),
         Index("ix_preference_logs_source", "source"),
+        # one vote per (request, key): a repeated vote replaces the earlier one (serving/feedback.py)
+        Index("uq_preference_logs_feedback_vote", "request_id", "feedback_key", unique=True),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     prompt: Mapped[str] = mapped_column(Text)
@@ -85,6 +87,7 @@ class PreferenceLog(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     import_batch_id: Mapped[int | None] = mapped_column(ForeignKey("import_batches.id", ondelete="CASCADE"))
     request_id: Mapped[str | None] = mapped_column(String(32))  # set for source "feedback"
+    feedback_key: Mapped[str | None] = mapped_column(String(100))  # the API key whose vote this is (feedback)
     category: Mapped[str | None] = mapped_column(String(80))
 
     import_batch: Mapped[ImportBatch | None] = relationship()
@@ -305,4 +308,41 @@ class LiveDriftRun(Base):
     drift_detected: Mapped[bool | None] = mapped_column(Boolean)
     drift_share: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class ExplorationPair(Base):
+    """One explored request (issue 24): the user got the routed answer; the other model of the pair also
+    answered in the background. The pair is judged (the configured judge or feedback) into `winner`,
+    and becomes a preference row for retraining. With request_logs' logged propensities these rows are
+    what off-policy evaluation (routerops/ope.py) and the monitor's live PGR read."""
+
+    __tablename__ = "exploration_pairs"
+    __table_args__ = (
+        Index("ix_exploration_pairs_created_at", "created_at"),
+        Index("ix_exploration_pairs_status", "status"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(32), unique=True)  # request_logs.id
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    prompt: Mapped[str | None] = mapped_column(Text)
+    prompt_hash: Mapped[str] = mapped_column(String(64))
+    category: Mapped[str | None] = mapped_column(String(80))
+    router_version: Mapped[str | None] = mapped_column(String(40))
+    served_role: Mapped[str] = mapped_column(String(8))  # weak | strong: the user's answer
+    weak_model: Mapped[str] = mapped_column(String(200))  # router vocabulary
+    strong_model: Mapped[str] = mapped_column(String(200))
+    weak_answer: Mapped[str | None] = mapped_column(Text)
+    strong_answer: Mapped[str | None] = mapped_column(Text)
+    p_strong_wins: Mapped[float | None] = mapped_column(Float)
+    alpha: Mapped[float | None] = mapped_column(Float)
+    propensity: Mapped[float] = mapped_column(Float, default=1.0)  # P(the served route)
+    explore_propensity: Mapped[float] = mapped_column(Float)  # P(the other route was also observed)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)  # the exploration call's cost
+    latency_ms: Mapped[float | None] = mapped_column(Float)  # the exploration call's own latency
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | judged | failed
+    winner: Mapped[str | None] = mapped_column(String(8))  # weak | strong | tie
+    judge: Mapped[str | None] = mapped_column(String(200))
+    judged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    preference_id: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)

@@ -12,7 +12,7 @@ from routerops.db.models import OutcomeLog, PreferenceLog
 
 COLUMNS = ["prompt", "prompt_hash", "model_a", "model_b", "winner", "soft_label", "source", "judge", "created_at",
            "category"]
-OUTCOME_COLUMNS = ["prompt", "prompt_hash", "model", "score", "source", "category", "created_at"]
+OUTCOME_COLUMNS = ["prompt", "prompt_hash", "prompt_id", "model", "score", "source", "category", "created_at"]
 
 
 def _load(session: Session, table: type, columns: list[str], sources: Iterable[str] | None,
@@ -41,7 +41,8 @@ def load_outcomes(session: Session, sources: Iterable[str] | None = None,
                   exclude_sources: Iterable[str] | None = None) -> pd.DataFrame:
     """Every stored per-answer outcome, oldest first.
 
-    Columns: prompt, prompt_hash, model (canonical name), score (0..1), source, category, created_at.
+    Columns: prompt, prompt_hash, prompt_id, model (canonical name), score (0..1), source, category,
+    created_at.
     """
     frame = _load(session, OutcomeLog, OUTCOME_COLUMNS, sources, exclude_sources)
     frame["score"] = frame["score"].astype(float)

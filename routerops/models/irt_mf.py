@@ -171,10 +171,13 @@ def fit(data: FitData, config: IRTMFConfig) -> tuple[dict[str, np.ndarray], dict
             steps["n"] += 1
             return loss
 
-        final = float(opt.step(closure).detach())
+        start = float(closure().detach())  # the objective at the starting point (a fit must move from it)
+        steps["n"] = 0
+        opt.step(closure)  # returns the loss at its first evaluation, not the final one
+        final = float(closure().detach())
         out = {"theta": theta.detach().numpy().astype(np.float32), "w": w.detach().numpy().astype(np.float32),
                "V": V.detach().numpy().astype(np.float32), "U": U.detach().numpy().astype(np.float32),
                "bias": bias.detach().numpy().astype(np.float32)}
-        return out, {"train_objective": final, "lbfgs_evaluations": float(steps["n"])}
+        return out, {"train_objective": final, "start_objective": start, "lbfgs_evaluations": float(steps["n"])}
     finally:
         torch.set_num_threads(threads)

@@ -25,6 +25,7 @@ from mlflow.pyfunc import PythonModel
 from routerops.metrics import alpha_for_strong_share
 from routerops.model_names import ModelCatalog
 from routerops.models import irt_mf
+from routerops.models.adaptive import AdaptiveConfig, AdaptiveMemory
 from routerops.models.embedders.router_files import embedder_from_router_metadata
 from routerops.models.loader import ProcessCache, load_registered
 from routerops.models.mf import pair_direction
@@ -53,7 +54,9 @@ class MFRouter:
     def __init__(self, weights: dict[str, np.ndarray], metadata: dict[str, Any], *,
                  version: str | None = None, uri: str | None = None, run_id: str | None = None,
                  settings: Settings | None = None):
-        self.weights = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+        # float weights as float32; the label memory keeps its integer indices and float16 vectors
+        self.weights = {k: (np.asarray(v) if k.startswith("mem_") else np.asarray(v, dtype=np.float32))
+                        for k, v in weights.items()}
         self.metadata = metadata
         self.vocabulary: list[str] = list(metadata["vocabulary"])
         self.embedding_model: dict[str, Any] = dict(metadata["embedding"])
@@ -78,6 +81,13 @@ class MFRouter:
         if rows != len(self.vocabulary):
             raise ValueError("router weights and vocabulary disagree on the number of models")
         self.feature_standardizer = metadata.get("prompt_features")  # None: embedding only
+        # the label memory (routerops.models.adaptive): routers trained before it have none and score
+        # by the prior alone
+        self.adaptive: AdaptiveMemory | None = None
+        if self.format == FORMAT_V2 and AdaptiveMemory.present(self.weights):
+            n_stats = len(self.feature_standardizer["mean"]) if self.feature_standardizer else 0
+            self.adaptive = AdaptiveMemory(self.weights, self.weights["mem_X"].shape[1] - n_stats,
+                                           AdaptiveConfig.from_dict(metadata.get("adaptive")))
 
     @classmethod
     def from_dir(cls, path: Path | str, **kwargs: Any) -> MFRouter:
@@ -144,7 +154,35 @@ class MFRouter:
     def _score_vectors(self, X: np.ndarray, s: str, w: str) -> np.ndarray:
         if self.format == FORMAT_V1:
             return _sigmoid(np.asarray(X, dtype=np.float64) @ self.direction(s, w).astype(np.float64))
+        si, wi = self._index[s], self._index[w]
+        if self.adaptive is None:
+            return irt_mf.pair_score(self.weights, X, si, wi)
+        return self.adaptive.score(X, si, wi, self._base(si, wi))
+
+    def _base(self, si: int, wi: int):  # noqa: ANN202
+        """What the label memory reads of the prior: (n, 2) [pair score, difficulty logit]."""
+        def base(Z: np.ndarray) -> np.ndarray:
+            Z = np.asarray(Z, dtype=np.float32)
+            d = Z.astype(np.float64) @ self.weights["w"].astype(np.float64)
+            return np.column_stack([irt_mf.pair_score(self.weights, Z, si, wi), d])
+        return base
+
+    def prior_scores(self, embeddings: np.ndarray, strong: str | None = None, weak: str | None = None,
+                     prompts: list[str] | None = None) -> np.ndarray:
+        """P(strong wins) by the IRT-MF prior alone, without the label memory (for comparisons)."""
+        s, w = self.pair(strong, weak)
+        X = self.prompt_vectors(embeddings, prompts)
+        if self.format == FORMAT_V1:
+            return self._score_vectors(X, s, w)
         return irt_mf.pair_score(self.weights, X, self._index[s], self._index[w])
+
+    def labelled_prompts(self, strong: str | None = None, weak: str | None = None) -> int:
+        """How many labelled prompts of this pair the router reads around each prompt (0: prior only)."""
+        if self.adaptive is None:
+            return 0
+        s, w = self.pair(strong, weak)
+        si, wi = self._index[s], self._index[w]
+        return len(self.adaptive.pair(si, wi, self._base(si, wi)))
 
     def score_embeddings(self, embeddings: np.ndarray, strong: str | None = None,
                          weak: str | None = None, prompts: list[str] | None = None) -> np.ndarray:

@@ -30,8 +30,9 @@ LAZY_COMMANDS: dict[str, Lazy] = {
     "embedder": Lazy("routerops.models.embedders.cli:embedder", "Build and inspect the fast embedders (static, ONNX int8)."),
     "train": Lazy("routerops.orchestration.cli:train", "Train routers, deferral probes and draft heads (to MLflow)."),
     "router": Lazy("routerops.orchestration.cli:router", "Use a trained router: score prompts, evaluate, calibrate alpha."),
-    "approve": Lazy("routerops.cli:approve", "Promote a router version to `champion` (alias in MLflow)."),
+    "approve": Lazy("routerops.approve_cli:approve", "Promote a router version to `champion` (alias in MLflow)."),
     "golden": Lazy("routerops.monitoring.cli:golden", "Record golden traces: fixed prompts, answers and labels."),
+    "ope": Lazy("routerops.monitoring.ope_cli:ope", "Off-policy evaluation on live traffic; live PGR vs random."),
     "monitor": Lazy("routerops.monitoring.cli:monitor", "Replay golden traces: drift, PGR, alerts, alpha recalibration."),
     "alpha": Lazy("routerops.monitoring.cli:alpha", "The live routing threshold: show, set, approve, history."),
     "scheduler": Lazy("routerops.orchestration.scheduler:scheduler_command", "Run the scheduled retrain/monitor loop (one leader)."),
@@ -51,7 +52,8 @@ LAZY_ROUTER_COMMANDS: dict[str, Lazy] = {
 }
 
 LAZY_TRAIN_COMMANDS: dict[str, Lazy] = {
-    "router": Lazy("routerops.training.cli:train_router", "Train the router; register it as `challenger`."),
+    "router": Lazy("routerops.orchestration.train_cli:train_router",
+                   "Train the router; register it as `challenger`."),
     "probe": Lazy("routerops.training.probes.cli:train_probe", "Train the deferral probe (P(weak answer is good))."),
     "exit-head": Lazy("routerops.training.exit_head_cli:train_exit_head", "Train the self-speculative draft's exit head."),
     "cascade-scorer": Lazy("routerops.training.cascade_scorer.cli:train_cascade_scorer",
@@ -94,6 +96,7 @@ def cli(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP call drowned the commands' output
 
 
 @click.group(cls=LazyGroup, lazy=LAZY_TRAIN_COMMANDS)

@@ -22,6 +22,7 @@ import socket
 import threading
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,14 +32,18 @@ import click
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from routerops import registry
 from routerops.db import get_engine, session_scope
 from routerops.db.models import JobRun, Lease, OutcomeLog, PreferenceLog
 from routerops.jsonsafe import json_safe
+from routerops.monitoring.exploration import run_live_pgr
 from routerops.monitoring.live_drift import run_live_drift
 from routerops.monitoring.promotion import compare_challenger
 from routerops.monitoring.replay import run_monitor
 from routerops.owner import owner_gone
 from routerops.settings import Settings, get_settings
+from routerops.training.exploration_judge import judge_exploration_pairs
+from routerops.training.probes.cli import TooFewExamples
 from routerops.training.train_router import train_router
 
 log = logging.getLogger(__name__)
@@ -61,6 +66,8 @@ def default_jobs(settings: Settings) -> list[JobSpec]:
         JobSpec("retrain-router", "routerops.orchestration.scheduler:retrain_router_job", "cron", cron),
         JobSpec("retrain-probes", "routerops.orchestration.scheduler:retrain_probes_job", "cron", cron),
         JobSpec("refit-cascade", "routerops.training.cascade_refit:refit_cascade_job", "cron", cron),
+        JobSpec("judge-exploration", "routerops.training.exploration_judge:judge_exploration_job", "interval",
+                {"minutes": settings.monitor_interval_minutes}),
         JobSpec("monitor", "routerops.orchestration.scheduler:monitor_job", "interval",
                 {"minutes": settings.monitor_interval_minutes}),
         JobSpec("live-drift", "routerops.orchestration.scheduler:live_drift_job", "interval",
@@ -149,7 +156,7 @@ def mark_interrupted_jobs(session, job: str) -> list[int]:  # noqa: ANN001 - a S
 
 def run_job(name: str, ref: str, holder: str | None = None, lease_name: str = LEASE_NAME) -> str:
     """Run one job and record it in job_runs; never raises. With a holder, the job runs only while
-    that holder has the lease. Returns the final status."""
+    that holder has the lease. Returns the final status ("skipped (why)" for a skip that says why)."""
 
     settings = get_settings()
     if holder is not None and lease_holder(settings, lease_name) != holder:
@@ -173,8 +180,9 @@ def run_job(name: str, ref: str, holder: str | None = None, lease_name: str = LE
     with session_scope(settings) as s:
         row = s.get(JobRun, run_id)
         row.status, row.details, row.error, row.finished_at = status, json_safe(details), error, datetime.now(UTC)
-    log.info("job %s finished: %s", name, status)
-    return status
+    reason = details.get("reason") if status == "skipped" else None
+    log.info("job %s finished: %s%s", name, status, f" ({reason})" if reason else "")  # one line, with why
+    return f"{status} ({reason})" if reason else status
 
 
 # --- the jobs -------------------------------------------------------------------------------------
@@ -183,19 +191,51 @@ def _last_ok(session, job: str) -> JobRun | None:  # noqa: ANN001
                            .order_by(JobRun.id.desc()).limit(1)).first()
 
 
-def _new_rows(settings: Settings, job: str) -> tuple[int, dict[str, int], dict[str, int]]:
-    """(new preference + outcome rows since the job's last success, their max ids, the ids it saw)."""
+def registered_data_ids(settings: Settings) -> tuple[str | None, dict[str, int]]:
+    """(newest version of the router, the newest store rows its training saw: its version tags);
+    ({} when it has none: registered before routerops recorded them)."""
+    c = registry.client(settings)
+    try:
+        versions = c.search_model_versions(f"name = '{settings.router_model_name}'",
+                                           order_by=["version_number DESC"], max_results=1)
+    except Exception:  # noqa: BLE001 - no registry yet: nothing registered
+        return None, {}
+    if not versions:
+        return None, {}
+    mv = versions[0]
+    ids = {key: int(mv.tags[registry.DATA_ID_TAG_PREFIX + key]) for key in ("max_preference_id", "max_outcome_id")
+           if (mv.tags or {}).get(registry.DATA_ID_TAG_PREFIX + key, "").isdigit()}
+    return str(mv.version), ids
 
+
+def _new_rows(settings: Settings, job: str,
+              also_seen: dict[str, int] | None = None) -> tuple[int, dict[str, int], dict[str, int]]:
+    """(new preference + outcome rows since the job's last success, or since `also_seen` when newer,
+    their max ids, the ids it saw).
+
+    Feedback rows count at most feedback_max_key_share * retrain_min_new_rows per API key: one key
+    cannot trigger a retrain on its own."""
+
+    cap = max(1, int(settings.feedback_max_key_share * settings.retrain_min_new_rows))
     with session_scope(settings) as s:
         last = _last_ok(s, job)
         details = (last.details or {}) if last is not None else {}
-        seen = {key: int(details.get(key, 0)) for key in ("max_preference_id", "max_outcome_id")}
+        seen = {key: max(int(details.get(key, 0)), int((also_seen or {}).get(key, 0)))
+                for key in ("max_preference_id", "max_outcome_id")}
         total, latest = 0, dict(seen)
         for key, table in (("max_preference_id", PreferenceLog), ("max_outcome_id", OutcomeLog)):
             count, max_id = s.execute(select(func.count(table.id), func.max(table.id))
                                       .where(table.id > seen[key])).one()
             total += int(count or 0)
             latest[key] = int(max_id or seen[key])
+        # a key's feedback rows, preferences (judge "user:<key>") and thumbs/ratings (outcome rows with
+        # prompt_id "request:<id>:<key>", serving/feedback.py) together
+        per_key = Counter(str(judge).removeprefix("user:") for judge in s.scalars(
+            select(PreferenceLog.judge).where(PreferenceLog.id > seen["max_preference_id"],
+                                              PreferenceLog.source == "feedback")))
+        per_key.update(str(pid).split(":", 2)[-1] for pid in s.scalars(
+            select(OutcomeLog.prompt_id).where(OutcomeLog.id > seen["max_outcome_id"], OutcomeLog.source == "feedback")))
+        total -= sum(max(0, n - cap) for n in per_key.values())
     return total, latest, seen
 
 
@@ -203,14 +243,31 @@ def retrain_router_job(settings: Settings) -> dict[str, Any]:
     """Retrain when >= retrain_min_new_rows preference or outcome rows arrived since the last successful
     retrain (with the leave-one-source-out table when `retrain_loso`); then compare the new challenger
     with the champion (tags + summary; nothing is promoted)."""
-    new, max_ids, seen = _new_rows(settings, "retrain-router")
+    judged = _judge_pending(settings)  # exploration pairs judged now become rows of this retrain
+    # rows a registered version was trained on are not new, whoever trained it (`train router` too)
+    version, trained_on = registered_data_ids(settings)
+    new, max_ids, seen = _new_rows(settings, "retrain-router", trained_on)
     if new < settings.retrain_min_new_rows:
-        return {"status": "skipped", "new_rows": new, "min_new_rows": settings.retrain_min_new_rows, **seen}
+        since = f"version {version} of {settings.router_model_name}" if trained_on else "the last retrain"
+        reason = (f"no new rows since {since}" if new == 0 else
+                  f"{new} new rows since {since}, fewer than retrain_min_new_rows={settings.retrain_min_new_rows}")
+        return {"status": "skipped", "reason": reason, "new_rows": new,
+                "min_new_rows": settings.retrain_min_new_rows, "since_version": version if trained_on else None,
+                **seen, "exploration": judged}
 
     result = train_router(settings, register=True, progress=False, loso=settings.retrain_loso)
     comparison = compare_challenger(settings, result.model_version) if result.model_version else None
     return {"new_rows": new, **max_ids, "run_id": result.run_id,
-            "model_version": result.model_version, "comparison": comparison}
+            "model_version": result.model_version, "comparison": comparison, "exploration": judged}
+
+
+def _judge_pending(settings: Settings) -> dict[str, Any]:
+    """Judge pending exploration pairs before a retrain; a failing judge does not stop the retrain."""
+    try:
+        return judge_exploration_pairs(settings)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("exploration pairs not judged: %s", exc)
+        return {"status": "failed", "error": str(exc)[:300]}
 
 
 # The probe trainer is the `routerops train probe` command; the job runs it on the logged answers.
@@ -230,7 +287,9 @@ def retrain_probes_job(settings: Settings) -> dict[str, Any]:
         raise RuntimeError(f"probe trainer {PROBE_TRAIN_REF} not available: {exc}") from exc
     try:
         command.main(PROBE_TRAIN_ARGS, standalone_mode=False)
-    except click.ClickException as exc:  # e.g. too few labelled answers: a clear failure, retried next time
+    except TooFewExamples as exc:  # a fresh install: nothing to learn from yet, not a failure (run_job says so)
+        return {"status": "skipped", "new_rows": new, "reason": exc.format_message(), **seen}
+    except click.ClickException as exc:  # a clear failure, retried next time
         raise RuntimeError(f"probe training refused: {exc.format_message()}") from None
     return {"new_rows": new, **max_ids, "command": f"routerops train probe {' '.join(PROBE_TRAIN_ARGS)}"}
 
@@ -244,9 +303,10 @@ def live_drift_job(settings: Settings) -> dict[str, Any]:
 
 def monitor_job(settings: Settings) -> dict[str, Any]:
     r = run_monitor(settings, progress=False)
+    live = run_live_pgr(settings)  # the live router's PGR on its exploration pairs (not-better-than-random alert)
     return {"monitor_run_id": r.run_id, "pgr": r.pgr, "baseline_pgr": r.baseline_pgr,
             "pgr_null_reason": r.pgr_null_reason, "drift_detected": r.drift_detected,
-            "alerts_opened": r.alerts_opened}
+            "alerts_opened": r.alerts_opened + live.alerts_opened, "live_pgr": live.to_dict()}
 
 
 # --- the scheduler process ------------------------------------------------------------------------------

@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 import click
 from pydantic import ValidationError
 
+from routerops import registry
 from routerops.console_scripts import console_script
 from routerops.db import dispose_engines, migrate
 from routerops.models.embeddings import ensure_built_embedder
 from routerops.monitoring.dashboards import ensure_project
+from routerops.redact import redact
 from routerops.registry import configure_mlflow
 from routerops.settings import Settings, get_settings
 
@@ -247,6 +249,12 @@ def prepare_stores(settings: Settings) -> None:
     ensure_built_embedder(settings)
 
 
+def mlflow_runs_url(settings: Settings, base_url: str) -> str:
+    """The MLflow UI link that opens the routerops experiment on its runs (prepare_stores made it)."""
+    experiment = registry.client(settings).get_experiment_by_name(settings.mlflow_experiment)
+    return registry.experiment_ui_url(base_url, experiment.experiment_id) if experiment is not None else base_url
+
+
 @click.command("init")
 def init_command() -> None:
     """Prepare every store: migrations, MLflow experiment, Evidently project, static embedder (idempotent)."""
@@ -319,9 +327,9 @@ def up(host: str | None, api_port: int | None, mlflow_port: int, evidently_port:
     probe = _probe_host(host)
     summary = [f"api: http://{probe}:{ports.api}  (OpenAI base_url http://{probe}:{ports.api}/v1)"]
     if mlflow_ui_runs_locally(settings):
-        summary.append(f"mlflow-ui: http://{probe}:{ports.mlflow}")
+        summary.append(f"mlflow-ui: {mlflow_runs_url(settings, f'http://{probe}:{ports.mlflow}')}")
     else:
-        summary.append(f"mlflow-ui: {settings.resolved_tracking_uri} (external tracking server)")
+        summary.append(f"mlflow-ui: {redact(settings.resolved_tracking_uri)} (external tracking server)")
     summary.append(f"evidently-ui: http://{probe}:{ports.evidently}  (workspace {settings.resolved_evidently_workspace})")
     summary.append(f"scheduler: {'off' if no_scheduler else 'on'}")
     for line in summary:
@@ -340,6 +348,9 @@ def up(host: str | None, api_port: int | None, mlflow_port: int, evidently_port:
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     sup = Supervisor(specs, base_env, stop_timeout=stop_timeout)
     failure: str | None = None
+    # commands on this data dir (`routerops approve`) use the running MLflow server instead of importing MLflow
+    up_state = registry.write_up_state(
+        settings, f"http://{probe}:{ports.mlflow}" if mlflow_ui_runs_locally(settings) else None)
     try:
         sup.start()
         pending = {s.name: s for s in specs}
@@ -364,6 +375,7 @@ def up(host: str | None, api_port: int | None, mlflow_port: int, evidently_port:
     finally:
         why = failure or (f"received {signal.Signals(received[0]).name}" if received else "stopping")
         sup.say(f"routerops up: {why}; stopping {', '.join(sup.procs) or 'nothing'}")
+        up_state.unlink(missing_ok=True)
         killed = sup.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -1,4 +1,6 @@
-"""Dependencies shared by the routes: the app's serving state and API-key auth (both via request.app.state)."""
+"""Dependencies shared by the routes: the app's serving state and API-key auth (both via request.app.state).
+
+Error answers are counted by ErrorCountMiddleware, not here."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from routerops.backends.factory import BackendPair
 from routerops.serving.auth import Authenticator, AuthError, Principal
 from routerops.serving.errors import ApiError
+from routerops.serving.exploration import Explorer
 from routerops.serving.failover import Guard
 from routerops.serving.metrics import ServingMetrics
 from routerops.serving.request_log import RequestLogWriter
@@ -33,6 +36,7 @@ class ServingState:
     guard: Guard | None = None  # failover and the backends' circuit breakers
     request_log: RequestLogWriter | None = None  # buffered, never-raising request-log writes
     fleet: Any = None  # routerops.serving.fleet.FleetServing: the fleet table, its decision and strategies
+    explorer: Explorer | None = None  # background answers of the other model (exploration)
 
 
 def get_state(request: Request) -> ServingState:
@@ -51,14 +55,12 @@ def require(scope: str):  # noqa: ANN201
             principal = await run_in_threadpool(state.auth.authenticate, request.headers.get("authorization"),
                                                 request.headers.get("x-api-key"))
         except AuthError as exc:
-            state.metrics.errors.labels(str(exc.status)).inc()
-            raise ApiError(exc.status, exc.message, code="invalid_api_key") from None
+            headers = {"www-authenticate": 'Bearer realm="routerops"'} if exc.status == 401 else None
+            raise ApiError(exc.status, exc.message, code="invalid_api_key", headers=headers) from None
         except SQLAlchemyError as exc:  # a database key cannot be checked while the database is down
-            state.metrics.errors.labels("503").inc()
             raise ApiError(503, f"cannot check the API key: the key store is unreachable ({type(exc).__name__}); "
                                 "retry later", code="auth_unavailable", headers={"retry-after": "5"}) from None
         if scope == "admin" and not principal.is_admin:
-            state.metrics.errors.labels("403").inc()
             raise ApiError(403, f"key {principal.name!r} has scope 'user'; this endpoint needs 'admin'",
                            code="insufficient_scope")
         return principal

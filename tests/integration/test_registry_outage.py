@@ -18,6 +18,7 @@ import pytest
 from serving_helpers import RECORDED_PAIR, STRONG, WEAK, free_port, healthz, running_server, wait_for
 
 KEY = "registry-outage-key-0123456789"
+ADMIN = "registry-outage-admin-0123456789"
 PREFS = Path(__file__).resolve().parents[1] / "fixtures" / "router" / "prefs.jsonl"
 PROMPT = "What's a fun fact about cats?"
 
@@ -61,12 +62,13 @@ def test_api_starts_without_mlflow_and_picks_up_the_champion(settings, champion:
     uri = f"http://127.0.0.1:{port}"
     serving = Settings(data_dir=settings.data_dir, mlflow_tracking_uri=uri, weak_backend="replay",
                        strong_backend="replay", weak_model=WEAK, strong_model=STRONG, replay_file=RECORDED_PAIR,
-                       api_keys=[KEY], reload_interval_s=0.5)
+                       api_keys=[KEY], admin_api_keys=[ADMIN], reload_interval_s=0.5)
     t0 = time.monotonic()
     with running_server(create_app(serving), timeout_s=60) as base:
         started_s = time.monotonic() - t0
         assert started_s < 20, f"the API took {started_s:.0f}s to start with MLflow down"
-        health = healthz(base)
+        assert healthz(base) == {"status": "degraded", "reasons": ["router reload failing"]}
+        health = healthz(base, ADMIN)
         reason = f"model registry unreachable ({uri}), no router loaded yet: routing to strong"
         assert health["status"] == "degraded" and health["router_version"] is None
         assert health["routing"] == reason
@@ -82,7 +84,7 @@ def test_api_starts_without_mlflow_and_picks_up_the_champion(settings, champion:
         try:
             def live() -> dict | None:
                 assert proc.poll() is None, (tmp_path / "mlflow.log").read_text()[-2000:]
-                h = healthz(base)
+                h = healthz(base, ADMIN)
                 return h if h["router_version"] == champion else None
 
             health = wait_for(live, timeout_s=180, interval_s=0.5)

@@ -16,11 +16,12 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from conftest import clean_env
-from serving_helpers import RECORDED_PAIR, STRONG, WEAK, free_port
+from serving_helpers import RECORDED_PAIR, STRONG, WEAK, free_port, healthz
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFS = Path(__file__).resolve().parents[1] / "fixtures" / "router" / "prefs.jsonl"
 KEY = "scale-out-key-0123456789"
+ADMIN = "scale-out-admin-0123456789"
 
 
 def _cli(env: dict[str, str], *args: str) -> str:
@@ -50,7 +51,7 @@ def store(settings, static_embedder_dir: Path, tmp_path: Path) -> dict[str, str]
     _cli(env, "alpha", "set", "0.47", "--reason", "scale-out test", "--force")
     return env | {"ROUTEROPS_WEAK_BACKEND": "replay", "ROUTEROPS_STRONG_BACKEND": "replay",
                   "ROUTEROPS_WEAK_MODEL": WEAK, "ROUTEROPS_STRONG_MODEL": STRONG,
-                  "ROUTEROPS_REPLAY_FILE": str(RECORDED_PAIR), "ROUTEROPS_API_KEYS": KEY,
+                  "ROUTEROPS_REPLAY_FILE": str(RECORDED_PAIR), "ROUTEROPS_API_KEYS": KEY, "ROUTEROPS_ADMIN_API_KEYS": ADMIN,
                   "ROUTEROPS_RELOAD_INTERVAL_S": "1"}
 
 
@@ -69,7 +70,8 @@ def _wait_ready(proc: subprocess.Popen, base_url: str, log: Path, timeout_s: flo
         if proc.poll() is not None:
             pytest.fail(f"server exited ({proc.returncode}): {log.read_text()[-2000:]}")
         try:
-            health = httpx.get(f"{base_url}/healthz", timeout=2).json()
+            health = httpx.get(f"{base_url}/admin/status", headers={"Authorization": f"Bearer {ADMIN}"},
+                               timeout=2).json()
             if health.get("router_version"):
                 return health
         except httpx.HTTPError:
@@ -106,7 +108,7 @@ def test_two_serve_processes_decide_alike(store: dict[str, str], tmp_path: Path)
         _cli(store, "alpha", "set", str(alpha), "--reason", "split the test prompts", "--force")
         for _, url in servers:
             deadline = time.monotonic() + 30
-            while httpx.get(f"{url}/healthz", timeout=5).json()["alpha"] != pytest.approx(alpha):
+            while healthz(url, ADMIN)["alpha"] != pytest.approx(alpha):
                 assert time.monotonic() < deadline, "alpha change not picked up"
                 time.sleep(0.3)
         # repeats come from each process's own routing cache (scores, not decisions: the new alpha applies)

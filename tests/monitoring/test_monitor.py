@@ -230,3 +230,62 @@ def test_shipped_golden_set_replays_end_to_end(settings):
     with session_scope(settings) as session:
         row = session.scalars(select(MonitorRun)).one()
         assert row.status == "ok" and row.n_traces == n and row.metrics["wall_s"] > 0
+
+
+def test_dashboard_fraction_panels_span_0_to_1_and_a_null_pgr_says_why(settings):
+    """Evidently scales a panel's y axis to its data: after one run a share of 0.25 sat on a "0"
+    tick. Fraction panels carry 0 and 1 series; the PGR panel's subtitle says why a point is missing."""
+    from routerops.monitoring.dashboards import (
+        PANELS,
+        PGR_PANEL,
+        UNBOUNDED_PANELS,
+        add_run_snapshots,
+        get_project,
+    )
+    from routerops.monitoring.drift import DriftResult
+    from routerops.monitoring.replay import MonitorResult
+
+    od = {"exact_match_rate": 1.0, "similarity": 1.0, "length_change": 0.0}
+    reason = "PGR is undefined: strong (0.400) is not better than weak (0.450) on this set"
+    result = MonitorResult("run-1", "ok", 20, None, None, 0.25, 0.919, False, 0.0, False,
+                           metrics={"output_drift": {"weak": od, "strong": od}, "quality": {"weak": 0.45,
+                                    "strong": 0.4, "routed": 0.44}, "router_version": "1"},
+                           pgr_null_reason=reason, baseline_pgr_null_reason=reason)
+    add_run_snapshots(settings, result, DriftResult(False, 0.0, [], {}, True))
+    from evidently.ui.workspace import Workspace
+
+    ws, project = get_project(settings)
+    fresh = Workspace(str(settings.resolved_evidently_workspace))  # what the UI reads from disk
+    panels = {p.title: p for p in fresh.get_dashboard(project.id).panels}
+    for title, _ in PANELS:
+        legends = [v.legend for v in panels[title].values]
+        assert (legends[-2:] == ["(axis 0)", "(axis 1)"]) is (title not in UNBOUNDED_PANELS), title
+    assert panels[PGR_PANEL].subtitle.endswith(f"PGR is null (no point plotted): {reason}")
+    (summary,) = [r for r in ws.list_runs(project.id)]
+    dumped = json.dumps(ws.get_run(project.id, summary).dict(), default=str)
+    assert '"axis_0"' in dumped and '"axis_1"' in dumped and '"strong_share"' in dumped
+    # a project made by an older release gets the new panels once, without duplicates
+    get_project(settings)
+    assert len(Workspace(str(settings.resolved_evidently_workspace)).get_dashboard(project.id).panels) == len(panels)
+
+
+def test_quick_replay_shows_progress_with_an_eta_and_covers_the_categories(settings):
+    """`monitor run --limit N`: N traces spread over the categories, one progress line per trace
+    with the time so far and an ETA (the embedded pair: each trace runs both models)."""
+    import re
+
+    from routerops.monitoring.replay import spread_sample
+    from routerops.orchestration.cli import cli
+
+    golden = Path(__file__).resolve().parents[2] / "golden_traces/default.jsonl"
+    traces = load_golden(golden)
+    picked = spread_sample(traces, 3)
+    assert len({t.category for t in picked}) == 3 and spread_sample(traces, None) == traces
+    result = CliRunner().invoke(cli, ["monitor", "run", "--golden", str(golden), "--limit", "3", "--no-dashboards"])
+    assert result.exit_code == 0, result.output
+    # (the model loading's progress bars share the output: a line may start with their carriage returns)
+    found = re.findall(r"replayed (\d)/3 \((\S+): [\d.]+ s, both models\); \d+ s so far, ETA (\d+) s", result.output)
+    assert [(n, tid) for n, tid, _ in found] == [("1", picked[0].trace_id), ("2", picked[1].trace_id),
+                                                 ("3", picked[2].trace_id)]
+    assert found[-1][2] == "0"
+    assert "3 traces in" in result.output

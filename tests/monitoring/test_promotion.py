@@ -27,8 +27,9 @@ def test_retrain_job_compares_challenger_and_promotes_nothing(settings, shared_d
     ae = shared_data / "alpaca_eval"
     with gzip.open(ae / f"model_outputs/{STRONG}.json.gz", "rt") as fh:
         prompts = [r["instruction"] for r in json.load(fh)[:N_PROMPTS]]
-    n = insert_judgements(settings, ae / "annotations/alpaca_eval_gpt4_turbo_fn.jsonl.gz", set(prompts))
-    for k, v in {"ROUTER_WEAK_NAME": WEAK, "ROUTER_STRONG_NAME": STRONG, "RETRAIN_MIN_NEW_ROWS": str(n),
+    annotations = ae / "annotations/alpaca_eval_gpt4_turbo_fn.jsonl.gz"
+    insert_judgements(settings, annotations, set(prompts[:40]))
+    for k, v in {"ROUTER_WEAK_NAME": WEAK, "ROUTER_STRONG_NAME": STRONG,
                  "GOLDEN_SET": str(settings.data_dir / "golden.jsonl"), "PROMOTION_HOLDOUT_ROWS": "40"}.items():
         monkeypatch.setenv(f"ROUTEROPS_{k}", v)
     from routerops.settings import get_settings
@@ -36,6 +37,13 @@ def test_retrain_job_compares_challenger_and_promotes_nothing(settings, shared_d
     s = get_settings()
     v1 = train_router(s, max_iter=60, progress=False)
     registry.approve(s.router_model_name, v1.model_version, approved_by="test", settings=s)
+    # rows v1 was trained on are not new to the scheduler, even though no retrain job ran yet
+    monkeypatch.setenv("ROUTEROPS_RETRAIN_MIN_NEW_ROWS", "1")
+    skipped = CliRunner().invoke(cli, ["scheduler", "--once", "retrain-router"])
+    assert f"retrain-router: skipped (no new rows since version {v1.model_version} of mf-router)" in skipped.output
+    n = insert_judgements(settings, annotations, set(prompts[40:]))
+    monkeypatch.setenv("ROUTEROPS_RETRAIN_MIN_NEW_ROWS", str(n))
+    s = get_settings()
     write_golden(s.golden_set, record_from_alpaca_eval(
         ae / f"model_outputs/{WEAK}.json.gz", ae / f"model_outputs/{STRONG}.json.gz",
         [ae / "annotations/alpaca_eval_gpt4_turbo_fn.jsonl.gz"], limit=N_PROMPTS))
@@ -43,7 +51,7 @@ def test_retrain_job_compares_challenger_and_promotes_nothing(settings, shared_d
     result = CliRunner().invoke(cli, ["scheduler", "--once", "retrain-router"])
     assert result.exit_code == 0, result.output
     with session_scope(s) as session:
-        job = session.scalars(select(JobRun).where(JobRun.job == "retrain-router")).one()
+        job = session.scalars(select(JobRun).where(JobRun.job == "retrain-router", JobRun.status != "skipped")).one()
     assert job.status == "ok", job.error
     v2 = job.details["model_version"]
     assert v2 != v1.model_version and job.details["max_preference_id"] > 0
@@ -62,6 +70,13 @@ def test_retrain_job_compares_challenger_and_promotes_nothing(settings, shared_d
     md = client.download_artifacts(job.details["run_id"], "promotion/comparison.md")
     text = open(md).read()
     assert f"Challenger v{v2} vs champion v{v1.model_version}" in text and "| golden |" in text
+    # where a person approves: the version's description is the whole table, with the plot in the run
+    description = client.get_model_version(s.router_model_name, v2).description
+    assert description == text
+    assert "| slice | n | metric | challenger | champion |" in description and "| holdout |" in description
+    assert "| golden | 60 | strong_share |" in description and "Off-policy evaluation (OPE)" in description
+    arts = {a.path for a in client.list_artifacts(job.details["run_id"], "promotion")}
+    assert {"promotion/comparison.md", "promotion/comparison.json", "promotion/comparison.png"} <= arts
 
     # nothing moved: the champion is still v1, v2 is only the challenger
     assert registry.version_by_alias(s.router_model_name, registry.CHAMPION, s).version == v1.model_version
@@ -69,4 +84,4 @@ def test_retrain_job_compares_challenger_and_promotes_nothing(settings, shared_d
 
     # no new rows since that retrain: the next run is skipped
     again = CliRunner().invoke(cli, ["scheduler", "--once", "retrain-router"])
-    assert "retrain-router: skipped" in again.output
+    assert f"retrain-router: skipped (no new rows since version {v2} of mf-router)" in again.output

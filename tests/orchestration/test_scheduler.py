@@ -128,6 +128,23 @@ def test_retrain_waits_for_enough_new_rows(settings, monkeypatch):
     assert bad.exit_code != 0 and "unknown job 'nope'" in bad.output
 
 
+def test_probe_job_with_too_little_data_is_skipped_in_one_line(settings, monkeypatch, caplog):
+    """A fresh install (preference rows imported, no logged answers): skipped, no ERROR, no traceback."""
+    import logging
+
+    monkeypatch.setenv("ROUTEROPS_RETRAIN_MIN_NEW_ROWS", "1")
+    with session_scope(settings) as s:
+        s.add(PreferenceLog(prompt="p", prompt_hash="h", model_a="a", model_b="b", winner="a", source="test"))
+    caplog.set_level(logging.INFO)
+    why = "only 0 training examples: too few to train a probe"
+    assert run_job("retrain-probes", "routerops.orchestration.scheduler:retrain_probes_job") == f"skipped ({why})"
+    (row,) = _runs(settings, "retrain-probes")
+    assert row.error is None and "only 0 training examples" in row.details["reason"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert [r.getMessage() for r in caplog.records if "training examples" in r.getMessage()] == [
+        f"job retrain-probes finished: skipped ({why})"]
+
+
 def test_sigterm_stops_the_scheduler_process_cleanly(settings):
     """A real `routerops scheduler` process: it takes the lease, stores its jobs in apscheduler_jobs,
     and on SIGTERM exits 0 and releases the lease (the next instance need not wait for expiry)."""
@@ -152,7 +169,8 @@ def test_sigterm_stops_the_scheduler_process_cleanly(settings):
                 except Exception:  # noqa: BLE001 - table not created yet
                     return set()
 
-        assert _wait_for(lambda: stored_jobs() == {"retrain-router", "retrain-probes", "refit-cascade", "monitor", "live-drift"}, 30)
+        assert _wait_for(lambda: stored_jobs() == {"retrain-router", "retrain-probes", "refit-cascade", "judge-exploration",
+                                                    "monitor", "live-drift"}, 30)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -160,3 +178,34 @@ def test_sigterm_stops_the_scheduler_process_cleanly(settings):
             proc.kill()
     assert proc.returncode == 0, out
     assert lease_holder(settings) is None
+
+
+def test_retrain_skips_rows_the_registered_version_was_trained_on(settings, monkeypatch):
+    """`routerops train router` registered version 1 (and compared it: the version's description);
+    the nightly retrain then has nothing new to learn from and says so in one line."""
+    from pathlib import Path
+
+    from routerops import registry
+    from routerops.importers.core import import_file
+    from routerops.orchestration.cli import cli
+
+    prefs = Path(__file__).resolve().parents[1] / "fixtures" / "router" / "prefs.jsonl"
+    assert import_file(settings, "native", prefs, progress=False).accepted == 220
+    monkeypatch.setenv("ROUTEROPS_RETRAIN_MIN_NEW_ROWS", "1")
+    monkeypatch.setenv("ROUTEROPS_ROUTER_STRONG_NAME", "gpt-4-1106-preview")
+    monkeypatch.setenv("ROUTEROPS_ROUTER_WEAK_NAME", "mixtral-8x7b-instruct-v0.1")
+    monkeypatch.setenv("ROUTEROPS_GOLDEN_SET", str(settings.data_dir / "no-golden.jsonl"))
+    trained = CliRunner().invoke(cli, ["train", "router", "--val-fraction", "0.3", "--no-progress"])
+    assert trained.exit_code == 0, trained.output
+    assert "challenger v1 vs champion (none yet): no-champion" in trained.output
+    version = registry.client(settings).get_model_version("mf-router", "1")
+    assert version.tags["routerops.data_max_preference_id"] == "220"
+    assert version.description.startswith("# Challenger v1 vs champion (none)")
+    assert "| holdout |" in version.description and "| apgr |" in version.description  # newest judgements
+
+    result = CliRunner().invoke(cli, ["scheduler", "--once", "retrain-router"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "retrain-router: skipped (no new rows since version 1 of mf-router)"
+    (row,) = _runs(settings, "retrain-router")
+    assert row.status == "skipped" and row.details["new_rows"] == 0 and row.details["since_version"] == "1"
+    assert [str(v.version) for v in registry.client(settings).search_model_versions("name = 'mf-router'")] == ["1"]

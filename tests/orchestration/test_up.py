@@ -140,6 +140,12 @@ def test_up_serves_a_chat_completion_and_the_uis_then_stops_cleanly_on_ctrl_c(tm
                                params={"experiment_name": "routerops"}, timeout=30)
         assert experiment.status_code == 200, experiment.text
         assert experiment.json()["experiment"]["name"] == "routerops"
+        # MLflow 3 opens it on the runs table: kind "model training", and the printed link says so
+        tags = {t["key"]: t["value"] for t in experiment.json()["experiment"].get("tags", [])}
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
+        experiment_id = experiment.json()["experiment"]["experiment_id"]
+        assert up.wait_for(r"^mlflow-ui: (\S+)", 1).group(1) == (
+            f"{mlflow_ui}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
         dashboard = httpx.get(evidently_ui, timeout=30)
         assert dashboard.status_code == 200
         projects = httpx.get(f"{evidently_ui}/api/projects", timeout=30)

@@ -158,7 +158,7 @@ def test_no_champion_routes_everything_to_strong(store: Path) -> None:
     with running_server(create_app(settings)) as base_url:
         info = ask(base_url).parse().model_extra["routerops"]
         assert info["model"] == STRONG and info["reason"] == NO_CHAMPION and info["router_version"] is None
-        health = healthz(base_url)
+        health = healthz(base_url, ADMIN_KEY)
         assert health["router_version"] is None and health["status"] == "ok"
 
 
@@ -168,13 +168,13 @@ def test_hot_reload_after_approve_and_alpha_change(api, store: Path) -> None:
 
     base_url, settings = api
     approve(store, "1")
-    wait_for(lambda: healthz(base_url)["router_version"] == "1")
+    wait_for(lambda: healthz(base_url, ADMIN_KEY)["router_version"] == "1")
     info = ask(base_url).parse().model_extra["routerops"]
     assert info["router_version"] == "1" and info["p_strong_wins"] is not None
     assert info["model"] == (STRONG if info["p_strong_wins"] >= info["alpha"] else WEAK)
 
     approve(store, "2")
-    wait_for(lambda: healthz(base_url)["router_version"] == "2")
+    wait_for(lambda: healthz(base_url, ADMIN_KEY)["router_version"] == "2")
     raw = ask(base_url)
     assert raw.parse().model_extra["routerops"]["router_version"] == "2"
     assert raw.headers["x-routerops-p-strong"] != ""
@@ -184,7 +184,7 @@ def test_hot_reload_after_approve_and_alpha_change(api, store: Path) -> None:
     for alpha, expected in ((1.0, WEAK), (0.0, STRONG)):
         with session_scope(settings) as session:
             propose_alpha(session, settings, alpha, reason="test", source="manual", max_step=1.0)
-        wait_for(lambda a=alpha: healthz(base_url)["alpha"] == a)
+        wait_for(lambda a=alpha: healthz(base_url, ADMIN_KEY)["alpha"] == a)
         info = ask(base_url).parse().model_extra["routerops"]
         assert info["alpha"] == alpha and info["model"] == expected, info
         assert info["p_strong_wins"] == p_v2  # the same prompt again: from the routing cache
@@ -337,7 +337,7 @@ def test_mlflow_going_away_keeps_last_good_router(store: Path, tmp_path: Path,
         wait_for(up, timeout_s=120, interval_s=0.5)
         settings = make_settings(store, mlflow_tracking_uri=f"http://127.0.0.1:{port}", reload_interval_s=0.5)
         with running_server(create_app(settings)) as base_url:
-            health = healthz(base_url)
+            health = healthz(base_url, ADMIN_KEY)
             assert health["router_version"] == "1" and health["status"] == "ok", health
             assert ask(base_url).parse().model_extra["routerops"]["router_version"] == "1"
 
@@ -346,7 +346,7 @@ def test_mlflow_going_away_keeps_last_good_router(store: Path, tmp_path: Path,
             reload = httpx.post(f"{base_url}/admin/reload", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
                                 timeout=60).json()
             assert reload["error"] and "cannot read mf-router@champion" in reload["error"]
-            health = healthz(base_url)
+            health = healthz(base_url, ADMIN_KEY)
             assert health["status"] == "degraded" and health["router_version"] == "1"
             assert "cannot read mf-router@champion" in health["last_reload_error"]
             for _ in range(3):  # still served, by the last good router
@@ -456,7 +456,7 @@ def test_cascade_that_cannot_answer_is_not_listed_as_available(store: Path) -> N
         assert models["cascade"]["available"] is False
         assert "no cascade config yet" in models["cascade"]["unavailable_reason"]
         assert models["router"]["available"] is True
-        assert "no cascade config yet" in healthz(base_url)["strategies"]["cascade"]
+        assert "no cascade config yet" in healthz(base_url, ADMIN_KEY)["strategies"]["cascade"]
         with pytest.raises(openai.APIStatusError) as err:
             ask(base_url, model="cascade")
         assert err.value.status_code == 503 and "routerops cascade calibrate" in err.value.body["message"]
@@ -618,7 +618,7 @@ def test_feedback_lands_as_preference_rows(api) -> None:
     from sqlalchemy import select
 
     from routerops.db import session_scope
-    from routerops.db.models import PreferenceLog, RequestLog
+    from routerops.db.models import OutcomeLog, PreferenceLog, RequestLog
 
     base_url, settings = api
     headers = {"Authorization": f"Bearer {USER_KEY}"}
@@ -627,29 +627,43 @@ def test_feedback_lands_as_preference_rows(api) -> None:
     strong_id = ask(base_url, model=STRONG).parse().model_extra["routerops"]["request_id"]
 
     r = httpx.post(url, json={"request_id": weak_id, "thumbs": "down"}, headers=headers)
-    assert r.status_code == 201 and r.json()["recorded"] == "preference"
+    assert r.status_code == 201 and r.json()["recorded"] == "preference" and not r.json()["replaced"]
     down_id = r.json()["preference_id"]
+    with session_scope(settings) as session:
+        down = session.get(PreferenceLog, down_id)
+        assert (down.model_a, down.model_b, down.winner, down.request_id) == (WEAK, STRONG, "b", weak_id)
+        assert down.prompt == PROMPT and down.answer_a == "Cats sleep a lot."
     r = httpx.post(url, json={"request_id": weak_id, "thumbs": "up"}, headers=headers)
+    assert r.status_code == 201 and r.json()["replaced"]  # the same key changed its mind: the last vote stands
     up_id = r.json()["preference_id"]
+    assert up_id == down_id
     r = httpx.post(url, json={"request_id": strong_id, "thumbs": "up"}, headers=headers)
-    assert r.status_code == 201 and r.json() | {"detail": ""} == {
-        "request_id": strong_id, "preference_id": None, "recorded": "request_log", "detail": ""}
+    # no preference row (it says nothing about the weak model), but an outcome row of the strong model
+    assert r.status_code == 201 and r.json() | {"detail": "", "outcome_id": 0} == {
+        "request_id": strong_id, "preference_id": None, "outcome_id": 0, "recorded": "outcome", "replaced": False,
+        "detail": ""}
+    strong_outcome_id = r.json()["outcome_id"]
     r = httpx.post(url, json={"request_id": strong_id, "preference": {
-        "winner": "b", "other_model": "claude-2.1", "other_answer": "Cats have five toes on their front paws."}},
+        "winner": "b", "other_model": WEAK, "other_answer": "Cats have five toes on their front paws."}},
         headers=headers)
+    assert r.status_code == 201 and r.json()["replaced"], r.text
     pair_id = r.json()["preference_id"]
 
     with session_scope(settings) as session:
         rows = {p.id: p for p in session.scalars(select(PreferenceLog).where(PreferenceLog.source == "feedback"))}
-        down, up, pair = rows[down_id], rows[up_id], rows[pair_id]
-        assert (down.model_a, down.model_b, down.winner, down.request_id) == (WEAK, STRONG, "b", weak_id)
-        assert (up.model_a, up.model_b, up.winner) == (WEAK, STRONG, "a")
-        assert down.prompt == PROMPT and down.answer_a == "Cats sleep a lot."
-        assert (pair.model_a, pair.model_b, pair.winner) == (STRONG, "claude-2.1", "b")
+        up, pair = rows[up_id], rows[pair_id]
+        assert (up.model_a, up.model_b, up.winner, up.feedback_key) == (WEAK, STRONG, "a", "env-user-1")
+        assert (pair.model_a, pair.model_b, pair.winner) == (STRONG, WEAK, "b")
         assert pair.answer_b.startswith("Cats have five toes")
-        assert not any(p.request_id == strong_id and p.judge and p.id not in (pair_id,) for p in rows.values())
+        assert [p.id for p in rows.values() if p.request_id in (weak_id, strong_id)] == sorted([up_id, pair_id])
         votes = session.get(RequestLog, strong_id).extra["feedback"]
-        assert [v["thumbs"] for v in votes] == ["up", None]
+        assert [(v["by"], v["thumbs"]) for v in votes] == [("env-user-1", None)]  # one entry per key
+        # thumbs are outcomes of the answering model (issue 24), one per (request, key): the strong answer's
+        # thumbs-up outcome went with the vote that the pairwise preference replaced
+        outcomes = {o.id: o for o in session.scalars(select(OutcomeLog).where(OutcomeLog.source == "feedback"))}
+        assert strong_outcome_id not in outcomes
+        assert [(o.model, o.score, o.prompt, o.prompt_id) for o in outcomes.values()] == [
+            (WEAK, 1.0, PROMPT, f"request:{weak_id}:env-user-1")]
 
     r = httpx.post(url, json={"request_id": "nope", "thumbs": "up"}, headers=headers)
     assert r.status_code == 404 and r.json()["error"]["param"] == "request_id"
@@ -715,6 +729,46 @@ def test_local_smollm2_pair_serves_router_and_models(tmp_path: Path) -> None:
         assert cascade.choices[0].message.content == weak.choices[0].message.content
         assert cascade.model_extra["routerops"]["reason"].startswith("default cascade")
 
+        # measured slower than the target alone (issue 28: speedup 0.64 under load): plain decoding, said so
+        from routerops.serving.strategies import SPEEDUPS
+
+        key = ("smollm2-135m-instruct", settings.speculative_draft)
+        try:
+            for _ in range(SPEEDUPS.window):
+                SPEEDUPS.record(key, 0.64)
+            plain = c.chat.completions.create(model="speculative", messages=msgs, max_tokens=6)
+            info = plain.model_extra["routerops"]
+            assert info["reason"].startswith("plain decoding of smollm2-135m-instruct: speculative decoding's "
+                                             f"measured speedup 0.64 over its last {SPEEDUPS.window} requests")
+            assert info["speculative"] == {"fallback_plain": 1.0, "measured_speedup": pytest.approx(0.64),
+                                           "measured_requests": float(SPEEDUPS.window)}
+            assert plain.choices[0].message.content == weak.choices[0].message.content  # same greedy text
+            chunks = list(c.chat.completions.create(model="speculative", messages=msgs, max_tokens=6, stream=True))
+            assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == \
+                weak.choices[0].message.content
+            assert chunks[-1].model_extra["routerops"]["speculative"]["fallback_plain"] == 1.0
+        finally:
+            SPEEDUPS._seen.clear()
+            SPEEDUPS._plain.clear()
+
+
+def test_speculative_falls_back_below_1_and_re_measures() -> None:
+    from routerops.serving.strategies import SpeedupTracker
+
+    t = SpeedupTracker(window=4, probe_every=3)
+    assert t.use_plain("k") is None  # nothing measured yet
+    for v in (1.2, 1.3, 1.1):
+        t.record("k", v)
+    assert t.use_plain("k") is None  # fewer than `window` measurements
+    t.record("k", 1.25)
+    assert t.use_plain("k") is None  # faster: speculative
+    for _ in range(4):
+        t.record("k", 0.64)
+    assert [t.use_plain("k") for _ in range(3)] == [pytest.approx(0.64), pytest.approx(0.64), None]  # 3rd re-measures
+    for _ in range(4):
+        t.record("k", 1.3)  # the traffic changed
+    assert t.use_plain("k") is None
+
 
 def test_target_strong_share_end_to_end(tmp_path: Path) -> None:
     """A fresh router, no alpha set anywhere: serving takes the alpha from the router's calibration
@@ -748,8 +802,8 @@ def test_target_strong_share_end_to_end(tmp_path: Path) -> None:
     expected_alpha = router.alpha_for_share(0.25, STRONG, WEAK)
 
     with running_server(create_app(settings)) as base_url:
-        wait_for(lambda: healthz(base_url)["router_version"] == version)
-        health = healthz(base_url)
+        wait_for(lambda: healthz(base_url, ADMIN_KEY)["router_version"] == version)
+        health = healthz(base_url, ADMIN_KEY)
         assert health["alpha_source"] == "router-calibration" and health["alpha"] == pytest.approx(expected_alpha)
         assert "25%" in health["alpha_reason"]
         infos = [ask(base_url, prompt=p, max_tokens=4).parse().model_extra["routerops"] for p in prompts]
@@ -759,7 +813,7 @@ def test_target_strong_share_end_to_end(tmp_path: Path) -> None:
 
     explicit = make_settings(data_dir, replay_file=replay, target_strong_share=0.25, alpha=0.999)
     with running_server(create_app(explicit)) as base_url:
-        wait_for(lambda: healthz(base_url)["router_version"] == version)
-        assert (healthz(base_url)["alpha_source"], healthz(base_url)["alpha"]) == ("settings", 0.999)
+        wait_for(lambda: healthz(base_url, ADMIN_KEY)["router_version"] == version)
+        assert (healthz(base_url, ADMIN_KEY)["alpha_source"], healthz(base_url, ADMIN_KEY)["alpha"]) == ("settings", 0.999)
         info = ask(base_url, prompt=prompts[0], max_tokens=4).parse().model_extra["routerops"]
     assert info["alpha_source"] == "settings" and info["model"] == WEAK

@@ -21,9 +21,10 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from serving_helpers import free_port, running_server
+from serving_helpers import free_port, healthz, running_server
 
 KEY = "failover-test-key-0123456789"
+ADMIN = "failover-admin-key-0123456789"
 WEAK, STRONG = "weak-m", "strong-m"
 PROMPT = "name three colours"
 TIMEOUT_S = 0.6  # the backends' HTTP timeout; the "hang" fault sleeps past it
@@ -104,7 +105,7 @@ def make_settings(data_dir: Path, weak_url: str, strong_url: str, **overrides): 
     from routerops.settings import Settings
 
     values = dict(data_dir=data_dir, weak_backend="openai", strong_backend="openai", weak_model=WEAK,
-                  strong_model=STRONG, weak_base_url=weak_url, strong_base_url=strong_url, api_keys=[KEY],
+                  strong_model=STRONG, weak_base_url=weak_url, strong_base_url=strong_url, api_keys=[KEY], admin_api_keys=[ADMIN],
                   router_model_name="router-never-approved", http_timeout_s=TIMEOUT_S, http_max_retries=1,
                   http_backoff_s=0.01, weak_price_in=1.0, weak_price_out=2.0, strong_price_in=10.0,
                   strong_price_out=20.0, reload_interval_s=60.0)
@@ -351,15 +352,16 @@ def test_breaker_opens_skips_probes_and_closes(data_dir: Path) -> None:
                 return r.json()["routerops"]
 
             def circuit() -> dict:
-                return httpx.get(f"{api}/healthz", timeout=10).json()["backends"]["weak"]["circuit"]
+                return healthz(api, ADMIN)["backends"]["weak"]["circuit"]
 
             assert circuit()["state"] == "closed"
             for _ in range(2):  # two refused calls (each with its own retry) open the circuit
                 info = ask()
                 assert info["model"] == STRONG
                 assert info["reason"].startswith("weak unavailable (ConnectError); served by strong")
-            health = httpx.get(f"{api}/healthz", timeout=10).json()
+            health = healthz(api, ADMIN)
             assert health["backends"]["weak"]["circuit"]["state"] == "open" and health["status"] == "degraded"
+            assert healthz(api) == {"status": "degraded", "reasons": ["weak backend circuit open"]}
             assert metric(api, "routerops_circuit_state", backend=WEAK) == 2.0
             assert metric(api, "routerops_circuit_state", backend=STRONG) == 0.0
 

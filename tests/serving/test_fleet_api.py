@@ -27,6 +27,7 @@ from serving_helpers import (
 )
 
 KEY = "fleet-test-key-0123456789"
+ADMIN = "fleet-admin-key-0123456789"
 MID = "gpt-3.5-turbo-1106"
 RECORDED_FLEET = FIXTURES / "recorded_fleet.jsonl"
 ROUTER_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "router" / "prefs.jsonl"
@@ -38,7 +39,7 @@ def settings_for(data_dir: Path, **overrides):  # noqa: ANN201
     from routerops.settings import Settings
 
     values = dict(data_dir=data_dir, weak_backend="replay", strong_backend="replay", weak_model=WEAK,
-                  strong_model=STRONG, replay_file=RECORDED_PAIR, api_keys=[KEY], reload_interval_s=0.5,
+                  strong_model=STRONG, replay_file=RECORDED_PAIR, api_keys=[KEY], admin_api_keys=[ADMIN], reload_interval_s=0.5,
                   http_max_retries=0, http_timeout_s=2.0)
     values.update(overrides)
     return Settings(**values)
@@ -98,6 +99,11 @@ def predicted_quality(store: Path, prompt: str) -> dict[str, float]:
     return dict(zip(PRICES, q.tolist(), strict=True))
 
 
+def status(base_url: str) -> dict:
+    """/admin/status: the detail /healthz summarises."""
+    return healthz(base_url, ADMIN)
+
+
 def chat(base_url: str, model: str = "router", prompt: str = PROMPT, limits: dict | None = None) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
     if limits is not None:
@@ -119,7 +125,7 @@ def test_dial_ends_pick_the_best_and_the_cheapest(store: Path, tmp_path: Path) -
     assert best != WEAK  # the ends differ for this prompt
     for lam, expected in ((0.0, best), (1e6, WEAK)):
         with serve(store, fleet, fleet_lambda=lam) as base_url:
-            wait_for(lambda u=base_url: healthz(u)["router_version"] == "1")
+            wait_for(lambda u=base_url: status(u)["router_version"] == "1")
             r = chat(base_url)
             assert r.status_code == 200, r.text
             info = r.json()["routerops"]
@@ -147,8 +153,8 @@ def test_training_records_the_dial_that_serving_shows(store: Path, tmp_path: Pat
     assert run.data.metrics["fleet_dial_lam"] == pytest.approx(recorded["lam"])
     assert recorded["source"] == "calibrated" and recorded["target"] == {"quality_share": 0.95}
     with serve(store, write_fleet(tmp_path / "fleet.yaml")) as base_url:
-        wait_for(lambda: healthz(base_url)["router_version"] == "1")
-        shown = healthz(base_url)["fleet"]["dial"]
+        wait_for(lambda: status(base_url)["router_version"] == "1")
+        shown = status(base_url)["fleet"]["dial"]
     assert shown["router_version"] == "1"
     assert {k: shown[k] for k in ("lam", "cost_share", "quality_share", "best_model")} == \
         {k: recorded[k] for k in ("lam", "cost_share", "quality_share", "best_model")}
@@ -157,8 +163,8 @@ def test_training_records_the_dial_that_serving_shows(store: Path, tmp_path: Pat
 def test_dial_is_calibrated_shown_and_models_listed(store: Path, tmp_path: Path) -> None:
     fleet = write_fleet(tmp_path / "fleet.yaml")
     with serve(store, fleet, fleet_target_quality_share=0.9) as base_url:
-        wait_for(lambda: healthz(base_url)["router_version"] == "1")
-        health = healthz(base_url)
+        wait_for(lambda: status(base_url)["router_version"] == "1")
+        health = status(base_url)
         dial = health["fleet"]["dial"]
         assert dial["source"] == "calibrated" and dial["target"] == {"quality_share": 0.9}
         assert dial["router_version"] == "1" and dial["reference_prompts"] > 0
@@ -187,7 +193,7 @@ def test_dial_is_calibrated_shown_and_models_listed(store: Path, tmp_path: Path)
 def test_request_limits_are_obeyed_and_bad_ones_are_400(store: Path, tmp_path: Path) -> None:
     fleet = write_fleet(tmp_path / "fleet.yaml")
     with serve(store, fleet, fleet_lambda=0.0) as base_url:
-        wait_for(lambda: healthz(base_url)["router_version"] == "1")
+        wait_for(lambda: status(base_url)["router_version"] == "1")
         # the official client's extra_body
         client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
         done = client.chat.completions.create(model="router", messages=[{"role": "user", "content": PROMPT}],
@@ -229,7 +235,7 @@ def test_down_model_fails_over_to_the_next_under_the_dial(store: Path, tmp_path:
     ranked = sorted(q, key=q.get, reverse=True)  # lambda = 0: the order of P(good)
     fleet = write_fleet(tmp_path / "fleet.yaml", down=ranked[0])
     with serve(store, fleet, fleet_lambda=0.0, breaker_fail_max=2) as base_url:
-        wait_for(lambda: healthz(base_url)["router_version"] == "1")
+        wait_for(lambda: status(base_url)["router_version"] == "1")
         for _ in range(3):
             r = chat(base_url)
             assert r.status_code == 200, r.text
@@ -249,7 +255,7 @@ def test_down_model_fails_over_to_the_next_under_the_dial(store: Path, tmp_path:
         assert last["fleet"]["order"][:2] == ranked[:2] and last["estimated_cost_usd"] > 0
         kinds = [a["error"] for a in info["failover"]["attempts"]]
         assert kinds == ["circuit open"]  # two failures opened its breaker: now skipped without a call
-        health = healthz(base_url)
+        health = status(base_url)
         circuit = {m["name"]: m.get("circuit") for m in health["fleet"]["models"]}
         assert circuit[ranked[0]]["state"] == "open" and health["status"] == "degraded"
 
@@ -257,7 +263,7 @@ def test_down_model_fails_over_to_the_next_under_the_dial(store: Path, tmp_path:
 def test_fleet_name_unknown_to_the_router_is_refused(store: Path, tmp_path: Path) -> None:
     fleet = write_fleet(tmp_path / "fleet.yaml", **{MID: {"router_name": "gpt-17-turbo"}})
     with serve(store, fleet) as base_url:
-        health = wait_for(lambda: (h := healthz(base_url))["last_reload_error"] and h)
+        health = wait_for(lambda: (h := status(base_url))["last_reload_error"] and h)
         assert health["router_version"] is None
         err = health["last_reload_error"]
         assert "gpt-17-turbo" in err and "it knows:" in err and STRONG in err
@@ -267,11 +273,11 @@ def test_two_model_settings_unchanged_and_limits_over_the_pair(store: Path) -> N
     from routerops.serving.app import create_app
 
     with running_server(create_app(settings_for(store))) as base_url:
-        wait_for(lambda: healthz(base_url)["router_version"] == "1")
+        wait_for(lambda: status(base_url)["router_version"] == "1")
         info = chat(base_url).json()["routerops"]
         assert info["fleet"] is None and info["p_strong_wins"] is not None  # the alpha rule, as before
         assert info["model"] == (STRONG if info["p_strong_wins"] >= info["alpha"] else WEAK)
-        health = healthz(base_url)
+        health = status(base_url)
         assert [m["name"] for m in health["fleet"]["models"]] == [WEAK, STRONG]
         assert health["fleet"]["routes_router_strategy"] is False
         r = chat(base_url, limits={"models": [WEAK]})

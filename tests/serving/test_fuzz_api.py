@@ -47,7 +47,8 @@ def api(tmp_path_factory: pytest.TempPathFactory, postgres_url: str):  # noqa: A
     settings = Settings(data_dir=root / "data", database_url=postgres_url, mlflow_tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
                         weak_backend="replay", strong_backend="replay", weak_model=WEAK, strong_model=STRONG,
                         replay_file=RECORDED_PAIR, api_keys=[USER_KEY], admin_api_keys=[ADMIN_KEY],
-                        max_body_bytes=20_000, max_prompt_chars=2_000, reload_interval_s=60)
+                        max_body_bytes=20_000, max_prompt_chars=2_000, reload_interval_s=60,
+                        feedback_rate_limit="100000/minute")  # fuzzing is no flood: the limit has its own test
     settings.ensure_data_dir()
     migrate.upgrade("head", settings=settings)
     app = create_app(settings)

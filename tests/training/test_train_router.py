@@ -131,9 +131,35 @@ def test_train_registers_challenger_and_leaves_champion(settings) -> None:  # no
     registry.approve("mf-router", "1", approved_by="test", settings=settings)
     second = train_router(settings, seed=1, **FAST)  # embeddings now come from the cache
     assert second.model_version == "2"
+    # no evaluation set: the PGR curve is drawn on the validation prompts of each judged pair
+    assert {a.path for a in client.list_artifacts(second.run_id, "plots")} == {"plots/calibration.png",
+                                                                              "plots/pgr_curve.png"}
     assert second.metrics["embed_seconds"] < first.metrics["embed_seconds"]
     assert registry.version_by_alias("mf-router", "challenger", settings).version == "2"
     assert registry.version_by_alias("mf-router", "champion", settings).version == "1"
+
+
+def test_one_keys_feedback_is_capped_and_counted_in_the_snapshot(settings) -> None:  # noqa: ANN001
+    """40 feedback rows from one API key on 220 fixture rows: at most 10% of the 260 (26, its newest) train
+    the router, and the run's data snapshot says so per key (issue 26)."""
+    import mlflow
+
+    from routerops.db import session_scope
+    from routerops.db.models import PreferenceLog
+    from routerops.training.train_router import train_router
+
+    _ingest(settings)
+    prompts = fixture_frame()["prompt"].tolist()
+    with session_scope(settings) as s:
+        for i in range(40):
+            s.add(PreferenceLog(prompt=prompts[i], prompt_hash=prompt_hash(prompts[i]), model_a="gpt-4-1106-preview",
+                                model_b="mixtral-8x7b-instruct-v0.1", winner="b", source="feedback",
+                                judge="user:mallory", request_id=f"r{i}", feedback_key="mallory"))
+    result = train_router(settings, register=False, max_iter=20, **FAST)
+    snap = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=result.run_id,
+                                                                artifact_path="data_snapshot.json")).read_text())
+    assert snap["feedback_per_key"] == {"mallory": {"rows": 40, "kept": 26}}
+    assert snap["per_source"]["feedback"] == 26
 
 
 def test_source_filters_and_empty_store(settings) -> None:  # noqa: ANN001
@@ -244,3 +270,17 @@ def test_per_category_apgr_on_held_out_prompts() -> None:
     assert [r["category"] for r in rows] == ["(all)", "even"]
     assert all(r["strong"] == "s" and r["weak"] == "w" and r["apgr"] > 0.55 for r in rows), rows
     assert rows[0]["prompts"] == int(val.sum()) and 0 < rows[1]["prompts"] < rows[0]["prompts"]
+
+
+def test_a_plot_that_cannot_be_drawn_says_why(settings) -> None:  # noqa: ANN001
+    from routerops import registry
+    from routerops.training.train_router import train_router
+
+    _ingest(settings)
+    run = train_router(settings, val_fraction=0.04, register=False, progress=False)  # ~4 validation prompts
+    client = registry.client(settings)
+    arts = {a.path for a in client.list_artifacts(run.run_id, "plots")}
+    assert "plots/pgr_curve.png" not in arts and "plots/pgr_curve.missing.txt" in arts
+    reason = client.get_run(run.run_id).data.tags["plots.pgr_curve"]
+    assert reason.startswith("not drawn: no evaluation set and no validation source with a curve: fixture: ")
+    assert "validation prompts of gpt-4-1106-preview vs" in reason and "(fewer than 10)" in reason

@@ -11,6 +11,7 @@ from typing import Any
 from routerops import registry
 from routerops.models.cascade_scorer.model import META_FILE, CascadeScorer
 from routerops.models.cascade_scorer.registry import ARTIFACT_NAME, PYFUNC_CODE, SCORER_MODEL_NAME
+from routerops.redact import redact_values
 from routerops.settings import Settings
 
 
@@ -26,7 +27,7 @@ def log_cascade_scorer(scorer: CascadeScorer, settings: Settings, *, metrics: di
 
     registry.configure_mlflow(settings)
     with mlflow.start_run(run_name="cascade-scorer") as run, tempfile.TemporaryDirectory() as tmp:
-        mlflow.log_params({k: v for k, v in params.items() if v is not None})
+        mlflow.log_params(redact_values({k: v for k, v in params.items() if v is not None}))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))})
         for p in plots or []:
             mlflow.log_artifact(str(p), "plots")

@@ -20,6 +20,11 @@ from routerops.training.probes.dataset import (
 )
 from routerops.training.probes.train import evaluate, hidden_probe_data, log_probe, text_probe_data
 
+
+class TooFewExamples(click.ClickException):
+    """Not enough labelled examples to train: the scheduled job skips (a fresh install has none)."""
+
+
 log = logging.getLogger(__name__)
 
 
@@ -67,7 +72,7 @@ def train_probe(task: str | None, data_path: Path | None, test_path: Path | None
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
     if len(train_ex) < 8:
-        raise click.ClickException(f"only {len(train_ex)} training examples: too few to train a probe")
+        raise TooFewExamples(f"only {len(train_ex)} training examples: too few to train a probe")
     needs_generation = any(e.answer is None for e in train_ex + test_ex)
     if kind == "text" and needs_generation and settings.weak_backend != "local":
         raise click.ClickException("task examples need the weak model's answers: generation for a task file "

@@ -16,9 +16,12 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from routerops.backends.base import BackendError, GenerationParams, last_user_prompt
 from routerops.db.models import new_id
+from routerops.redact import redact
+from routerops.serving.api.body import parse_json_object
 from routerops.serving.api.deps import ServingState, StateDep, user
 from routerops.serving.auth import Principal
 from routerops.serving.errors import ApiError, error_body, validation_message
+from routerops.serving.exploration import ExploreTask
 from routerops.serving.fleet import LimitsUnsatisfiable
 from routerops.serving.request_log import LogEntry, RequestLogWriter
 from routerops.serving.schemas import ChatCompletionRequest, RouterOpsInfo, openapi_body
@@ -27,6 +30,20 @@ from routerops.serving.strategies import Outcome, Strategy, StrategyUnavailable
 log = logging.getLogger("routerops.serving.app")  # the logger name the server log has always used
 
 router = APIRouter()
+
+
+def _explore(state: ServingState, out: Outcome, messages: list[dict[str, str]], params: GenerationParams,
+             request_id: str) -> None:
+    """Hand an explored request to the background explorer (after the user's answer is complete)."""
+    if state.explorer is None or not out.extra.get("explored") or out.extra.get("failover") or out.role is None:
+        return
+    if out.finish_reason == "error":
+        return
+    state.explorer.submit(ExploreTask(
+        request_id=request_id, messages=messages, params=params, served_role=out.role, served_answer=out.text,
+        p_strong_wins=out.p_strong_wins, alpha=out.alpha, router_version=out.router_version,
+        propensity=float(out.extra.get("propensity", 1.0)), explore_propensity=float(out.extra["explore_propensity"]),
+        category=out.extra.get("category")))
 
 
 def _headers(info: RouterOpsInfo) -> dict[str, str]:
@@ -58,12 +75,7 @@ async def parse_chat(request: Request, state: ServingState) -> ChatCompletionReq
     if len(body) > settings.max_body_bytes:
         raise ApiError(413, f"request body of {len(body)} bytes is over the limit of {settings.max_body_bytes}",
                        code="request_too_large")
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
-    if not isinstance(payload, dict):
-        raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+    payload = parse_json_object(body)
     try:
         return ChatCompletionRequest.model_validate(payload)
     except ValidationError as exc:
@@ -89,7 +101,7 @@ def pick(req: ChatCompletionRequest, state: ServingState) -> tuple[Strategy, lis
         strategy = limited(req, state)
     reason = strategy.unavailable()
     if reason:
-        raise ApiError(503, f"strategy not available: {reason}", param="model", code="strategy_unavailable")
+        raise ApiError(503, f"strategy not available: {redact(reason)}", param="model", code="strategy_unavailable")
     requested = req.max_completion_tokens or req.max_tokens or settings.max_new_tokens
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     params = GenerationParams(max_new_tokens=min(requested, settings.max_new_tokens),
@@ -166,22 +178,23 @@ async def chat_completions(request: Request, state: StateDep, principal: Princip
         else:
             out, deltas = await run_in_threadpool(strategy.stream, messages, params)
     except LimitsUnsatisfiable as exc:
-        metrics.errors.labels("400").inc()
         raise ApiError(400, str(exc), param="routerops", code="limits_unsatisfiable") from None
     except StrategyUnavailable as exc:
-        metrics.errors.labels("503").inc()
-        raise ApiError(503, f"strategy not available: {exc}", param="model", code="strategy_unavailable") from None
+        raise ApiError(503, f"strategy not available: {redact(exc)}", param="model",
+                       code="strategy_unavailable") from None
     except BackendError as exc:
-        metrics.errors.labels("502").inc()
-        raise ApiError(502, f"backend failed: {exc}", code="backend_error") from None
+        raise ApiError(502, f"backend failed: {redact(exc)}", code="backend_error") from None
     except ValueError as exc:  # e.g. a prompt the backend cannot template
         raise ApiError(400, str(exc), code="invalid_request") from None
 
+    if req.metadata and req.metadata.get("category"):  # the cohort the monitor reports on (request log extra)
+        out.extra["category"] = str(req.metadata["category"])[:80]
     if not req.stream:
         latency = (time.perf_counter() - t0) * 1000
         info = _info(out, request_id)
         await _write_log(state, log_entry(state, out, req, messages, request_id, latency, principal, False))
         observe(state, out, latency / 1000)
+        _explore(state, out, messages, params, request_id)
         body = {"id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": created,
                 "model": out.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
@@ -207,9 +220,9 @@ async def chat_completions(request: Request, state: StateDep, principal: Princip
                 yield chunk({"content": delta})
         except Exception as exc:  # noqa: BLE001 - headers are sent: report in-band, then end
             log.warning("stream %s failed: %s", request_id, exc)
-            metrics.errors.labels("502").inc()
+            metrics.errors.labels("502").inc()  # the answer is a 200 already: counted here, in-band
             metrics.stream_errors.labels(out.model).inc()
-            message = f"backend failed mid-stream: {exc}" if isinstance(exc, BackendError) else \
+            message = f"backend failed mid-stream: {redact(exc)}" if isinstance(exc, BackendError) else \
                 f"stream failed ({type(exc).__name__}); see the server log"
             yield f"data: {json.dumps(error_body(message, 'backend_error', None, 'backend_error'))}\n\n"
             yield "data: [DONE]\n\n"
@@ -228,6 +241,7 @@ async def chat_completions(request: Request, state: StateDep, principal: Princip
         final = _info(out, request_id)
         await _write_log(state, log_entry(state, out, req, messages, request_id, latency, principal, True))
         observe(state, out, latency / 1000)
+        _explore(state, out, messages, params, request_id)
         usage = {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                  "total_tokens": out.prompt_tokens + out.completion_tokens}
         yield chunk({}, out.finish_reason, usage=usage, routerops=final.model_dump())

@@ -1,11 +1,11 @@
 """POST /v1/feedback: a client's verdict on an earlier response, recorded as a preference.
 
 Acknowledged (201) only once committed; with the database unreachable the answer is 503
-(code database_unavailable, Retry-After) and nothing is stored, so a client can retry safely."""
+(code database_unavailable, Retry-After) and nothing is stored, so a client can retry safely.
+Owner, idempotence, size and rate rules: routerops.serving.feedback and docs/security.md."""
 
 from __future__ import annotations
 
-import json
 import logging
 
 from fastapi import APIRouter, Request
@@ -15,10 +15,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from routerops.db.session import is_connectivity
+from routerops.redact import redact
+from routerops.serving.api.body import parse_json_object
 from routerops.serving.api.deps import StateDep, user
 from routerops.serving.auth import Principal
 from routerops.serving.errors import ApiError, validation_message
-from routerops.serving.feedback import FeedbackError, record_feedback
+from routerops.serving.feedback import FeedbackError, FeedbackRateLimiter, record_feedback
 from routerops.serving.schemas import FeedbackRequest, openapi_body
 
 log = logging.getLogger(__name__)
@@ -28,10 +30,13 @@ router = APIRouter()
 
 @router.post("/v1/feedback", openapi_extra=openapi_body(FeedbackRequest))
 async def feedback(request: Request, state: StateDep, principal: Principal = user) -> JSONResponse:
-    try:
-        payload = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
+    limiter: FeedbackRateLimiter = request.app.state.feedback_limiter
+    wait = limiter.hit(principal.name)
+    if wait is not None:
+        raise ApiError(429, f"too many feedback requests from key {principal.name!r} (limit "
+                            f"{state.settings.feedback_rate_limit}); retry in {wait:.0f}s", code="rate_limited",
+                       headers={"retry-after": str(int(wait + 0.999))})
+    payload = parse_json_object(await request.body())
     try:
         fb = FeedbackRequest.model_validate(payload)
     except ValidationError as exc:
@@ -46,17 +51,19 @@ async def feedback(request: Request, state: StateDep, principal: Principal = use
                                 "was unreachable and its log row is not stored yet; retry in a few seconds",
                            code="database_unavailable", headers={"retry-after": "5"})
     try:
-        result = await run_in_threadpool(record_feedback, state.settings, fb, principal.name)
+        result = await run_in_threadpool(record_feedback, state.settings, fb, principal)
     except FeedbackError as exc:
-        raise ApiError(exc.status, exc.message, param=exc.param) from None
+        raise ApiError(exc.status, exc.message, param=exc.param, code=exc.code) from None
     except SQLAlchemyError as exc:  # nothing was committed: the client must not take it as recorded
         if not is_connectivity(exc):
             raise  # not an outage: the generic handler answers 500 and logs the trace
         log.warning("feedback on %s not recorded: %s: %s", fb.request_id, type(exc).__name__,
-                    str(exc).splitlines()[0][:300] if str(exc) else "")
+                    redact(str(exc).splitlines()[0][:300]) if str(exc) else "")
         state.metrics.feedback_unavailable.inc()
         raise ApiError(503, f"feedback not recorded: the database is unreachable ({type(exc).__name__}); "
                             "nothing was stored, retry later", code="database_unavailable",
                        headers={"retry-after": "5"}) from None
     return JSONResponse({"request_id": result.request_id, "preference_id": result.preference_id,
-                         "recorded": result.recorded, "detail": result.detail}, status_code=201)
+                         "recorded": result.recorded, "replaced": result.replaced, "outcome_id": result.outcome_id,
+                         "detail": result.detail},
+                        status_code=201)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
+from routerops.redact import redact
 from routerops.serving.api.deps import StateDep, user
 from routerops.serving.auth import Principal
 
@@ -20,7 +21,7 @@ async def list_models(state: StateDep, _principal: Principal = user) -> dict:
     for name in state.strategies:
         reason = reasons[name]
         kind = "strategy" if name in ("router", "cascade", "speculative") else "model"
-        info = {"kind": kind, "available": reason is None, "unavailable_reason": reason}
+        info = {"kind": kind, "available": reason is None, "unavailable_reason": redact(reason) if reason else None}
         entry = fleet.get(name) if fleet is not None else None
         if entry is not None:  # a fleet model: its prices and tags
             info.update(price_in=entry.price_in, price_out=entry.price_out, tags=list(entry.tags))
