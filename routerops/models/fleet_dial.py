@@ -12,7 +12,7 @@ a large lambda the cheapest. Like alpha for the pair, lambda is calibrated on th
 stored with the router: the cheapest lambda that keeps a share of always-the-best-model's predicted
 quality (`quality_share`), or the best lambda that spends at most a share of its cost
 (`cost_share`). Training records the calibration for the configured fleet in MLflow
-(`fleet_dial.json`); serving computes the same table for the live router and shows it on /healthz.
+(`fleet_dial.json`); serving computes the same table for the live router and shows it on /admin/status.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def calibrate_router(router: Any, router_names: Sequence[str], names: Sequence[s
 
 def calibrate_fleet(router: Any, fleet: Fleet, settings: Any) -> DialCalibration:
     """The dial for a fleet table with the settings' target (what training records in MLflow and
-    serving shows on /healthz for the same router and fleet)."""
+    serving shows on /admin/status for the same router and fleet)."""
     return calibrate_router(router, [m.logs_name for m in fleet.models], fleet.names,
                             [(m.price_in, m.price_out) for m in fleet.models],
                             [m.completion_tokens for m in fleet.models],
