@@ -209,7 +209,10 @@ class FleetRouter:
         for i in ranking:
             name = self.names[i]
             excluded = None
-            if limits is not None and limits.models is not None and name not in limits.models:
+            max_context = self.fleet.models[i].max_context
+            if max_context is not None and p_tokens + (max_new_tokens or 0) > max_context:
+                excluded = f"prompt of ~{p_tokens} tokens + {max_new_tokens or 0} new is over its max_context {max_context}"
+            elif limits is not None and limits.models is not None and name not in limits.models:
                 excluded = "not in the request's models"
             elif limits is not None and limits.max_cost_usd is not None and costs[i] > limits.max_cost_usd:
                 excluded = f"predicted cost {costs[i]:.6g} > max_cost_usd {limits.max_cost_usd:g}"
@@ -224,7 +227,8 @@ class FleetRouter:
         limits_dict = limits.model_dump(exclude_none=True) if limits is not None else None
         if not order:
             detail = "; ".join(f"{c['model']}: {c['excluded']}" for c in candidates)
-            raise LimitsUnsatisfiable(f"no fleet model meets the request's limits {limits_dict}: {detail}")
+            raise LimitsUnsatisfiable(f"no fleet model meets the request's limits {limits_dict or {}} and context: "
+                                      f"{detail}")
         chosen = self.names.index(order[0])
         if q is not None:
             reason = (f"P(good)={q[chosen]:.3f}, predicted cost ${costs[chosen]:.6g}: best of {len(order)} "
@@ -232,8 +236,8 @@ class FleetRouter:
                       f"routing to {order[0]}")
         else:
             reason = f"{why}: routing to {order[0]}"
-        if limits_dict and len(order) < len(self.names):
-            reason += f" ({len(self.names) - len(order)} excluded by the request's limits)"
+        if len(order) < len(self.names):
+            reason += f" ({len(self.names) - len(order)} excluded: limits or context)"
         if self.settings.failover != "other":
             order = order[:1]
         return FleetDecision(order, candidates, dial.lam, dial.source, version, reason,

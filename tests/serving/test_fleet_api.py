@@ -230,6 +230,20 @@ def test_request_limits_are_obeyed_and_bad_ones_are_400(store: Path, tmp_path: P
         assert r.status_code == 400 and "model='router'" in r.json()["error"]["message"]
 
 
+def test_a_prompt_over_a_models_context_skips_it(store: Path, tmp_path: Path) -> None:
+    q = predicted_quality(store, PROMPT)
+    best = max(q, key=q.get)
+    fleet = write_fleet(tmp_path / "fleet.yaml", **{best: {"max_context": 64}})
+    with serve(store, fleet, fleet_lambda=0.0) as base_url:
+        wait_for(lambda: status(base_url)["router_version"] == "1")
+        info = chat(base_url).json()["routerops"]
+        assert info["model"] != best
+        excluded = {c["model"]: c["excluded"] for c in info["fleet"]["candidates"]}
+        assert "max_context 64" in excluded[best]
+        r = chat(base_url, limits={"models": [best]})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "limits_unsatisfiable"
+
+
 def test_down_model_fails_over_to_the_next_under_the_dial(store: Path, tmp_path: Path) -> None:
     q = predicted_quality(store, PROMPT)
     ranked = sorted(q, key=q.get, reverse=True)  # lambda = 0: the order of P(good)
