@@ -149,6 +149,10 @@ class Guard:
             return Served(name, backend, result, failed)
         raise BackendsUnavailable(failed)
 
+    def call_model(self, name: str, call: Callable[[Backend], T]) -> T:
+        """call(backend) on this fleet model alone, through its breaker (see `call`)."""
+        return self._guarded(self.fleet[name], self.named[name], call)
+
     def report_model(self, name: str, exc: BaseException) -> None:
         self.named[name].failure(False, exc)
 

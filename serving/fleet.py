@@ -406,6 +406,10 @@ def build_fleet(ctx: ServingContext, fleet: Fleet, backends: dict[str, Backend],
     serving = FleetServing(fleet, backends, fleet_router, strategy)
     if fleet.from_file:
         ctx.router.load_checks.append(fleet_router.check_router)
+        ctx.fleet_prices.update({m.name: (m.price_in, m.price_out) for m in fleet.models})
+        ctx.fleet_router_names.update({m.name: m.logs_name for m in fleet.models})
+        ctx.fleet_ladder[:] = [m.name for m in sorted(fleet.models, key=lambda m: (m.price_in + m.price_out,
+                                                                                     fleet.names.index(m.name)))]
         strategies["router"] = strategy
         for name in fleet.names:
             if name not in strategies:

@@ -50,6 +50,11 @@ class ServingContext:
     router: RouterState
     prices: Prices
     guard: Guard | None = None  # failover + circuit breakers; built from the settings when not given
+    # a fleet file's models beyond the pair (serving/fleet.py sets them): name -> (price_in, price_out),
+    # name -> its name in the router's vocabulary, and the names cheapest first (the default cascade's ladder)
+    fleet_prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    fleet_router_names: dict[str, str] = field(default_factory=dict)
+    fleet_ladder: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.guard is None:
@@ -285,8 +290,9 @@ class DefaultCascadeScorer:
         if router is None or not getattr(router, "predicts_quality", False):
             return 1.0
         prompt = last_user_prompt(list(messages))
-        name = self.ctx.settings.weak_router_name if generation.model != self.ctx.pair.strong.name \
-            else self.ctx.settings.strong_router_name
+        name = self.ctx.fleet_router_names.get(generation.model) or (
+            self.ctx.settings.strong_router_name if generation.model == self.ctx.pair.strong.name
+            else self.ctx.settings.weak_router_name)
         try:
             return float(router.quality_embeddings(router.embedder.encode([prompt]), [name], prompts=[prompt])[0, 0])
         except Exception as exc:  # noqa: BLE001 - no prediction: keep the answer
@@ -315,7 +321,19 @@ class CascadeStrategy(Strategy):
         for role, backend in (("weak", self.ctx.pair.weak), ("strong", self.ctx.pair.strong)):
             if name == backend.name or catalog.canonicalize(name) == catalog.canonicalize(backend.name):
                 return role
+        if name in self.ctx.fleet_prices and name in self.ctx.guard.fleet:  # a fleet model: its name is its key
+            return name
         return None
+
+    def _backend(self, key: str) -> Backend:
+        return self.ctx.pair.by_role(key) if key in ("weak", "strong") else self.ctx.guard.fleet[key]
+
+    def _prices(self, key: str) -> tuple[float, float]:
+        return self.ctx.prices.by_role[key] if key in ("weak", "strong") else self.ctx.fleet_prices[key]
+
+    def _call(self, key: str, call: Callable[[Backend], Any]) -> Any:
+        guard = self.ctx.guard
+        return guard.call(key, call) if key in ("weak", "strong") else guard.call_model(key, call)
 
     def _load(self) -> tuple[Any, list, Any, list[str], list[str | None]]:
         with self._lock:
@@ -341,8 +359,9 @@ class CascadeStrategy(Strategy):
                 if not settings.cascade_default:
                     raise StrategyUnavailable("no cascade config yet: run `routerops cascade calibrate` "
                                               "(or set ROUTEROPS_CASCADE_DEFAULT=true)")
-                pair = self.ctx.pair
-                names = [pair.weak.name, pair.strong.name] if pair.weak.name != pair.strong.name else [pair.strong.name]
+                pair = self.ctx.pair  # a fleet file: every fleet model, cheapest first; else weak then strong
+                names = list(self.ctx.fleet_ladder) or (
+                    [pair.weak.name, pair.strong.name] if pair.weak.name != pair.strong.name else [pair.strong.name])
                 config = CascadeConfig(models=names, thresholds=[settings.cascade_default_threshold] * (len(names) - 1),
                                        objective="default", source="ROUTEROPS_CASCADE_DEFAULT")
 
@@ -357,10 +376,10 @@ class CascadeStrategy(Strategy):
                             f"(weak={self.ctx.pair.weak.name}, strong={self.ctx.pair.strong.name})")
                     found.append(role)
                 role, partner = found[0], (found[1] if len(found) > 1 else None)
-                p_in, p_out = self.ctx.prices.by_role[role]
-                q_in, q_out = self.ctx.prices.by_role[partner] if partner else (0.0, 0.0)
-                ladder.append(CascadeStep(self.ctx.pair.by_role(role), p_in, p_out,
-                                          partner=self.ctx.pair.by_role(partner) if partner else None,
+                p_in, p_out = self._prices(role)
+                q_in, q_out = self._prices(partner) if partner else (0.0, 0.0)
+                ladder.append(CascadeStep(self._backend(role), p_in, p_out,
+                                          partner=self._backend(partner) if partner else None,
                                           partner_price_in=q_in, partner_price_out=q_out))
                 roles.append(role)
                 partner_roles.append(partner)
@@ -398,10 +417,11 @@ class CascadeStrategy(Strategy):
         # next (ROUTEROPS_FAILOVER=other), as the router fails over to the other model
         res = run_cascade(messages, params, ladder, probe, config.thresholds, explore=explore,
                           skip_unavailable=self.ctx.settings.failover == "other",
-                          generate=lambda i, _step: guard.call(roles[i], lambda b: b.generate(list(messages), params)),
-                          ask_partner=lambda i, _step, p: guard.call(partner_roles[i],
+                          generate=lambda i, _step: self._call(roles[i], lambda b: b.generate(list(messages), params)),
+                          ask_partner=lambda i, _step, p: self._call(partner_roles[i],
                                                                      lambda b: b.generate(list(messages), p)))
         role, gen = roles[res.answered_rung], res.generation
+        role = role if role in ("weak", "strong") else None  # a fleet model beyond the pair has no role
         score, threshold = res.probe_score, res.threshold
         if score is None:
             reason = f"single-step cascade: {res.answered_by}"

@@ -188,6 +188,16 @@ def test_dial_is_calibrated_shown_and_models_listed(store: Path, tmp_path: Path)
         assert f'routerops_model_cost_usd_total{{model="{MID}"}}' in metrics
         assert f'routerops_model_predicted_quality_count{{model="{routed}"}} 1.0' in metrics
         assert f'routerops_model_latency_seconds_count{{model="{MID}"}}' in metrics
+        # the default cascade climbs the fleet cheapest first, each answer scored by the router's P(good)
+        assert models["cascade"]["available"]
+        q = predicted_quality(store, PROMPT)
+        cascade = chat(base_url, model="cascade").json()["routerops"]
+        assert cascade["strategy"] == "cascade" and cascade["reason"].startswith("default cascade")
+        if q[WEAK] >= 0.5:
+            assert cascade["model"] == WEAK and cascade["probe_score"] == pytest.approx(q[WEAK], abs=1e-5)
+        else:
+            assert cascade["model"] in (MID, STRONG) and cascade["escalated"]
+            assert cascade["model"] == (MID if q[MID] >= 0.5 else STRONG)
 
 
 def test_request_limits_are_obeyed_and_bad_ones_are_400(store: Path, tmp_path: Path) -> None:
