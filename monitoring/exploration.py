@@ -109,7 +109,7 @@ class LivePGR:
 class LiveReport:
     window_hours: float
     rows: list[LivePGR] = field(default_factory=list)
-    alerts_opened: int = 0
+    alerts_opened: list[int] = field(default_factory=list)  # ids of the alerts this report opened
 
     def to_dict(self) -> dict[str, Any]:
         return {"window_hours": self.window_hours, "rows": [r.to_dict() for r in self.rows],
@@ -179,5 +179,5 @@ def run_live_pgr(settings: Settings, window_hours: float | None = None, *, alert
                                      confidence=settings.ope_confidence))
     if alerts:
         with session_scope(settings) as s:
-            rep.alerts_opened = len(process_conditions(s, settings, conditions(rep.rows)))
+            rep.alerts_opened = [a.id for a in process_conditions(s, settings, conditions(rep.rows))]
     return rep

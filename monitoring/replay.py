@@ -210,21 +210,33 @@ def _frames(ok: list[TraceResult], scores: np.ndarray, compare_scores: bool) -> 
     return ref[keep], cur[keep]
 
 
-def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=None, strong=None,  # noqa: ANN001, C901
-                router: Any = "live", judge: Judge | None = None, recalibrate_alpha: bool = True,
-                write_dashboards: bool = True, log_mlflow: bool = True, progress: bool = True,
-                limit: int | None = None) -> MonitorResult:
-    """Replay, measure, alert, recalibrate, record. `weak`/`strong` default to the configured pair;
-    `router="live"` loads the champion (None: no router, all-strong routing)."""
+@dataclass
+class Replayed:
+    """What the replay step gives the measurement: the traces that replayed, their router scores."""
 
-    t0 = time.perf_counter()
-    path = Path(golden or settings.golden_set)
-    traces = spread_sample(load_golden(path), limit)
-    if weak is None or strong is None:
-        pair = make_pair(settings)
-        weak, strong = (weak or pair.weak), (strong or pair.strong)
-    if isinstance(router, str) and router == "live":
-        router = load_live_router(settings)
+    ok: list[TraceResult]
+    failed: list[TraceResult]
+    scores: np.ndarray
+    routing: str  # "router" | "all-strong" (no champion)
+    live_version: str | None
+    compare_scores: bool  # the recorded router scores are the live version's: drift compares them
+
+
+@dataclass
+class Measured:
+    m: dict[str, Any]  # every figure of the run (the MonitorRun row's metrics)
+    pgr: float | None
+    baseline: float | None
+    share: float
+    pgr_reason: str | None
+    baseline_reason: str | None
+    labelled: list[int]  # indices into Replayed.ok with current labels
+    categories: list
+    drift: DriftResult
+
+
+def _start_run(settings: Settings, path: Path, traces: list, weak, strong, router) -> tuple[str, float]:  # noqa: ANN001
+    """The "running" row (a process killed midway leaves only it); returns (run id, live alpha)."""
     with session_scope(settings) as s:
         mark_interrupted(s)
         alpha = live_alpha(s, settings, router if hasattr(router, "alpha_for_share") else None).alpha
@@ -233,160 +245,199 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
                          router_version=getattr(router, "version", None), metrics={"owner": owner()})
         s.add(row)
         s.flush()
-        run_id = row.id
-    recorded = False  # set once the run's outcome (row, alerts, alpha) is committed
+        return row.id, alpha
+
+
+def replay(settings: Settings, traces: list, weak, strong, router, judge: Judge | None,  # noqa: ANN001
+           progress: bool) -> Replayed:
+    """Both live models answer every trace; the live router scores the prompts."""
+    results = replay_traces(traces, weak, strong, judge, progress)
+    ok = [r for r in results if r.error is None]
+    failed = [r for r in results if r.error is not None]
+    if not ok:
+        raise RuntimeError(f"no trace could be replayed; first error: {failed[0].error if failed else '-'}")
+    if router is not None:
+        scores, routing = score_prompts(router, [r.trace.prompt for r in ok], settings), "router"
+    else:
+        scores, routing = np.ones(len(ok)), "all-strong"  # no champion: everything goes to strong
+    live_version = getattr(router, "version", None)
+    compare_scores = router is not None and all(
+        r.trace.router_score is not None and r.trace.router_version == live_version for r in ok)
+    return Replayed(ok, failed, scores, routing, live_version, compare_scores)
+
+
+def measure(settings: Settings, path: Path, run_id: str, alpha: float, rep: Replayed) -> Measured:
+    """PGR now and on the recorded outputs (the baseline), per category, output and score drift."""
+    ok, scores = rep.ok, rep.scores
+    labelled = [i for i, r in enumerate(ok) if r.q_weak is not None]
+    ref_labelled = [i for i, r in enumerate(ok) if r.q_weak_ref is not None]
+    m: dict[str, Any] = {
+        "routing": rep.routing, "router_version": rep.live_version, "alpha": alpha,
+        "n_replayed": len(ok), "n_failed": len(rep.failed), "failures": [r.error for r in rep.failed[:5]],
+        "label_coverage": len(labelled) / len(ok), "pgr_tolerance": settings.pgr_tolerance,
+        "output_drift": {"weak": _output_drift(ok, "weak"), "strong": _output_drift(ok, "strong")},
+        "models_now": {"weak": sorted({r.weak_model for r in ok}), "strong": sorted({r.strong_model for r in ok})},
+        "baseline_definition": "PGR of the live router at the live alpha on the recorded outputs and labels",
+    }
+    pgr_now = baseline = None
+    pgr_reason = baseline_reason = "no labelled traces"
+    if labelled:
+        idx = np.asarray(labelled)
+        wq = np.asarray([ok[i].q_weak for i in idx])
+        sq = np.asarray([ok[i].q_strong for i in idx])
+        pgr_now, share, q_router, pgr_reason = _pgr_or_none(scores[idx], wq, sq, alpha)
+        m["quality"] = {"weak": float(wq.mean()), "strong": float(sq.mean()), "routed": q_router}
+    else:
+        share = float((scores >= alpha).mean())
+    if ref_labelled:
+        ridx = np.asarray(ref_labelled)
+        rwq = np.asarray([ok[i].q_weak_ref for i in ridx])
+        rsq = np.asarray([ok[i].q_strong_ref for i in ridx])
+        baseline, _, rq, baseline_reason = _pgr_or_none(scores[ridx], rwq, rsq, alpha)
+        m["quality_recorded"] = {"weak": float(rwq.mean()), "strong": float(rsq.mean()), "routed": rq}
+    m["strong_share"] = share
+    cats = per_category([r.trace.category for r in ok], scores, [r.q_weak for r in ok], [r.q_strong for r in ok],
+                        [r.q_weak_ref for r in ok], [r.q_strong_ref for r in ok], alpha,
+                        settings.category_min_traces)
+    m["categories"] = {"min_traces": settings.category_min_traces, "rows": [c.to_dict() for c in cats]}
+    m["pgr"], m["baseline_pgr"] = pgr_now, baseline
+    # null PGR carries its reason everywhere it is reported (output, row, MLflow, gauges, dashboard)
+    m["pgr_null_reason"], m["baseline_pgr_null_reason"] = pgr_reason, baseline_reason
+    if pgr_reason:
+        log.warning("PGR is null on %s: %s", path.name, pgr_reason)
+    ref_df, cur_df = _frames(ok, scores, rep.compare_scores)
+    if ref_df.shape[1] > 0:
+        drift = drift_report(ref_df, cur_df, timestamp=datetime.now(UTC).replace(tzinfo=None), tags=["drift"],
+                             metadata={"monitor_run_id": run_id, "router_version": str(rep.live_version)})
+    else:  # every statistic constant and unchanged on both sides: nothing drifted
+        drift = DriftResult(False, 0.0, [], {}, True)
+    m["drift"] = drift.to_dict()
+    m["router_score_compared"] = rep.compare_scores
+    return Measured(m, pgr_now, baseline, share, pgr_reason, baseline_reason, labelled, cats, drift)
+
+
+def _conditions(settings: Settings, path: Path, run_id: str, alpha: float, meas: Measured) -> tuple[Any, list]:
+    """The alert conditions this run judges: (the PGR regression, all of them: it, per-category
+    regressions, drift)."""
+    key = golden_key(path)
+    pgr_cond = alerts_mod.pgr_regression_condition(
+        f"pgr_regression:{key}", meas.pgr, meas.baseline, settings.pgr_tolerance, alpha=alpha,
+        golden_name=path.name, payload={"run_id": run_id, "pgr": meas.pgr, "baseline_pgr": meas.baseline,
+                                        "alpha": alpha, "golden_set": str(path)})
+    cat_conds = alerts_mod.category_conditions(key, meas.categories, settings.pgr_tolerance, alpha=alpha,
+                                               golden_name=path.name, min_traces=settings.category_min_traces,
+                                               run_id=run_id)
+    meas.m["category_regressions"] = [c.payload["category"] for c in cat_conds if c.active]
+    drift = meas.drift
+    return pgr_cond, [pgr_cond, *cat_conds, alerts_mod.Condition(
+        "drift", f"drift:{key}", drift.drift_detected,
+        message=f"drift in {', '.join(drift.drifted_columns)} on {path.name}" if drift.drift_detected else "",
+        payload={"run_id": run_id, "drifted_columns": drift.drifted_columns, "drift_share": drift.drift_share,
+                 "golden_set": str(path)})]
+
+
+def act(settings: Settings, path: Path, run_id: str, alpha: float, rep: Replayed, meas: Measured, router,  # noqa: ANN001
+        recalibrate_alpha: bool, t0: float) -> MonitorResult:
+    """One transaction records the outcome: the alerts, the recalibrated alpha and the row's figures
+    with status ok. A process killed before its commit leaves none of them, only the "running" row,
+    which the next run marks interrupted."""
+    m, ok = meas.m, rep.ok
+    pgr_cond, conditions = _conditions(settings, path, run_id, alpha, meas)
+    with session_scope(settings) as s:
+        opened_ids = [a.id for a in alerts_mod.process_conditions(s, settings, conditions, monitor_run_id=run_id)]
+        recal = None
+        if recalibrate_alpha and meas.pgr is None:
+            # No defined PGR (no quality gap on the replay, or no labels): the labels cannot tell a
+            # better alpha from a worse one, so the live alpha stays as it is.
+            m["recalibration_skipped"] = f"PGR is null: {meas.pgr_reason}"
+            log.warning("alpha recalibration skipped: PGR is null (%s)", meas.pgr_reason)
+        elif recalibrate_alpha:
+            idx = np.asarray(meas.labelled)
+            recal = recalibrate(s, settings, scores=rep.scores[idx], weak_q=np.asarray([ok[i].q_weak for i in idx]),
+                                strong_q=np.asarray([ok[i].q_strong for i in idx]), router_version=rep.live_version,
+                                monitor_run_id=run_id,
+                                router=router if hasattr(router, "alpha_for_share") else None).to_dict()
+        m["recalibration"], m["alerts_opened"] = recal, opened_ids
+        m["wall_s"] = time.perf_counter() - t0
+        row = s.get(MonitorRun, run_id)
+        row.status, row.finished_at = "ok", datetime.now(UTC)
+        row.n_traces, row.pgr, row.baseline_pgr, row.strong_share = len(ok), meas.pgr, meas.baseline, meas.share
+        row.drift_detected, row.drift_share = meas.drift.drift_detected, meas.drift.drift_share
+        row.metrics = json_safe({"owner": owner(), **m})
+        checkpoint("monitor-commit")
+    regression = bool(pgr_cond.active)
+    return MonitorResult(run_id, "ok", len(ok), meas.pgr, meas.baseline, meas.share, alpha, meas.drift.drift_detected,
+                         meas.drift.drift_share, regression, m, opened_ids, recal,
+                         pgr_null_reason=meas.pgr_reason, baseline_pgr_null_reason=meas.baseline_reason)
+
+
+def record(settings: Settings, result: MonitorResult, rep: Replayed, drift: DriftResult, *,
+           write_dashboards: bool, log_mlflow: bool, t0: float) -> None:
+    """After the commit: the Prometheus textfile (it shows only what is stored), the dashboards
+    (Evidently) and the MLflow run, then their links on the row. The measurement stands even if a UI
+    store fails: the error is kept beside it."""
+    m = result.metrics
+    # A null PGR is absent from the textfile (no sample, so no rule can fire on it); the *_defined
+    # gauges tell "undefined this run" from "no run yet".
+    gauges = {"routerops_monitor_pgr_defined": float(result.pgr is not None),
+              "routerops_monitor_baseline_pgr_defined": float(result.baseline_pgr is not None),
+              "routerops_monitor_strong_share": result.strong_share, "routerops_monitor_alpha": result.alpha,
+              "routerops_monitor_drift_share": drift.drift_share}
+    if result.pgr is not None:
+        gauges["routerops_monitor_pgr"] = result.pgr
+    if result.baseline_pgr is not None:
+        gauges["routerops_monitor_baseline_pgr"] = result.baseline_pgr
+    with session_scope(settings) as s:
+        alerts_mod.write_textfile(s, settings, gauges)
+    if write_dashboards:
+        try:
+            m["evidently"] = add_run_snapshots(settings, result, drift)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("writing Evidently snapshots failed")
+            m["evidently_error"] = f"{type(exc).__name__}: {exc}"
+    if log_mlflow:
+        try:
+            m["mlflow_run_id"] = log_monitor_run(settings, result, rep.ok, rep.scores)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("logging the monitor run to MLflow failed")
+            m["mlflow_error"] = f"{type(exc).__name__}: {exc}"
+    result.wall_s = time.perf_counter() - t0
+    m["wall_s"] = result.wall_s
+    with session_scope(settings) as s:
+        row = s.get(MonitorRun, result.run_id)
+        row.metrics = json_safe({"owner": owner(), **m})
+
+
+def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=None, strong=None,  # noqa: ANN001
+                router: Any = "live", judge: Judge | None = None, recalibrate_alpha: bool = True,
+                write_dashboards: bool = True, log_mlflow: bool = True, progress: bool = True,
+                limit: int | None = None) -> MonitorResult:
+    """Replay -> measure -> act (alerts, alpha) -> record (dashboards, MLflow). `weak`/`strong` default
+    to the configured pair; `router="live"` loads the champion (None: no router, all-strong routing)."""
+    t0 = time.perf_counter()
+    path = Path(golden or settings.golden_set)
+    traces = spread_sample(load_golden(path), limit)
+    if weak is None or strong is None:
+        pair = make_pair(settings)
+        weak, strong = (weak or pair.weak), (strong or pair.strong)
+    if isinstance(router, str) and router == "live":
+        router = load_live_router(settings)
+    run_id, alpha = _start_run(settings, path, traces, weak, strong, router)
     try:
-        results = replay_traces(traces, weak, strong, judge, progress)
-        ok = [r for r in results if r.error is None]
-        failed = [r for r in results if r.error is not None]
-        if not ok:
-            raise RuntimeError(f"no trace could be replayed; first error: {failed[0].error if failed else '-'}")
-        prompts = [r.trace.prompt for r in ok]
-        if router is not None:
-            scores = score_prompts(router, prompts, settings)
-            routing = "router"
-        else:
-            scores = np.ones(len(ok))  # no champion: everything goes to strong
-            routing = "all-strong"
-        live_version = getattr(router, "version", None)
-        compare_scores = router is not None and all(
-            r.trace.router_score is not None and r.trace.router_version == live_version for r in ok)
-
-        labelled = [i for i, r in enumerate(ok) if r.q_weak is not None]
-        ref_labelled = [i for i, r in enumerate(ok) if r.q_weak_ref is not None]
-        m: dict[str, Any] = {
-            "routing": routing, "router_version": live_version, "alpha": alpha,
-            "n_replayed": len(ok), "n_failed": len(failed), "failures": [r.error for r in failed[:5]],
-            "label_coverage": len(labelled) / len(ok), "pgr_tolerance": settings.pgr_tolerance,
-            "output_drift": {"weak": _output_drift(ok, "weak"), "strong": _output_drift(ok, "strong")},
-            "models_now": {"weak": sorted({r.weak_model for r in ok}), "strong": sorted({r.strong_model for r in ok})},
-            "baseline_definition": "PGR of the live router at the live alpha on the recorded outputs and labels",
-        }
-        pgr_now = baseline = share = None
-        pgr_reason = baseline_reason = "no labelled traces"
-        if labelled:
-            idx = np.asarray(labelled)
-            wq = np.asarray([ok[i].q_weak for i in idx])
-            sq = np.asarray([ok[i].q_strong for i in idx])
-            pgr_now, share, q_router, pgr_reason = _pgr_or_none(scores[idx], wq, sq, alpha)
-            m["quality"] = {"weak": float(wq.mean()), "strong": float(sq.mean()), "routed": q_router}
-        else:
-            share = float((scores >= alpha).mean())
-        if ref_labelled:
-            ridx = np.asarray(ref_labelled)
-            rwq = np.asarray([ok[i].q_weak_ref for i in ridx])
-            rsq = np.asarray([ok[i].q_strong_ref for i in ridx])
-            baseline, _, rq, baseline_reason = _pgr_or_none(scores[ridx], rwq, rsq, alpha)
-            m["quality_recorded"] = {"weak": float(rwq.mean()), "strong": float(rsq.mean()), "routed": rq}
-        m["strong_share"] = share
-        cats = per_category([r.trace.category for r in ok], scores, [r.q_weak for r in ok], [r.q_strong for r in ok],
-                            [r.q_weak_ref for r in ok], [r.q_strong_ref for r in ok], alpha,
-                            settings.category_min_traces)
-        m["categories"] = {"min_traces": settings.category_min_traces, "rows": [c.to_dict() for c in cats]}
-        m["pgr"], m["baseline_pgr"] = pgr_now, baseline
-        # null PGR carries its reason everywhere it is reported (output, row, MLflow, gauges, dashboard)
-        m["pgr_null_reason"], m["baseline_pgr_null_reason"] = pgr_reason, baseline_reason
-        if pgr_reason:
-            log.warning("PGR is null on %s: %s", path.name, pgr_reason)
-
-        ref_df, cur_df = _frames(ok, scores, compare_scores)
-        if ref_df.shape[1] > 0:
-            drift = drift_report(ref_df, cur_df, timestamp=datetime.now(UTC).replace(tzinfo=None), tags=["drift"],
-                                 metadata={"monitor_run_id": run_id, "router_version": str(live_version)})
-        else:  # every statistic constant and unchanged on both sides: nothing drifted
-            drift = DriftResult(False, 0.0, [], {}, True)
-        m["drift"] = drift.to_dict()
-        m["router_score_compared"] = compare_scores
-
-        key = golden_key(path)
-        pgr_cond = alerts_mod.pgr_regression_condition(
-            f"pgr_regression:{key}", pgr_now, baseline, settings.pgr_tolerance, alpha=alpha, golden_name=path.name,
-            payload={"run_id": run_id, "pgr": pgr_now, "baseline_pgr": baseline, "alpha": alpha,
-                     "golden_set": str(path)})
-        regression = bool(pgr_cond.active)
-        cat_conds = alerts_mod.category_conditions(key, cats, settings.pgr_tolerance, alpha=alpha,
-                                                   golden_name=path.name, min_traces=settings.category_min_traces,
-                                                   run_id=run_id)
-        m["category_regressions"] = [c.payload["category"] for c in cat_conds if c.active]
-        conditions = [
-            pgr_cond,
-            *cat_conds,
-            alerts_mod.Condition(
-                "drift", f"drift:{key}", drift.drift_detected,
-                message=(f"drift in {', '.join(drift.drifted_columns)} on {path.name}"
-                         if drift.drift_detected else ""),
-                payload={"run_id": run_id, "drifted_columns": drift.drifted_columns,
-                         "drift_share": drift.drift_share, "golden_set": str(path)}),
-        ]
-        # One transaction records the outcome: the alerts, the recalibrated alpha and the row's figures
-        # with status ok. A process killed before its commit leaves none of them, only the "running"
-        # row, which the next run marks interrupted.
-        with session_scope(settings) as s:
-            opened = alerts_mod.process_conditions(s, settings, conditions, monitor_run_id=run_id)
-            opened_ids = [a.id for a in opened]
-            recal = None
-            if recalibrate_alpha and pgr_now is None:
-                # No defined PGR (no quality gap on the replay, or no labels): the labels cannot tell a
-                # better alpha from a worse one, so the live alpha stays as it is.
-                m["recalibration_skipped"] = f"PGR is null: {pgr_reason}"
-                log.warning("alpha recalibration skipped: PGR is null (%s)", pgr_reason)
-            elif recalibrate_alpha:
-                idx = np.asarray(labelled)
-                recal = recalibrate(s, settings, scores=scores[idx], weak_q=np.asarray([ok[i].q_weak for i in idx]),
-                                    strong_q=np.asarray([ok[i].q_strong for i in idx]), router_version=live_version,
-                                    monitor_run_id=run_id,
-                                    router=router if hasattr(router, "alpha_for_share") else None).to_dict()
-            m["recalibration"] = recal
-            m["alerts_opened"] = opened_ids
-            # A null PGR is absent from the textfile (no sample, so no rule can fire on it); the
-            # *_defined gauges tell "undefined this run" from "no run yet".
-            gauges = {"routerops_monitor_pgr_defined": float(pgr_now is not None),
-                      "routerops_monitor_baseline_pgr_defined": float(baseline is not None),
-                      "routerops_monitor_strong_share": share, "routerops_monitor_alpha": alpha,
-                      "routerops_monitor_drift_share": drift.drift_share}
-            if pgr_now is not None:
-                gauges["routerops_monitor_pgr"] = pgr_now
-            if baseline is not None:
-                gauges["routerops_monitor_baseline_pgr"] = baseline
-            m["wall_s"] = time.perf_counter() - t0
-            row = s.get(MonitorRun, run_id)
-            row.status, row.finished_at = "ok", datetime.now(UTC)
-            row.n_traces, row.pgr, row.baseline_pgr, row.strong_share = len(ok), pgr_now, baseline, share
-            row.drift_detected, row.drift_share = drift.drift_detected, drift.drift_share
-            row.metrics = json_safe({"owner": owner(), **m})
-            checkpoint("monitor-commit")
-        recorded = True
-        with session_scope(settings) as s:  # after the commit: the textfile shows only what is stored
-            alerts_mod.write_textfile(s, settings, gauges)
-        result = MonitorResult(run_id, "ok", len(ok), pgr_now, baseline, share, alpha, drift.drift_detected,
-                               drift.drift_share, regression, m, opened_ids, recal,
-                               pgr_null_reason=pgr_reason, baseline_pgr_null_reason=baseline_reason)
-        if write_dashboards:
-            try:
-                m["evidently"] = add_run_snapshots(settings, result, drift)
-            except Exception as exc:  # noqa: BLE001 - the measurement stands even if the UI store fails
-                log.exception("writing Evidently snapshots failed")
-                m["evidently_error"] = f"{type(exc).__name__}: {exc}"
-        if log_mlflow:
-            try:
-                m["mlflow_run_id"] = log_monitor_run(settings, result, ok, scores)
-            except Exception as exc:  # noqa: BLE001
-                log.exception("logging the monitor run to MLflow failed")
-                m["mlflow_error"] = f"{type(exc).__name__}: {exc}"
-        result.wall_s = time.perf_counter() - t0
-        m["wall_s"] = result.wall_s
-        with session_scope(settings) as s:  # the links to the dashboard snapshot and the MLflow run
-            row = s.get(MonitorRun, run_id)
-            row.metrics = json_safe({"owner": owner(), **m})
-        return result
+        rep = replay(settings, traces, weak, strong, router, judge, progress)
+        meas = measure(settings, path, run_id, alpha, rep)
+        result = act(settings, path, run_id, alpha, rep, meas, router, recalibrate_alpha, t0)
     except Exception as exc:
-        if recorded:  # the run's outcome is stored; only a follow-up (textfile, links) failed
-            log.exception("monitor run %s recorded; a follow-up step failed", run_id)
-            raise
         with session_scope(settings) as s:
             row = s.get(MonitorRun, run_id)
             row.status, row.finished_at, row.error = "failed", datetime.now(UTC), f"{type(exc).__name__}: {exc}"
         raise
+    try:
+        record(settings, result, rep, meas.drift, write_dashboards=write_dashboards, log_mlflow=log_mlflow, t0=t0)
+    except Exception:  # the run's outcome is stored; only a follow-up (links) failed
+        log.exception("monitor run %s recorded; a follow-up step failed", run_id)
+        raise
+    return result
 
 
 def mark_interrupted(session) -> list[str]:  # noqa: ANN001 - a SQLAlchemy Session

@@ -210,3 +210,13 @@ def test_one_top_level_package_is_importable_outside_the_repository(tmp_path: Pa
     found = __import__("json").loads(done.stdout.strip().splitlines()[-1])
     assert {k for k, v in found.items() if not v} == {"training", "serving", "monitoring", "orchestration",
                                                       "migrations"}, found
+
+
+def test_no_function_is_over_100_lines() -> None:
+    """Long functions hide several jobs (train_router and run_monitor were split into their stages)."""
+    long = []
+    for path in project_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 100:
+                long.append(f"{module_name(path)}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not long, "\n".join(long)

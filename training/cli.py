@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from routerops.model_names import UnknownModelError
 from routerops.models.router import load_router
 from routerops.settings import get_settings
+from routerops.training.router_train_config import RouterTrainConfig
 from routerops.training.train_router import EmptyStoreError
 from routerops.training.train_router import train_router as run
 
@@ -59,15 +60,14 @@ def train_router(sources: tuple[str, ...], exclude_sources: tuple[str, ...], for
 
     settings = get_settings()
     try:
-        result = run(
-            settings, sources=list(sources) or None, exclude_sources=list(exclude_sources) or None,
-            formulation=formulation, pair_link=pair_link, rank=rank, l2_prompt=l2_prompt, l2_model=l2_model, max_iter=max_iter,
-            prompt_stats=not no_prompt_stats, source_gamma=source_gamma, category_gamma=category_gamma,
-            val_fraction=val_fraction, seed=seed, eval_sets=list(eval_sets) if eval_sets else None,
+        config = RouterTrainConfig(
+            sources=sources or None, exclude_sources=exclude_sources or None, formulation=formulation,
+            pair_link=pair_link, rank=rank, l2_prompt=l2_prompt, l2_model=l2_model, max_iter=max_iter,
+            prompt_stats=not no_prompt_stats, adaptive=not no_adaptive, source_gamma=source_gamma,
+            category_gamma=category_gamma, val_fraction=val_fraction, seed=seed, eval_sets=eval_sets or None,
             eval_strong=eval_strong, eval_weak=eval_weak, loso=loso, adaptation=adaptation,
-            adaptive=not no_adaptive, register=not no_register,
-            progress=not no_progress,
-        )
+            register=not no_register, progress=not no_progress)
+        result = run(settings, config)
     except (EmptyStoreError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"run id: {result.run_id}")

@@ -44,6 +44,7 @@ from routerops.owner import owner_gone
 from routerops.settings import Settings, get_settings
 from routerops.training.exploration_judge import judge_exploration_pairs
 from routerops.training.probes.cli import TooFewExamples
+from routerops.training.router_train_config import RouterTrainConfig
 from routerops.training.train_router import train_router
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,7 @@ def retrain_router_job(settings: Settings) -> dict[str, Any]:
                 "min_new_rows": settings.retrain_min_new_rows, "since_version": version if trained_on else None,
                 **seen, "exploration": judged}
 
-    result = train_router(settings, register=True, progress=False, loso=settings.retrain_loso)
+    result = train_router(settings, RouterTrainConfig(register=True, progress=False, loso=settings.retrain_loso))
     comparison = compare_challenger(settings, result.model_version) if result.model_version else None
     return {"new_rows": new, **max_ids, "run_id": result.run_id,
             "model_version": result.model_version, "comparison": comparison, "exploration": judged}
