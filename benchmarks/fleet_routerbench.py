@@ -136,6 +136,45 @@ def fit_irt(X: np.ndarray, correct: np.ndarray, rank: int, seed: int = 0) -> dic
     return params
 
 
+def fit_fleet(X: np.ndarray, correct: np.ndarray, categories: np.ndarray, rank: int, embed_dim: int, seed: int = 0,
+              heads: bool = True):  # noqa: ANN201 - (X) -> (n, K) P(good)
+    """The fleet router as `routerops train router` fits it: the IRT-MF prior and, from the
+    categories the rows carry (here RouterBench's task), the category heads (classifier + heads)."""
+    from routerops.models import category_heads, irt_mf
+
+    params = fit_irt(X, correct, rank, seed)
+    fitted = None
+    if heads:
+        n, k = correct.shape
+        fitted = category_heads.fit_category_heads(X, list(categories), np.repeat(np.arange(n), k),
+                                                   np.tile(np.arange(k), n), correct.reshape(-1), k,
+                                                   embed_dim=embed_dim)
+
+    def predict(Xq: np.ndarray) -> np.ndarray:
+        prior = irt_mf.p_correct(params, Xq)
+        if fitted is None:
+            return prior
+        return category_heads.quality(fitted.weights, Xq, np.arange(correct.shape[1]), prior)
+
+    return predict
+
+
+def bootstrap_ratios(q: np.ndarray, cost_pred: np.ndarray, correct: np.ndarray, cost: np.ndarray, ref: int,
+                     draws: int = 200, seed: int = 1) -> dict[str, list[float]]:
+    """10/50/90th percentiles of the front's cost ratios over test prompts redrawn with replacement
+    (a target never reached counts as 1.0: always the reference): how much of a figure is the split."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(draws):
+        i = rng.integers(0, len(q), len(q))
+        y, c = correct[i], cost[i]
+        front = pareto([(cc, a) for _, cc, a in sweep(q[i], cost_pred[i], y, c)])
+        ra, rc = y[:, ref].mean(), c[:, ref].mean()
+        out.append([cost_at(front, share * ra) / rc for share in (1.0, 0.95)])
+    pct = np.percentile(np.nan_to_num(np.array(out), nan=1.0), [10, 50, 90], axis=0)
+    return {"at_ref": [round(float(v), 4) for v in pct[:, 0]], "at_95pct": [round(float(v), 4) for v in pct[:, 1]]}
+
+
 def plot(path: Path, title: str, singles: dict, fronts: dict[str, list[tuple[float, float]]], gpt4: tuple[float, float],
          chosen: list[tuple[str, float, float]]) -> Path:
     import matplotlib
@@ -147,7 +186,7 @@ def plot(path: Path, title: str, singles: dict, fronts: dict[str, list[tuple[flo
     for m, (c, q) in singles.items():
         ax.scatter(c, q, s=20, color="grey")
         ax.annotate(m.rsplit("/", 1)[-1][:16], (c, q), fontsize=6, alpha=0.8)
-    styles = {"fleet router (IRT-MF)": ("C0", "o-"), "kNN": ("C2", ".-"), "per-task plan (train)": ("C1", "^-"),
+    styles = {"fleet router (IRT-MF + category heads)": ("C0", "o-"), "IRT-MF prior alone": ("C4", "s:"), "kNN": ("C2", ".-"), "per-task plan (train)": ("C1", "^-"),
               "per-task plan (chosen on test)": ("C1", "^:"), "random mixes (zero router)": ("grey", "--"),
               "oracle": ("C3", ":")}
     for name, pts in fronts.items():
@@ -244,17 +283,19 @@ def evaluate(title: str, models: list[str], ref: int, train: tuple, test: tuple,
     singles = {m: (float(c_te[:, j].mean()), float(y_te[:, j].mean())) for j, m in enumerate(models)}
 
     t1 = time.perf_counter()
-    params = fit_irt(X_tr, y_tr, args.rank)
+    q_te = fit_fleet(X_tr, y_tr, t_tr, args.rank, e_tr.shape[1])(X_te)
     fit_s = time.perf_counter() - t1
-    q_te = p_correct(params, X_te)
+    q_prior = p_correct(fit_irt(X_tr, y_tr, args.rank), X_te)  # the IRT-MF prior alone (before the heads)
     fleet_front = pareto([(c, a) for _, c, a in sweep(q_te, cp_te, y_te, c_te)])
+    prior_front = pareto([(c, a) for _, c, a in sweep(q_prior, cp_te, y_te, c_te)])
 
     # the dial chosen on train: out-of-fold predictions, lambda for the reference's train accuracy (and 95%)
     fold = np.random.default_rng(0).integers(0, args.folds, len(p_tr))
     q_oof = np.zeros_like(y_tr)
     for f in range(args.folds):
         fit_rows, out_rows = fold != f, fold == f
-        q_oof[out_rows] = p_correct(fit_irt(X_tr[fit_rows], y_tr[fit_rows], args.rank, seed=f), X_tr[out_rows])
+        q_oof[out_rows] = fit_fleet(X_tr[fit_rows], y_tr[fit_rows], t_tr[fit_rows], args.rank,
+                                   e_tr.shape[1], seed=f)(X_tr[out_rows])
     oof = sweep(q_oof, cp_tr, y_tr, c_tr)
     ref_train_acc = float(y_tr[:, ref].mean())
     chosen = {}
@@ -272,7 +313,7 @@ def evaluate(title: str, models: list[str], ref: int, train: tuple, test: tuple,
     plan_test = per_task_plans(t_te, y_te, c_te, t_te, y_te, c_te)
     zero = hull(list(singles.values()))
     oracle = pareto([(c, a) for _, c, a in sweep(y_te, c_te, y_te, c_te)])
-    fronts = {"fleet router (IRT-MF)": fleet_front, "kNN": knn_front, "per-task plan (train)": plan_train,
+    fronts = {"fleet router (IRT-MF + category heads)": fleet_front, "IRT-MF prior alone": prior_front, "kNN": knn_front, "per-task plan (train)": plan_train,
               "per-task plan (chosen on test)": plan_test, "random mixes (zero router)": zero, "oracle": oracle}
 
     def ratio(front: list[tuple[float, float]], share: float) -> float | None:
@@ -294,8 +335,21 @@ def evaluate(title: str, models: list[str], ref: int, train: tuple, test: tuple,
     for label, row in chosen.items():
         print(f"  target {label:6s} lambda={row['lambda']:.4g}: test accuracy {row['test_accuracy']:.4f} "
               f"({row['test_accuracy_vs_ref']:.1%} of the reference's) at {row['test_cost_ratio']:.4f} of its cost")
+    boot = bootstrap_ratios(q_te, cp_te, y_te, c_te, ref)
+    oof_front = pareto([(c, a) for _, c, a in oof])
+    oof_ratio = {share: cost_at(oof_front, share * ref_train_acc) / float(c_tr[:, ref].mean()) for share in (1.0, 0.95)}
+    print(f"\nfleet router, test prompts redrawn 200 times: cost at the reference's accuracy 10/50/90th pct "
+          f"{boot['at_ref']}, at 95% {boot['at_95pct']}")
+    print(f"fleet router out-of-fold on train: cost at the reference's train accuracy {oof_ratio[1.0]:.4f}, "
+          f"at 95% {oof_ratio[0.95]:.4f}")
     summary = {
-        "cost_ratio_at_ref_accuracy": ratio(fleet_front, 1.0), "cost_ratio_at_95pct_ref_accuracy": ratio(fleet_front, 0.95),
+        "cost_ratio_at_ref_accuracy": ratio(fleet_front, 1.0),
+        "prior_alone_cost_ratio_at_ref_accuracy": ratio(prior_front, 1.0),
+        "prior_alone_cost_ratio_at_95pct_ref_accuracy": ratio(prior_front, 0.95),
+        "bootstrap_cost_ratio_at_ref_accuracy_p10_p50_p90": boot["at_ref"],
+        "bootstrap_cost_ratio_at_95pct_ref_accuracy_p10_p50_p90": boot["at_95pct"],
+        "oof_train_cost_ratio_at_ref_accuracy": None if np.isnan(oof_ratio[1.0]) else round(oof_ratio[1.0], 4),
+        "oof_train_cost_ratio_at_95pct_ref_accuracy": None if np.isnan(oof_ratio[0.95]) else round(oof_ratio[0.95], 4), "cost_ratio_at_95pct_ref_accuracy": ratio(fleet_front, 0.95),
         "dial_on_train_ref": chosen["ref"], "dial_on_train_95pct": chosen["95pct"],
         **{f"{key}_cost_ratio_at_ref_accuracy": ratio(fronts[name], 1.0) for key, name in _KEYS.items()},
         **{f"{key}_cost_ratio_at_95pct_ref_accuracy": ratio(fronts[name], 0.95) for key, name in _KEYS.items()},

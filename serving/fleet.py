@@ -101,6 +101,7 @@ class FleetDecision:
     reason: str
     routing_ms: float
     limits: dict[str, Any] | None = None
+    category: dict[str, Any] | None = None  # the prompt's predicted category (router with category heads)
 
     @property
     def chosen(self) -> str:
@@ -108,7 +109,7 @@ class FleetDecision:
 
     def info(self) -> dict[str, Any]:
         return {"dial": {"lambda": self.lam, "source": self.dial_source}, "candidates": self.candidates,
-                "order": self.order, "limits": self.limits}
+                "order": self.order, "limits": self.limits, "category": self.category}
 
 
 @dataclass
@@ -172,28 +173,31 @@ class FleetRouter:
             self._dial = (router, cal)
             return cal
 
-    def quality(self, prompt: str) -> tuple[np.ndarray | None, str | None, str | None]:
-        """(P(good) per fleet model or None, router version, why none)."""
+    def quality(self, prompt: str) -> tuple[np.ndarray | None, str | None, str | None, dict[str, Any] | None]:
+        """(P(good) per fleet model or None, router version, why none, the prompt's predicted category
+        where the router reads quality per category)."""
         snap = self.router_state.snapshot
         if snap.router is None:
-            return None, None, snap.no_router_reason
+            return None, None, snap.no_router_reason, None
         prep = self._prepare(snap.router)
         if prep.idx is None:
-            return None, snap.version, f"router {snap.version} cannot route the fleet ({prep.error})"
+            return None, snap.version, f"router {snap.version} cannot route the fleet ({prep.error})", None
         try:
             router = snap.router
-            vec = router.embedder.encode([prompt])
-            q = router.quality_vectors(router.prompt_vectors(vec, [prompt]), prep.idx)[0]
+            X = router.prompt_vectors(router.embedder.encode([prompt]), [prompt])
+            q = router.quality_vectors(X, prep.idx)[0]
+            cats = router.categories(X)
         except Exception as exc:  # noqa: BLE001 - a scoring failure degrades to the price ranking
             log.warning("fleet routing failed: %s", exc)
-            return None, snap.version, f"routing failed ({type(exc).__name__})"
-        return q, snap.version, None
+            return None, snap.version, f"routing failed ({type(exc).__name__})", None
+        category = {"name": cats[0][0], "p": round(cats[0][1], 4)} if cats else None
+        return q, snap.version, None, category
 
     def decide(self, prompt: str, limits: RoutingLimits | None = None, max_new_tokens: int | None = None,
                prompt_tokens: int | None = None) -> FleetDecision:
         t0 = time.perf_counter()
         dial = self.dial()
-        q, version, why = self.quality(prompt)
+        q, version, why, category = self.quality(prompt)
         p_tokens = prompt_tokens if prompt_tokens is not None else max(1, round(len(prompt) / 4))
         completion = [min(self.tokens.expected(n), max_new_tokens or 10**9) for n in self.names]
         costs = expected_costs(self.prices, p_tokens, completion)
@@ -240,8 +244,10 @@ class FleetRouter:
             reason += f" ({len(self.names) - len(order)} excluded: limits or context)"
         if self.settings.failover != "other":
             order = order[:1]
+        if category is not None and q is not None:
+            reason += f"; quality read within category {category['name']} (p={category['p']:.2f})"
         return FleetDecision(order, candidates, dial.lam, dial.source, version, reason,
-                             (time.perf_counter() - t0) * 1000, limits_dict)
+                             (time.perf_counter() - t0) * 1000, limits_dict, category)
 
 
 def _role(ctx: ServingContext, name: str) -> str | None:

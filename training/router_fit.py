@@ -6,6 +6,7 @@ import numpy as np
 
 from routerops.models import irt_mf
 from routerops.models.adaptive import memory_weights
+from routerops.models.category_heads import CategoryHeadsConfig, FittedHeads, fit_category_heads
 from routerops.training.router_data import fit_data
 
 
@@ -19,3 +20,12 @@ def fit_weights(data, X: np.ndarray, train_mask: np.ndarray, config, adaptive=No
         weights.update(memory_weights(X, train_mask, fd.out_q, fd.out_m, fd.out_y, fd.pair_q, fd.pair_a,
                                       fd.pair_b, fd.pair_t))
     return weights, info
+
+
+def fit_heads(data, X: np.ndarray, train_mask: np.ndarray, embed_dim: int,  # noqa: ANN001
+              config: CategoryHeadsConfig | None = None, progress=None) -> FittedHeads | None:  # noqa: ANN001
+    """The fleet's category heads (models/category_heads.py) from the outcome rows of the prompts in
+    `train_mask` and the categories the logs give them; None where fewer than two categories qualify."""
+    fd = fit_data(data, X, train_mask)
+    return fit_category_heads(X, data.prompt_category, fd.out_q, fd.out_m, fd.out_y, len(data.vocabulary), config,
+                              progress, embed_dim)

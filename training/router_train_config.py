@@ -24,6 +24,7 @@ class RouterTrainConfig:
     l2_model: float = 1e-3
     max_iter: int = 150
     prompt_stats: bool = True
+    category_heads: bool = True  # per-category heads for the fleet's P(good) (models/category_heads.py)
     adaptive: bool = True  # store the labelled prompts (routerops.models.adaptive): labels move the router
     # how rows weigh (training/router_data.py)
     source_gamma: float = 0.5
@@ -61,4 +62,5 @@ class RouterTrainConfig:
         return {**{f"model_{k}": v for k, v in self.irt().to_dict().items()}, "prompt_stats": self.prompt_stats,
                 "source_gamma": self.source_gamma, "category_gamma": self.category_gamma,
                 "val_fraction": self.val_fraction, "seed": self.seed, "sources": ",".join(self.sources or ()) or "all",
-                "exclude_sources": ",".join(self.exclude_sources or ()), "adaptive": self.adaptive}
+                "exclude_sources": ",".join(self.exclude_sources or ()), "adaptive": self.adaptive,
+                "category_heads": self.category_heads}

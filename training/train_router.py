@@ -35,6 +35,7 @@ from routerops.importers.store import load_outcomes, load_preferences
 from routerops.model_names import UnknownModelError, load_catalog, name_key
 from routerops.models import irt_mf
 from routerops.models.adaptive import AdaptiveConfig
+from routerops.models.category_heads import CategoryHeadsConfig
 from routerops.models.embedders.router_files import embedder_artifacts
 from routerops.models.embeddings import embed_cached, embedding_ref, ensure_built_embedder, get_embedder
 from routerops.models.fleet_dial import calibrate_fleet
@@ -52,7 +53,7 @@ from routerops.training.router_data import (
     snapshot,
     split_prompts,
 )
-from routerops.training.router_fit import fit_weights
+from routerops.training.router_fit import fit_heads, fit_weights
 from routerops.training.router_loso import eval_pair, leave_one_source_out
 from routerops.training.router_train_config import RouterTrainConfig
 
@@ -385,7 +386,13 @@ def fit_router(settings: Settings, config: RouterTrainConfig, ts: TrainingSet, r
         print(f"fitting {config.formulation} (rank {config.rank}) on {ts.snap['rows']} rows, "
               f"{ts.snap['prompts']} prompts, {len(ts.data.vocabulary)} models...", flush=True)
     weights, fit_info = fit_weights(ts.data, ts.X, ~ts.val_mask, config.irt(), adaptive=config.adaptive)
-    fit_info = {**fit_info, "train_seconds": time.perf_counter() - t1}
+    n_stats = len(ts.standardizer["mean"]) if ts.standardizer else 0
+    heads = fit_heads(ts.data, ts.X, ~ts.val_mask, ts.X.shape[1] - n_stats,
+                      progress=print if config.progress else None) if config.category_heads else None
+    if heads is not None:
+        weights.update(heads.weights)
+    fit_info = {**fit_info, "category_heads": float(heads.heads if heads else 0),
+                "train_seconds": time.perf_counter() - t1}
     # the reference prompts (calibration, live drift) are validation prompts: the label memory has
     # not seen them, so their scores are what unseen traffic gets (a tiny store, with too few
     # validation prompts for a calibration table, uses every prompt as before)
@@ -404,6 +411,8 @@ def fit_router(settings: Settings, config: RouterTrainConfig, ts: TrainingSet, r
     }
     if config.adaptive:
         metadata["adaptive"] = AdaptiveConfig().to_dict()
+    if heads is not None:
+        metadata["category_heads"] = heads.metadata(CategoryHeadsConfig())
     router = MFRouter(weights, metadata, settings=settings)
     router._embedder = ts.embedder  # same process: reuse the loaded embedder
     strong, weak = _default_pair(router, [(settings.router_strong_name, settings.router_weak_name),

@@ -24,7 +24,7 @@ from mlflow.pyfunc import PythonModel
 
 from routerops.metrics import alpha_for_strong_share
 from routerops.model_names import ModelCatalog
-from routerops.models import irt_mf
+from routerops.models import category_heads, irt_mf
 from routerops.models.adaptive import AdaptiveConfig, AdaptiveMemory
 from routerops.models.embedders.router_files import embedder_from_router_metadata
 from routerops.models.loader import ProcessCache, load_registered
@@ -218,7 +218,24 @@ class MFRouter:
         if not self.predicts_quality:
             raise ValueError(f"a {self.format} router predicts only pair scores, not P(good) per model: "
                              f"retrain it (routerops train) to route a fleet")
-        return irt_mf.p_correct(self.weights, X, idx)
+        prior = irt_mf.p_correct(self.weights, X, idx)
+        if self.category_heads is None:
+            return prior
+        return category_heads.quality(self.weights, X, idx, prior)
+
+    @property
+    def category_heads(self) -> list[str] | None:
+        """The categories the fleet's per-model quality is read within (None: the IRT-MF prior alone)."""
+        meta = self.metadata.get("category_heads")
+        return list(meta["categories"]) if meta and category_heads.present(self.weights) else None
+
+    def categories(self, X: np.ndarray) -> list[tuple[str, float]] | None:
+        """The most likely category of each prompt vector and its probability (None without heads)."""
+        names = self.category_heads
+        if names is None:
+            return None
+        p = category_heads.category_probabilities(self.weights, X)
+        return [(names[i], float(p[r, i])) for r, i in enumerate(p.argmax(axis=1))]
 
     def quality_embeddings(self, embeddings: np.ndarray, models: list[str],
                            prompts: list[str] | None = None) -> np.ndarray:
