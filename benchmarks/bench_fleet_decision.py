@@ -6,7 +6,8 @@ process, interleaved prompt by prompt.
 
 Both sides embed the prompt with the default static embedder (no routing cache: every prompt is new)
 and score an IRT-MF router (routerops.mf-router/2, rank 8, prompt statistics) with 11 models in its
-vocabulary; the fleet side also predicts each model's cost, ranks all 11 under the dial (calibrated on
+vocabulary and, unless --categories 0, category heads for 16 categories (the most a router keeps); the
+fleet side also predicts each model's cost, ranks all 11 under the dial (calibrated on
 the router's 2,000 reference prompts, once) and builds the metadata of every candidate. The process is
 pinned to one core. Without --embedder-path a static embedder is distilled once into
 /tmp/routerops-bench-static (its vocabulary cut to the 20,000 most frequent tokens: the per-prompt cost,
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--models", type=int, default=11)
     parser.add_argument("--embedder-path", type=Path, default=None)
+    parser.add_argument("--categories", type=int, default=16, help="category heads in the router (0: none)")
     parser.add_argument("--core", type=int, default=None, help="the core to pin to (default: the first allowed)")
     args = parser.parse_args()
     allowed = sorted(os.sched_getaffinity(0))
@@ -87,6 +89,12 @@ def main() -> None:
                "U": rng.normal(0, 0.3, (len(names), rank)), "bias": np.zeros(1)}
     metadata = {"format": FORMAT_V2, "vocabulary": names, "embedding": {"backend": "static"}, "prompt_features": std,
                 "default_strong": names[0], "default_weak": names[-1]}
+    if args.categories:  # category heads at the most a router keeps (routerops.models.category_heads)
+        c, emb_dim = args.categories, dim - len(std["mean"])
+        weights.update(cat_W=rng.normal(0, 1, (c, emb_dim)), cat_b=np.zeros(c),
+                       head_W=rng.normal(0, 0.3, (c, len(names), emb_dim)), head_b=np.zeros((c, len(names))),
+                       head_ok=np.ones((c, len(names))))
+        metadata["category_heads"] = {"categories": [f"c{i}" for i in range(c)]}
     router = MFRouter(weights, metadata, version="bench")
     router._embedder = embedder
     router.weights["reference_X"] = router.prompt_vectors(embedder.encode(ref), ref).astype(np.float32)

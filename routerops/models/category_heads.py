@@ -144,8 +144,9 @@ def quality(weights: dict[str, np.ndarray], X: np.ndarray, idx: np.ndarray, prio
     """(n, len(idx)) sum_c P(c | x) head_c,m(x), the prior `prior` (n, len(idx)) where a head is missing."""
     pc = category_probabilities(weights, X)  # (n, C)
     X = _embedding_part(weights, X)
-    W = weights["head_W"][:, idx, :]  # (C, k, d)
-    z = np.einsum("nd,ckd->nck", X, W) + weights["head_b"][None, :, idx]
+    C, M, d = weights["head_W"].shape
+    # one GEMV over every head, then the fleet's columns: cheaper than gathering (C, k, d) weights
+    z = (X @ weights["head_W"].reshape(C * M, d).T).reshape(len(X), C, M)[:, :, idx] + weights["head_b"][None, :, idx]
     heads = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
     ok = weights["head_ok"][None, :, idx] > 0
     per_cat = np.where(ok, heads, np.asarray(prior, np.float64)[:, None, :])  # (n, C, k)

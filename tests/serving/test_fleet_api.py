@@ -136,6 +136,7 @@ def test_dial_ends_pick_the_best_and_the_cheapest(store: Path, tmp_path: Path) -
                 assert cands[name]["p_good"] == pytest.approx(p, abs=1e-5)
             assert cands[STRONG]["predicted_cost_usd"] > cands[MID]["predicted_cost_usd"] > 0
             assert info["fleet"]["dial"] == {"lambda": lam, "source": "settings"}
+            assert info["fleet"]["category"] is None  # a router trained without categories reads the prior
             assert r.headers["x-routerops-model"] == expected
             assert expected in info["reason"] and "P(good)" in info["reason"]
 
