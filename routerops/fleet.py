@@ -11,6 +11,7 @@ One file, YAML (.yaml/.yml) or TOML (.toml), named by ROUTEROPS_FLEET_FILE:
         price_in: 10.0                  # USD per 1M input tokens (required, >= 0)
         price_out: 30.0                 # USD per 1M output tokens (required, >= 0)
         router_name: gpt-4-1106-preview # its name in the outcome logs, the router's vocabulary (default: name)
+        cold_start_like: gpt-4-0613     # optional: while the router has no labels of it, read its P(good) as this model's
         completion_tokens: 300          # prior for its answer length, until served answers teach it
         tags: [code, long-context]
         max_context: 128000
@@ -41,7 +42,7 @@ import yaml
 BACKENDS = ("local", "openai", "replay")
 DEFAULT_COMPLETION_TOKENS = 256
 _KEYS = {"name", "backend", "model", "base_url", "endpoint", "api_key_env", "price_in", "price_out", "router_name",
-         "completion_tokens", "tags", "max_context", "replay_file", "gguf_file", "samples"}
+         "cold_start_like", "completion_tokens", "tags", "max_context", "replay_file", "gguf_file", "samples"}
 
 
 class FleetError(ValueError):
@@ -58,6 +59,9 @@ class FleetModel:
     base_url: str | None = None
     api_key_env: str | None = None
     router_name: str | None = None  # name in the logs / the router's vocabulary (default: name)
+    # cold start: a model the router has no labels of is routed as this known model until a router
+    # trained on its own labels (feedback, exploration, imports) goes live
+    cold_start_like: str | None = None
     completion_tokens: int = DEFAULT_COMPLETION_TOKENS
     tags: tuple[str, ...] = ()
     max_context: int | None = None
@@ -82,7 +86,7 @@ class FleetModel:
     def describe(self) -> dict[str, Any]:
         """For /healthz and /v1/models: no secrets (the key's variable name only)."""
         return {"name": self.name, "backend": self.backend, "upstream_model": self.upstream,
-                "router_name": self.logs_name, "price_in": self.price_in, "price_out": self.price_out,
+                "router_name": self.logs_name, "cold_start_like": self.cold_start_like, "price_in": self.price_in, "price_out": self.price_out,
                 "tags": list(self.tags), "max_context": self.max_context}
 
 
@@ -166,14 +170,14 @@ def parse_fleet(data: Any, path: Path | str = "<fleet>") -> Fleet:
         tags = raw.get("tags") or []
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise _fail(path, where, f"tags must be a list of strings, got {tags!r}")
-        for key in ("model", "api_key_env", "router_name", "gguf_file"):
+        for key in ("model", "api_key_env", "router_name", "cold_start_like", "gguf_file"):
             if raw.get(key) is not None and not isinstance(raw[key], str):
                 raise _fail(path, where, f"{key} must be a string, got {raw[key]!r}")
         models.append(FleetModel(
             name=name, backend=backend, price_in=_number(path, where, "price_in", raw["price_in"]),
             price_out=_number(path, where, "price_out", raw["price_out"]), model=raw.get("model"),
             base_url=base_url, api_key_env=raw.get("api_key_env"), router_name=raw.get("router_name"),
-            completion_tokens=int(_number(path, where, "completion_tokens",
+            cold_start_like=raw.get("cold_start_like"), completion_tokens=int(_number(path, where, "completion_tokens",
                                           raw.get("completion_tokens", DEFAULT_COMPLETION_TOKENS), integer=True)),
             tags=tuple(tags),
             max_context=int(_number(path, where, "max_context", raw["max_context"], integer=True))

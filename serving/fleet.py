@@ -29,7 +29,13 @@ from routerops.backends.base import Backend, BackendError, GenerationParams, Mes
 from routerops.db import session_scope
 from routerops.db.models import RequestLog
 from routerops.fleet import Fleet
-from routerops.models.fleet_dial import DialCalibration, calibrate_fleet, expected_costs, relative_costs
+from routerops.models.fleet_dial import (
+    DialCalibration,
+    calibrate_fleet,
+    expected_costs,
+    quality_sources,
+    relative_costs,
+)
 from routerops.serving.failover import Served
 from routerops.serving.routing import RouterState
 from routerops.serving.schemas import RoutingLimits
@@ -117,6 +123,7 @@ class _Prepared:
     router: object
     idx: np.ndarray | None  # the fleet's rows in the router's vocabulary (None: no quality predictions)
     error: str | None = None
+    cold: dict[str, str] = field(default_factory=dict)  # fleet models read as a known one (cold start)
 
 
 class FleetRouter:
@@ -124,7 +131,6 @@ class FleetRouter:
         self.settings, self.fleet, self.router_state = settings, fleet, router_state
         self.tokens = tokens or TokenStats(fleet)
         self.names = fleet.names
-        self.router_names = [m.logs_name for m in fleet.models]
         self.prices = [(m.price_in, m.price_out) for m in fleet.models]
         self._dial: tuple[object, DialCalibration] | None = None
         self._prepared: _Prepared | None = None
@@ -132,17 +138,10 @@ class FleetRouter:
 
     # --- the router's check at load: every fleet model must be in its vocabulary ----------------
     def check_router(self, router: Any) -> None:
-        """Raises, naming the unknown fleet models and the router's vocabulary (a RouterState load
-        check: a router that cannot route the fleet does not go live)."""
-        unknown = []
-        for name, logs_name in zip(self.names, self.router_names, strict=True):
-            try:
-                router.resolve(logs_name)
-            except KeyError:
-                unknown.append(name if name == logs_name else f"{name} (router_name {logs_name})")
-        if unknown:
-            raise ValueError(f"fleet model(s) {', '.join(unknown)} unknown to the router; it knows: "
-                             f"{', '.join(router.vocabulary)} (set router_name in the fleet file)")
+        """Raises, naming the fleet models the router can read neither by their own name nor by their
+        `cold_start_like` model, and the router's vocabulary (a RouterState load check: a router that
+        cannot route the fleet does not go live)."""
+        quality_sources(router, self.fleet)
 
     def _prepare(self, router: Any) -> _Prepared:
         prep = self._prepared
@@ -150,11 +149,17 @@ class FleetRouter:
             try:
                 if not router.predicts_quality:
                     raise ValueError(f"router format {router.format} predicts no P(good) per model")
-                prep = _Prepared(router, router.model_indices(self.router_names))
+                names, cold = quality_sources(router, self.fleet)
+                prep = _Prepared(router, router.model_indices(names), cold=cold)
             except Exception as exc:  # noqa: BLE001 - reported in every decision's reason
                 prep = _Prepared(router, None, f"{type(exc).__name__}: {str(exc)[:200]}")
             self._prepared = prep
         return prep
+
+    def cold_started(self) -> dict[str, str]:
+        """Fleet models the live router has no labels of, read as their `cold_start_like` model."""
+        prep = self._prepared
+        return prep.cold if prep is not None and prep.idx is not None else {}
 
     def dial(self) -> DialCalibration:
         """The dial for the live router (calibrated once per router object)."""
@@ -223,7 +228,9 @@ class FleetRouter:
             elif limits is not None and limits.min_quality is not None and (q is None or q[i] < limits.min_quality):
                 excluded = ("no quality prediction" if q is None else
                             f"predicted P(good) {q[i]:.3f} < min_quality {limits.min_quality:g}")
+            cold = self.cold_started().get(name) if q is not None else None
             candidates.append({"model": name, "p_good": None if q is None else round(float(q[i]), 6),
+                               **({"cold_start_like": cold} if cold else {}),
                                "predicted_cost_usd": float(f"{costs[i]:.6g}"),
                                "utility": None if util is None else round(float(util[i]), 6), "excluded": excluded})
             if excluded is None:
@@ -242,6 +249,8 @@ class FleetRouter:
             reason = f"{why}: routing to {order[0]}"
         if len(order) < len(self.names):
             reason += f" ({len(self.names) - len(order)} excluded: limits or context)"
+        if q is not None and order[0] in self.cold_started():
+            reason += f" (cold start: {order[0]} has no labels yet, read as {self.cold_started()[order[0]]})"
         if self.settings.failover != "other":
             order = order[:1]
         if category is not None and q is not None:
@@ -399,7 +408,7 @@ class FleetServing:
                 "models": [{**m.describe(), **tokens.get(m.name, {}),
                             **({"circuit": circuits[m.name]} if m.name in circuits else {})}
                            for m in self.fleet.models],
-                "dial": self.router.dial().to_dict()}
+                "dial": self.router.dial().to_dict(), "cold_started": self.router.cold_started()}
 
 
 def build_fleet(ctx: ServingContext, fleet: Fleet, backends: dict[str, Backend],

@@ -145,10 +145,37 @@ def calibrate_router(router: Any, router_names: Sequence[str], names: Sequence[s
                      router_version=version)
 
 
+def quality_sources(router: Any, fleet: Fleet) -> tuple[list[str], dict[str, str]]:
+    """The router vocabulary name each fleet model's P(good) is read from, and the cold-started ones
+    (fleet name -> the known model it is read as): its own `router_name` where the router knows it,
+    else its `cold_start_like` model. ValueError names the models it can read neither way."""
+    names, cold, unknown = [], {}, []
+    for m in fleet.models:
+        for candidate in (m.logs_name, m.cold_start_like):
+            if candidate is None:
+                continue
+            try:
+                router.resolve(candidate)
+            except KeyError:
+                continue
+            names.append(candidate)
+            if candidate != m.logs_name:
+                cold[m.name] = candidate
+            break
+        else:
+            label = m.name if m.name == m.logs_name else f"{m.name} (router_name {m.logs_name})"
+            unknown.append(label + (f", cold_start_like {m.cold_start_like} unknown too" if m.cold_start_like else ""))
+    if unknown:
+        raise ValueError(f"fleet model(s) {'; '.join(unknown)} unknown to the router; it knows: "
+                         f"{', '.join(router.vocabulary)} (set router_name or cold_start_like in the fleet file)")
+    return names, cold
+
+
 def calibrate_fleet(router: Any, fleet: Fleet, settings: Any) -> DialCalibration:
     """The dial for a fleet table with the settings' target (what training records in MLflow and
     serving shows on /admin/status for the same router and fleet)."""
-    return calibrate_router(router, [m.logs_name for m in fleet.models], fleet.names,
+    names = quality_sources(router, fleet)[0] if router is not None else [m.logs_name for m in fleet.models]
+    return calibrate_router(router, names, fleet.names,
                             [(m.price_in, m.price_out) for m in fleet.models],
                             [m.completion_tokens for m in fleet.models],
                             quality_share=settings.fleet_target_quality_share,

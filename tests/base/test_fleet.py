@@ -79,6 +79,8 @@ def test_yaml_and_toml_parse_with_defaults(tmp_path: Path, monkeypatch: pytest.M
     ({"models": [{"name": "a", "backend": "replay", "price_in": 1, "price_out": 1}] * 2}, r"duplicate name\(s\) \['a'\]"),
     ({"models": [{"name": "a", "backend": "replay", "price_in": 1, "price_out": 1}], "strong": "b"}, "'b' is not a fleet model"),
     ({"models": [{"name": "a", "backend": "replay", "price_in": 1, "price_out": 1, "tags": "code"}]}, "tags must be a list"),
+    ({"models": [{"name": "a", "backend": "replay", "price_in": 1, "price_out": 1, "cold_start_like": 3}]},
+     "cold_start_like must be a string"),
 ])
 def test_bad_tables_name_the_problem(data: dict, message: str) -> None:
     with pytest.raises(FleetError, match=message):

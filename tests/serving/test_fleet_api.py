@@ -292,6 +292,30 @@ def test_fleet_name_unknown_to_the_router_is_refused(store: Path, tmp_path: Path
         assert health["router_version"] is None
         err = health["last_reload_error"]
         assert "gpt-17-turbo" in err and "it knows:" in err and STRONG in err
+    # a cold_start_like the router does not know either is refused the same way, naming both
+    fleet = write_fleet(tmp_path / "fleet2.yaml", **{MID: {"router_name": "gpt-17-turbo",
+                                                           "cold_start_like": "gpt-16"}})
+    with serve(store, fleet) as base_url:
+        err = wait_for(lambda: status(base_url)["last_reload_error"])
+        assert "gpt-17-turbo" in err and "cold_start_like gpt-16 unknown too" in err
+
+
+def test_a_model_without_labels_is_routed_as_its_cold_start_model(store: Path, tmp_path: Path) -> None:
+    """A new fleet model the router has never seen goes live read as the model its entry names;
+    the metadata says so, and its logs keep its own name (the next training run learns it)."""
+    q = predicted_quality(store, PROMPT)
+    fleet = write_fleet(tmp_path / "fleet.yaml", **{MID: {"router_name": "gpt-17-turbo", "cold_start_like": STRONG}})
+    with serve(store, fleet, fleet_lambda=0.0) as base_url:
+        health = wait_for(lambda: (h := status(base_url))["router_version"] == "1" and h)
+        assert health["fleet"]["cold_started"] == {MID: STRONG}
+        r = chat(base_url)
+        assert r.status_code == 200, r.text
+        info = r.json()["routerops"]
+        cands = {c["model"]: c for c in info["fleet"]["candidates"]}
+        assert cands[MID]["cold_start_like"] == STRONG and "cold_start_like" not in cands[WEAK]
+        assert cands[MID]["p_good"] == pytest.approx(q[STRONG], abs=1e-5) == cands[STRONG]["p_good"]
+        # equal P(good) at lambda 0: the cheaper of the two, the cold-started one, wins
+        assert info["model"] == MID and "cold start: " in info["reason"]
 
 
 def test_two_model_settings_unchanged_and_limits_over_the_pair(store: Path) -> None:
