@@ -114,40 +114,35 @@ class Guard:
         breaker.success(probe)
         return result
 
-    def attempt(self, role: str, call: Callable[[Backend], T]) -> Served:
+    def _first_answer(self, tries: list[tuple[str, str, Backend, Callable[[], T]]]) -> Served:
+        """The first of `tries` (label, model name, backend, run) that answers; an unavailable one
+        (down, 5xx/429 after retries, open circuit) is recorded and skipped, any other error raised.
+        BackendsUnavailable when every one failed."""
         failed: list[FailedAttempt] = []
-        for r in self.order(role):
-            backend = self.pair.by_role(r)
+        for label, model, backend, run in tries:
             try:
-                result = self.call(r, call)
+                result = run()
             except BackendError as exc:
                 if not exc.unavailable:
                     raise
-                failed.append(FailedAttempt(r, backend.name, exc.kind, str(exc)))
+                failed.append(FailedAttempt(label, model, exc.kind, str(exc)))
                 continue
             if failed and self.metrics is not None:
                 self.metrics.failovers.labels(failed[0].model, failed[0].kind).inc()
-            return Served(r, backend, result, failed)
+            return Served(label, backend, result, failed)
         raise BackendsUnavailable(failed)
+
+    def attempt(self, role: str, call: Callable[[Backend], T]) -> Served:
+        """call(backend) on the pair: `role` first, the other one if it is unavailable (failover=other)."""
+        return self._first_answer([(r, self.pair.by_role(r).name, self.pair.by_role(r),
+                                    lambda r=r: self.call(r, call)) for r in self.order(role)])
 
     def attempt_models(self, order: list[str], call: Callable[[Backend], T]) -> Served:
         """call(backend) on the fleet models in `order` (the dial's ranking), each through its
         breaker: an unavailable or open-circuited model is skipped for the next. Served.role is the
-        model's name; BackendsUnavailable when every one failed."""
-        failed: list[FailedAttempt] = []
-        for name in order:
-            backend = self.fleet[name]
-            try:
-                result = self._guarded(backend, self.named[name], call)
-            except BackendError as exc:
-                if not exc.unavailable:
-                    raise
-                failed.append(FailedAttempt(name, name, exc.kind, str(exc)))
-                continue
-            if failed and self.metrics is not None:
-                self.metrics.failovers.labels(failed[0].model, failed[0].kind).inc()
-            return Served(name, backend, result, failed)
-        raise BackendsUnavailable(failed)
+        model's name."""
+        return self._first_answer([(n, n, self.fleet[n], lambda n=n: self._guarded(self.fleet[n], self.named[n], call))
+                                   for n in order])
 
     def call_model(self, name: str, call: Callable[[Backend], T]) -> T:
         """call(backend) on this fleet model alone, through its breaker (see `call`)."""

@@ -43,8 +43,6 @@ from routerops.serving.strategies import (
     Outcome,
     ServingContext,
     _BackendStrategy,
-    count_prompt_tokens,
-    count_tokens,
 )
 from routerops.settings import Settings
 
@@ -271,6 +269,15 @@ class _FleetBackendStrategy(_BackendStrategy):
         super().__init__(ctx)
         self.fleet, self.tokens = fleet, tokens
 
+    def _attempt(self, target: Any, call: Any) -> Served:  # target: the ordered fleet model names
+        return self.ctx.guard.attempt_models(target, call)
+
+    def _report(self, served: Served, exc: BackendError) -> None:
+        self.ctx.guard.report_model(served.backend.name, exc)
+
+    def _answered(self, out: Outcome) -> None:
+        self.tokens.observe(out.model, out.completion_tokens)
+
     def _failed_over(self, out: Outcome, served: Served) -> None:
         if not served.failed:
             return
@@ -285,51 +292,6 @@ class _FleetBackendStrategy(_BackendStrategy):
     def _cost(self, out: Outcome) -> float:
         failed = sum(a["cost_usd"] for a in out.extra.get("failover", {}).get("attempts", []))
         return failed + self.fleet[out.model].cost(out.prompt_tokens, out.completion_tokens)
-
-    def _run_order(self, out: Outcome, order: list[str], messages: list[Message], params: GenerationParams) -> Outcome:
-        served = self.ctx.guard.attempt_models(order, lambda backend: backend.generate(messages, params))
-        self._failed_over(out, served)
-        backend, gen = served.backend, served.result
-        out.text, out.finish_reason = gen.text, gen.finish_reason
-        out.prompt_tokens = gen.prompt_tokens or count_prompt_tokens(backend, messages)
-        out.completion_tokens = gen.completion_tokens or count_tokens(backend, gen.text)
-        out.cost_usd = self._cost(out)
-        self.tokens.observe(out.model, out.completion_tokens)
-        if gen.extra:
-            out.extra["generation"] = {k: v for k, v in gen.extra.items() if isinstance(v, str | int | float)}
-        return out
-
-    def _stream_order(self, out: Outcome, order: list[str], messages: list[Message],
-                      params: GenerationParams) -> tuple[Outcome, Iterator[str]]:
-        guard = self.ctx.guard
-
-        def first(backend: Backend) -> tuple[Iterator[str], list[str]]:
-            deltas = iter(backend.stream(messages, params))
-            return deltas, [d for d in (next(deltas, None),) if d is not None]
-
-        served = guard.attempt_models(order, first)
-        self._failed_over(out, served)
-        backend, (deltas, head) = served.backend, served.result
-        out.prompt_tokens = count_prompt_tokens(backend, messages)
-        out.cost_usd = self._cost(out)
-
-        def rest() -> Iterator[str]:
-            yield from head
-            try:
-                yield from deltas
-            except BackendError as exc:
-                if exc.unavailable:
-                    guard.report_model(backend.name, exc)
-                raise
-
-        def finalize(text: str) -> None:
-            out.text = text
-            out.completion_tokens = count_tokens(backend, text)
-            out.cost_usd = self._cost(out)
-            self.tokens.observe(out.model, out.completion_tokens)
-
-        out.finalize = finalize
-        return out, rest()
 
 
 class FleetRouterStrategy(_FleetBackendStrategy):
@@ -357,11 +319,11 @@ class FleetRouterStrategy(_FleetBackendStrategy):
 
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
         out, order = self._decide(messages, params)
-        return self._run_order(out, order, messages, params)
+        return self._call(out, order, messages, params)
 
     def stream(self, messages: list[Message], params: GenerationParams) -> tuple[Outcome, Iterator[str]]:
         out, order = self._decide(messages, params)
-        return self._stream_order(out, order, messages, params)
+        return self._stream(out, order, messages, params)
 
 
 class FleetDirectStrategy(_FleetBackendStrategy):
@@ -384,10 +346,10 @@ class FleetDirectStrategy(_FleetBackendStrategy):
                        router_version=self.ctx.router.snapshot.version)
 
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
-        return self._run_order(self._outcome(), self._order(), messages, params)
+        return self._call(self._outcome(), self._order(), messages, params)
 
     def stream(self, messages: list[Message], params: GenerationParams) -> tuple[Outcome, Iterator[str]]:
-        return self._stream_order(self._outcome(), self._order(), messages, params)
+        return self._stream(self._outcome(), self._order(), messages, params)
 
 
 @dataclass

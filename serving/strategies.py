@@ -122,7 +122,20 @@ class Strategy:
 
 
 class _BackendStrategy(Strategy):
-    """Shared by direct model calls and routing: one backend answers, the other if it is unavailable."""
+    """Shared by direct model calls and routing: the first of the candidates that answers serves.
+    `target` is a role of the pair ("weak"/"strong": that one, then the other) here, or the fleet's
+    ordered model names in serving/fleet.py, which overrides the hooks `_attempt`, `_report`,
+    `_failed_over`, `_cost` and `_answered`."""
+
+    def _attempt(self, target: Any, call: Callable[[Backend], Any]) -> Served:
+        return self.ctx.guard.attempt(target, call)
+
+    def _report(self, served: Served, exc: BackendError) -> None:
+        """A failure after the first token (a broken stream) counts against the backend's breaker."""
+        self.ctx.guard.report(served.role, exc)
+
+    def _answered(self, out: Outcome) -> None:
+        """Called once the answer's tokens are known."""
 
     def _failed_over(self, out: Outcome, served: Served) -> None:
         """Point the outcome at the backend that answered and say why (reason, extra.failover)."""
@@ -134,14 +147,15 @@ class _BackendStrategy(Strategy):
                                  "to_model": served.backend.name, "to_role": served.role,
                                  "reason": served.reason, "attempts": [f.as_dict() for f in served.failed]}
 
-    def _call(self, out: Outcome, role: str, messages: list[Message], params: GenerationParams) -> Outcome:
-        served = self.ctx.guard.attempt(role, lambda backend: backend.generate(messages, params))
+    def _call(self, out: Outcome, target: Any, messages: list[Message], params: GenerationParams) -> Outcome:
+        served = self._attempt(target, lambda backend: backend.generate(messages, params))
         self._failed_over(out, served)
         backend, gen = served.backend, served.result
         out.text, out.finish_reason = gen.text, gen.finish_reason
         out.prompt_tokens = gen.prompt_tokens or count_prompt_tokens(backend, messages)
         out.completion_tokens = gen.completion_tokens or count_tokens(backend, gen.text)
         out.cost_usd = self._cost(out)
+        self._answered(out)
         if gen.extra:
             out.extra["generation"] = {k: v for k, v in gen.extra.items() if isinstance(v, str | int | float)}
         return out
@@ -150,18 +164,17 @@ class _BackendStrategy(Strategy):
         failed = sum(a["cost_usd"] for a in out.extra.get("failover", {}).get("attempts", []))
         return failed + self.ctx.prices.cost(out.role or "strong", out.prompt_tokens, out.completion_tokens)
 
-    def _stream(self, out: Outcome, role: str, messages: list[Message],
+    def _stream(self, out: Outcome, target: Any, messages: list[Message],
                 params: GenerationParams) -> tuple[Outcome, Iterator[str]]:
         """The first delta is pulled here, before any byte goes to the client: a backend that fails
         before its first token is failed over like a non-streaming call. A break after it raises
         BackendError from the iterator (the API ends the stream with an error event)."""
-        guard = self.ctx.guard
 
         def first(backend: Backend) -> tuple[Iterator[str], list[str]]:
             deltas = iter(backend.stream(messages, params))
             return deltas, [d for d in (next(deltas, None),) if d is not None]
 
-        served = guard.attempt(role, first)
+        served = self._attempt(target, first)
         self._failed_over(out, served)
         backend, (deltas, head) = served.backend, served.result
         out.prompt_tokens = count_prompt_tokens(backend, messages)
@@ -173,13 +186,14 @@ class _BackendStrategy(Strategy):
                 yield from deltas
             except BackendError as exc:
                 if exc.unavailable:
-                    guard.report(served.role, exc)
+                    self._report(served, exc)
                 raise
 
         def finalize(text: str) -> None:
             out.text = text
             out.completion_tokens = count_tokens(backend, text)
             out.cost_usd = self._cost(out)
+            self._answered(out)
 
         out.finalize = finalize
         return out, rest()
