@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _outcome_judge import OutcomeJudge  # noqa: E402
 from _store import fresh_store  # noqa: E402
+
+from routerops.backends.outcome_judge_server import OutcomeJudge  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ADMIN_KEY = "sim-admin-key-0123456789"

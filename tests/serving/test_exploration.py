@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import statistics
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -21,6 +19,7 @@ from sqlalchemy import select
 
 from routerops.backends.base import Generation
 from routerops.backends.factory import BackendPair, make_pair
+from routerops.backends.outcome_judge_server import OutcomeJudge
 from routerops.db import migrate, session_scope
 from routerops.db.models import ExplorationPair, OutcomeLog, PreferenceLog, RequestLog
 from routerops.settings import Settings
@@ -154,40 +153,6 @@ def test_default_share_explores_about_two_percent(data_dir: Path) -> None:
     assert abs(hits / n - 0.02) < 0.005
 
 
-class LookupJudge:
-    """A real HTTP judge on 127.0.0.1 answering pair-v2 prompts from recorded outcomes: the answer it
-    knows as better wins (both orders), unknown answers tie."""
-
-    def __init__(self, scores: dict[str, float]) -> None:
-        self.scores, self.calls = scores, 0
-        judge = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                user = body["messages"][-1]["content"]
-                a = user.split("[The Start of Assistant A's Answer]\n", 1)[1].split("\n[The End of Assistant A's Answer]")[0]
-                b = user.split("[The Start of Assistant B's Answer]\n", 1)[1].split("\n[The End of Assistant B's Answer]")[0]
-                judge.calls += 1
-                sa, sb = judge.scores.get(a, 0.5), judge.scores.get(b, 0.5)
-                tag = "[[A]]" if sa > sb else "[[B]]" if sb > sa else "[[C]]"
-                data = json.dumps({"id": "j", "object": "chat.completion", "model": body["model"],
-                                   "choices": [{"index": 0, "message": {"role": "assistant", "content": f"Verdict {tag}"},
-                                                "finish_reason": "stop"}]}).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-
 def test_judge_labels_pairs_and_thumbs_become_outcomes(data_dir: Path) -> None:
     from routerops.training.exploration_judge import judge_exploration_pairs
 
@@ -201,14 +166,11 @@ def test_judge_labels_pairs_and_thumbs_become_outcomes(data_dir: Path) -> None:
                         headers={"Authorization": f"Bearer {USER_KEY}"})
         assert r2.status_code == 201 and r2.json()["recorded"] == "outcome" and r2.json()["replaced"], r2.text
         assert r2.json()["outcome_id"] == r.json()["outcome_id"]  # one vote per (request, key): updated in place
-    judge = LookupJudge({"Cats sleep a lot.": 1.0, strong_text: 0.0})
-    try:
+    with OutcomeJudge({"Cats sleep a lot.": 1.0, strong_text: 0.0}) as judge:
         skipped = judge_exploration_pairs(settings)  # nothing configured: pairs wait for feedback
         assert skipped["status"] == "skipped" and skipped["pending"] >= 1
         cfg = make_settings(settings.data_dir, judge_base_url=judge.base_url, judge_model="lookup-judge")
         result = judge_exploration_pairs(cfg)
-    finally:
-        judge.httpd.shutdown()
     assert result["status"] == "ok" and result["judged"] >= 1 and result["weak"] == result["judged"]
     assert judge.calls == 2 * result["judged"]  # both orders
     with session_scope(settings) as s:

@@ -1,5 +1,6 @@
-"""An honest local judge for simulations: a real OpenAI-compatible HTTP server on 127.0.0.1 that
-answers `routerops label`'s pair-v2 prompts from recorded outcomes. It knows each recorded answer's
+"""An honest local judge for simulations and tests: a real OpenAI-compatible HTTP server on 127.0.0.1
+that answers `routerops label`'s pair-v2 prompts from recorded outcomes (benchmarks/loop_simulation.py,
+tests/serving/test_exploration.py). It knows each recorded answer's
 score (answer text -> score in [0, 1]); the answer with the higher score wins ([[A]] / [[B]]), equal
 scores tie ([[C]]), an answer it never saw counts 0.5. It never sees which model wrote what."""
 
