@@ -62,14 +62,18 @@ def _logistic(c: float, max_iter: int):  # noqa: ANN202 - sklearn estimator
 def _fit_head(X: np.ndarray, y: np.ndarray, config: CategoryHeadsConfig) -> tuple[np.ndarray, float]:
     """Logistic regression on scores in [0, 1]: each row enters as a success and a failure weighted
     y and 1 - y (binary scores are the usual case)."""
-    Xd = np.vstack([X, X])
-    yd = np.concatenate([np.ones(len(y)), np.zeros(len(y))])
-    wd = np.concatenate([y, 1.0 - y])
-    keep = wd > 0
     model = _logistic(config.head_c, config.max_iter)
+    if np.isin(y, (0.0, 1.0)).all():  # the usual case: each row once
+        Xd, yd, wd = X, y, None
+    else:
+        Xd = np.vstack([X, X])
+        yd = np.concatenate([np.ones(len(y)), np.zeros(len(y))])
+        wd = np.concatenate([y, 1.0 - y])
+        keep = wd > 0
+        Xd, yd, wd = Xd[keep], yd[keep], wd[keep]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a head that stops at max_iter is still a regularized fit
-        model.fit(Xd[keep], yd[keep], sample_weight=wd[keep])
+        model.fit(Xd, yd, sample_weight=wd)
     return model.coef_[0], float(model.intercept_[0])
 
 
