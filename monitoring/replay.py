@@ -451,7 +451,8 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
     traces = spread_sample(load_golden(path), limit)
     settings, fleet_file = per_model.configured_fleet(settings)
     weak, strong = _pair(settings, fleet_file, weak, strong, backends or {})
-    fleet = fleet_file or per_model.default_fleet(settings, None, weak.name, strong.name)
+    fleet = fleet_file or per_model.default_fleet(settings, None, getattr(weak, "name", None) or "weak",
+                                                  getattr(strong, "name", None) or "strong")
     names = per_model.monitored_models(fleet, models or settings.monitor_models)
     extra = per_model.extra_backends(settings, fleet_file, names, backends)
     if isinstance(router, str) and router == "live":

@@ -73,7 +73,7 @@ def _fleet_files(root: Path) -> dict[str, Path]:
     return {"fleet": fleet, "golden": _write_jsonl(root / "golden.jsonl", traces)}
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_settings(request, settings, monkeypatch):
     """The test's settings on SQLite, or on a fresh PostgreSQL database of its own (dropped after)."""
     if request.param == "sqlite":
