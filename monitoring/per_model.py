@@ -117,14 +117,17 @@ def replay_models(traces: Sequence[GoldenTrace], backends: dict[str, Any], judge
         messages = [{"role": "user", "content": t.prompt}]
         for name, backend in backends.items():
             try:
-                text = backend.generate(messages, params).text
+                gen = backend.generate(messages, params)
             except BackendError as exc:  # one answer a model cannot give is reported, not fatal
                 out[name].quality.append(None)
                 out[name].errors.append(f"{t.trace_id}: {exc}")
                 out[name].exact_match.append(False)
                 continue
-            out[name].quality.append(trace_quality(t, name, text, judge))
-            out[name].exact_match.append(text in (t.weak.output, t.strong.output))
+            # the judge is asked about the model that answered (an entry's upstream model, not its fleet name)
+            upstream = getattr(backend, "model", None)
+            answered_by = upstream if isinstance(upstream, str) else gen.model
+            out[name].quality.append(trace_quality(t, answered_by, gen.text, judge))
+            out[name].exact_match.append(gen.text in (t.weak.output, t.strong.output))
         if backends:
             line = (f"replayed {i}/{len(traces)} with the other fleet models ({', '.join(backends)}); "
                     f"{time.perf_counter() - started:.0f} s so far")
@@ -226,7 +229,9 @@ def table(models: dict[str, Any]) -> list[str]:
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     rows = models.get("rows", [])
     width = max([len("model"), *(len(r["model"]) for r in rows)])
-    lines = [f"per model (live figures over the last {models['window_hours']:g} h):",
+    hours = float(models["window_hours"])
+    window = f"{hours:g} h" if hours >= 1 else f"{hours * 60:.0f} min"
+    lines = [f"per model (live figures over the last {window}):",
              f"  {'model':<{width}}  {'golden q':>8} {'n':>4}  {'explore':>7} {'pairs':>5}  {'share':>5} "
              f"{'USD':>9} {'latency':>7}"]
     for r in rows:
