@@ -33,7 +33,7 @@ from routerops.backends.base import BackendError, GenerationParams
 from routerops.backends.factory import make_fleet_backend
 from routerops.db import session_scope
 from routerops.db.models import ExplorationPair, OutcomeLog, RequestLog
-from routerops.fleet import Fleet, load_fleet, pair_fleet, settings_for_fleet
+from routerops.fleet import Fleet, load_fleet, settings_for_fleet
 from routerops.monitoring.golden import GoldenTrace
 from routerops.monitoring.quality import Judge, gold_match
 from routerops.settings import Settings
@@ -240,8 +240,3 @@ def table(models: dict[str, Any]) -> list[str]:
                      f"{f(e.get('quality')):>7} {e.get('n_pairs', 0):>5}  {f(t.get('share')):>5} "
                      f"{t.get('cost_usd', 0.0):>9.4f} {f(t.get('mean_latency_s')):>7}")
     return lines
-
-
-def default_fleet(settings: Settings, fleet: Fleet | None, weak_name: str, strong_name: str) -> Fleet:
-    """The fleet file's fleet, or the pair as a fleet of two under its backends' names."""
-    return fleet if fleet is not None else pair_fleet(settings, weak_name, strong_name)

@@ -42,7 +42,7 @@ from routerops.backends.factory import make_fleet_backend, make_pair
 from routerops.checkpoint import checkpoint
 from routerops.db import session_scope
 from routerops.db.models import MonitorRun
-from routerops.fleet import Fleet
+from routerops.fleet import Fleet, pair_fleet
 from routerops.jsonsafe import json_safe
 from routerops.monitoring import alerts as alerts_mod
 from routerops.monitoring import per_model
@@ -451,8 +451,9 @@ def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=No
     traces = spread_sample(load_golden(path), limit)
     settings, fleet_file = per_model.configured_fleet(settings)
     weak, strong = _pair(settings, fleet_file, weak, strong, backends or {})
-    fleet = fleet_file or per_model.default_fleet(settings, None, getattr(weak, "name", None) or "weak",
-                                                  getattr(strong, "name", None) or "strong")
+    # without a fleet file the pair is a fleet of two, under its backends' names
+    fleet = fleet_file or pair_fleet(settings, getattr(weak, "name", None) or "weak",
+                                     getattr(strong, "name", None) or "strong")
     names = per_model.monitored_models(fleet, models or settings.monitor_models)
     extra = per_model.extra_backends(settings, fleet_file, names, backends)
     if isinstance(router, str) and router == "live":

@@ -231,3 +231,37 @@ def test_unknown_monitor_model_is_refused_before_a_run(settings, tmp_path, monke
     assert "not fleet model(s): gpt-17; the fleet has: cheap, mid, dear, spare" in result.output
     with session_scope(settings) as s:
         assert s.scalars(select(MonitorRun)).all() == []
+
+
+def test_a_third_models_answer_on_a_judged_label_and_the_monitored_set():
+    from routerops.fleet import parse_fleet
+    from routerops.monitoring.golden import parse_trace
+    from routerops.monitoring.per_model import UnknownMonitorModel, monitored_models, trace_quality
+
+    trace = parse_trace({"trace_id": "j", "prompt": "p", "weak": {"model": "w", "output": "weak answer"},
+                         "strong": {"model": "s", "output": "strong answer"},
+                         "label": {"judged_winner": "strong", "p_weak_wins": 0.2}})
+
+    class Judge:  # P(the model in the weak seat beats the recorded strong answer)
+        asked: list = []
+
+        def p_weak_wins(self, prompt, weak_model, weak_output, strong_model, strong_output):  # noqa: ANN001, ANN201
+            self.asked.append((weak_model, weak_output, strong_model, strong_output))
+            return 0.6
+
+    assert trace_quality(trace, "x", "weak answer", None) == 0.2  # identical to a recorded answer: its label
+    assert trace_quality(trace, "x", "strong answer", None) == pytest.approx(0.8)
+    assert trace_quality(trace, "x", "new answer", None) is None  # no judge: unlabelled
+    judge = Judge()
+    assert trace_quality(trace, "x-upstream", "new answer", judge) == 0.6
+    assert judge.asked == [("x-upstream", "new answer", "s", "strong answer")]
+    gold = parse_trace({"trace_id": "g", "prompt": "p", "weak": {"model": "w", "output": "4"},
+                        "strong": {"model": "s", "output": "4"}, "label": {"gold_answer": "4"}})
+    assert trace_quality(gold, "x", "It is 4.", judge) == 1.0 and trace_quality(gold, "x", "14", judge) == 0.0
+
+    fleet = parse_fleet({"models": [{"name": n, "backend": "replay", "price_in": p, "price_out": p}
+                                    for n, p in (("a", 1), ("b", 2), ("c", 3), ("d", 4))], "weak": "b", "strong": "d"})
+    assert monitored_models(fleet, None) == ["b", "d", "a", "c"]  # the pair first, then the fleet's order
+    assert monitored_models(fleet, ["c"]) == ["b", "d", "c"]
+    with pytest.raises(UnknownMonitorModel, match="not fleet model"):
+        monitored_models(fleet, ["e"])
