@@ -15,9 +15,11 @@ from routerops.backends.factory import make_pair
 from routerops.console_scripts import console_script
 from routerops.db import session_scope
 from routerops.db.models import AlphaChange
+from routerops.fleet import FleetError
 from routerops.jsonsafe import json_safe
 from routerops.model_names import UnknownModelError
 from routerops.monitoring import golden as g
+from routerops.monitoring import per_model
 from routerops.monitoring.categories import CategoryFigures, table
 from routerops.monitoring.dashboards import ensure_project
 from routerops.monitoring.golden import GoldenFormatError
@@ -111,17 +113,21 @@ def monitor() -> None:
 @click.option("--limit", type=click.IntRange(1), default=None,
               help="Replay at most N traces, spread over the categories (a quick look: each trace runs both "
                    "models, ~10-30 s on a CPU).")
+@click.option("--models", "models", default=None,
+              help="Comma-separated fleet models whose golden quality is measured besides the weak and strong "
+                   "models (default: ROUTEROPS_MONITOR_MODELS, else every fleet model).")
 def monitor_run(golden_path: Path | None, judge_annotations: tuple[Path, ...], no_recalibrate: bool,
-                no_dashboards: bool, as_json: bool, limit: int | None) -> None:
+                no_dashboards: bool, as_json: bool, limit: int | None, models: str | None) -> None:
     """Replay the golden set once and record the run (monitor_runs)."""
 
     settings = _settings()
     judge = RecordedJudge(judge_annotations) if judge_annotations else None
+    names = [n.strip() for n in models.split(",") if n.strip()] if models else None
     try:
         r = run_monitor(settings, golden_path, judge=judge, recalibrate_alpha=not no_recalibrate,
                         write_dashboards=not no_dashboards, log_mlflow=not no_dashboards, limit=limit,
-                        progress=not as_json)
-    except (GoldenFormatError, FileNotFoundError) as exc:
+                        progress=not as_json, models=names)
+    except (GoldenFormatError, FileNotFoundError, FleetError, per_model.UnknownMonitorModel) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(json_safe(r.metrics), indent=2))
@@ -159,6 +165,9 @@ def monitor_run(golden_path: Path | None, judge_annotations: tuple[Path, ...], n
     rec = m.get("recalibration") or {}
     if rec.get("change_id"):
         click.echo(f"  alpha {rec['live']:.4f} -> {rec['recommended']:.4f}: {rec['status']} (change {rec['change_id']})")
+    if m.get("models"):
+        for line in per_model.table(m["models"]):
+            click.echo(f"  {line}")
     if r.alerts_opened:
         click.echo(f"  ALERTS opened: {r.alerts_opened}")
 

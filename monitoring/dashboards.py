@@ -4,11 +4,13 @@ Each run adds two snapshots to the project "routerops monitoring" in settings.re
 the drift report (per-column drift of router scores and output statistics; tag "drift") and a
 one-row summary (tag "summary") whose MeanValue metrics carry the run's figures: PGR, baseline PGR,
 strong-call share, alpha, drift share, quality (weak, strong, routed) and, per model, exact-match
-rate, similarity and length change. A null PGR (strong not better than weak) is NaN there, a gap in
-the PGR line, the "PGR defined" panel shows 0 for that run, and the PGR panel's subtitle gives the
-latest run's reason. Panels of fractions carry two constant series, 0 and 1, that keep their y axis
-at 0-1 with fractional ticks (AXIS_SERIES). The dashboard panels (created once;
-panels a later release adds are added to an existing project) read those metrics.
+rate, similarity and length change, and per fleet model (issue 27) its traffic share, USD spent, mean
+latency and measured quality (golden replay, exploration win rate) for the per-model panels ("Fleet:
+..."). A null PGR (strong not better than weak) is NaN there, a gap in the PGR line, the "PGR
+defined" panel shows 0 for that run, and the PGR panel's subtitle gives the latest run's reason.
+Panels of fractions carry two constant series, 0 and 1, that keep their y axis at 0-1 with
+fractional ticks (AXIS_SERIES). The dashboard panels (created once; panels a later release adds are
+added to an existing project) read those metrics.
 
 A running Evidently UI learns of files written by another process only through a file watcher
 (inotify), and a watcher cannot see files created in a directory it has not started watching yet:
@@ -67,6 +69,45 @@ LIVE_PANELS: list[tuple[str, list[tuple[str, str]]]] = [
 ]
 
 
+# Per fleet model (issue 27): one panel per figure, one line per model (summary columns model_<name>_<figure>)
+MODEL_PANELS: list[tuple[str, str]] = [
+    ("Fleet: traffic share per model (request log, monitor window)", "share"),
+    ("Fleet: measured quality per model (golden replay)", "quality_golden"),
+    ("Fleet: measured quality per model (exploration win rate, monitor window)", "quality_exploration"),
+    ("Fleet: USD spent per model (request log, monitor window)", "cost_usd"),
+    ("Fleet: mean latency per model in seconds (request log, monitor window)", "latency_s"),
+]
+UNBOUNDED_MODEL_FIGURES = {"cost_usd", "latency_s"}
+
+
+def model_column(model: str, figure: str) -> str:
+    return "model_" + "".join(c if c.isalnum() else "_" for c in model.lower()) + f"_{figure}"
+
+
+def _model_columns(result) -> dict[str, float]:  # noqa: ANN001 - routerops.monitoring.replay.MonitorResult
+    """Per model of the run: traffic share and USD (0 without traffic), mean latency and measured quality
+    (NaN when there is none: a gap in its line)."""
+    nan = float("nan")
+    out: dict[str, float] = {}
+    for row in (result.metrics.get("models") or {}).get("rows", []):
+        t = row.get("traffic") or {}
+        golden, explo = row.get("golden") or {}, row.get("exploration") or {}
+        for figure, value in (("share", t.get("share", 0.0)), ("cost_usd", t.get("cost_usd", 0.0)),
+                              ("latency_s", t.get("mean_latency_s")), ("quality_golden", golden.get("quality")),
+                              ("quality_exploration", explo.get("quality"))):
+            out[model_column(row["model"], figure)] = nan if value is None else float(value)
+    return out
+
+
+def _run_models(result) -> list[str]:  # noqa: ANN001
+    return [r["model"] for r in (result.metrics.get("models") or {}).get("rows", [])]
+
+
+def model_panels(models: list[str]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The per-model panels for these models (one series each)."""
+    return [(title, [(model_column(m, figure), m) for m in models]) for title, figure in MODEL_PANELS]
+
+
 def category_panel(category: str) -> tuple[str, list[tuple[str, str]]]:
     """One panel per golden-set category: its PGR, baseline PGR and strong share (summary columns)."""
     col = category_column(category)
@@ -96,6 +137,7 @@ def summary_row(result) -> dict[str, float]:  # noqa: ANN001 - routerops.monitor
         **{f"{w}_similarity": od[w]["similarity"] for w in ("weak", "strong")},
         **{f"{w}_length_change": od[w]["length_change"] for w in ("weak", "strong")},
         **_category_columns(result),
+        **_model_columns(result),
         **{col: float(col[-1]) for col, _ in AXIS_SERIES},
     }
 
@@ -117,9 +159,10 @@ def _reported_categories(result) -> list[str]:  # noqa: ANN001
     return [r["category"] for r in (result.metrics.get("categories") or {}).get("rows", []) if r.get("reported")]
 
 
-def get_project(settings: Settings, categories: list[str] = ()):  # noqa: ANN201 - (Workspace, Project)
-    """The workspace and our project, created with its dashboard on first use; a panel is added for
-    each category not shown yet."""
+def get_project(settings: Settings, categories: list[str] = (), models: list[str] = ()):  # noqa: ANN201
+    """The workspace and our project (Workspace, Project), created with its dashboard on first use; a
+    panel is added for each category not shown yet, and the per-model panels gain a line for each
+    model not shown yet (a model no longer reported keeps its line: its history stays visible)."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
     from evidently.sdk.models import DashboardTabModel, PanelMetric
     from evidently.sdk.panels import line_plot_panel
@@ -147,9 +190,14 @@ def get_project(settings: Settings, categories: list[str] = ()):  # noqa: ANN201
             tab.panels = list(dict.fromkeys(pid for pid in tab.panels if pid in keep))
     wanted = [(p, "summary") for p in PANELS] + [(p, "live") for p in LIVE_PANELS]
     wanted += [(category_panel(c), "summary") for c in categories]
+    if models:  # the models already shown first, then the new ones
+        shown_models = [v.legend for p in have.values() if p.title == MODEL_PANELS[0][0] for v in p.values
+                        if v.legend not in {legend for _, legend in AXIS_SERIES}]
+        wanted += [(p, "summary") for p in model_panels(list(dict.fromkeys([*shown_models, *models])))]
+    unbounded = {title for title, figure in MODEL_PANELS if figure in UNBOUNDED_MODEL_FIGURES}
     # panels added (or changed) by a later release, or for a new category, appear in an existing project too
     for (title, series), tag in wanted:
-        if tag == "summary" and title not in UNBOUNDED_PANELS:
+        if tag == "summary" and title not in UNBOUNDED_PANELS and title not in unbounded:
             series = [*series, *AXIS_SERIES]
         values = [PanelMetric(legend=legend, metric="MeanValue", metric_labels={"column": col}, tags=[tag])
                   for col, legend in series]
@@ -225,7 +273,7 @@ def add_run_snapshots(settings: Settings, result, drift) -> dict[str, Any]:  # n
     from evidently import Report
     from evidently.metrics import MeanValue
 
-    ws, project = get_project(settings, _reported_categories(result))
+    ws, project = get_project(settings, _reported_categories(result), _run_models(result))
     now = datetime.now(UTC).replace(tzinfo=None)
     row = summary_row(result)
     meta = {"monitor_run_id": result.run_id, "router_version": str(result.metrics.get("router_version"))}

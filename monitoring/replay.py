@@ -25,6 +25,7 @@ import difflib
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,12 +38,14 @@ from sqlalchemy import select
 from routerops import metrics
 from routerops.alpha import live_alpha
 from routerops.backends.base import BackendError, GenerationParams
-from routerops.backends.factory import make_pair
+from routerops.backends.factory import make_fleet_backend, make_pair
 from routerops.checkpoint import checkpoint
 from routerops.db import session_scope
 from routerops.db.models import MonitorRun
+from routerops.fleet import Fleet, pair_fleet
 from routerops.jsonsafe import json_safe
 from routerops.monitoring import alerts as alerts_mod
+from routerops.monitoring import per_model
 from routerops.monitoring.categories import per_category
 from routerops.monitoring.dashboards import add_run_snapshots
 from routerops.monitoring.drift import DriftResult, drift_report, output_stats
@@ -408,24 +411,58 @@ def record(settings: Settings, result: MonitorResult, rep: Replayed, drift: Drif
         row.metrics = json_safe({"owner": owner(), **m})
 
 
+def _pair(settings: Settings, fleet: Fleet | None, weak, strong, backends: dict[str, Any]) -> tuple[Any, Any]:  # noqa: ANN001
+    """The pair the PGR is measured on: given, else the fleet file's weak/strong, else the settings'."""
+    if weak is not None and strong is not None:
+        return weak, strong
+    if fleet is not None:
+        return (weak or backends.get(fleet.weak) or make_fleet_backend(settings, fleet[fleet.weak]),
+                strong or backends.get(fleet.strong) or make_fleet_backend(settings, fleet[fleet.strong]))
+    pair = make_pair(settings)
+    return (weak or pair.weak), (strong or pair.strong)
+
+
+def measure_models(settings: Settings, fleet: Fleet, traces: list[GoldenTrace], rep: Replayed,
+                   extra: dict[str, Any], judge: Judge | None, progress: bool) -> dict[str, Any]:
+    """Per model (routerops.monitoring.per_model): golden quality of the pair (from the replay) and of the
+    other monitored fleet models (each answers every trace), and the live figures of the window."""
+    errors = [r.error or "" for r in rep.failed]
+    golden = {fleet.strong: per_model.golden_figures([r.q_strong for r in rep.ok] + [None] * len(errors), errors),
+              fleet.weak: per_model.golden_figures([r.q_weak for r in rep.ok] + [None] * len(errors), errors)}
+    for name, res in per_model.replay_models(traces, extra, judge, progress).items():
+        golden[name] = per_model.golden_figures(res.quality, res.errors)
+        golden[name]["exact_match_rate"] = float(np.mean(res.exact_match)) if res.exact_match else None
+    golden = {n: golden[n] for n in [fleet.weak, fleet.strong, *extra]}  # fleet order: the pair first
+    return per_model.model_rows(settings, fleet, golden)
+
+
 def run_monitor(settings: Settings, golden: Path | str | None = None, *, weak=None, strong=None,  # noqa: ANN001
                 router: Any = "live", judge: Judge | None = None, recalibrate_alpha: bool = True,
                 write_dashboards: bool = True, log_mlflow: bool = True, progress: bool = True,
-                limit: int | None = None) -> MonitorResult:
+                limit: int | None = None, models: Sequence[str] | None = None,
+                backends: dict[str, Any] | None = None) -> MonitorResult:
     """Replay -> measure -> act (alerts, alpha) -> record (dashboards, MLflow). `weak`/`strong` default
-    to the configured pair; `router="live"` loads the champion (None: no router, all-strong routing)."""
+    to the fleet file's pair, else the configured pair; `router="live"` loads the champion (None: no
+    router, all-strong routing). `models` (default ROUTEROPS_MONITOR_MODELS, else the whole fleet) are
+    the fleet models whose golden quality is measured besides the pair; `backends` replaces fleet
+    models' backends by name."""
     t0 = time.perf_counter()
     path = Path(golden or settings.golden_set)
     traces = spread_sample(load_golden(path), limit)
-    if weak is None or strong is None:
-        pair = make_pair(settings)
-        weak, strong = (weak or pair.weak), (strong or pair.strong)
+    settings, fleet_file = per_model.configured_fleet(settings)
+    weak, strong = _pair(settings, fleet_file, weak, strong, backends or {})
+    # without a fleet file the pair is a fleet of two, under its backends' names
+    fleet = fleet_file or pair_fleet(settings, getattr(weak, "name", None) or "weak",
+                                     getattr(strong, "name", None) or "strong")
+    names = per_model.monitored_models(fleet, models or settings.monitor_models)
+    extra = per_model.extra_backends(settings, fleet_file, names, backends)
     if isinstance(router, str) and router == "live":
         router = load_live_router(settings)
     run_id, alpha = _start_run(settings, path, traces, weak, strong, router)
     try:
         rep = replay(settings, traces, weak, strong, router, judge, progress)
         meas = measure(settings, path, run_id, alpha, rep)
+        meas.m["models"] = measure_models(settings, fleet, traces, rep, extra, judge, progress)
         result = act(settings, path, run_id, alpha, rep, meas, router, recalibrate_alpha, t0)
     except Exception as exc:
         with session_scope(settings) as s:

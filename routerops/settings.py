@@ -222,6 +222,18 @@ class Settings(BaseSettings):
     pgr_tolerance: float = 0.1
     # per-category figures of a monitor run need at least this many labelled traces in the category
     category_min_traces: int = Field(default=10, ge=1)
+    # measured quality per fleet model (issue 27; docs/monitoring.md "Per model")
+    monitor_models: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
+        "Fleet models the monitor replays the golden set against (comma-separated names; `routerops monitor run "
+        "--models`). Empty: every fleet model with ROUTEROPS_FLEET_FILE, else the weak and strong models. The "
+        "fleet's weak and strong models are always replayed (PGR is theirs)."))
+    monitor_model_window_hours: float = Field(default=24.0, gt=0.0, description=(
+        "Window of the per-model figures a monitor run reads from live traffic: traffic share, cost and latency "
+        "(request log), quality from judged exploration pairs and from graded outcome rows."))
+    model_quality_floor: float | None = Field(default=None, ge=0.0, le=1.0, description=(
+        "Measured quality (golden replay or exploration win rate) below which RouterOpsModelQualityDrop fires for "
+        "a model, whatever its own baseline (exported as routerops_model_quality_floor). Unset: only a drop "
+        "against the model's own previous day alerts."))
     # share of traffic the router's own calibration sends to strong until an alpha is set or recalibrated
     target_strong_share: float | None = Field(default=0.3, gt=0.0, lt=1.0)
     target_pgr: float | None = None
@@ -261,7 +273,7 @@ class Settings(BaseSettings):
             raise ValueError(f"not a rate limit: {value!r}; e.g. '30/minute' or '5/second;100/hour'")
         return value
 
-    @field_validator("api_keys", "admin_api_keys", mode="before")
+    @field_validator("api_keys", "admin_api_keys", "monitor_models", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -16,6 +16,8 @@ class MonitorSnapshot(Protocol):  # routerops.db.monitor_gauges.MonitorGauges (s
     category_alerts: dict[str, float]
     latest: dict[str, float]
     categories: dict[str, dict[str, float]]
+    model_quality: dict[tuple[str, str], float]
+    model_quality_count: dict[tuple[str, str], float]
 
 
 _LATEST_HELP = {
@@ -26,6 +28,7 @@ _LATEST_HELP = {
     "routerops_monitor_strong_share": "Strong-call share at the live alpha in the latest monitor run",
     "routerops_monitor_alpha": "Alpha of the latest monitor run",
     "routerops_monitor_last_run_timestamp_seconds": "When the latest successful monitor run finished (Unix time)",
+    "routerops_model_quality_floor": "Measured quality below which a fleet model alerts (ROUTEROPS_MODEL_QUALITY_FLOOR)",
 }
 _CATEGORY_HELP = {
     "pgr": "PGR of this golden-set category in the latest monitor run (reported categories, absent when null)",
@@ -62,6 +65,20 @@ class MonitorCollector:
             for category, value in sorted(snap.categories.get(figure, {}).items()):
                 family.add_metric([category], value)
             yield family
+        quality = GaugeMetricFamily("routerops_model_measured_quality",
+                                    "Measured quality of this fleet model in the latest monitor run: golden "
+                                    "(mean quality on the golden replay), exploration (win rate on judged "
+                                    "exploration pairs), outcomes (mean graded score); absent when unmeasured",
+                                    labels=["model", "source"])
+        for (model, source), value in sorted(snap.model_quality.items()):
+            quality.add_metric([model, source], value)
+        yield quality
+        count = GaugeMetricFamily("routerops_model_measured_quality_count",
+                                  "Labelled golden answers, judged exploration pairs or graded outcome rows the "
+                                  "measured quality of this model is computed on", labels=["model", "source"])
+        for (model, source), value in sorted(snap.model_quality_count.items()):
+            count.add_metric([model, source], value)
+        yield count
 
 
 class ServingMetrics:

@@ -2,9 +2,11 @@
 
 Alerts: routerops_alert_active{kind} per kind (active_alert_gauges below) and
 routerops_category_regression_active{category}. The latest finished monitor run (monitor_runs):
-PGR, baseline, the tolerance it was judged with, strong share, when it finished, and per category
-PGR, baseline, strong share and labelled traces. A null figure has no sample (absent, not NaN, so no
-alerting rule can fire on it); routerops_monitor_pgr_defined says whether PGR was defined.
+PGR, baseline, the tolerance it was judged with, strong share, when it finished, per category
+PGR, baseline, strong share and labelled traces, and per fleet model its measured quality by source
+(golden replay, exploration win rate, graded outcomes) with the count behind it and the quality floor
+(ROUTEROPS_MODEL_QUALITY_FLOOR). A null figure has no sample (absent, not NaN, so no alerting rule can
+fire on it); routerops_monitor_pgr_defined says whether PGR was defined.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from routerops.db.models import Alert, MonitorRun
 # Alert kinds whose gauge always exists (0 until the first alert of the kind).
 KINDS = ("pgr_regression", "category_regression", "drift", "live_drift", "strong_share_shift")
 CATEGORY_FIGURES = ("pgr", "baseline_pgr", "strong_share", "n_labelled")
+# a run's per-model figures (routerops.monitoring.per_model): source -> the count its quality is measured on
+MODEL_SOURCES = (("golden", "n_labelled"), ("exploration", "n_pairs"), ("outcomes", "n"))
 
 
 def active_alert_gauges(session: Session) -> dict[str, float]:
@@ -46,6 +50,9 @@ class MonitorGauges:
     category_alerts: dict[str, float]  # category -> 1 while its regression alert is open, else 0
     latest: dict[str, float] = field(default_factory=dict)  # routerops_monitor_* -> value (defined ones)
     categories: dict[str, dict[str, float]] = field(default_factory=dict)  # figure -> category -> value
+    # (model, source) -> measured quality (defined ones) and -> the count it is measured on (every one)
+    model_quality: dict[tuple[str, str], float] = field(default_factory=dict)
+    model_quality_count: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 def _latest_run(session: Session) -> MonitorRun | None:
@@ -58,6 +65,8 @@ def read_monitor_gauges(session: Session) -> MonitorGauges:
     open_cats = open_category_regressions(session)
     latest: dict[str, float] = {}
     categories: dict[str, dict[str, float]] = {name: {} for name in CATEGORY_FIGURES}
+    model_quality: dict[tuple[str, str], float] = {}
+    model_quality_count: dict[tuple[str, str], float] = {}
     run = _latest_run(session)
     if run is not None:
         m = run.metrics or {}
@@ -74,6 +83,18 @@ def read_monitor_gauges(session: Session) -> MonitorGauges:
                 value = row.get(name)
                 if value is not None and (name == "n_labelled" or row.get("reported")):
                     categories[name][str(row["category"])] = float(value)
+        models = m.get("models") or {}
+        if models.get("quality_floor") is not None:
+            latest["routerops_model_quality_floor"] = float(models["quality_floor"])
+        for row in models.get("rows", []):
+            for source, count_key in MODEL_SOURCES:
+                fig = row.get(source)
+                if fig is None:
+                    continue
+                key = (str(row["model"]), source)
+                model_quality_count[key] = float(fig.get(count_key) or 0)
+                if fig.get("quality") is not None:
+                    model_quality[key] = float(fig["quality"])
     # every category of the latest run has the series (0), and any with an open alert has 1
     cat_alerts = {c: 0.0 for c in categories["n_labelled"]} | {c: 1.0 for c in open_cats}
-    return MonitorGauges(alerts, cat_alerts, latest, categories)
+    return MonitorGauges(alerts, cat_alerts, latest, categories, model_quality, model_quality_count)
