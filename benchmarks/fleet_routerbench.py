@@ -148,7 +148,7 @@ def fit_fleet(X: np.ndarray, correct: np.ndarray, categories: np.ndarray, rank: 
         n, k = correct.shape
         fitted = category_heads.fit_category_heads(X, list(categories), np.repeat(np.arange(n), k),
                                                    np.tile(np.arange(k), n), correct.reshape(-1), k,
-                                                   embed_dim=embed_dim)
+                                                   irt_mf.p_correct(params, X).reshape(-1), embed_dim=embed_dim)
 
     def predict(Xq: np.ndarray) -> np.ndarray:
         prior = irt_mf.p_correct(params, Xq)

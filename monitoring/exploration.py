@@ -61,6 +61,9 @@ def load_traffic(settings: Settings, since: datetime | None = None, until: datet
         if until is not None:
             q = q.where(RequestLog.created_at < until)
         rows = s.execute(q.order_by(RequestLog.created_at, RequestLog.id)).all()
+        # fleet decisions (a fleet file, or limits on a request) are not the pair's alpha rule: their
+        # explorations measure each model (monitoring/per_model.py), not the pair's PGR
+        rows = [r for r in rows if not (r[3] or {}).get("fleet")]
         pairs: dict[str, tuple[str | None, str | None]] = {}
         ids = [r[0] for r in rows]
         for i in range(0, len(ids), 500):

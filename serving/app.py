@@ -79,7 +79,7 @@ def create_app(settings: Settings, pair: BackendPair | None = None,
     strategies = build_strategies(ctx)
     fleet_serving = build_fleet(ctx, fleet, fleet_backends, strategies)
     request_log = RequestLogWriter(settings, metrics)
-    explorer = Explorer(settings, pair, ctx.prices, metrics)
+    explorer = Explorer(settings, pair, ctx.prices, metrics, fleet=fleet, fleet_backends=fleet_backends)
     state = ServingState(settings=settings, pair=pair, router_state=router_state, metrics=metrics,
                          strategies=strategies, auth=Authenticator(settings), guard=guard, request_log=request_log,
                          fleet=fleet_serving, explorer=explorer)

@@ -17,12 +17,14 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from routerops.backends.base import BackendError, GenerationParams, Message, last_user_prompt
+from routerops.backends.base import Backend, BackendError, GenerationParams, Message, last_user_prompt
 from routerops.backends.factory import BackendPair
 from routerops.db import session_scope
 from routerops.db.models import ExplorationPair
+from routerops.fleet import Fleet
 from routerops.serving.request_log import Prices
 from routerops.settings import Settings
 from routerops.text import prompt_hash
@@ -43,6 +45,9 @@ class ExploreTask:
     propensity: float
     explore_propensity: float
     category: str | None
+    # a fleet (issue 27): the served model and the one explored, by fleet name (None: the pair's other model)
+    served_model: str | None = None
+    other_model: str | None = None
 
 
 def count_tokens(backend: object, text: str) -> int:
@@ -53,8 +58,10 @@ def count_tokens(backend: object, text: str) -> int:
 class Explorer:
     """Background calls of the other model for explored requests; rows in exploration_pairs."""
 
-    def __init__(self, settings: Settings, pair: BackendPair, prices: Prices, metrics: object | None = None):
+    def __init__(self, settings: Settings, pair: BackendPair, prices: Prices, metrics: object | None = None,
+                 fleet: Fleet | None = None, fleet_backends: dict[str, Backend] | None = None):
         self.settings, self.pair, self.prices, self.metrics = settings, pair, prices, metrics
+        self.fleet, self.fleet_backends = fleet, fleet_backends or {}
         self._queue: queue.Queue[ExploreTask | None] = queue.Queue(maxsize=settings.explore_queue_size)
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -115,18 +122,34 @@ class Explorer:
                 with self._lock:
                     self._busy -= 1
 
+    def _fleet_pair(self, task: ExploreTask) -> tuple[str, Backend, str, str, Callable[[int, int], float]]:
+        """(the served model's role in the pair, the explored backend, weak and strong router names, the
+        explored call's cost) for a fleet exploration: of the two models the cheaper is "weak"."""
+        fleet = self.fleet
+        served, other = fleet[task.served_model], fleet[task.other_model]
+        weak, strong = sorted((served, other), key=lambda m: (m.price_in + m.price_out, fleet.names.index(m.name)))
+        role = "weak" if served is weak else "strong"
+        return role, self.fleet_backends[other.name], weak.logs_name, strong.logs_name, other.cost
+
     def explore(self, task: ExploreTask) -> ExplorationPair:
         """Call the other model (blocking) and store the pair."""
-        other = "weak" if task.served_role == "strong" else "strong"
-        backend = self.pair.by_role(other)
+        if task.other_model is not None and self.fleet is not None:
+            served_role, backend, weak_name, strong_name, cost = self._fleet_pair(task)
+        else:
+            served_role, backend = task.served_role, self.pair.by_role("weak" if task.served_role == "strong"
+                                                                       else "strong")
+            weak_name, strong_name = self.settings.weak_router_name, self.settings.strong_router_name
+            other_role = "weak" if served_role == "strong" else "strong"
+            cost = lambda p, c: self.prices.cost(other_role, p, c)  # noqa: E731
+        other = "weak" if served_role == "strong" else "strong"
         prompt = last_user_prompt(task.messages)
         row = ExplorationPair(
             request_id=task.request_id, prompt=prompt if self.settings.store_prompts else None,
             prompt_hash=prompt_hash(prompt), category=task.category, router_version=task.router_version,
-            served_role=task.served_role, weak_model=self.settings.weak_router_name,
-            strong_model=self.settings.strong_router_name, p_strong_wins=task.p_strong_wins, alpha=task.alpha,
+            served_role=served_role, weak_model=weak_name, strong_model=strong_name,
+            p_strong_wins=task.p_strong_wins, alpha=task.alpha,
             propensity=task.propensity, explore_propensity=task.explore_propensity, status="pending", cost_usd=0.0)
-        setattr(row, f"{task.served_role}_answer", task.served_answer)
+        setattr(row, f"{served_role}_answer", task.served_answer)
         t0 = time.perf_counter()
         try:
             gen = backend.generate(task.messages, task.params)
@@ -138,7 +161,7 @@ class Explorer:
             setattr(row, f"{other}_answer", gen.text)
             ptok = gen.prompt_tokens or max(1, round(sum(len(m.get("content") or "") for m in task.messages) / 4))
             ctok = gen.completion_tokens or count_tokens(backend, gen.text)
-            row.cost_usd = self.prices.cost(other, ptok, ctok)
+            row.cost_usd = cost(ptok, ctok)
             self.stored += 1
             self._count("stored")
             if self.metrics is not None:

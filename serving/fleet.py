@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -303,6 +304,8 @@ class FleetRouterStrategy(_FleetBackendStrategy):
         super().__init__(ctx, fleet, fleet_router.tokens)
         self.fleet_router = fleet_router
         self.limits: RoutingLimits | None = None
+        self._rng = random.Random()
+        self._rng_lock = threading.Lock()
 
     def with_limits(self, limits: RoutingLimits | None) -> FleetRouterStrategy:
         """This strategy for one request carrying its own limits."""
@@ -315,7 +318,21 @@ class FleetRouterStrategy(_FleetBackendStrategy):
         out = Outcome("router", d.chosen, _role(self.ctx, d.chosen), d.reason, router_version=d.router_version,
                       routing_ms=d.routing_ms)
         out.extra["fleet"] = d.info()
+        self._explore(out, d)
         return out, d.order
+
+    def _explore(self, out: Outcome, d: FleetDecision) -> None:
+        """Draw whether another eligible model (one of the rest, uniformly) also answers, in the
+        background (serving/exploration.py): measured quality per model and labels for every model.
+        The route is deterministic (propensity 1); explore_propensity is P(that model is observed)."""
+        share = float(self.ctx.settings.explore_share)
+        others = [c["model"] for c in d.candidates if c["excluded"] is None and c["model"] != d.chosen]
+        if share <= 0 or not others:
+            return
+        with self._rng_lock:
+            explored, other = self._rng.random() < share, self._rng.choice(others)
+        out.extra.update(propensity=1.0, explore_propensity=share / len(others), explored=explored,
+                         **({"explore_model": other} if explored else {}))
 
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
         out, order = self._decide(messages, params)

@@ -22,10 +22,12 @@ def fit_weights(data, X: np.ndarray, train_mask: np.ndarray, config, adaptive=No
     return weights, info
 
 
-def fit_heads(data, X: np.ndarray, train_mask: np.ndarray, embed_dim: int,  # noqa: ANN001
+def fit_heads(data, X: np.ndarray, train_mask: np.ndarray, embed_dim: int, prior_weights: dict[str, np.ndarray],  # noqa: ANN001
               config: CategoryHeadsConfig | None = None, progress=None) -> FittedHeads | None:  # noqa: ANN001
-    """The fleet's category heads (models/category_heads.py) from the outcome rows of the prompts in
-    `train_mask` and the categories the logs give them; None where fewer than two categories qualify."""
+    """The fleet's category heads (models/category_heads.py): corrections of the fitted IRT-MF prior
+    (`prior_weights`) from the outcome rows of the prompts in `train_mask` and the categories the logs
+    give them; None where fewer than two categories qualify."""
     fd = fit_data(data, X, train_mask)
-    return fit_category_heads(X, data.prompt_category, fd.out_q, fd.out_m, fd.out_y, len(data.vocabulary), config,
-                              progress, embed_dim)
+    prior = irt_mf.p_correct(prior_weights, X)[fd.out_q, fd.out_m]
+    return fit_category_heads(X, data.prompt_category, fd.out_q, fd.out_m, fd.out_y, len(data.vocabulary), prior,
+                              config, progress, embed_dim)

@@ -387,7 +387,7 @@ def fit_router(settings: Settings, config: RouterTrainConfig, ts: TrainingSet, r
               f"{ts.snap['prompts']} prompts, {len(ts.data.vocabulary)} models...", flush=True)
     weights, fit_info = fit_weights(ts.data, ts.X, ~ts.val_mask, config.irt(), adaptive=config.adaptive)
     n_stats = len(ts.standardizer["mean"]) if ts.standardizer else 0
-    heads = fit_heads(ts.data, ts.X, ~ts.val_mask, ts.X.shape[1] - n_stats,
+    heads = fit_heads(ts.data, ts.X, ~ts.val_mask, ts.X.shape[1] - n_stats, weights,
                       progress=print if config.progress else None) if config.category_heads else None
     if heads is not None:
         weights.update(heads.weights)

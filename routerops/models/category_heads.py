@@ -10,18 +10,21 @@ categories, the router also keeps
 - a category classifier: multinomial logistic regression on the prompt vector, over the categories
   with at least `min_rows` labelled prompts (the most frequent `max_categories`), and
 - one head per (category, model) with at least `min_rows` outcome rows there: a logistic regression
-  of the model's outcome on the prompt vector, strongly regularized (C=0.1, chosen out-of-fold on
-  RouterBench train), i.e. the category's accuracy of that model moved a little by the prompt.
+  of the model's outcome on the text embedding with the prior's logit as offset, strongly regularized
+  (C=0.1), i.e. the category's correction of the prior, its intercept (the model's base rate in the
+  category) free and its slope on the prompt kept small.
 
-P(good | x) = sum_c P(c | x) * head_cm(x), where a (category, model) without a head reads the IRT-MF
-prior. Pair scores (the alpha threshold) do not use the heads: only the fleet's per-model quality
+P(good | x) = sum_c P(c | x) * sigmoid(logit prior_m(x) + w_cm . x + b_cm); a (category, model)
+without a head has w = 0, b = 0 and reads the prior. Measured out-of-fold on the training split
+(benchmarks/fleet_routerbench.py): heads that replaced the prior instead of correcting it won the
+RouterBench test figure by chance and lost calibration (Brier, log-loss) on RouterBench and MMLU-Pro
+alike; the offset form improved both over the prior alone. Pair scores (the alpha threshold) do not use the heads: only the fleet's per-model quality
 does (`MFRouter.quality_vectors`). Heads are arrays in the router's weights (`cat_*`), their
 category names in its metadata (`category_heads`), so a registered router carries them.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -59,31 +62,38 @@ def _logistic(c: float, max_iter: int):  # noqa: ANN202 - sklearn estimator
     return LogisticRegression(C=c, max_iter=max_iter)
 
 
-def _fit_head(X: np.ndarray, y: np.ndarray, config: CategoryHeadsConfig) -> tuple[np.ndarray, float]:
-    """Logistic regression on scores in [0, 1]: each row enters as a success and a failure weighted
-    y and 1 - y (binary scores are the usual case)."""
-    model = _logistic(config.head_c, config.max_iter)
-    if np.isin(y, (0.0, 1.0)).all():  # the usual case: each row once
-        Xd, yd, wd = X, y, None
-    else:
-        Xd = np.vstack([X, X])
-        yd = np.concatenate([np.ones(len(y)), np.zeros(len(y))])
-        wd = np.concatenate([y, 1.0 - y])
-        keep = wd > 0
-        Xd, yd, wd = Xd[keep], yd[keep], wd[keep]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a head that stops at max_iter is still a regularized fit
-        model.fit(Xd, yd, sample_weight=wd)
-    return model.coef_[0], float(model.intercept_[0])
+def _fit_head(X: np.ndarray, y: np.ndarray, offset: np.ndarray, config: CategoryHeadsConfig) -> tuple[np.ndarray, float]:
+    """argmin C x sum BCE(y, sigmoid(offset + X w + b)) + |w|^2 / 2 (sklearn's scaling of C; scores
+    y in [0, 1] enter the cross-entropy as they are), by L-BFGS."""
+    from scipy.optimize import minimize
+
+    d = X.shape[1]
+    c = config.head_c
+
+    def loss(wb: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = wb[:d], wb[d]
+        z = offset + X @ w + b
+        g = 1.0 / (1.0 + np.exp(-z)) - y
+        value = c * float(np.sum(np.logaddexp(0.0, z) - y * z)) + 0.5 * float(w @ w)
+        return value, np.concatenate([c * (X.T @ g) + w, [c * g.sum()]])
+
+    res = minimize(loss, np.zeros(d + 1), jac=True, method="L-BFGS-B", options={"maxiter": config.max_iter})
+    return res.x[:d], float(res.x[d])
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-6, 1.0 - 1e-6)
+    return np.log(p / (1.0 - p))
 
 
 def fit_category_heads(X: np.ndarray, prompt_category: list[str | None], out_q: np.ndarray, out_m: np.ndarray,
-                       out_y: np.ndarray, num_models: int, config: CategoryHeadsConfig | None = None,
+                       out_y: np.ndarray, num_models: int, prior: np.ndarray, config: CategoryHeadsConfig | None = None,
                        progress: Callable[[str], None] | None = None, embed_dim: int | None = None
                        ) -> FittedHeads | None:
     """Heads from outcome rows (prompt index, model index, score) on the first `embed_dim` columns
-    of the prompt vectors X (the text embedding). None where fewer than two categories have
-    `min_rows` labelled prompts: one category is the prior's job."""
+    of the prompt vectors X (the text embedding), each row offset by the prior's P(good) for it
+    (`prior`, one per row). None where fewer than two categories have `min_rows` labelled prompts:
+    one category is the prior's job."""
     config = config or CategoryHeadsConfig()
     X = np.asarray(X)[:, : embed_dim or np.asarray(X).shape[1]]
     cats = np.asarray([c if c else "" for c in prompt_category], dtype=object)
@@ -115,9 +125,9 @@ def fit_category_heads(X: np.ndarray, prompt_category: list[str | None], out_q: 
         for m in range(num_models):
             sel = in_c & (out_m == m)
             y = np.asarray(out_y[sel], np.float64)
-            if sel.sum() < config.min_rows or y.min() == y.max():
-                continue  # too few rows, or nothing to separate: the prior reads it
-            head_W[ci, m], head_b[ci, m] = _fit_head(Xf[out_q[sel]], y, config)
+            if sel.sum() < config.min_rows:
+                continue  # too few rows: the prior reads it
+            head_W[ci, m], head_b[ci, m] = _fit_head(Xf[out_q[sel]], y, logit(prior[sel]), config)
             head_ok[ci, m] = 1.0
         if progress is not None:
             progress(f"category heads: {c} ({ci + 1}/{len(categories)}), {int(head_ok[ci].sum())} models")
@@ -145,13 +155,11 @@ def category_probabilities(weights: dict[str, np.ndarray], X: np.ndarray) -> np.
 
 
 def quality(weights: dict[str, np.ndarray], X: np.ndarray, idx: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    """(n, len(idx)) sum_c P(c | x) head_c,m(x), the prior `prior` (n, len(idx)) where a head is missing."""
+    """(n, len(idx)) sum_c P(c | x) sigmoid(logit prior + head_c,m(x)) for the prior `prior` (n, len(idx))."""
     pc = category_probabilities(weights, X)  # (n, C)
     X = _embedding_part(weights, X)
     C, M, d = weights["head_W"].shape
     # one GEMV over every head, then the fleet's columns: cheaper than gathering (C, k, d) weights
     z = (X @ weights["head_W"].reshape(C * M, d).T).reshape(len(X), C, M)[:, :, idx] + weights["head_b"][None, :, idx]
-    heads = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
-    ok = weights["head_ok"][None, :, idx] > 0
-    per_cat = np.where(ok, heads, np.asarray(prior, np.float64)[:, None, :])  # (n, C, k)
+    per_cat = 1.0 / (1.0 + np.exp(-(z.astype(np.float64) + logit(prior)[:, None, :])))  # (n, C, k)
     return np.einsum("nc,nck->nk", pc.astype(np.float64), per_cat)

@@ -34,7 +34,7 @@ def outcomes(cat: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.nda
 def test_heads_read_each_models_quality_within_the_category() -> None:
     X, cat = clusters(240, 0)
     q, m, y = outcomes(cat, 1)
-    fitted = category_heads.fit_category_heads(X, list(cat), q, m, y, num_models=3)
+    fitted = category_heads.fit_category_heads(X, list(cat), q, m, y, 3, np.full(len(y), 0.5))
     assert fitted is not None and fitted.categories == ["a", "b"] and fitted.rows == {"a": 120, "b": 120}
     assert fitted.heads == 5  # model 2 has no rows in b: no head there
     Xt, ct = clusters(100, 2)
@@ -55,10 +55,10 @@ def test_heads_read_each_models_quality_within_the_category() -> None:
 def test_no_heads_without_two_categories_of_enough_rows() -> None:
     X, cat = clusters(240, 0)
     q, m, y = outcomes(cat, 1)
-    assert category_heads.fit_category_heads(X, ["a"] * 240, q, m, y, 3) is None
+    assert category_heads.fit_category_heads(X, ["a"] * 240, q, m, y, 3, np.full(len(y), 0.5)) is None
     small = np.array(["a"] * 200 + ["b"] * 40, dtype=object)  # b under min_rows (50)
-    assert category_heads.fit_category_heads(X, list(small), q, m, y, 3) is None
-    assert category_heads.fit_category_heads(X, [None] * 240, q, m, y, 3) is None
+    assert category_heads.fit_category_heads(X, list(small), q, m, y, 3, np.full(len(y), 0.5)) is None
+    assert category_heads.fit_category_heads(X, [None] * 240, q, m, y, 3, np.full(len(y), 0.5)) is None
 
 
 CODE = ["Write a Python function that {} using recursion", "Fix the bug in this SQL query that {}",

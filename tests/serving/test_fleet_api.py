@@ -343,3 +343,55 @@ def test_fleet_file_errors_stop_the_app_with_the_reason(store: Path, tmp_path: P
     with pytest.raises(FleetError, match=r"models\[0\] \(a\): `price_out`"):
         create_app(settings_for(store, fleet_file=bad))
     assert np.isfinite(PRICES[WEAK][0])
+
+
+def test_fleet_exploration_asks_another_eligible_model_in_the_background(store: Path, tmp_path: Path) -> None:
+    """With a fleet, an explored request gets one of the other eligible models' answers too: the pair
+    row names the cheaper of the two as weak, carries both answers and P(that model observed); a
+    request limited to one model explores nothing."""
+    from sqlalchemy import select
+
+    from routerops.db import session_scope
+    from routerops.db.models import ExplorationPair, RequestLog
+
+    fleet = write_fleet(tmp_path / "fleet.yaml")
+    with serve(store, fleet, explore_share=1.0) as base_url:
+        wait_for(lambda: status(base_url)["router_version"] == "1")
+        r = chat(base_url)
+        assert r.status_code == 200, r.text
+        rid, served = r.json()["routerops"]["request_id"], r.json()["model"]
+        settings = settings_for(store)
+
+        def pair_row():  # noqa: ANN202
+            with session_scope(settings) as s:
+                row = s.execute(select(ExplorationPair).where(ExplorationPair.request_id == rid)).scalar_one_or_none()
+                if row is not None:
+                    s.expunge(row)
+                return row
+
+        row = wait_for(pair_row)
+        logged = wait_for(lambda: _request_extra(settings, rid))
+        other = logged["explore_model"]
+        assert other in PRICES and other != served and logged["explore_propensity"] == pytest.approx(0.5)
+        weak, strong = sorted((served, other), key=lambda m: sum(PRICES[m]))
+        assert (row.weak_model, row.strong_model, row.status) == (weak, strong, "pending")
+        assert row.served_role == ("weak" if served == weak else "strong")
+        assert row.weak_answer and row.strong_answer and row.cost_usd > 0 and row.explore_propensity == pytest.approx(0.5)
+        # limited to one model: nothing else may see the prompt
+        r2 = chat(base_url, limits={"models": [MID]})
+        assert r2.status_code == 200 and r2.json()["model"] == MID
+        rid2 = r2.json()["routerops"]["request_id"]
+        assert "explored" not in wait_for(lambda: _request_extra(settings, rid2))
+        with session_scope(settings) as s:
+            assert s.execute(select(RequestLog.id)).all() and s.execute(
+                select(ExplorationPair).where(ExplorationPair.request_id == rid2)).first() is None
+
+
+def _request_extra(settings, request_id: str) -> dict | None:  # noqa: ANN001
+    from sqlalchemy import select
+
+    from routerops.db import session_scope
+    from routerops.db.models import RequestLog
+
+    with session_scope(settings) as s:
+        return s.execute(select(RequestLog.extra).where(RequestLog.id == request_id)).scalar_one_or_none()

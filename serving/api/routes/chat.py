@@ -35,15 +35,17 @@ router = APIRouter()
 def _explore(state: ServingState, out: Outcome, messages: list[dict[str, str]], params: GenerationParams,
              request_id: str) -> None:
     """Hand an explored request to the background explorer (after the user's answer is complete)."""
-    if state.explorer is None or not out.extra.get("explored") or out.extra.get("failover") or out.role is None:
+    fleet_other = out.extra.get("explore_model")  # a fleet decision: the explored model by name
+    if state.explorer is None or not out.extra.get("explored") or out.extra.get("failover") \
+            or (out.role is None and fleet_other is None):
         return
     if out.finish_reason == "error":
         return
     state.explorer.submit(ExploreTask(
-        request_id=request_id, messages=messages, params=params, served_role=out.role, served_answer=out.text,
+        request_id=request_id, messages=messages, params=params, served_role=out.role or "fleet", served_answer=out.text,
         p_strong_wins=out.p_strong_wins, alpha=out.alpha, router_version=out.router_version,
         propensity=float(out.extra.get("propensity", 1.0)), explore_propensity=float(out.extra["explore_propensity"]),
-        category=out.extra.get("category")))
+        category=out.extra.get("category"), served_model=out.model if fleet_other else None, other_model=fleet_other))
 
 
 def _headers(info: RouterOpsInfo) -> dict[str, str]:
