@@ -25,7 +25,7 @@ from routerops.monitoring.dashboards import ensure_project
 from routerops.monitoring.golden import GoldenFormatError
 from routerops.monitoring.live_drift import run_live_drift
 from routerops.monitoring.live_router import load_live_router
-from routerops.monitoring.quality import RecordedJudge
+from routerops.monitoring.quality import monitor_judge
 from routerops.monitoring.replay import run_monitor
 from routerops.settings import get_settings
 
@@ -116,12 +116,19 @@ def monitor() -> None:
 @click.option("--models", "models", default=None,
               help="Comma-separated fleet models whose golden quality is measured besides the weak and strong "
                    "models (default: ROUTEROPS_MONITOR_MODELS, else every fleet model).")
+@click.option("--live-judge/--no-live-judge", default=None,
+              help="Ask the configured judge (ROUTEROPS_JUDGE_BASE_URL / _MODEL) about answers no recorded label "
+                   "covers: changed answers and fleet models' own answers (default: ROUTEROPS_MONITOR_LIVE_JUDGE).")
 def monitor_run(golden_path: Path | None, judge_annotations: tuple[Path, ...], no_recalibrate: bool,
-                no_dashboards: bool, as_json: bool, limit: int | None, models: str | None) -> None:
+                no_dashboards: bool, as_json: bool, limit: int | None, models: str | None,
+                live_judge: bool | None) -> None:
     """Replay the golden set once and record the run (monitor_runs)."""
 
     settings = _settings()
-    judge = RecordedJudge(judge_annotations) if judge_annotations else None
+    try:
+        judge = monitor_judge(settings, judge_annotations, live_judge)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     names = [n.strip() for n in models.split(",") if n.strip()] if models else None
     try:
         r = run_monitor(settings, golden_path, judge=judge, recalibrate_alpha=not no_recalibrate,

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from routerops.pairwise_judge import LiveJudge, PairwiseJudge, judge_backend
+from routerops.settings import Settings
 from routerops.text import prompt_hash
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,35 @@ class Judge(Protocol):
 
     def p_weak_wins(self, prompt: str, weak_model: str, weak_output: str, strong_model: str,
                     strong_output: str) -> float | None: ...
+
+
+class FirstJudge:
+    """Asks each judge in turn (recorded labels first, a live judge after) and returns the first label."""
+
+    def __init__(self, judges: Sequence[Judge]):
+        self.judges = list(judges)
+
+    def p_weak_wins(self, prompt: str, weak_model: str, weak_output: str, strong_model: str,
+                    strong_output: str) -> float | None:
+        for judge in self.judges:
+            p = judge.p_weak_wins(prompt, weak_model, weak_output, strong_model, strong_output)
+            if p is not None:
+                return p
+        return None
+
+
+def monitor_judge(settings: Settings, annotation_files: Sequence[Path | str] = (),
+                  live: bool | None = None) -> Judge | None:
+    """The judge of a monitor run: recorded AlpacaEval labels (files) and, with `live` (default
+    ROUTEROPS_MONITOR_LIVE_JUDGE), the configured judge endpoint for answers no recording covers.
+    ValueError when a live judge is asked for and none is configured."""
+    judges: list[Judge] = [RecordedJudge(annotation_files)] if annotation_files else []
+    if settings.monitor_live_judge if live is None else live:
+        backend = judge_backend(settings)
+        if backend is None:
+            raise ValueError("a live judge needs ROUTEROPS_JUDGE_BASE_URL and ROUTEROPS_JUDGE_MODEL")
+        judges.append(LiveJudge(PairwiseJudge(backend, max_tokens=1024)))
+    return None if not judges else judges[0] if len(judges) == 1 else FirstJudge(judges)
 
 
 class RecordedJudge:

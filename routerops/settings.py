@@ -227,6 +227,10 @@ class Settings(BaseSettings):
         "Fleet models the monitor replays the golden set against (comma-separated names; `routerops monitor run "
         "--models`). Empty: every fleet model with ROUTEROPS_FLEET_FILE, else the weak and strong models. The "
         "fleet's weak and strong models are always replayed (PGR is theirs)."))
+    monitor_live_judge: bool = Field(default=False, description=(
+        "Monitor runs ask the configured judge (ROUTEROPS_JUDGE_BASE_URL / _MODEL) to label golden answers that "
+        "no recorded label covers (a changed answer, a fleet model's own answer): each such answer costs two "
+        "judge calls. Off: only recorded labels and gold answers score them (`routerops monitor run --live-judge`)."))
     monitor_model_window_hours: float = Field(default=24.0, gt=0.0, description=(
         "Window of the per-model figures a monitor run reads from live traffic: traffic share, cost and latency "
         "(request log), quality from judged exploration pairs and from graded outcome rows."))

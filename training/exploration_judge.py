@@ -17,11 +17,11 @@ from typing import Any
 from sqlalchemy import func, select
 
 from routerops.backends.base import Backend, BackendError
-from routerops.backends.openai_http import OpenAIHTTPBackend
 from routerops.db import session_scope
 from routerops.db.models import ExplorationPair, PreferenceLog
+from routerops.pairwise_judge import JUDGE_PROMPT_NAME, PairwiseJudge, judge_backend
 from routerops.settings import Settings
-from routerops.training.labeling import JUDGE_PROMPT_NAME, MAX_SOURCE_CHARS, PairwiseJudge
+from routerops.training.labeling import MAX_SOURCE_CHARS
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,6 @@ def exploration_source(judge_model: str) -> str:
     return f"exploration:{judge_model}"[:MAX_SOURCE_CHARS]
 
 
-def judge_backend(settings: Settings) -> Backend | None:
-    """The configured judge endpoint, or None when none is configured."""
-    if not (settings.judge_base_url and settings.judge_model):
-        return None
-    key = settings.judge_api_key.get_secret_value() if settings.judge_api_key is not None else None
-    return OpenAIHTTPBackend(settings.judge_base_url, settings.judge_model, key, timeout_s=settings.http_timeout_s,
-                             max_retries=settings.http_max_retries, backoff_s=settings.http_backoff_s)
 
 
 def judge_exploration_pairs(settings: Settings, backend: Backend | None = None, judge_model: str | None = None,

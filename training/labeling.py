@@ -15,7 +15,6 @@ pairwise verdict from an OpenAI-compatible judge, stored as a preference row of 
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import Counter
@@ -34,29 +33,17 @@ from routerops.db.models import PreferenceLog, RequestLog
 from routerops.importers.readers import is_csv, iter_csv_records, iter_json_records, question_text
 from routerops.importers.records import ImportFailed, Reject
 from routerops.model_names import ModelCatalog, load_catalog, save_catalog
+from routerops.pairwise_judge import (  # noqa: F401 - re-exported: the label CLI and tests read them here
+    JUDGE_PROMPT_NAME,
+    JUDGE_PROMPT_TEMPLATE,
+    JUDGE_SYSTEM_PROMPT,
+    PairVerdict,
+    PairwiseJudge,
+    parse_verdict,
+)
 from routerops.settings import Settings
 from routerops.text import normalize_prompt, prompt_hash
 
-JUDGE_PROMPT_NAME = "pair-v2"
-# Verbatim from FastChat's MT-Bench judge prompts ("pair-v2"): a published, widely used pairwise
-# prompt, so labels are comparable with MT-Bench's own pairwise judgements.
-JUDGE_SYSTEM_PROMPT = (
-    "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants "
-    "to the user question displayed below. You should choose the assistant that follows the user's instructions "
-    "and answers the user's question better. Your evaluation should consider factors such as the helpfulness, "
-    "relevance, accuracy, depth, creativity, and level of detail of their responses. Begin your evaluation by "
-    "comparing the two responses and provide a short explanation. Avoid any positional biases and ensure that "
-    "the order in which the responses were presented does not influence your decision. Do not allow the length "
-    "of the responses to influence your evaluation. Do not favor certain names of the assistants. Be as "
-    "objective as possible. After providing your explanation, output your final verdict by strictly following "
-    "this format: \"[[A]]\" if assistant A is better, \"[[B]]\" if assistant B is better, and \"[[C]]\" for a tie."
-)
-JUDGE_PROMPT_TEMPLATE = (
-    "[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{answer_a}\n"
-    "[The End of Assistant A's Answer]\n\n[The Start of Assistant B's Answer]\n{answer_b}\n"
-    "[The End of Assistant B's Answer]"
-)
-VERDICT_TAG = re.compile(r"\[\[([ABC])\]\]")
 MAX_SOURCE_CHARS = 80  # preference_logs.source
 MAX_EXAMPLES = 20
 MAX_CONSECUTIVE_ANSWER_FAILURES = 5  # a dead answer backend stops the run instead of failing every prompt
@@ -64,67 +51,6 @@ MAX_CONSECUTIVE_ANSWER_FAILURES = 5  # a dead answer backend stops the run inste
 
 class LabelError(Exception):
     """The run cannot start or must stop (bad input, unreachable judge, dead answer backend)."""
-
-
-def parse_verdict(text: str) -> str | None:
-    """"A", "B" or "tie" from a pair-v2 judgement; None when it holds no verdict tag.
-
-    FastChat checks for [[A]], then [[B]], then [[C]], which favours A when a judge quotes the format;
-    here the last tag wins, since the prompt asks for the verdict after the explanation.
-    """
-    tags = VERDICT_TAG.findall(text or "")
-    if not tags:
-        return None
-    return {"A": "A", "B": "B", "C": "tie"}[tags[-1]]
-
-
-@dataclass(frozen=True)
-class PairVerdict:
-    """Both orders' verdicts, mapped to the weak/strong pair: "weak" | "strong" | "tie" | None."""
-
-    weak_first: str | None  # weak answer shown as A
-    strong_first: str | None  # strong answer shown as A
-
-    @property
-    def parsed(self) -> bool:
-        return self.weak_first is not None and self.strong_first is not None
-
-    @property
-    def consistent(self) -> bool:
-        return self.weak_first == self.strong_first
-
-    @property
-    def winner(self) -> str:
-        """Preference-row winner with model_a = weak, model_b = strong; disagreement is a tie."""
-        if not self.consistent:
-            return "tie"
-        return {"weak": "a", "strong": "b", "tie": "tie"}[self.weak_first]  # type: ignore[index]
-
-
-class PairwiseJudge:
-    """Asks an OpenAI-compatible judge (any Backend) for a pair-v2 verdict in both orders."""
-
-    def __init__(self, backend: Backend, max_tokens: int = 2048):
-        self.backend = backend
-        # FastChat judges greedily with up to 2048 tokens for the explanation and the verdict.
-        self.params = GenerationParams(max_new_tokens=max_tokens, temperature=0.0)
-
-    def ask(self, question: str, answer_a: str, answer_b: str) -> tuple[str | None, str]:
-        """(verdict "A" | "B" | "tie" | None, the judge's text). BackendError when the judge fails."""
-        messages = [
-            {"role": "system", "content": JUDGE_SYSTEM_PROMPT},
-            {"role": "user", "content": JUDGE_PROMPT_TEMPLATE.format(question=question, answer_a=answer_a,
-                                                                     answer_b=answer_b)},
-        ]
-        text = self.backend.generate(messages, self.params).text
-        return parse_verdict(text), text
-
-    def judge(self, question: str, weak_answer: str, strong_answer: str) -> tuple[PairVerdict, list[str]]:
-        first, text1 = self.ask(question, weak_answer, strong_answer)
-        second, text2 = self.ask(question, strong_answer, weak_answer)
-        as_weak_first = {"A": "weak", "B": "strong", "tie": "tie"}
-        as_strong_first = {"A": "strong", "B": "weak", "tie": "tie"}
-        return PairVerdict(as_weak_first.get(first or ""), as_strong_first.get(second or "")), [text1, text2]
 
 
 @dataclass

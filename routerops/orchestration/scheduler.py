@@ -39,6 +39,7 @@ from routerops.jsonsafe import json_safe
 from routerops.monitoring.exploration import run_live_pgr
 from routerops.monitoring.live_drift import run_live_drift
 from routerops.monitoring.promotion import compare_challenger
+from routerops.monitoring.quality import monitor_judge
 from routerops.monitoring.replay import run_monitor
 from routerops.owner import owner_gone
 from routerops.settings import Settings, get_settings
@@ -303,7 +304,7 @@ def live_drift_job(settings: Settings) -> dict[str, Any]:
 
 
 def monitor_job(settings: Settings) -> dict[str, Any]:
-    r = run_monitor(settings, progress=False)
+    r = run_monitor(settings, judge=monitor_judge(settings), progress=False)
     live = run_live_pgr(settings)  # the live router's PGR on its exploration pairs (not-better-than-random alert)
     return {"monitor_run_id": r.run_id, "pgr": r.pgr, "baseline_pgr": r.baseline_pgr,
             "pgr_null_reason": r.pgr_null_reason, "drift_detected": r.drift_detected,

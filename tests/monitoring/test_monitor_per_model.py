@@ -265,3 +265,26 @@ def test_a_third_models_answer_on_a_judged_label_and_the_monitored_set():
     assert monitored_models(fleet, ["c"]) == ["b", "d", "c"]
     with pytest.raises(UnknownMonitorModel, match="not fleet model"):
         monitored_models(fleet, ["e"])
+
+
+def test_live_judge_labels_a_fleet_models_new_golden_answer(settings, tmp_path, monkeypatch):
+    """`monitor run --live-judge`: the configured judge (a real local HTTP judge answering from known
+    scores) labels mid's essay, which no recorded label covers, in both orders; recorded answers are
+    not sent to it. Without a configured judge the flag is refused."""
+    from routerops.backends.outcome_judge_server import OutcomeJudge
+    from routerops.orchestration.cli import cli
+
+    files = _fleet_files(tmp_path)
+    monkeypatch.setenv("ROUTEROPS_FLEET_FILE", str(files["fleet"]))
+    args = ["monitor", "run", "--golden", str(files["golden"]), "--models", "mid", "--no-recalibrate",
+            "--no-dashboards", "--live-judge"]
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code != 0 and "ROUTEROPS_JUDGE_BASE_URL" in refused.output
+    with OutcomeJudge({"mid's essay about the sea.": 1.0, "dear's essay about the sea.": 0.0}) as judge:
+        monkeypatch.setenv("ROUTEROPS_JUDGE_BASE_URL", judge.base_url)
+        monkeypatch.setenv("ROUTEROPS_JUDGE_MODEL", "outcome-judge")
+        result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert judge.calls == 2  # mid's essay against the recorded strong answer, both orders
+    mid = _rows(settings)["mid"]["golden"]
+    assert mid["quality"] == pytest.approx(5 / 7) and mid["n_labelled"] == 7
