@@ -5,15 +5,18 @@ mixes of single models (RouterBench's "zero router"), the plain kNN rule and the
     nice -n 10 python benchmarks/fleet_routerbench.py [--data ../shared/data/routerbench] [--no-mlflow]
         [--cache /tmp/routerops-fleet-bench] [--rank 16] [--k 20] [--folds 5]
 
-Protocol: train splits fit, test splits judge. The fleet router is the IRT-MF router
-(routerops.models.irt_mf, as `routerops train` fits it) on MiniLM embeddings + prompt statistics of
-the train prompts, fit on RouterBench train outcomes (0/1 per model); the expected cost per model is a
-linear fit of its real cost on the prompt's length (train). The decision is routerops.models.fleet_dial:
-max P(good) - lambda x relative cost, swept over lambda on test for the front. "dial chosen on train"
-picks lambda on out-of-fold train predictions (--folds fits) for GPT-4's train accuracy (and 95% of
-it) and reports the test point: no test data is used to choose it. Cost ratios are test mean cost
-over always-GPT-4's test mean cost; on a front, points between two routers are their random mix.
-The last line is one JSON object.
+Protocol: train splits fit, test splits judge. The fleet router is the router as `routerops train
+router` fits it: the IRT-MF prior (routerops.models.irt_mf) on MiniLM embeddings + prompt statistics of
+the train prompts, fit on the train outcomes (0/1 per model), and the category heads
+(routerops.models.category_heads) from the rows' categories (RouterBench's task, a scores source's
+category), the category of a test prompt predicted by the heads' classifier. "IRT-MF prior alone" is
+the router without the heads. The expected cost per model is a linear fit of its real cost on the
+prompt's length (train). The decision is routerops.models.fleet_dial: max P(good) - lambda x relative
+cost, swept over lambda on test for the front. "dial chosen on train" picks lambda on out-of-fold train
+predictions (--folds fits) for GPT-4's train accuracy (and 95% of it) and reports the test point: no
+test data is used to choose it. Cost ratios are test mean cost over always-GPT-4's test mean cost; on a
+front, points between two routers are their random mix. Where a figure comes from: the test prompts
+redrawn 200 times (percentiles) and the out-of-fold train front. The last line is one JSON object.
 """
 
 from __future__ import annotations
