@@ -108,6 +108,9 @@ class RouterOpsInfo(BaseModel):
     # the fleet decision (issue 27): the dial, every candidate's predicted P(good) and cost, whether
     # the request's limits excluded it, and the failover order
     fleet: dict[str, Any] | None = None
+    # the cascade's plan (model="cascade"): its category (None: the fallback plan), whether the request
+    # gave it ("request") or the classifier predicted it ("predicted", with its probability), its ladder
+    cascade: dict[str, Any] | None = None
 
 
 class Usage(BaseModel):

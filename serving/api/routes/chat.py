@@ -66,7 +66,8 @@ def _info(out: Outcome, request_id: str) -> RouterOpsInfo:
                          request_id=request_id, reason=out.reason, escalated=out.escalated,
                          routing_latency_ms=None if out.routing_ms is None else round(out.routing_ms, 3),
                          probe_score=out.probe_score, speculative=out.spec,
-                         failover=out.extra.get("failover"), fleet=out.extra.get("fleet"))
+                         failover=out.extra.get("failover"), fleet=out.extra.get("fleet"),
+                         cascade=out.extra.get("cascade_plan"))
 
 
 async def parse_chat(request: Request, state: ServingState) -> ChatCompletionRequest:
