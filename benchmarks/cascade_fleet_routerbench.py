@@ -1,7 +1,7 @@
 """Per-category cascade plans on RouterBench, measured as serving runs them (issue 27, part 4).
 
     nice -n 10 python benchmarks/cascade_fleet_routerbench.py [--data ../shared/data/routerbench]
-        [--answer-scorer] [--second-opinions A+B,... | none] [--subclusters K] [--models default|all]
+        [--answer-scorer | --irt-signal] [--second-opinions A+B,... | none] [--subclusters K] [--models default|all]
 
 Protocol: RouterBench train is cut as in benchmarks/cascade_routerbench.py (part A / part B, seeded);
 the rung scorers (agreement signals, optionally the static-embedding answer scorer cross-fitted on all
@@ -68,6 +68,34 @@ def subcluster(vectors_train: np.ndarray, tasks_train: np.ndarray, k: int, seed:
     return out
 
 
+def irt_logits(data, plain: list[str], embedder, seed: int, folds: int = 5, rank: int = 16  # noqa: ANN001
+               ) -> tuple[dict, dict]:
+    """The fleet router's prompt-only P(good) per model (IRT-MF on the prompt's embedding and prompt
+    statistics, as `routerops train` fits it), as logits: cross-fitted on all of train (part B gets
+    out-of-fold predictions), the fit on all of train for test."""
+    from benchmarks.fleet_routerbench import fit_irt
+    from routerops.models.irt_mf import p_correct
+    from routerops.models.prompt_features import features, fit_standardizer, raw_features
+
+    prompts = data.ce_train.prompts + data.fit.prompts
+    y = np.column_stack([np.concatenate([data.ce_train.correct[m], data.fit.correct[m]]) for m in plain])
+    std = fit_standardizer(raw_features(prompts))
+    x = np.hstack([np.asarray(embedder.encode(prompts), np.float32), features(prompts, std)])
+    x_te = np.hstack([np.asarray(embedder.encode(data.test.prompts), np.float32), features(data.test.prompts, std)])
+    fold = np.random.default_rng(seed).integers(0, folds, len(prompts))
+    oof = np.zeros_like(y, dtype=np.float64)
+    for f in range(folds):
+        oof[fold == f] = p_correct(fit_irt(x[fold != f], y[fold != f], rank, seed=f), x[fold == f])
+    full = p_correct(fit_irt(x, y, rank, seed=seed), x_te)
+
+    def logit(p: np.ndarray) -> np.ndarray:
+        p = np.clip(p, 1e-4, 1 - 1e-4)
+        return np.log(p / (1 - p))
+
+    part_b = slice(data.ce_train.n, None)
+    return ({m: logit(oof[part_b, j]) for j, m in enumerate(plain)}, {m: logit(full[:, j]) for j, m in enumerate(plain)})
+
+
 def main() -> None:  # noqa: PLR0915 - one linear report
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     shared = Path(os.environ.get("ROUTEROPS_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -76,9 +104,14 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     parser.add_argument("--answer-scorer", action="store_true", help="add the static-embedding answer scorer")
     parser.add_argument("--second-opinions", default=None,
                         help='first rungs "A+B", comma separated; default: the four of cascade_routerbench; "none"')
+    parser.add_argument("--irt-signal", action="store_true",
+                        help="add the fleet router's prompt-only P(good) (IRT-MF) as a rung scorer input")
     parser.add_argument("--subclusters", type=int, default=0, help="K prompt clusters per task as categories")
     parser.add_argument("--models", default="default", help="default (9 models at most 10%% of GPT-4's cost, and "
                         "GPT-4) | all (RouterBench's 11)")
+    parser.add_argument("--part-a", type=float, default=0.4,
+                        help="share of train held out of the plan fit (cascade_routerbench's cross-encoder part); "
+                             "0: combiners, ladders and thresholds fit on all of train")
     parser.add_argument("--max-length", type=int, default=4)
     parser.add_argument("--grid-size", type=int, default=21)
     parser.add_argument("--seed", type=int, default=0)
@@ -118,18 +151,31 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     base = list(DEFAULT_MODELS)
     if args.models == "all":
         base += ["claude-v1", "claude-v2"]
-    data = load_data(args.data, args.datasets.split(","), models=base + opinions, seed=args.seed)
+    data = load_data(args.data, args.datasets.split(","), models=base + opinions, ce_fraction=args.part_a,
+                     seed=args.seed)
     plain = [m for m in data.models if rung_parts(m)[1] is None]
     fit_c, test_c = SignalCache(data.fit), SignalCache(data.test)
     mean_cost = {m: float(data.fit.cost[m].mean()) for m in data.models}
     ladders = candidate_ladders(data.models, mean_cost, args.max_length)
     fits = [fit_ladder(lad, fit_c, test_c, grid_size=args.grid_size) for lad in ladders]
+    if args.answer_scorer and args.irt_signal:
+        raise SystemExit("--answer-scorer and --irt-signal share the combiner's extra input: give one")
     if args.answer_scorer:
         _, as_fit, as_test, as_stats = answer_scorer_logits(data, plain, embedder, seed=args.seed)
         as_fit, as_test = alias_rungs(as_fit, data.models), alias_rungs(as_test, data.models)
         fits += [fit_ladder(lad, fit_c, test_c, scorer="signals+as", as_fit=as_fit, as_test=as_test,
                             grid_size=args.grid_size) for lad in ladders]
         print(f"answer scorer: {as_stats['seconds']:.0f}s")
+    if args.irt_signal:
+        t1 = time.perf_counter()
+        irt_fit, irt_test = irt_logits(data, plain, embedder, args.seed)
+        irt_fit, irt_test = alias_rungs(irt_fit, data.models), alias_rungs(irt_test, data.models)
+        irt_fits = [fit_ladder(lad, fit_c, test_c, scorer="signals+as", as_fit=irt_fit, as_test=irt_test,
+                               grid_size=args.grid_size) for lad in ladders]
+        for f in irt_fits:  # the answer scorer's input slot, holding the router's prompt-only logit
+            f.scorer = "signals+irt"
+        fits += irt_fits
+        print(f"IRT-MF prompt-only P(good): cross-fitted in {time.perf_counter() - t1:.0f}s")
     print(f"RouterBench: part A {data.ce_train.n}, part B {data.fit.n}, test {data.test.n}; {len(plain)} models, "
           f"{len(opinions)} second-opinion rungs, {len(ladders)} ladders, {len(fits)} fits ({time.perf_counter() - t0:.0f}s)")
 
@@ -155,7 +201,7 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     print(f"all GPT-4: test accuracy {g_acc:.4f} at ${g_cost:.6f}/query (train part B {g_train:.4f})")
     fronts = task_fronts(fits, fit_cats)
     summary: dict = {"gpt4_test_accuracy": round(g_acc, 4), "categories": len(classifier.classes),
-                     "subclusters": args.subclusters, "answer_scorer": args.answer_scorer, "models": args.models}
+                     "subclusters": args.subclusters, "part_a": args.part_a, "seed": args.seed, "answer_scorer": args.answer_scorer, "irt_signal": args.irt_signal, "models": args.models}
     for key, frac in TARGETS:
         target = frac * g_train
         tp = choose_per_task(fits, fit_cats, test_pred, quality_target=target, fronts=fronts)
