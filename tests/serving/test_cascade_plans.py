@@ -316,3 +316,40 @@ def test_calibrate_from_logs_learns_plans_per_logged_category(settings) -> None:
     assert config.plans["greet"].models[0] == "a" and config.plans["maths"].models == ["b"]
     assert config.classifier is not None and config.classifier.classes == ["greet", "maths"]
     assert json.loads(json.dumps(config.to_dict()))["plans"]["maths"]["models"] == ["b"]
+
+
+def test_calibrate_per_category_uses_only_the_fleets_models(settings, tmp_path: Path, monkeypatch) -> None:
+    """With a fleet served, a column may name a fleet model by its router_name (stored under the fleet
+    name); a model the fleet does not serve is left out, with a note."""
+    import yaml
+
+    from routerops.db import session_scope
+    from routerops.orchestration.cli import cli
+    from routerops.serving.cascade import load_cascade_config
+
+    def fleet(models: list[dict]) -> Path:
+        path = tmp_path / f"fleet{len(models)}.yaml"
+        path.write_text(yaml.safe_dump({"models": [{"backend": "openai", "base_url": "http://127.0.0.1:9/v1",
+                                                     **m} for m in models]}))
+        return path
+
+    # "weak" is served as "cheap-model" (its router_name), "strong" under its own name
+    monkeypatch.setenv("ROUTEROPS_FLEET_FILE", str(fleet([
+        {"name": "strong", "price_in": 10, "price_out": 30},
+        {"name": "cheap-model", "router_name": "weak", "price_in": 0.1, "price_out": 0.2}])))
+    args = ["cascade", "calibrate", "--per-category", "--table", str(FIXTURE), "--match", "strong",
+            "--grid-size", "5", "--train-frac", "0.95"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    with session_scope(settings) as s:
+        config = load_cascade_config(s)
+    assert config.plans["easy"].models[0] == "cheap-model" and config.plans["hard"].models == ["strong"]
+    assert config.models == ["cheap-model", "strong"]  # cheapest first, by the fleet's prices
+    # a fleet without the weak model: it is left out, every plan is the strong model
+    monkeypatch.setenv("ROUTEROPS_FLEET_FILE", str(fleet([{"name": "strong", "price_in": 10, "price_out": 30}])))
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert "left out, not served by the fleet" in r.output and ": weak" in r.output
+    with session_scope(settings) as s:
+        config = load_cascade_config(s)
+    assert {p: plan.models for p, plan in config.plans.items()} == {"easy": ["strong"], "hard": ["strong"]}
