@@ -1,7 +1,7 @@
 """Per-category cascade plans on RouterBench, measured as serving runs them (issue 27, part 4).
 
     nice -n 10 python benchmarks/cascade_fleet_routerbench.py [--data ../shared/data/routerbench]
-        [--answer-scorer | --irt-signal] [--second-opinions A+B,... | none] [--subclusters K] [--models default|all]
+        [--answer-scorer | --irt-signal] [--checked] [--second-opinions A+B,... | none] [--subclusters K] [--models default|all]
 
 Protocol: RouterBench train is cut as in benchmarks/cascade_routerbench.py (part A / part B, seeded);
 the rung scorers (agreement signals, optionally the static-embedding answer scorer cross-fitted on all
@@ -106,6 +106,9 @@ def main() -> None:  # noqa: PLR0915 - one linear report
                         help='first rungs "A+B", comma separated; default: the four of cascade_routerbench; "none"')
     parser.add_argument("--irt-signal", action="store_true",
                         help="add the fleet router's prompt-only P(good) (IRT-MF) as a rung scorer input")
+    parser.add_argument("--checked", action="store_true",
+                        help="raise each train target by the margin that held-out halves of train need "
+                             "(routerops.training.cascade_plans.checked_margin)")
     parser.add_argument("--subclusters", type=int, default=0, help="K prompt clusters per task as categories")
     parser.add_argument("--models", default="default", help="default (9 models at most 10%% of GPT-4's cost, and "
                         "GPT-4) | all (RouterBench's 11)")
@@ -128,7 +131,11 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     from routerops.models.embeddings import ensure_built_embedder, get_embedder
     from routerops.settings import get_settings
     from routerops.training.cascade_eval import GPT4
-    from routerops.training.cascade_plans import build_per_category_config, fit_category_classifier
+    from routerops.training.cascade_plans import (
+        build_per_category_config,
+        checked_margin,
+        fit_category_classifier,
+    )
     from routerops.training.cascade_scorer.routerbench import (
         DEFAULT_MODELS,
         SignalCache,
@@ -201,9 +208,14 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     print(f"all GPT-4: test accuracy {g_acc:.4f} at ${g_cost:.6f}/query (train part B {g_train:.4f})")
     fronts = task_fronts(fits, fit_cats)
     summary: dict = {"gpt4_test_accuracy": round(g_acc, 4), "categories": len(classifier.classes),
-                     "subclusters": args.subclusters, "part_a": args.part_a, "seed": args.seed, "answer_scorer": args.answer_scorer, "irt_signal": args.irt_signal, "models": args.models}
+                     "subclusters": args.subclusters, "part_a": args.part_a, "seed": args.seed, "answer_scorer": args.answer_scorer, "irt_signal": args.irt_signal, "checked": args.checked, "models": args.models}
     for key, frac in TARGETS:
         target = frac * g_train
+        if args.checked:
+            margin = checked_margin(fits, fit_cats, quality_target=target, seed=args.seed)
+            summary[f"margin_{key}"] = round(margin, 4)
+            print(f"\n{frac:.0%} of GPT-4: held-out halves of train need a margin of {margin:.4f}")
+            target += margin
         tp = choose_per_task(fits, fit_cats, test_pred, quality_target=target, fronts=fronts)
         if tp is None:
             print(f"\n== {frac:.0%} of GPT-4: no combination of plans reaches it on train ==")
