@@ -134,7 +134,10 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     from routerops.training.cascade_plans import (
         build_per_category_config,
         checked_margin,
+        choose,
+        choose_per_task,
         fit_category_classifier,
+        task_fronts,
     )
     from routerops.training.cascade_scorer.routerbench import (
         DEFAULT_MODELS,
@@ -142,11 +145,8 @@ def main() -> None:  # noqa: PLR0915 - one linear report
         alias_rungs,
         answer_scorer_logits,
         candidate_ladders,
-        choose,
-        choose_per_task,
         fit_ladder,
         load_data,
-        task_fronts,
     )
 
     settings = get_settings()

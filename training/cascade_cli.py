@@ -79,10 +79,13 @@ def _split_table(df, train_frac: float, seed: int):  # noqa: ANN001, ANN202
                    "logged categories), chosen jointly, plus the classifier that predicts a request's category.")
 @click.option("--from-logs", is_flag=True,
               help="With --per-category: learn from the logged traffic (explored, labelled cascade requests).")
+@click.option("--holdout-margin", is_flag=True,
+              help="With --per-category and a quality target: raise it by the margin plans chosen on one half "
+                   "of train need to keep it on the other half (per-category choices on few rows overfit).")
 def calibrate(table_path: Path | None, routerbench: Path | None, datasets: str, models: str | None,
               budget: float | None, quality_target: float | None, match_model: str | None, max_length: int,
               grid_size: int, probe_uri: str | None, scorer_uri: str | None, explore_rate: float, train_frac: float,
-              seed: int, dry_run: bool, per_category: bool, from_logs: bool) -> None:
+              seed: int, dry_run: bool, per_category: bool, from_logs: bool, holdout_margin: bool) -> None:
     """Choose the ladder (order) and thresholds on a training split, report them on a test split, and
     store them for the `cascade` serving strategy."""
     import pandas as pd
@@ -98,7 +101,7 @@ def calibrate(table_path: Path | None, routerbench: Path | None, datasets: str, 
     if per_category:
         _calibrate_per_category(settings, table_path, routerbench, from_logs, datasets, budget, quality_target,
                                 match_model, max_length, grid_size, probe_uri, scorer_uri, explore_rate, train_frac,
-                                seed, dry_run)
+                                seed, dry_run, holdout_margin)
         return
     wanted = [m.strip() for m in models.split(",")] if models else None
     if table_path is not None:
@@ -152,7 +155,7 @@ def _calibrate_per_category(settings, table_path: Path | None, routerbench: Path
                             datasets: str, budget: float | None, quality_target: float | None,
                             match_model: str | None, max_length: int, grid_size: int, probe_uri: str | None,
                             scorer_uri: str | None, explore_rate: float, train_frac: float, seed: int,
-                            dry_run: bool) -> None:
+                            dry_run: bool, holdout_margin: bool = False) -> None:
     try:
         if table_path is not None:
             data = read_category_table(table_path, train_frac, seed)
@@ -170,7 +173,8 @@ def _calibrate_per_category(settings, table_path: Path | None, routerbench: Path
                 raise CalibrationError(f"--match {match_model!r} is not among {data.train.models}")
             quality_target = float(data.train.correct[match_model].mean())
         config = calibrate_per_category(data, order, settings, budget=budget, quality_target=quality_target,
-                                        max_length=max_length, grid_size=grid_size, seed=seed, probe_uri=probe_uri,
+                                        max_length=max_length, grid_size=grid_size, seed=seed,
+                                        holdout_margin=holdout_margin, probe_uri=probe_uri,
                                         scorer_uri=scorer_uri, explore_rate=explore_rate)
     except (CalibrationError, FleetError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -32,6 +32,7 @@ from routerops.training.cascade_eval import OutcomeTable, score_routerbench
 from routerops.training.cascade_logged import NoLoggedOutcomes, logged_category_table
 from routerops.training.cascade_plans import (
     build_per_category_config,
+    checked_margin,
     choose,
     choose_per_task,
     fit_category_classifier,
@@ -174,11 +175,22 @@ def served_fleet(settings: Settings) -> Fleet | None:
 
 def calibrate_per_category(data: CategoryData, order: Sequence[str], settings: Settings, *,
                            budget: float | None, quality_target: float | None, max_length: int = 3,
-                           grid_size: int = 21, seed: int = 0, **config_fields: Any) -> CascadeConfig:
+                           grid_size: int = 21, seed: int = 0, holdout_margin: bool = False,
+                           **config_fields: Any) -> CascadeConfig:
     """Plans per category chosen jointly on train, the pooled plan as the fallback, the classifier
-    (when prompts are known); test figures replayed with the classifier's categories where there is one."""
+    (when prompts are known); test figures replayed with the classifier's categories where there is one.
+    With holdout_margin, a quality target is raised by the margin held-out halves of train need
+    (cascade_plans.checked_margin), said in the notes and stored in `expected`."""
     ladders = ordered_ladders(data.train.models, order, max_length)
     fits = table_fits(data.train, data.test, ladders, grid_size)
+    margin = None
+    if holdout_margin and quality_target is not None:
+        margin = checked_margin(fits, np.asarray(data.train_categories), quality_target=quality_target, seed=seed)
+        data.notes.append(f"held-out halves of train need the target raised by {margin:.4f}: "
+                          f"{quality_target:.4f} -> {quality_target + margin:.4f}")
+        quality_target += margin
+    elif holdout_margin:
+        data.notes.append("--holdout-margin applies to a quality target (--match, --quality-target), not a budget")
     classifier = None
     test_cats = data.test_categories
     if data.train_prompts is not None:
@@ -195,6 +207,9 @@ def calibrate_per_category(data: CategoryData, order: Sequence[str], settings: S
         goal = f"mean cost <= {budget}" if budget is not None else f"quality >= {quality_target:.4f}"
         raise CalibrationError(f"no combination of per-category plans reaches {goal} on the training split")
     fallback = choose(fits, quality_target=quality_target, budget=budget)
-    return build_per_category_config(
+    config = build_per_category_config(
         tp, fallback, classifier=classifier, source=data.source, budget=budget, quality_target=quality_target,
         objective="max_quality_under_budget" if budget is not None else "min_cost_at_quality", **config_fields)
+    if margin is not None:
+        config.expected["holdout_margin"] = margin
+    return config

@@ -248,6 +248,11 @@ def test_calibrate_per_category_from_an_outcome_file(settings) -> None:
     clf = config.classifier
     assert clf is not None and clf.classes == ["easy", "hard"] and len(clf.coef[0]) == clf.embedder["dim"]
     assert "plan easy" in r.output and "category classifier: ['easy', 'hard']" in r.output
+    # the held-out margin: every row of a category alike, so plans chosen on one half hold on the other
+    r = CliRunner().invoke(cli, ["cascade", "calibrate", "--per-category", "--table", str(FIXTURE), "--match",
+                                 "strong", "--grid-size", "5", "--train-frac", "0.95", "--holdout-margin", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "held-out halves of train need the target raised by 0.0000: 1.0000 -> 1.0000" in r.output
 
 
 def test_calibrate_per_category_refuses_bad_input(settings, tmp_path: Path) -> None:
