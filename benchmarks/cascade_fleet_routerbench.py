@@ -128,6 +128,7 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     from benchmarks.cascade_routerbench import DEFAULT_SECOND_OPINIONS
     from routerops.models.cascade_config import CascadeConfig
     from routerops.models.cascade_scorer.features import rung_parts
+    from routerops.models.embedders.files import EmbedderFilesError
     from routerops.models.embeddings import ensure_built_embedder, get_embedder
     from routerops.settings import get_settings
     from routerops.training.cascade_eval import GPT4
@@ -150,8 +151,12 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     )
 
     settings = get_settings()
-    ensure_built_embedder(settings)
-    embedder = get_embedder(settings)  # the embedder serving's classifier reads (the configured one)
+    try:  # the embedder serving's classifier reads (the configured one), before any long work
+        ensure_built_embedder(settings)
+        embedder = get_embedder(settings)
+        embedder.encode(["preflight"])
+    except EmbedderFilesError as exc:
+        raise SystemExit(f"cascade_fleet_routerbench: {exc}") from None
     t0 = time.perf_counter()
     spec = DEFAULT_SECOND_OPINIONS if args.second_opinions is None else args.second_opinions
     opinions = [] if spec.strip().lower() == "none" else [r.strip() for r in spec.split(",") if r.strip()]
