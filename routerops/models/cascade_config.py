@@ -10,6 +10,7 @@ and the benchmark use to pick the plan; the top-level models/thresholds stay the
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -49,7 +50,7 @@ def _check_ladder(models: list[str], thresholds: list[float], where: str = "") -
         raise CascadeConfigError(f"{at}{len(models)} models need {len(models) - 1} thresholds, "
                                  f"got {len(thresholds)}")
     for t in thresholds:
-        if isinstance(t, bool) or not isinstance(t, int | float) or (
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or (
                 not (0.0 <= float(t) <= 1.0 + 1e-5) and not math.isinf(t)):
             raise CascadeConfigError(f"{at}threshold {t!r} is not a probability in [0, 1]")
 
