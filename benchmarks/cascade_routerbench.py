@@ -125,20 +125,17 @@ def main() -> None:  # noqa: PLR0915 - one linear report
     from routerops.models.embeddings import ensure_built_embedder, get_embedder
     from routerops.settings import get_settings
     from routerops.training.cascade_eval import GPT4
+    from routerops.training.cascade_plans import choose, choose_per_task, predict_tasks, task_fronts
     from routerops.training.cascade_scorer.routerbench import (
         DEFAULT_MODELS,
         SignalCache,
         alias_rungs,
         answer_scorer_logits,
         candidate_ladders,
-        choose,
-        choose_per_task,
         cross_encoder_logits,
         fit_ladder,
         load_data,
-        predict_tasks,
         rung_report,
-        task_fronts,
     )
 
     settings = get_settings()

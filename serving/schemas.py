@@ -23,7 +23,8 @@ class ChatMessage(BaseModel):
 
 
 class RoutingLimits(BaseModel):
-    """`extra_body={"routerops": {...}}` on a chat request: the request's own limits on the choice."""
+    """`extra_body={"routerops": {...}}` on a chat request: the request's own limits on the choice
+    (model="router"), or the category whose cascade plan runs (model="cascade")."""
 
     model_config = ConfigDict(extra="forbid")
     max_cost_usd: float | None = Field(default=None, gt=0.0, description="The most this request may cost, "
@@ -32,6 +33,12 @@ class RoutingLimits(BaseModel):
                                       "P(good answer) a model needs to be considered.")
     models: list[str] | None = Field(default=None, min_length=1, max_length=100,
                                      description="Only these fleet models may answer.")
+    category: str | None = Field(default=None, min_length=1, max_length=80, pattern=r"^[^\x00]*$",
+                                 description="model='cascade': run this category's plan (ladder and "
+                                 "thresholds) instead of the one the prompt's predicted category picks.")
+
+    def limits_given(self) -> bool:
+        return self.max_cost_usd is not None or self.min_quality is not None or self.models is not None
 
     @field_validator("models")
     @classmethod
@@ -101,6 +108,9 @@ class RouterOpsInfo(BaseModel):
     # the fleet decision (issue 27): the dial, every candidate's predicted P(good) and cost, whether
     # the request's limits excluded it, and the failover order
     fleet: dict[str, Any] | None = None
+    # the cascade's plan (model="cascade"): its category (None: the fallback plan), whether the request
+    # gave it ("request") or the classifier predicted it ("predicted", with its probability), its ladder
+    cascade: dict[str, Any] | None = None
 
 
 class Usage(BaseModel):

@@ -7,6 +7,7 @@ whose parts are missing reports why through `unavailable()`, and the API answers
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import threading
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from routerops.backends.base import Backend, BackendError, GenerationParams, Message, last_user_prompt
@@ -22,9 +24,11 @@ from routerops.backends.factory import BackendPair
 from routerops.backends.local import LocalBackend, _held_back
 from routerops.db import session_scope
 from routerops.model_names import ModelCatalog
+from routerops.models.cascade_config import PlanChoice, UnknownCategory, select_plan
 from routerops.models.cascade_log import StepRecord
 from routerops.models.cascade_scorer.features import rung_parts
 from routerops.models.cascade_scorer.registry import load_cascade_scorer
+from routerops.models.embedders.router_files import embedder_from_router_metadata
 from routerops.models.exit_head import target_spec
 from routerops.models.probes.model import load_probe
 from routerops.serving.cascade import (
@@ -314,6 +318,34 @@ class DefaultCascadeScorer:
             return 1.0
 
 
+class _Unscored:
+    """The scorer of a one-model ladder: never asked (the last rung's answer is always returned)."""
+
+    version = None
+
+    def __call__(self, messages: list[Message], generation: Any) -> float:  # pragma: no cover - never called
+        raise CascadeConfigError("a one-model ladder has no rung to score")
+
+
+@dataclass
+class _LoadedPlan:
+    """One runnable ladder: the config's fallback plan or a category's plan."""
+
+    models: list[str]
+    thresholds: list[float]
+    ladder: list[CascadeStep]
+    probe: Any
+    roles: list[str]
+    partner_roles: list[str | None]
+
+
+@dataclass
+class _LoadedCascade:
+    config: CascadeConfig
+    plans: dict[str | None, _LoadedPlan]  # None: the fallback (top-level) plan
+    embedder: Any = None  # the category classifier's embedder (None: no classifier)
+
+
 class CascadeStrategy(Strategy):
     """Generate with the weak model, score the answer with the deferral probe, escalate if unsure.
 
@@ -321,14 +353,34 @@ class CascadeStrategy(Strategy):
     thresholds come from the stored config (`routerops cascade calibrate`), the probe from its
     probe_uri or models:/<probe_model_name>@champion. Config and probe are re-read every
     reload_interval_s, so a new calibration or an approved probe goes live without a restart.
+    A config with per-category plans runs, per request, the plan of the category the request gives
+    (`extra_body={"routerops": {"category": ...}}`, see with_category) or the stored classifier
+    predicts from the prompt (routerops.models.cascade_config.select_plan).
     """
 
     name = "cascade"
 
     def __init__(self, ctx: ServingContext):
         super().__init__(ctx)
-        self._loaded: tuple[float, Any] | None = None
+        self._cache: dict[str, tuple[float, _LoadedCascade]] = {}  # shared with the per-request copies
         self._lock = threading.Lock()
+        self.category: str | None = None
+
+    def with_category(self, category: str | None) -> CascadeStrategy:
+        """This strategy for one request that names its category (the loaded config is shared)."""
+        bound = copy.copy(self)
+        bound.category = category
+        return bound
+
+    def category_error(self) -> str | None:
+        """Why the request's category cannot run (unknown: the known ones named), else None."""
+        if self.category is None:
+            return None
+        try:
+            select_plan(self._load().config, self.category)
+        except UnknownCategory as exc:
+            return str(exc)
+        return None
 
     def _role_of(self, name: str) -> str | None:
         catalog = ModelCatalog.builtin()
@@ -349,92 +401,163 @@ class CascadeStrategy(Strategy):
         guard = self.ctx.guard
         return guard.call(key, call) if key in ("weak", "strong") else guard.call_model(key, call)
 
-    def _load(self) -> tuple[Any, list, Any, list[str], list[str | None]]:
-        with self._lock:
-            # the default cascade is re-checked at every call: a calibrated config replaces it at once
-            if self._loaded and time.monotonic() - self._loaded[0] < self.ctx.settings.reload_interval_s \
-                    and self._loaded[1][0].objective != "default":
-                return self._loaded[1]
-            settings = self.ctx.settings
-            try:
-                with session_scope(settings) as session:
-                    config = load_cascade_config(session)
-            except CascadeConfigError as exc:
-                raise StrategyUnavailable(f"the stored cascade config is invalid: {exc}") from None
-            except SQLAlchemyError as exc:  # database down: the last good config keeps serving
-                if self._loaded:
-                    log.warning("cascade config unreadable (%s); serving the last one loaded", type(exc).__name__)
-                    self._loaded = (time.monotonic(), self._loaded[1])
-                    return self._loaded[1]
-                raise StrategyUnavailable(f"the cascade config cannot be read: the database is unreachable "
-                                          f"({type(exc).__name__})") from None
-            default = config is None
-            if default:
-                if not settings.cascade_default:
-                    raise StrategyUnavailable("no cascade config yet: run `routerops cascade calibrate` "
-                                              "(or set ROUTEROPS_CASCADE_DEFAULT=true)")
-                pair = self.ctx.pair  # a fleet file: every fleet model, cheapest first; else weak then strong
-                names = list(self.ctx.fleet_ladder) or (
-                    [pair.weak.name, pair.strong.name] if pair.weak.name != pair.strong.name else [pair.strong.name])
-                config = CascadeConfig(models=names, thresholds=[settings.cascade_default_threshold] * (len(names) - 1),
-                                       objective="default", source="ROUTEROPS_CASCADE_DEFAULT")
+    def _read_config(self) -> CascadeConfig | None:
+        """The stored config; None when the database is down and a loaded one keeps serving."""
+        try:
+            with session_scope(self.ctx.settings) as session:
+                return load_cascade_config(session) or _NO_CONFIG
+        except CascadeConfigError as exc:
+            raise StrategyUnavailable(f"the stored cascade config is invalid: {exc}") from None
+        except SQLAlchemyError as exc:  # database down: the last good config keeps serving
+            if self._cache.get("loaded"):
+                log.warning("cascade config unreadable (%s); serving the last one loaded", type(exc).__name__)
+                return None
+            raise StrategyUnavailable(f"the cascade config cannot be read: the database is unreachable "
+                                      f"({type(exc).__name__})") from None
 
-            ladder, roles, partner_roles = [], [], []
-            for rung in config.models:  # "A" or "A+B" (A's answer with a second opinion from B)
-                found = []
-                for name in (m for m in rung_parts(rung) if m is not None):
-                    role = self._role_of(name)
-                    if role is None:
-                        raise StrategyUnavailable(
-                            f"the cascade config names {name!r}, which this server does not serve "
-                            f"(weak={self.ctx.pair.weak.name}, strong={self.ctx.pair.strong.name})")
-                    found.append(role)
-                role, partner = found[0], (found[1] if len(found) > 1 else None)
-                p_in, p_out = self._prices(role)
-                q_in, q_out = self._prices(partner) if partner else (0.0, 0.0)
-                ladder.append(CascadeStep(self._backend(role), p_in, p_out,
-                                          partner=self._backend(partner) if partner else None,
-                                          partner_price_in=q_in, partner_price_out=q_out))
-                roles.append(role)
-                partner_roles.append(partner)
-            uri = config.scorer_uri or config.probe_uri or f"models:/{settings.probe_model_name}@champion"
-            try:
-                if default:
-                    probe = DefaultCascadeScorer(self.ctx)
-                elif config.scorer_uri:
-                    probe = load_cascade_scorer(uri, settings)
-                    if len(probe.models) != len(config.models):
-                        raise ValueError(f"the scorer was trained for the ladder {probe.models}, "
-                                         f"the config names {config.models}")
-                else:
-                    probe = load_probe(uri, settings)
-            except Exception as exc:  # noqa: BLE001 - no probe: the cascade cannot decide
-                raise StrategyUnavailable(f"deferral probe {uri} not loadable: {str(exc)[:300]}") from None
-            value = (config, ladder, probe, roles, partner_roles)
-            self._loaded = (time.monotonic(), value)
+    def _default_config(self) -> CascadeConfig:
+        settings = self.ctx.settings
+        if not settings.cascade_default:
+            raise StrategyUnavailable("no cascade config yet: run `routerops cascade calibrate` "
+                                      "(or set ROUTEROPS_CASCADE_DEFAULT=true)")
+        pair = self.ctx.pair  # a fleet file: every fleet model, cheapest first; else weak then strong
+        names = list(self.ctx.fleet_ladder) or (
+            [pair.weak.name, pair.strong.name] if pair.weak.name != pair.strong.name else [pair.strong.name])
+        return CascadeConfig(models=names, thresholds=[settings.cascade_default_threshold] * (len(names) - 1),
+                             objective="default", source="ROUTEROPS_CASCADE_DEFAULT")
+
+    def _load(self) -> _LoadedCascade:
+        with self._lock:
+            cached = self._cache.get("loaded")
+            # the default cascade is re-checked at every call: a calibrated config replaces it at once
+            if cached and time.monotonic() - cached[0] < self.ctx.settings.reload_interval_s \
+                    and cached[1].config.objective != "default":
+                return cached[1]
+            config = self._read_config()
+            if config is None:
+                self._cache["loaded"] = (time.monotonic(), cached[1])
+                return cached[1]
+            default = config is _NO_CONFIG
+            if default:
+                config = self._default_config()
+            plans = {None: self._plan(config, None, config.models, config.thresholds, None, None, default)}
+            for category, p in config.plans.items():
+                plans[category] = self._plan(config, category, p.models, p.thresholds, p.scorer_uri, p.probe_uri,
+                                             default)
+            value = _LoadedCascade(config, plans, self._classifier_embedder(config))
+            self._cache["loaded"] = (time.monotonic(), value)
             return value
 
+    def _classifier_embedder(self, config: CascadeConfig) -> Any:
+        if config.classifier is None:
+            return None
+        try:  # the embedder the classifier was trained on, or the reason it is not here
+            return embedder_from_router_metadata(config.classifier.embedder, None, self.ctx.settings)
+        except Exception as exc:  # noqa: BLE001 - no embedder: no category can be predicted
+            raise StrategyUnavailable(f"the cascade's category classifier cannot embed prompts: "
+                                      f"{str(exc)[:300]}") from None
+
+    def _plan(self, config: CascadeConfig, category: str | None, models: list[str], thresholds: list[float],
+              scorer_uri: str | None, probe_uri: str | None, default: bool) -> _LoadedPlan:
+        where = "the cascade config" if category is None else f"the cascade plan for category {category!r}"
+        ladder, roles, partner_roles = [], [], []
+        for rung in models:  # "A" or "A+B" (A's answer with a second opinion from B)
+            found = []
+            for name in (m for m in rung_parts(rung) if m is not None):
+                role = self._role_of(name)
+                if role is None:
+                    served = ", ".join(dict.fromkeys([self.ctx.pair.weak.name, self.ctx.pair.strong.name,
+                                                      *self.ctx.fleet_ladder]))
+                    raise StrategyUnavailable(f"{where} names {name!r}, which this server does not serve "
+                                              f"(weak={self.ctx.pair.weak.name}, strong={self.ctx.pair.strong.name}"
+                                              f"; served: {served})")
+                found.append(role)
+            role, partner = found[0], (found[1] if len(found) > 1 else None)
+            p_in, p_out = self._prices(role)
+            q_in, q_out = self._prices(partner) if partner else (0.0, 0.0)
+            ladder.append(CascadeStep(self._backend(role), p_in, p_out,
+                                      partner=self._backend(partner) if partner else None,
+                                      partner_price_in=q_in, partner_price_out=q_out))
+            roles.append(role)
+            partner_roles.append(partner)
+        return _LoadedPlan(list(models), list(thresholds), ladder,
+                           self._probe(config, models, scorer_uri, probe_uri, default, where), roles, partner_roles)
+
+    def _probe(self, config: CascadeConfig, models: list[str], scorer_uri: str | None, probe_uri: str | None,
+               default: bool, where: str) -> Any:
+        if default:
+            return DefaultCascadeScorer(self.ctx)
+        if len(models) == 1:
+            return _Unscored()
+        if scorer_uri is None and config.scorer_uri and list(models) == list(config.models):
+            scorer_uri = config.scorer_uri
+        uri = scorer_uri or probe_uri or config.probe_uri or f"models:/{self.ctx.settings.probe_model_name}@champion"
+        try:
+            if scorer_uri:
+                probe = load_cascade_scorer(uri, self.ctx.settings)
+                if len(probe.models) != len(models):
+                    raise ValueError(f"the scorer was trained for the ladder {probe.models}, {where} names {models}")
+                return probe
+            return load_probe(uri, self.ctx.settings)
+        except Exception as exc:  # noqa: BLE001 - no probe: the cascade cannot decide
+            raise StrategyUnavailable(f"deferral probe {uri} not loadable: {str(exc)[:300]}") from None
+
     def unavailable(self) -> str | None:
-        """Why the cascade cannot answer now (its config or probe), so that it is not listed as
-        available; read at most every reload_interval_s."""
+        """Why the cascade cannot answer now (its config, a plan naming a model not served, its probe),
+        so that it is not listed as available; read at most every reload_interval_s."""
         try:
             self._load()
         except StrategyUnavailable as exc:
             return str(exc)
         return None
 
+    def _choose(self, loaded: _LoadedCascade, messages: list[Message]) -> PlanChoice:
+        embedder = loaded.embedder
+        embed = None if embedder is None else (
+            lambda: np.asarray(embedder.encode([last_user_prompt(messages)]), np.float64)[0])
+        return select_plan(loaded.config, self.category, embed)
+
     def run(self, messages: list[Message], params: GenerationParams) -> Outcome:
-        config, ladder, probe, roles, partner_roles = self._load()
+        loaded = self._load()
+        config = loaded.config
+        choice = self._choose(loaded, messages)
+        plan = loaded.plans[choice.category if choice.source != "fallback" else None]
+        ladder, probe, roles, partner_roles = plan.ladder, plan.probe, plan.roles, plan.partner_roles
         explore = config.explore_rate > 0 and random.random() < config.explore_rate
-        guard = self.ctx.guard
         # each rung goes through its backend's circuit breaker; an unavailable rung is skipped to the
         # next (ROUTEROPS_FAILOVER=other), as the router fails over to the other model
-        res = run_cascade(messages, params, ladder, probe, config.thresholds, explore=explore,
+        res = run_cascade(messages, params, ladder, probe, plan.thresholds, explore=explore,
                           skip_unavailable=self.ctx.settings.failover == "other",
                           generate=lambda i, _step: self._call(roles[i], lambda b: b.generate(list(messages), params)),
                           ask_partner=lambda i, _step, p: self._call(partner_roles[i],
                                                                      lambda b: b.generate(list(messages), p)))
-        role, gen = roles[res.answered_rung], res.generation
+        out = self._outcome(res, plan, probe)
+        if config.objective == "default":
+            out.reason = f"default cascade (no calibrated config; {probe.describe()}): {out.reason}"
+        if config.plans or choice.source != "fallback":
+            out.reason = f"{_plan_words(choice)}: {out.reason}"
+        self._failover(out, res, plan)
+        # one cascade_steps row per rung that answered (routerops.serving.request_log writes them beside the
+        # request log row); the plan's category, and how it was chosen, ride in each row's signals
+        plan_signals = {"category": choice.category, "category_source": choice.source,
+                        "category_probability": choice.probability} if config.plans else None
+        out.extra["cascade_plan"] = choice.describe()
+        out.extra["cascade_steps"] = [
+            StepRecord(step=i, model=plan.models[i], score=res.scores[j],
+                       threshold=float(plan.thresholds[i]) if i < len(plan.thresholds) else None,
+                       accepted=j == res.answered_step, cost_usd=res.step_costs[j],
+                       prompt_tokens=g.prompt_tokens + g.extra.get("second_opinion", {}).get("prompt_tokens", 0),
+                       completion_tokens=g.completion_tokens
+                       + g.extra.get("second_opinion", {}).get("completion_tokens", 0),
+                       explored=res.explored, scorer_version=getattr(probe, "version", None),
+                       signals=plan_signals).to_dict()
+            for j, (i, g) in enumerate(zip(res.steps, res.generations, strict=True))]
+        snap = self.ctx.router.snapshot
+        out.alpha, out.router_version = snap.alpha, snap.version
+        return out
+
+    def _outcome(self, res: Any, plan: _LoadedPlan, probe: Any) -> Outcome:
+        role, gen = plan.roles[res.answered_rung], res.generation
         role = role if role in ("weak", "strong") else None  # a fleet model beyond the pair has no role
         score, threshold = res.probe_score, res.threshold
         if score is None:
@@ -452,33 +575,34 @@ class CascadeStrategy(Strategy):
                                             + g.extra.get("second_opinion", {}).get("completion_tokens", 0)
                                             for g in res.generations),
                       cost_usd=res.cost, escalated=res.escalated, probe_score=score)
-        out.extra.update(threshold=threshold, cascade_models=list(config.models), cascade_scores=res.scores,
+        out.extra.update(threshold=threshold, cascade_models=list(plan.models), cascade_scores=res.scores,
                          probe_version=getattr(probe, "version", None))
-        if config.objective == "default":
-            reason = out.reason = f"default cascade (no calibrated config; {probe.describe()}): {reason}"
-        if res.skipped:
-            failed = [FailedAttempt(roles[i], ladder[i].name, exc.kind, str(exc)) for i, exc in res.skipped]
-            served = Served(role, ladder[res.answered_rung].backend, None, failed)
-            out.reason = served.reason if score is None else f"{served.reason}; {reason}"
-            out.extra["failover"] = {"from_model": failed[0].model, "from_role": failed[0].role,
-                                     "to_model": res.answered_by, "to_role": role, "reason": served.reason,
-                                     "attempts": [f.as_dict() for f in failed]}
-            if guard.metrics is not None:
-                for f in failed:
-                    guard.metrics.failovers.labels(f.model, f.kind).inc()
-        # one cascade_steps row per rung that answered (routerops.serving.request_log writes them beside the request log row)
-        out.extra["cascade_steps"] = [
-            StepRecord(step=i, model=config.models[i], score=res.scores[j],
-                       threshold=float(config.thresholds[i]) if i < len(config.thresholds) else None,
-                       accepted=j == res.answered_step, cost_usd=res.step_costs[j],
-                       prompt_tokens=g.prompt_tokens + g.extra.get("second_opinion", {}).get("prompt_tokens", 0),
-                       completion_tokens=g.completion_tokens
-                       + g.extra.get("second_opinion", {}).get("completion_tokens", 0),
-                       explored=res.explored, scorer_version=getattr(probe, "version", None)).to_dict()
-            for j, (i, g) in enumerate(zip(res.steps, res.generations, strict=True))]
-        snap = self.ctx.router.snapshot
-        out.alpha, out.router_version = snap.alpha, snap.version
         return out
+
+    def _failover(self, out: Outcome, res: Any, plan: _LoadedPlan) -> None:
+        if not res.skipped:
+            return
+        guard, role = self.ctx.guard, out.role
+        failed = [FailedAttempt(plan.roles[i], plan.ladder[i].name, exc.kind, str(exc)) for i, exc in res.skipped]
+        served = Served(role, plan.ladder[res.answered_rung].backend, None, failed)
+        out.reason = served.reason if res.probe_score is None else f"{served.reason}; {out.reason}"
+        out.extra["failover"] = {"from_model": failed[0].model, "from_role": failed[0].role,
+                                 "to_model": res.answered_by, "to_role": role, "reason": served.reason,
+                                 "attempts": [f.as_dict() for f in failed]}
+        if guard.metrics is not None:
+            for f in failed:
+                guard.metrics.failovers.labels(f.model, f.kind).inc()
+
+
+_NO_CONFIG: Any = object()  # _read_config: the database holds no cascade config (the default one applies)
+
+
+def _plan_words(choice: PlanChoice) -> str:
+    if choice.source == "request":
+        return f"category {choice.category!r} (given by the request): plan {choice.models}"
+    if choice.source == "predicted":
+        return f"category {choice.category!r} (predicted, P={choice.probability:.3f}): plan {choice.models}"
+    return f"no category: fallback plan {choice.models}"
 
 
 class SpeedupTracker:

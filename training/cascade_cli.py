@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from routerops.db.session import session_scope
+from routerops.fleet import FleetError
 from routerops.models.cascade_config import CascadeConfig, load_cascade_config, save_cascade_config
 from routerops.models.cascade_log import LabelError, label_steps
 from routerops.models.embeddings import get_embedder
@@ -21,6 +22,15 @@ from routerops.training.cascade_eval import (
     score_routerbench,
     search,
     simulate,
+)
+from routerops.training.cascade_percategory import (
+    CalibrationError,
+    calibrate_per_category,
+    logged_category_data,
+    read_category_table,
+    restrict_to_fleet,
+    routerbench_category_data,
+    served_fleet,
 )
 from routerops.training.cascade_refit import RefitError, load_registered_config, refit_cascade_thresholds
 
@@ -64,19 +74,35 @@ def _split_table(df, train_frac: float, seed: int):  # noqa: ANN001, ANN202
 @click.option("--train-frac", type=click.FloatRange(0.05, 0.95), default=0.5, show_default=True)
 @click.option("--seed", type=int, default=0)
 @click.option("--dry-run", is_flag=True, help="Print the result without storing it.")
+@click.option("--per-category", is_flag=True,
+              help="One ladder and thresholds per category (a 'category' column, RouterBench's datasets or the "
+                   "logged categories), chosen jointly, plus the classifier that predicts a request's category.")
+@click.option("--from-logs", is_flag=True,
+              help="With --per-category: learn from the logged traffic (explored, labelled cascade requests).")
+@click.option("--holdout-margin", is_flag=True,
+              help="With --per-category and a quality target: raise it by the margin plans chosen on one half "
+                   "of train need to keep it on the other half (per-category choices on few rows overfit).")
 def calibrate(table_path: Path | None, routerbench: Path | None, datasets: str, models: str | None,
               budget: float | None, quality_target: float | None, match_model: str | None, max_length: int,
               grid_size: int, probe_uri: str | None, scorer_uri: str | None, explore_rate: float, train_frac: float,
-              seed: int, dry_run: bool) -> None:
+              seed: int, dry_run: bool, per_category: bool, from_logs: bool, holdout_margin: bool) -> None:
     """Choose the ladder (order) and thresholds on a training split, report them on a test split, and
     store them for the `cascade` serving strategy."""
     import pandas as pd
 
-    if (table_path is None) == (routerbench is None):
-        raise click.UsageError("give exactly one of --table or --routerbench")
+    if sum(x is not None and x is not False for x in (table_path, routerbench, from_logs)) != 1:
+        raise click.UsageError("give exactly one of --table, --routerbench or --from-logs")
+    if from_logs and not per_category:
+        raise click.UsageError("--from-logs calibrates per category (add --per-category); the live ladder's "
+                               "thresholds are refit from the logs by `routerops cascade refit`")
     if sum(x is not None for x in (budget, quality_target, match_model)) != 1:
         raise click.UsageError("give exactly one of --budget, --quality-target or --match")
     settings = get_settings()
+    if per_category:
+        _calibrate_per_category(settings, table_path, routerbench, from_logs, datasets, budget, quality_target,
+                                match_model, max_length, grid_size, probe_uri, scorer_uri, explore_rate, train_frac,
+                                seed, dry_run, holdout_margin)
+        return
     wanted = [m.strip() for m in models.split(",")] if models else None
     if table_path is not None:
         df = pd.read_csv(table_path)
@@ -123,6 +149,52 @@ def calibrate(table_path: Path | None, routerbench: Path | None, datasets: str, 
     with session_scope(settings) as session:
         save_cascade_config(session, config)
     click.echo("stored as serving_state['cascade']")
+
+
+def _calibrate_per_category(settings, table_path: Path | None, routerbench: Path | None, from_logs: bool,  # noqa: ANN001
+                            datasets: str, budget: float | None, quality_target: float | None,
+                            match_model: str | None, max_length: int, grid_size: int, probe_uri: str | None,
+                            scorer_uri: str | None, explore_rate: float, train_frac: float, seed: int,
+                            dry_run: bool, holdout_margin: bool = False) -> None:
+    try:
+        if table_path is not None:
+            data = read_category_table(table_path, train_frac, seed)
+        elif routerbench is not None:
+            data = routerbench_category_data(routerbench, [d.strip() for d in datasets.split(",") if d.strip()],
+                                             settings)
+        else:
+            with session_scope(settings) as session:
+                data = logged_category_data(session, train_frac, seed)
+        if match_model is not None and match_model in data.train.models:  # named as in the outcome table
+            quality_target = float(data.train.correct[match_model].mean())
+        data, order = restrict_to_fleet(data, served_fleet(settings))
+        if match_model is not None and quality_target is None:  # or by its fleet name
+            if match_model not in data.train.models:
+                raise CalibrationError(f"--match {match_model!r} is not among {data.train.models}")
+            quality_target = float(data.train.correct[match_model].mean())
+        config = calibrate_per_category(data, order, settings, budget=budget, quality_target=quality_target,
+                                        max_length=max_length, grid_size=grid_size, seed=seed,
+                                        holdout_margin=holdout_margin, probe_uri=probe_uri,
+                                        scorer_uri=scorer_uri, explore_rate=explore_rate)
+    except (CalibrationError, FleetError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for note in data.notes:
+        click.echo(f"note: {note}")
+    cats = np.asarray(data.train_categories)
+    for category, plan in config.plans.items():
+        click.echo(f"plan {category} ({int((cats == category).sum())} train rows): {plan.models} thresholds "
+                   f"{[round(t, 4) for t in plan.thresholds]} expected "
+                   + json.dumps({k: round(v, 6) for k, v in plan.expected.items()}))
+    click.echo(f"fallback plan (no category): {config.models} thresholds {[round(t, 4) for t in config.thresholds]}")
+    clf = config.classifier
+    click.echo("category classifier: " + (f"{clf.classes} on {clf.embedder['name']} ({clf.embedder['dim']}-d), "
+                                          f"train accuracy {clf.train_accuracy}" if clf else "none"))
+    click.echo(json.dumps({k: round(v, 6) for k, v in config.expected.items()}))
+    if dry_run:
+        return
+    with session_scope(settings) as session:
+        save_cascade_config(session, config)
+    click.echo(f"stored as serving_state['cascade'] with {len(config.plans)} category plans")
 
 
 @cascade.command("show")

@@ -279,6 +279,8 @@ class ScoredRouterBench:
     datasets_train: np.ndarray
     datasets_test: np.ndarray
     probe_auroc: dict[str, float] = field(default_factory=dict)  # test AUROC of each model's probe
+    prompts_train: list[str] = field(default_factory=list)
+    prompts_test: list[str] = field(default_factory=list)
 
 
 def score_routerbench(folder: Path | str, embedder, cache_dir: Path, datasets: Sequence[str] = ROUTERBENCH_SETS,  # noqa: ANN001
@@ -322,7 +324,9 @@ def score_routerbench(folder: Path | str, embedder, cache_dir: Path, datasets: S
                             {m: f[f"{m}|total_cost"].to_numpy(np.float64) for m in models}, scores)
 
     return ScoredRouterBench(table(train, tr_scores), table(test, te_scores), train.frame["dataset"].to_numpy(),
-                             test.frame["dataset"].to_numpy(), aurocs)
+                             test.frame["dataset"].to_numpy(), aurocs,
+                             [response_text(p) for p in train.frame["prompt"]],
+                             [response_text(p) for p in test.frame["prompt"]])
 
 
 @dataclass

@@ -118,7 +118,8 @@ def refit_cascade_thresholds(settings: Settings, *, budget: float | None = None,
         objective="max_quality_under_budget" if budget is not None else "min_cost_at_quality",
         budget=budget, quality_target=quality_target,
         expected={"logged_quality": plan.quality, "logged_cost": plan.cost, "logged_requests": float(table.n)},
-        source=f"logs:{table.n} requests" + (f" since {since.isoformat()}" if since else ""))
+        source=f"logs:{table.n} requests" + (f" since {since.isoformat()}" if since else ""),
+        plans=dict(live.plans), classifier=live.classifier)  # the per-category plans are kept as they are
     version = run_id = None
     if register:
         version, run_id = register_config(config, settings, tags={

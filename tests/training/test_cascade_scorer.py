@@ -474,3 +474,25 @@ def test_cascade_config_checks_second_opinion_rungs():
         CascadeConfig(models=["weak+", "strong"], thresholds=[0.5])
     with pytest.raises(CascadeConfigError, match="last rung 'strong\\+weak' is never scored"):
         CascadeConfig(models=["weak", "strong+weak"], thresholds=[0.5])
+
+
+def test_per_category_plans_by_budget_and_the_held_out_margin():
+    """The same two tasks as above, 4 queries each. With a budget, the best pooled quality within it;
+    the held-out margin is 0 when the train halves agree (every row of a task alike)."""
+    from routerops.training.cascade_eval import OutcomeTable
+    from routerops.training.cascade_plans import checked_margin, choose_per_task, table_fits
+
+    def table(weak_ok: list[float]) -> OutcomeTable:
+        n = len(weak_ok)
+        return OutcomeTable(["weak", "strong"], {"weak": np.array(weak_ok, float), "strong": np.ones(n)},
+                            {"weak": np.ones(n), "strong": np.full(n, 10.0)},
+                            {"weak": np.full(n, 0.9), "strong": np.zeros(n)})
+
+    tasks = np.array(["x"] * 4 + ["y"] * 4)
+    fits = table_fits(table([1, 1, 1, 1, 0, 0, 0, 0]), None, [("weak",), ("strong",), ("weak", "strong")], grid_size=3)
+    # budget 6: x accepts the weak answer (cost 1), y goes to strong alone (10): pooled 5.5, quality 1
+    tp = choose_per_task(fits, tasks, tasks, budget=6.0)
+    assert (tp.train_quality, tp.train_cost) == pytest.approx((1.0, 5.5))
+    assert tp.plans["x"].ladder[0] == "weak" and tp.plans["y"].ladder == ("strong",)
+    assert choose_per_task(fits, tasks, tasks, budget=0.5) is None
+    assert checked_margin(fits, tasks, quality_target=1.0, margins=[0.0, 0.1]) == 0.0

@@ -20,7 +20,6 @@ import hashlib
 import itertools
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,6 @@ from routerops.models.cascade_scorer.features import (
     base_models,
     normalize_answer,
     rung_parts,
-    short_rung,
     token_overlap,
 )
 from routerops.models.cascade_scorer.model import fit_combiner, rung_metrics
@@ -48,8 +46,16 @@ from routerops.training.cascade_eval import (
     _ladder_surface,
     load_routerbench,
     response_text,
-    simulate,
     threshold_grid,
+)
+from routerops.training.cascade_plans import (  # noqa: F401 - the benchmark and tests read them here too
+    Choice,
+    TaskFronts,
+    TaskPlans,
+    choose,
+    choose_per_task,
+    predict_tasks,
+    task_fronts,
 )
 
 log = logging.getLogger(__name__)
@@ -232,150 +238,6 @@ def fit_ladder(ladder: Sequence[str], fit: SignalCache, test: SignalCache, *, sc
     q, c = _ladder_surface(fit_t, ladder, grids)
     return LadderFit(ladder, scorer, grids, np.atleast_1d(q).ravel(), np.atleast_1d(c).ravel(), fit_t, test_t,
                      combiners)
-
-
-@dataclass(frozen=True)
-class Choice:
-    ladder: tuple[str, ...]
-    thresholds: tuple[float, ...]
-    scorer: str
-    train_quality: float
-    train_cost: float
-    test_quality: float
-    test_cost: float
-
-    def describe(self) -> str:
-        parts = [short_rung(self.ladder[0])]
-        for t, m in zip(self.thresholds, self.ladder[1:], strict=True):
-            parts.append(f"(p<{t:.3f})-> {short_rung(m)}" if math.isfinite(t) else f"(always)-> {short_rung(m)}")
-        return " ".join(parts)
-
-
-def choose(fits: Sequence[LadderFit], *, budget: float | None = None, quality_target: float | None = None
-           ) -> Choice | None:
-    """The best ladder and thresholds on train-B for one objective, replayed on test."""
-    if (budget is None) == (quality_target is None):
-        raise ValueError("give exactly one of budget or quality_target")
-    best: tuple[float, float, LadderFit, int] | None = None
-    for f in fits:
-        feasible = f.c <= budget + 1e-12 if budget is not None else f.q >= quality_target - 1e-12  # type: ignore[operator]
-        if not feasible.any():
-            continue
-        idx = np.flatnonzero(feasible)
-        top = idx[np.lexsort((f.c[idx], -f.q[idx]))[0]] if budget is not None else idx[np.lexsort((-f.q[idx], f.c[idx]))[0]]
-        q, c = float(f.q[top]), float(f.c[top])
-        key = (-q, c) if budget is not None else (c, -q)
-        if best is None or key < ((-best[0], best[1]) if budget is not None else (best[1], -best[0])):
-            best = (q, c, f, int(top))
-    if best is None:
-        return None
-    q, c, f, top = best
-    combo = np.unravel_index(top, tuple(len(g) for g in f.grids)) if f.grids else ()
-    thresholds = tuple(float(f.grids[i][j]) for i, j in enumerate(combo))
-    tq, tc = simulate(f.test_table, f.ladder, thresholds)
-    return Choice(f.ladder, thresholds, f.scorer, q, c, tq, tc)
-
-
-@dataclass(frozen=True)
-class TaskPlans:
-    """One plan per task (what a cascade that knows the query's task would run), chosen together so
-    the pooled train quality meets the target at the least pooled train cost; figures pooled over
-    tasks by their query counts."""
-
-    plans: dict[str, Choice]
-    train_quality: float
-    train_cost: float
-    test_quality: float
-    test_cost: float
-
-
-def _front(q: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Indices of the (quality up, cost down) Pareto front, cheapest first."""
-    order = np.lexsort((-q, c))
-    best, keep = -np.inf, []
-    for i in order:
-        if q[i] > best + 1e-12:
-            keep.append(i)
-            best = q[i]
-    return np.array(keep, dtype=np.int64)
-
-
-@dataclass(frozen=True)
-class TaskFronts:
-    """Each task's train Pareto front over every (ladder, scorer, thresholds), and their exact merge."""
-
-    tasks: list[str]
-    per_task: list[tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]  # weight, q, c, fit, flat index
-    pooled_q: np.ndarray
-    pooled_c: np.ndarray
-    picks: np.ndarray  # (front point, task) -> index into that task's front
-
-
-def task_fronts(fits: Sequence[LadderFit], fit_tasks: np.ndarray) -> TaskFronts:
-    tasks = sorted(set(fit_tasks.tolist()))
-    per_task = []
-    for t in tasks:
-        idx = np.flatnonzero(fit_tasks == t)
-        qs, cs, fi, fl = [], [], [], []
-        for k, f in enumerate(fits):
-            q, c = _ladder_surface(f.fit_table.subset(idx), f.ladder, f.grids)
-            q, c = np.atleast_1d(q).ravel(), np.atleast_1d(c).ravel()
-            keep = _front(q, c)
-            qs.append(q[keep])
-            cs.append(c[keep])
-            fi.append(np.full(len(keep), k))
-            fl.append(keep)
-        q, c, fi_a, fl_a = (np.concatenate(v) for v in (qs, cs, fi, fl))
-        keep = _front(q, c)
-        per_task.append((len(idx) / len(fit_tasks), q[keep], c[keep], fi_a[keep], fl_a[keep]))
-    # merge the fronts: pooled (q, c) of every pair, pruned to its front, keeping which points made it
-    w0, q0, c0, *_ = per_task[0]
-    pooled_q, pooled_c, picks = w0 * q0, w0 * c0, np.arange(len(q0))[:, None]
-    for w, q, c, *_ in per_task[1:]:
-        pq = (pooled_q[:, None] + w * q[None, :]).ravel()
-        pc = (pooled_c[:, None] + w * c[None, :]).ravel()
-        keep = _front(pq, pc)
-        a, b = np.unravel_index(keep, (len(pooled_q), len(q)))
-        pooled_q, pooled_c, picks = pq[keep], pc[keep], np.column_stack([picks[a], b])
-    return TaskFronts([str(t) for t in tasks], per_task, pooled_q, pooled_c, picks)
-
-
-def choose_per_task(fits: Sequence[LadderFit], fit_tasks: np.ndarray, test_tasks: np.ndarray, *,
-                    quality_target: float, fronts: TaskFronts | None = None) -> TaskPlans | None:
-    """Per task, the Pareto front of every (ladder, scorer, thresholds) on that task's train rows;
-    then the cheapest combination of one front point per task whose count-weighted quality meets
-    the target (fronts merged pairwise and pruned, so this is exact). Replayed on the test rows of
-    each task as `test_tasks` gives them (pass predicted tasks to replay what serving would do).
-    `fronts` (task_fronts of the same fits) saves recomputing them for each target."""
-    fronts = fronts or task_fronts(fits, fit_tasks)
-    tasks, per_task, pooled_q, pooled_c, picks = (fronts.tasks, fronts.per_task, fronts.pooled_q,
-                                                  fronts.pooled_c, fronts.picks)
-    ok = np.flatnonzero(pooled_q >= quality_target - 1e-12)
-    if not len(ok):
-        return None
-    best = ok[np.argmin(pooled_c[ok])]
-    plans, tq, tc = {}, 0.0, 0.0
-    for t, (_w, q, c, fi_a, fl_a), j in zip(tasks, per_task, picks[best], strict=True):
-        f = fits[int(fi_a[j])]
-        combo = np.unravel_index(int(fl_a[j]), tuple(len(g) for g in f.grids)) if f.grids else ()
-        thresholds = tuple(float(f.grids[i][k]) for i, k in enumerate(combo))
-        test_idx = np.flatnonzero(test_tasks == t)
-        q_test, c_test = simulate(f.test_table.subset(test_idx), f.ladder, thresholds)
-        plans[str(t)] = Choice(f.ladder, thresholds, f.scorer, float(q[j]), float(c[j]), q_test, c_test)
-        tq += len(test_idx) / len(test_tasks) * q_test
-        tc += len(test_idx) / len(test_tasks) * c_test
-    return TaskPlans(plans, float(pooled_q[best]), float(pooled_c[best]), tq, tc)
-
-
-def predict_tasks(embedder, train_prompts: Sequence[str], train_tasks: np.ndarray,  # noqa: ANN001
-                  prompts: Sequence[str], seed: int = 0) -> np.ndarray:
-    """The task of each prompt as a serving cascade would infer it: a logistic regression on the
-    prompts' embeddings, fit on the train prompts' tasks."""
-    from sklearn.linear_model import LogisticRegression
-
-    x_train = np.asarray(embedder.encode(list(train_prompts)), np.float32)
-    clf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(x_train, train_tasks)
-    return clf.predict(np.asarray(embedder.encode(list(prompts)), np.float32))
 
 
 def candidate_ladders(models: Sequence[str], mean_cost: dict[str, float], max_length: int = 4,

@@ -68,7 +68,8 @@ def _info(out: Outcome, request_id: str) -> RouterOpsInfo:
                          request_id=request_id, reason=out.reason, escalated=out.escalated,
                          routing_latency_ms=None if out.routing_ms is None else round(out.routing_ms, 3),
                          probe_score=out.probe_score, speculative=out.spec,
-                         failover=out.extra.get("failover"), fleet=out.extra.get("fleet"))
+                         failover=out.extra.get("failover"), fleet=out.extra.get("fleet"),
+                         cascade=out.extra.get("cascade_plan"))
 
 
 async def parse_chat(request: Request, state: ServingState) -> ChatCompletionRequest:
@@ -99,17 +100,35 @@ def pick(req: ChatCompletionRequest, state: ServingState) -> tuple[Strategy, lis
     if strategy is None:
         raise ApiError(400, f"unknown model {req.model!r}; valid: {', '.join(strategies)}", param="model",
                        code="model_not_found")
-    if req.routerops is not None:  # the request's own limits: decided by the fleet rule
+    if req.routerops is not None and req.routerops.category is not None:  # the cascade plan of this category
+        strategy = categorized(req, strategy)
+    elif req.routerops is not None:  # the request's own limits: decided by the fleet rule
         strategy = limited(req, state)
     reason = strategy.unavailable()
     if reason:
         raise ApiError(503, f"strategy not available: {redact(reason)}", param="model", code="strategy_unavailable")
+    category_error = getattr(strategy, "category_error", None)
+    problem = category_error() if category_error is not None else None
+    if problem:
+        raise ApiError(400, problem, param="routerops.category", code="unknown_category")
     requested = req.max_completion_tokens or req.max_tokens or settings.max_new_tokens
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     params = GenerationParams(max_new_tokens=min(requested, settings.max_new_tokens),
                               temperature=req.temperature if req.temperature is not None else 0.0,
                               top_p=req.top_p if req.top_p is not None else 1.0, seed=req.seed, stop=stop)
     return strategy, messages, params
+
+
+def categorized(req: ChatCompletionRequest, strategy: Strategy) -> Strategy:
+    """The cascade bound to the request's category (extra_body routerops.category), or a 400."""
+    with_category = getattr(strategy, "with_category", None)
+    if req.model != "cascade" or with_category is None:
+        raise ApiError(400, f"routerops.category applies to model='cascade', not {req.model!r}",
+                       param="routerops.category", code="invalid_request")
+    if req.routerops.limits_given():
+        raise ApiError(400, "routerops limits (max_cost_usd, min_quality, models) apply to model='router', "
+                            "not 'cascade'", param="routerops", code="invalid_request")
+    return with_category(req.routerops.category)
 
 
 def limited(req: ChatCompletionRequest, state: ServingState) -> Strategy:
