@@ -38,6 +38,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _fronts import pareto as pareto_front  # noqa: E402
 
 DEFAULT_CE_MODELS = "mistralai/mixtral-8x7b-chat,zero-one-ai/Yi-34B-Chat,gpt-3.5-turbo-1106"
 # cheap pairs: each costs 5-12% of GPT-4 per query, and the two answers disagree where one is wrong
@@ -51,15 +53,6 @@ def short(m: str) -> str:
     from routerops.models.cascade_scorer.features import short_rung
 
     return short_rung(m)
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    out, best = [], -1.0
-    for c, q in sorted(points):
-        if q > best + 1e-12:
-            out.append((c, q))
-            best = q
-    return out
 
 
 def plot(path: Path, singles: dict, cascade: list, oracle: list, gpt4: tuple[float, float],

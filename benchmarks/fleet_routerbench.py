@@ -37,46 +37,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _fronts import cost_at, hull, pareto  # noqa: E402
 
 GPT4 = "gpt-4-1106-preview"
 LAMBDAS = np.concatenate([[0.0], np.logspace(-4, 2, 200)])
-
-
-def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """(cost, accuracy) points not beaten by a cheaper one, by cost."""
-    out, best = [], -1.0
-    for c, q in sorted(points):
-        if q > best + 1e-12:
-            out.append((c, q))
-            best = q
-    return out
-
-
-def hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The upper-left convex hull: what random mixes of the points reach."""
-    pts = pareto(points)
-    out: list[tuple[float, float]] = []
-    for p in pts:
-        while len(out) >= 2:
-            (x1, y1), (x2, y2) = out[-2], out[-1]
-            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) >= 0:  # out[-1] under the chord
-                out.pop()
-            else:
-                break
-        out.append(p)
-    return out
-
-
-def cost_at(front: list[tuple[float, float]], target: float) -> float:
-    """Least cost reaching `target` accuracy on a front, mixing the two points around it; NaN if never."""
-    pts = pareto(front)
-    for i, (c, q) in enumerate(pts):
-        if q >= target - 1e-12:
-            if i == 0:
-                return c
-            c0, q0 = pts[i - 1]
-            return c0 + (c - c0) * (target - q0) / (q - q0)
-    return float("nan")
 
 
 def sweep(q_pred: np.ndarray, cost_pred: np.ndarray, correct: np.ndarray, cost: np.ndarray,
